@@ -1,0 +1,1 @@
+"""accelc.compiler: the pass framework, the bundle passes transform, the artifact, the CLI."""

@@ -1,0 +1,80 @@
+"""The `accelc` command line. Each command lives in its own module with add_parser(sub) and run(args)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from .errors import AccelcError
+
+# command name -> module (relative to accelc.compiler) defining add_parser(subparsers) and run(args)
+COMMANDS = {
+    "list-models": "cli_models",
+    "fetch": "cli_models",
+    "eval": "cli_eval",
+    "compile": "cli_compile",
+    "run": "cli_run",
+    "inspect": "cli_inspect",
+    "bench": "cli_bench",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="accelc", description="Compile small language models for edge "
+                                     "devices (CPU, NPU, CUDA) and run them.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (and tracebacks) to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    seen = set()
+    for name, mod in COMMANDS.items():
+        if mod in seen:
+            continue
+        try:
+            module = importlib.import_module(f".{mod}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.endswith(mod):
+                continue  # command not built yet
+            raise
+        seen.add(mod)
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except AccelcError as e:
+        print(f"accelc: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("accelc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line unless -v
+        if args.verbose:
+            raise
+        print(f"accelc: internal error: {type(e).__name__}: {e} (run with -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:
+        pass
+    import warnings
+    warnings.filterwarnings("ignore")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

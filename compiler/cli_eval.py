@@ -1,0 +1,55 @@
+"""`accelc eval MODEL_OR_ARTIFACT`: perplexity with the fixed protocol plus a greedy sample."""
+from __future__ import annotations
+
+import json
+
+from . import evaluate
+from .progress import bar, status
+
+
+def add_parser(sub):
+    p = sub.add_parser("eval", help="perplexity on the evaluation split and a short greedy sample",
+                       description="Score a model or an artifact with the project's fixed protocol "
+                                   "(docs/evaluation.md).")
+    p.add_argument("model", nargs="?", default="smollm2-135m",
+                   help="packaged model name, transformers folder, .gguf file or artifact dir (default: smollm2-135m)")
+    p.add_argument("--eval-text", metavar="FILE", help="score this UTF-8 text file instead of the Brown eval split")
+    p.add_argument("--max-tokens", type=int, default=evaluate.Protocol.max_tokens, help="tokens scored (default 32768)")
+    p.add_argument("--window", type=int, default=evaluate.Protocol.window, help="window length (default 512)")
+    p.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], help="for artifacts: the backend")
+    p.add_argument("--device", help="for artifacts: the device (cpu, npu, cuda)")
+    p.add_argument("--no-sample", action="store_true", help="skip the greedy sample")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..compiler.errors import InputError
+    from ..models.sources import load_model, resolve
+    try:
+        protocol = evaluate.Protocol(window=args.window, max_tokens=args.max_tokens)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    kind, path = resolve(args.model)
+    with bar(0, "perplexity", enabled=True) as pb:
+        def progress(i, n):
+            pb.total = n
+            pb.update(i - pb.n)
+        if kind == "artifact":
+            from ..runtime.evaluate import evaluate_artifact
+            result = evaluate_artifact(path, protocol, args.eval_text, progress, backend=args.backend,
+                                       device=args.device, sample=not args.no_sample)
+        else:
+            status(f"loading {args.model} ...")
+            bundle = load_model(args.model)
+            result = evaluate.evaluate_torch(bundle, protocol, args.eval_text, progress, sample=not args.no_sample)
+    result["model"] = args.model
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"model       {args.model} ({result['engine']})")
+        print(f"perplexity  {result['perplexity']:.3f}  ({result['tokens']} tokens, {result['windows']} windows of "
+              f"{protocol.window}, {result['seconds']}s)")
+        if "sample" in result:
+            print(f"sample      {result['sample']['prompt']!r} -> {result['sample']['greedy']!r}")
+    return 0

@@ -1,0 +1,64 @@
+"""The pass manager: runs a pipeline (a list of passes) in order, times it, records it."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .bundle import ModelBundle
+from .errors import PassError
+from .pass_base import Pass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassRecord:
+    """One entry of the pass log that goes into the artifact manifest."""
+
+    name: str
+    config: dict[str, Any]
+    seconds: float
+    changed: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "config": self.config, "seconds": round(self.seconds, 3),
+                "changed": self.changed, "metrics": self.metrics}
+
+
+class PassManager:
+    """Runs passes in order. `on_event(kind, index, total, pass_, record)` is an instrument hook
+    (the CLI uses it to show progress); kind is "start" or "end"."""
+
+    def __init__(self, passes: list[Pass], on_event: Callable[..., None] | None = None):
+        self.passes = list(passes)
+        self.on_event = on_event
+
+    def run(self, bundle: ModelBundle) -> list[PassRecord]:
+        records: list[PassRecord] = bundle.records.setdefault("pass_log", [])
+        done: list[str] = [r.name for r in records]
+        total = len(self.passes)
+        for i, p in enumerate(self.passes):
+            if self.on_event:
+                self.on_event("start", i, total, p, None)
+            t0 = time.perf_counter()
+            try:
+                result = p(bundle)
+            except PassError as e:
+                # re-raise with the full history of this run
+                raise PassError(e.pass_name, _strip(str(e)), before=done) from e
+            rec = PassRecord(p.name, p.config_dict(), time.perf_counter() - t0, result.changed, result.metrics)
+            records.append(rec)
+            done.append(p.name)
+            log.info("pass %s: %.2fs changed=%s %s", p.name, rec.seconds, rec.changed, rec.metrics)
+            if self.on_event:
+                self.on_event("end", i, total, p, rec)
+        return records
+
+
+def _strip(msg: str) -> str:
+    # PassError's message is "pass 'x' failed: MSG (passes completed before it: ...)": keep MSG
+    head, _, rest = msg.partition("failed: ")
+    return rest.rsplit(" (passes completed before it:", 1)[0] if rest else msg

@@ -1,0 +1,1 @@
+"""accelc.models: model sources, architecture adapters, tiny test configs, text corpora."""

@@ -1,0 +1,1 @@
+"""accelc.passes: one pass per file (pruning, quantization, drafter, cache, export, validation)."""

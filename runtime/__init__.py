@@ -1,0 +1,1 @@
+"""accelc.runtime: open artifacts, pick a backend and device, decode (plain and speculative)."""

@@ -1,0 +1,16 @@
+"""CPU target: dynamic shapes (any prompt and cache length), OpenVINO then ONNX Runtime."""
+from .base import CompileOptions, Target
+from . import phases
+
+
+def build(options: CompileOptions) -> list:
+    return [
+        *phases.compression(options),   # prune, then quantize
+        *phases.drafting(options),      # drafter from the compressed target
+        *phases.export(options, static=False),
+        *phases.validation(options),    # exported graphs vs torch, last
+    ]
+
+
+TARGET = Target("cpu", "x86/ARM CPU: dynamic-shape ONNX + OpenVINO IR", static_shapes=False,
+                devices=("cpu",), build=build)

@@ -1,0 +1,16 @@
+"""CUDA target: dynamic-shape graphs for ONNX Runtime's CUDA provider, torch as fallback."""
+from .base import CompileOptions, Target
+from . import phases
+
+
+def build(options: CompileOptions) -> list:
+    return [
+        *phases.compression(options),
+        *phases.drafting(options),
+        *phases.export(options, static=False),
+        *phases.validation(options),
+    ]
+
+
+TARGET = Target("cuda", "NVIDIA GPU: dynamic-shape ONNX for ONNX Runtime CUDA (torch fallback)", static_shapes=False,
+                devices=("cuda", "cpu"), build=build)
