@@ -23,6 +23,22 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
+class LazyBar:
+    """A progress callback (i, n) that opens its bar on the first call."""
+
+    def __init__(self, desc: str):
+        self.desc, self.pb = desc, None
+
+    def __call__(self, i: int, n: int) -> None:
+        if self.pb is None:
+            self.pb = bar(n, self.desc)
+        self.pb.update(i - self.pb.n)
+
+    def close(self) -> None:
+        if self.pb is not None:
+            self.pb.close()
+
+
 def run(args) -> int:
     from ..compiler.errors import InputError
     from ..models.sources import load_model, resolve
@@ -31,10 +47,8 @@ def run(args) -> int:
     except ValueError as e:
         raise InputError(str(e)) from None
     kind, path = resolve(args.model)
-    with bar(0, "perplexity", enabled=True) as pb:
-        def progress(i, n):
-            pb.total = n
-            pb.update(i - pb.n)
+    progress = LazyBar("perplexity")
+    try:
         if kind == "artifact":
             from ..runtime.evaluate import evaluate_artifact
             result = evaluate_artifact(path, protocol, args.eval_text, progress, backend=args.backend,
@@ -43,6 +57,8 @@ def run(args) -> int:
             status(f"loading {args.model} ...")
             bundle = load_model(args.model)
             result = evaluate.evaluate_torch(bundle, protocol, args.eval_text, progress, sample=not args.no_sample)
+    finally:
+        progress.close()
     result["model"] = args.model
     if args.json:
         print(json.dumps(result, indent=1))

@@ -103,7 +103,8 @@ def _load_gguf(path: Path):
         raise UnsupportedArchitectureError(f"unsupported GGUF architecture '{arch}' in {path.name}; "
                                            f"supported decoder-only families: {SUPPORTED}")
     try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        from .gguf_tokenizer import bpe_tokenizer_from_gguf
+        tok = bpe_tokenizer_from_gguf(path) or AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except (UnsupportedArchitectureError, InputError):
         raise
@@ -157,7 +158,7 @@ def _load_folder(path: Path):
     _check_folder(path)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa")
     except Exception as e:
         raise InputError(f"could not load model from {path} ({type(e).__name__}: {str(e)[:160]})") from None
     return model, tok

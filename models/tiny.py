@@ -36,3 +36,33 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     return model.eval()
+
+
+def tiny_tokenizer(vocab_size: int = 256):
+    """A byte-level tokenizer for tiny models: ids 0..2 are <unk>/<s>/</s>, then the 253 most useful bytes.
+
+    Round-trips ASCII text; enough for runtime and CLI tests without any download.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    byte_tokens = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
+    vocab = {t: i for i, t in enumerate(specials + byte_tokens)}
+    i = len(vocab)
+    while i < vocab_size:  # pad the vocabulary with unused pieces so ids cover the model's embedding
+        vocab[f"<extra_{i}>"] = i
+        i += 1
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>", clean_up_tokenization_spaces=False)
+
+
+def save_tiny_model_folder(path, family: str = "llama", seed: int = 0):
+    """Write a tiny random model + tokenizer as a transformers folder (safetensors)."""
+    m = tiny_model(family, seed=seed)
+    m.save_pretrained(path, safe_serialization=True)
+    tiny_tokenizer(m.config.vocab_size).save_pretrained(path)
+    return path

@@ -1,0 +1,57 @@
+"""`accelc run DIR --prompt P`: generate text with a compiled artifact (streams to stdout)."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parser(sub):
+    p = sub.add_parser("run", help="generate text with a compiled artifact",
+                       description="Open an artifact (verifying every file), pick a backend and device (NPU, then "
+                                   "CUDA, then CPU unless told) and generate. Text streams to stdout; timings go to "
+                                   "stderr.")
+    p.add_argument("artifact", help="artifact directory (from accelc compile)")
+    p.add_argument("--prompt", required=True, help="the prompt (the chat template is applied when the tokenizer has one)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
+    p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
+    p.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], help="override the backend choice")
+    p.add_argument("--device", choices=["npu", "cuda", "cpu"], help="override the device choice")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available to this process)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, help="random seed for sampling")
+    p.add_argument("--stop", action="append", default=[], metavar="S", help="stop before this string (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..runtime.artifact import open_artifact
+    from ..runtime.generate import encode_prompt, generate
+    from ..runtime.sampling import SamplingConfig
+    from .errors import InputError
+
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    art = open_artifact(args.artifact, backend=args.backend, device=args.device, threads=args.threads)
+    ids = encode_prompt(art.tokenizer, args.prompt, raw=args.raw)
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = generate(art, ids, args.max_new_tokens, sampling, stop=args.stop, on_text=None if args.json else show)
+    if args.json:
+        out = {"backend": art.choice.backend, "device": art.choice.device, "engine": art.engine,
+               "threads": art.threads, "prompt": args.prompt, **result.to_json()}
+        print(json.dumps(out, indent=1))
+    else:
+        sys.stdout.write("\n")
+        print(f"[{len(result.tokens)} tokens, stop: {result.stop_reason}, {art.choice.backend}/{art.choice.device}, "
+              f"TTFT {result.ttft_s * 1000:.0f} ms ({result.prompt_tokens} prompt tokens), "
+              f"decode {result.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+    return 0

@@ -1,0 +1,154 @@
+"""Bad input as a new user would type it: one clear line on stderr, exit 2, nothing half-written."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from accelc.compiler.cli import main
+from accelc.models.tiny import save_tiny_model_folder
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("loading ")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("accelc: error: ")
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return save_tiny_model_folder(tmp_path_factory.mktemp("m") / "tiny-llama")
+
+
+def no_leftovers(parent, name):
+    return not [p for p in parent.iterdir() if p.name.startswith(f".{name}.") or p.name == name]
+
+
+def test_missing_path(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "compile", str(tmp_path / "nope"), "-o", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "no such model or path")
+    assert no_leftovers(tmp_path, "out")
+
+
+def test_unknown_model_name(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "eval", "llama-9000b")
+    assert_one_line_error(code, err, "llama-9000b", "smollm2-135m")
+
+
+def test_directory_that_is_not_a_model(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "empty"))
+    assert_one_line_error(code, err, "not a model folder")
+
+
+def test_truncated_safetensors(capsys, tmp_path, tiny_folder):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_folder, bad)
+    w = bad / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+    code, _, err = run_cli(capsys, "compile", str(bad), "-o", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "corrupt or truncated", "model.safetensors")
+    assert no_leftovers(tmp_path, "out")
+
+
+def test_garbage_safetensors_header(capsys, tmp_path, tiny_folder):
+    import shutil
+    bad = tmp_path / "bad2"
+    shutil.copytree(tiny_folder, bad)
+    (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!" + b"\0" * 64)
+    code, _, err = run_cli(capsys, "eval", str(bad))
+    assert_one_line_error(code, err, "corrupt or truncated")
+
+
+def test_corrupt_gguf(capsys, tmp_path):
+    g = tmp_path / "broken.gguf"
+    g.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 200)
+    code, _, err = run_cli(capsys, "eval", str(g))
+    assert_one_line_error(code, err, "broken.gguf")
+
+
+def test_truncated_real_gguf(capsys, tmp_path):
+    from accelc.models.sources import packaged_gguf
+    g = tmp_path / "cut.gguf"
+    with open(packaged_gguf("smollm2-135m"), "rb") as f:
+        g.write_bytes(f.read(5_000_000))
+    code, _, err = run_cli(capsys, "compile", str(g), "-o", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "cut.gguf")
+    assert no_leftovers(tmp_path, "out")
+
+
+def test_unsupported_architecture(capsys, tmp_path, tiny_folder):
+    import shutil
+    bad = tmp_path / "gpt"
+    shutil.copytree(tiny_folder, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(capsys, "eval", str(bad))
+    assert_one_line_error(code, err, "unsupported architecture 'gpt2'", "llama")
+
+
+def test_unknown_target(capsys, tmp_path, tiny_folder):
+    code, _, err = run_cli(capsys, "compile", str(tiny_folder), "--target", "tpu", "-o", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "unknown target 'tpu'", "cpu, npu, cuda")
+
+
+def test_output_dir_exists(capsys, tmp_path, tiny_folder):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(out))
+    assert_one_line_error(code, err, "exists", "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_failing_pass_leaves_nothing(capsys, tmp_path, tiny_folder, monkeypatch):
+    from accelc.compiler.pass_base import Pass
+    from accelc.targets import TARGETS
+
+    class Boom(Pass):
+        name = "boom"
+
+        def call(self, bundle):
+            (bundle.workdir / "half.onnx").write_bytes(b"half")
+            raise RuntimeError("disk on fire")
+
+    t = TARGETS["cpu"]
+    monkeypatch.setitem(TARGETS, "cpu", type(t)(t.name, t.description, t.static_shapes, t.devices,
+                                               build=lambda o: [Boom()]))
+    code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(tmp_path / "out"))
+    lines = [ln for ln in err.splitlines() if ln.startswith("accelc: error")]
+    assert code == 2 and len(lines) == 1 and "pass 'boom' failed" in lines[0] and "disk on fire" in lines[0]
+    assert no_leftovers(tmp_path, "out")
+
+
+def test_bad_eval_text(capsys, tmp_path, tiny_folder):
+    code, _, err = run_cli(capsys, "eval", str(tiny_folder), "--eval-text", str(tmp_path / "none.txt"))
+    assert_one_line_error(code, err, "text file not found")
+
+
+def test_cli_process_prints_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "accelc.compiler.cli", "compile", str(tmp_path / "x"), "-o",
+                        str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("accelc: error: no such model or path")
+
+
+def test_help_on_every_command():
+    from accelc.compiler.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"list-models", "eval", "compile"} <= set(sub.choices)
+    for name, p in sub.choices.items():
+        assert p.format_help().startswith("usage: accelc " + name)
