@@ -1,0 +1,69 @@
+"""Weight precision of an exported ONNX graph: fp16 storage, or NNCF int8/int4 (ONNX backend)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..compiler.errors import InputError
+
+log = logging.getLogger(__name__)
+GROUP_SIZES = (128, 64, 32)
+
+
+def group_size_for(adapter) -> int:
+    """The largest int4 group size dividing the input dim of every linear layer (and the head)."""
+    dims = {lin.in_features if hasattr(lin, "in_features") else lin.weight.shape[1]
+            for lin in adapter.linears(include_head=True).values()}
+    for g in GROUP_SIZES:
+        if all(d % g == 0 for d in dims):
+            return g
+    raise InputError(f"int4 weights need a group size in {GROUP_SIZES} dividing every layer input size "
+                     f"({sorted(dims)}); use --weights int8")
+
+
+def quiet_nncf() -> None:
+    """NNCF logs its bitwidth tables at INFO: keep them for -v only."""
+    import nncf
+    if not logging.getLogger("accelc").isEnabledFor(logging.INFO):
+        nncf.set_log_level(logging.WARNING)
+
+
+def fp16_storage(model, min_elements: int = 1024):
+    """Store float32 initializers of >= min_elements as float16 + Cast to float32 (compute stays fp32)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    nodes = []
+    for init in model.graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            continue
+        arr = numpy_helper.to_array(init).astype(np.float16)
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(arr, name + ".fp16"))
+        nodes.append(helper.make_node("Cast", [name + ".fp16"], [name], to=onnx.TensorProto.FLOAT,
+                                      name=name + ".cast"))
+    for n in reversed(nodes):
+        model.graph.node.insert(0, n)
+    return model
+
+
+def compress_onnx(src: Path, out: Path, weights: str, adapter) -> None:
+    """Write `src` (an fp32 graph) to `out` with the requested weight precision."""
+    import onnx
+    from .export_onnx import save_onnx
+    model = onnx.load(str(src))
+    if weights == "fp16":
+        model = fp16_storage(model)
+    elif weights in ("int8", "int4"):
+        import nncf
+        from nncf import CompressWeightsMode
+        quiet_nncf()
+        if weights == "int8":
+            kw = dict(mode=CompressWeightsMode.INT8_ASYM)
+        else:
+            kw = dict(mode=CompressWeightsMode.INT4_SYM, group_size=group_size_for(adapter), ratio=1.0)
+        model = nncf.compress_weights(model, **kw)
+    elif weights != "fp32":
+        raise InputError(f"weight precision '{weights}' cannot be produced for ONNX")
+    save_onnx(model, out)
