@@ -1,0 +1,110 @@
+"""DSnoT: mask refinement keeps sparsity and the N:M pattern, never raises the tracked error, moves no weight."""
+import copy
+
+import pytest
+import torch
+
+from accelc.compiler.bundle import ModelBundle
+from accelc.models.adapter import ArchAdapter
+from accelc.models.tiny import tiny_model
+from accelc.passes.dsnot import DsnotConfig, DsnotPass, dsnot_refine
+from accelc.passes.sparsity import SparsityConfig, WandaPruningPass, is_nm, keep_mask
+
+torch.set_num_threads(1)
+
+
+def bundle(family="llama"):
+    m = tiny_model(family)
+    return ModelBundle(model=m, tokenizer=None, adapter=ArchAdapter(m))
+
+
+def ids(n=8, t=32):
+    return torch.randint(0, 256, (n, t), generator=torch.Generator().manual_seed(0))
+
+
+def problem(rows=32, cols=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g)
+    mean = torch.randn(cols, generator=g) * 0.5 + 0.2
+    var = torch.rand(cols, generator=g) + 0.1
+    score = w.abs() * (mean ** 2 + var).sqrt()
+    return w, mean, var, score
+
+
+@pytest.mark.parametrize("nm", [(0, 0), (2, 4), (4, 8)])
+def test_refine_keeps_count_pattern_and_lowers_error(nm):
+    n, m = nm
+    w, mean, var, score = problem()
+    keep0 = keep_mask(score, 0.6 if not m else 1 - n / m, n, m)
+    keep, e0, e1, swaps = dsnot_refine(w, keep0, mean, var, score, n, m, max_cycles=50, threshold=0.0)
+    assert torch.equal(keep.sum(1), keep0.sum(1))                       # sparsity fixed, row by row
+    if m:
+        assert is_nm(keep, n, m)
+    # the error it reports is the error of the mask it returns
+    for k, e in ((keep0, e0), (keep, e1)):
+        assert torch.allclose((w * mean * (~k)).sum(1).abs(), e, atol=1e-5)
+    assert (e1 <= e0 + 1e-6).all()                                      # never above its start
+    assert swaps.sum() > 0 and (e1 < e0).sum() > rows_half(e0)          # and it does work
+    assert e1.mean() < 0.5 * e0.mean()
+
+
+def rows_half(e):
+    return e.numel() // 2
+
+
+def test_refine_zero_cycles_is_noop():
+    w, mean, var, score = problem()
+    keep0 = keep_mask(score, 0.5)
+    keep, e0, e1, swaps = dsnot_refine(w, keep0, mean, var, score, max_cycles=0)
+    assert torch.equal(keep, keep0) and torch.equal(e0, e1) and swaps.sum() == 0
+
+
+@pytest.mark.parametrize("spec", [dict(ratio=0.6), dict(ratio=0.5, n=2, m=4, mlp=True), dict(ratio=0.7, mlp=True)])
+def test_pass_sparsity_and_weights_outside_mask_unchanged(spec):
+    b = bundle()
+    w0 = {k: v.weight.detach().clone() for k, v in b.adapter.linears().items()}
+    r = DsnotPass(DsnotConfig(**spec)).prune(b, ids())
+    assert r.changed and r.metrics["swaps"] > 0
+    assert r.metrics["row_error_after"] < r.metrics["row_error_before"]
+    for name, lin in b.adapter.linears().items():
+        w = lin.weight.detach()
+        keep = w != 0
+        if spec.get("m"):
+            assert is_nm(keep, spec["n"], spec["m"])
+        else:
+            assert (keep.sum(1) == w.shape[1] - round(w.shape[1] * spec["ratio"])).all()
+        assert torch.equal(w[keep], w0[name][keep])
+
+
+def test_zero_cycles_equals_wanda_and_mlp_option():
+    x = ids()
+    b_w, b_0, b_d = bundle(), bundle(), bundle()
+    WandaPruningPass(SparsityConfig(method="wanda", ratio=0.6)).prune(b_w, x)
+    DsnotPass(DsnotConfig(ratio=0.6, max_cycles=0, mlp=True)).prune(b_0, x)
+    DsnotPass(DsnotConfig(ratio=0.6, mlp=False)).prune(b_d, x)
+    lw, l0, ld = (bb.adapter.linears() for bb in (b_w, b_0, b_d))
+    assert all(torch.equal(lw[k].weight, l0[k].weight) for k in lw)
+    # mlp=False: layer 0's MLP keeps its Wanda mask (same dense stats); its attention masks changed
+    assert all(torch.equal(lw[f"layers.0.mlp.{p}"].weight, ld[f"layers.0.mlp.{p}"].weight) for p in ("gate", "up", "down"))
+    assert not torch.equal(lw["layers.0.attn.q"].weight, ld["layers.0.attn.q"].weight)
+
+
+def test_ratio_zero_is_noop():
+    b = bundle()
+    ref = copy.deepcopy(b.model)
+    r = DsnotPass(DsnotConfig(ratio=0.0)).prune(b, ids())
+    assert not r.changed
+    assert all(torch.equal(p, q) for p, q in zip(b.model.parameters(), ref.parameters()))
+
+
+def test_output_error_bound_vs_dense():
+    """60% DSnoT keeps the tiny model's logits within a bounded distance of the dense model on fixed inputs."""
+    b = bundle()
+    x = ids()
+    with torch.no_grad():
+        dense = b.model(input_ids=x).logits
+    DsnotPass(DsnotConfig(ratio=0.6)).prune(b, x)
+    with torch.no_grad():
+        out = b.model(input_ids=x).logits
+    rel = float((out - dense).norm() / dense.norm())
+    assert 0.0 < rel < 1.0, rel
