@@ -4,6 +4,7 @@ truncated to its first L layers, exported with optimum-intel).
 
     .venv/bin/python scripts/bench_speculative.py --engine openvino --layers 8 --steps 200 --prompts 5 --genai
     .venv/bin/python scripts/bench_speculative.py --engine torch --steps 1 --windows 2 --prompts 1 --max-new 8  # smoke
+    .venv/bin/python scripts/bench_speculative.py --artifact out/smollm2-fused --prompts 5 --genai  # artifact graphs
 
 Greedy decoding; every speculative run is checked token-for-token against our autoregressive run.
 Prints one JSON object (and writes it to --json FILE if given).
@@ -49,6 +50,20 @@ def make_steps(fns, bundle, drafter, capacity: int):
     draft = FusedDraftStep(trunk, fns["head"][0], cache_for(fns["head"][1], capacity), bundle.adapter.vocab_size,
                            drafter.vocab_ids)
     return plain, target, draft
+
+
+def artifact_steps(path: str, threads: int, capacity: int, backend: str | None):
+    """(plain, target, draft) step models over a compiled artifact's graphs (accelc compile --drafter fused)."""
+    from accelc.runtime.artifact import open_artifact
+    from accelc.runtime.kv_cache import KVCache
+    from accelc.runtime.spec_artifact import load_drafter
+    from accelc.runtime.spec_steps import GraphStep
+    art = open_artifact(path, backend=backend, threads=threads, report=False)
+    drafter = load_drafter(art)
+    if drafter is None:
+        raise SystemExit(f"{path} has no drafter graphs (compile it with --drafter fused)")
+    plain = GraphStep(art.runners["decoder"].forward, KVCache(art.layers, capacity, art.kv_heads, art.head_dim))
+    return art, (plain, *drafter.steps(capacity))
 
 
 def eval_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
@@ -158,8 +173,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--genai", action="store_true", help="also run openvino-genai (needs the compare extra)")
     ap.add_argument("--json", help="write the result here too")
+    ap.add_argument("--artifact", help="bench a compiled artifact's graphs (accelc compile --drafter fused) instead "
+                    "of training a drafter here; --engine then picks openvino or onnxruntime")
+    ap.add_argument("--backend", choices=["openvino", "onnxruntime"], help="artifact backend (default: its choice)")
     args = ap.parse_args(argv)
 
+    if args.artifact:
+        return bench_artifact(args)
     from accelc.models.sources import load_model
     from accelc.passes.drafter import FusedDrafterConfig, FusedDrafterPass
     torch.manual_seed(0)
@@ -180,6 +200,28 @@ def main(argv=None) -> int:
             texts = [bundle.tokenizer.decode(p) for p in prompts]
             result["genai"] = bench_genai(packaged_checkpoint(args.model), args.layers, texts, args.max_new, args.k,
                                           args.threads, Path(tmp))
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0
+
+
+def bench_artifact(args) -> int:
+    art, steps = artifact_steps(args.artifact, args.threads, args.prompt_len + args.max_new + 2 * args.k + 8,
+                                args.backend)
+    rec = art.manifest.get("records", {}).get("drafter", {})
+    result = {"artifact": str(args.artifact), "backend": art.choice.backend, "weights": art.weights,
+              "threads": args.threads, "k": args.k, "max_new": args.max_new, "prompts": args.prompts,
+              "drafter": rec}
+    prompts = eval_prompts(art.tokenizer, args.prompts, args.prompt_len)
+    result["ours"] = bench_ours(*steps, prompts, args.max_new, args.k)
+    if args.genai:
+        from accelc.models.sources import packaged_checkpoint
+        texts = [art.tokenizer.decode(p) for p in prompts]
+        with tempfile.TemporaryDirectory(prefix="accelc-bench-spec-") as tmp:
+            result["genai"] = bench_genai(packaged_checkpoint(args.model), int(rec.get("exit_layer", args.layers)),
+                                          texts, args.max_new, args.k, args.threads, Path(tmp))
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

@@ -16,6 +16,52 @@ QUANTIZE_METHODS: dict[str, Callable[[str, CompileOptions], list]] = {}
 DRAFTERS: dict[str, Callable[[str, CompileOptions], list]] = {}
 
 
+def _lazy_prune(module: str, method: str) -> Callable[[str, CompileOptions], list]:
+    """A PRUNE_METHODS entry that imports its pass module only when a spec names it."""
+    def factory(arg: str, options: CompileOptions) -> list:
+        import importlib
+        return importlib.import_module(f"..passes.{module}", __package__).build(method, arg, options)
+    return factory
+
+
+# pruning (docs/passes/pruning.md): structured MLP channels (cfsp.py), unstructured / N:M masks
+# (sparsity.py: magnitude, wanda; dsnot.py), e.g. cfsp:0.3,round=32  wanda:2:4  dsnot:0.6,mlp=true
+PRUNE_METHODS.update({
+    "cfsp": _lazy_prune("cfsp", "cfsp"),
+    "cfsp-uniform": _lazy_prune("cfsp", "cfsp-uniform"),
+    "channel-magnitude": _lazy_prune("cfsp", "channel-magnitude"),
+    "magnitude": _lazy_prune("sparsity", "magnitude"),
+    "wanda": _lazy_prune("sparsity", "wanda"),
+    "dsnot": _lazy_prune("dsnot", "dsnot"),
+})
+
+
+def _lazy_quantize(method: str) -> Callable[[str, CompileOptions], list]:
+    """A QUANTIZE_METHODS entry that imports passes/quant_methods.py only when a spec names it."""
+    def factory(arg: str, options: CompileOptions) -> list:
+        import importlib
+        return importlib.import_module("..passes.quant_methods", __package__).build(method, arg, options)
+    return factory
+
+
+# extreme quantization (docs/passes/quantization.md): codebooks (aqlm), + PV-Tuning (pv), + straight-through
+# tuning (ste), round-to-nearest baseline (rtn), e.g. pv:2x8g8,steps=200  aqlm:1x8g8  rtn:2g64
+QUANTIZE_METHODS.update({m: _lazy_quantize(m) for m in ("aqlm", "pv", "ste", "rtn")})
+
+
+def _lazy_drafter(builder: str) -> Callable[[str, CompileOptions], list]:
+    """A DRAFTERS entry that imports passes/drafter.py only when --drafter names it."""
+    def factory(arg: str, options: CompileOptions) -> list:
+        import importlib
+        return getattr(importlib.import_module("..passes.drafter", __package__), builder)(arg, options)
+    return factory
+
+
+# drafters (passes/drafter.py): fused self-speculative early exit ("fused", "fused:layers=8,steps=300,vocab=8192")
+# or an external draft model with the same tokenizer (--drafter PATH)
+DRAFTERS.update({"fused": _lazy_drafter("build_fused"), "external": _lazy_drafter("build_external")})
+
+
 def _lookup(kind: str, registry: dict, spec: str, options: CompileOptions) -> list:
     name, _, arg = spec.partition(":")
     if name not in registry:
@@ -38,10 +84,12 @@ def drafting(options: CompileOptions) -> list:
     # after compression: a compressed target gets a drafter derived from the compressed model
     if not options.drafter:
         return []
-    kind = options.drafter if options.drafter in DRAFTERS else "external"
-    if kind not in DRAFTERS:
+    name, _, arg = options.drafter.partition(":")
+    if name in DRAFTERS and name != "external":      # "fused" or "fused:layers=8,steps=300"
+        return DRAFTERS[name](arg, options)
+    if "external" not in DRAFTERS:
         raise InputError(f"drafters are not available (asked for '{options.drafter}')")
-    return DRAFTERS[kind](options.drafter, options)
+    return DRAFTERS["external"](options.drafter, options)   # a path to a draft model
 
 
 def export(options: CompileOptions, static: bool) -> list:
@@ -51,12 +99,28 @@ def export(options: CompileOptions, static: bool) -> list:
     return [
         ExportOnnxPass(ExportOnnxConfig(static=static, cache_len=options.cache_len,
                                         prefill_chunk=options.prefill_chunk, weights=options.weights)),
+        *_drafter_export(options),      # before OpenVINO: it converts every registered ONNX graph
         ExportOpenVINOPass(ExportOpenVINOConfig(weights=options.weights)),
     ]
+
+
+def _fused_drafter(options: CompileOptions) -> bool:
+    return bool(options.drafter) and options.drafter.partition(":")[0] == "fused"
+
+
+def _drafter_export(options: CompileOptions) -> list:
+    if not _fused_drafter(options):
+        return []
+    from ..passes.export_drafter import ExportDrafterPass, ExportDrafterConfig
+    return [ExportDrafterPass(ExportDrafterConfig(weights=options.weights))]
 
 
 def validation(options: CompileOptions) -> list:
     if not options.validate:
         return []
     from ..passes.validate import ValidatePass, ValidateConfig
-    return [ValidatePass(ValidateConfig(weights=options.weights))]
+    passes = [ValidatePass(ValidateConfig(weights=options.weights))]
+    if _fused_drafter(options):
+        from ..passes.export_drafter import ValidateDrafterPass, ValidateDrafterConfig
+        passes.append(ValidateDrafterPass(ValidateDrafterConfig(weights=options.weights)))
+    return passes

@@ -1,0 +1,214 @@
+"""Export the fused drafter's graphs (passes/drafter.py) and validate them against torch.
+
+Three graphs join the artifact's `decoder` graph (docs/passes/drafter.md):
+
+    draft_trunk  role "trunk"        layers [0, L)          input_ids -> hidden_out  (+ KV of layers 0..L-1)
+    draft_head   role "draft_head"   exit layer+norm+head   hidden_in -> logits [.., S] (+ KV of the exit layer)
+    verify_tail  role "verify_tail"  layers [L, N)          hidden_in -> logits [.., V] (+ KV of layers L..N-1)
+
+The runtime (runtime/spec_artifact.py) runs trunk once per token and shares its KV cache and hidden
+states between the drafter (head) and the verifier (tail). A reduced-vocabulary head's token ids go to
+graphs/draft_vocab.json. Weights: trunk + tail hold the target's layers a second time (the `decoder`
+graph keeps its own copy for plain decoding), and the head holds a copy of the head rows it keeps;
+nothing is shared between graph files on disk.
+
+ExportDrafterPass runs between export-onnx and export-openvino: it writes the fp32 ONNX graphs, registers
+them in bundle.records["graphs"] / ["onnx_fp32"], and export-openvino converts them like the decoder.
+ValidateDrafterPass (validation phase) checks, per backend, trunk+tail logits against the torch model
+and draft-head logits against the drafter's torch head, teacher-forced on the validation prompts.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..compiler.bundle import ModelBundle
+from ..compiler.errors import InputError, PreconditionError
+from ..compiler.pass_base import Pass, PassConfig, PassResult
+from .drafter_model import FusedDrafter
+from .export_onnx import WEIGHTS, _scratch, export_graph, input_shapes, output_shapes
+from .graph_io import GraphCache
+from .onnx_weights import compress_onnx
+from .validate import BACKENDS, TOLERANCES, make_runner, prompt_ids, torch_reference
+
+DYNAMIC = ("batch", "new", "past")
+ROLES = {"draft_trunk": "trunk", "draft_head": "draft_head", "verify_tail": "verify_tail"}
+VOCAB_FILE = "graphs/draft_vocab.json"
+
+
+def drafter_graphs(bundle: ModelBundle) -> dict:
+    """name -> DecoderGraph for the attached fused drafter."""
+    d = bundle.records.get("drafter_module")
+    if not isinstance(d, FusedDrafter):
+        raise PreconditionError("no fused drafter attached (run drafter-fused first)")
+    return {"draft_trunk": d.trunk_graph(bundle.model, bundle.adapter), "draft_head": d.head_graph(),
+            "verify_tail": d.tail_graph(bundle.model, bundle.adapter)}
+
+
+@dataclass(frozen=True)
+class ExportDrafterConfig(PassConfig):
+    weights: str = "fp32"
+
+    def __post_init__(self):
+        if self.weights not in WEIGHTS:
+            raise InputError(f"unknown weight precision '{self.weights}' (choose from {', '.join(WEIGHTS)})")
+
+
+class ExportDrafterPass(Pass):
+    name = "export-drafter"
+    config_class = ExportDrafterConfig
+
+    def requires(self, bundle: ModelBundle) -> None:
+        graphs = bundle.records.get("graphs") or {}
+        if "decoder" not in graphs:
+            if graphs:
+                raise PreconditionError("the fused drafter's graphs need dynamic shapes: use --target cpu or cuda "
+                                        "(static npu graphs have no drafter export yet)")
+            raise PreconditionError("no decoder graph exported (run export-onnx first)")
+        drafter_graphs(bundle)
+
+    def call(self, bundle: ModelBundle) -> PassResult:
+        cfg, ad = self.config, bundle.adapter
+        drafter: FusedDrafter = bundle.records["drafter_module"]
+        records = bundle.records["graphs"]
+        records["decoder"].setdefault("role", "decoder")
+        scratch = _scratch() if cfg.weights != "fp32" else None
+        vocab = None
+        if drafter.vocab_ids is not None:
+            vocab = VOCAB_FILE
+            (bundle.workdir / "graphs").mkdir(parents=True, exist_ok=True)
+            (bundle.workdir / vocab).write_text(json.dumps([int(i) for i in drafter.vocab_ids]))
+            bundle.add_file(vocab, bundle.workdir / vocab)
+        metrics = {}
+        for name, graph in drafter_graphs(bundle).items():
+            rel = f"graphs/{name}.onnx"
+            out = bundle.workdir / rel
+            src = (scratch / f"{name}.onnx") if scratch else out
+            t0 = time.perf_counter()
+            export_graph(graph, src, DYNAMIC)
+            if scratch:
+                compress_onnx(src, out, cfg.weights, ad)
+            metrics[f"{name}_export_s"] = round(time.perf_counter() - t0, 2)
+            bundle.add_file(rel, out)
+            bundle.add_file(rel + ".data", out.with_name(out.name + ".data"))
+            rec = {"onnx": rel, "static": False, "role": ROLES[name], "inputs": input_shapes(graph, DYNAMIC),
+                   "outputs": output_shapes(graph, DYNAMIC), "layers": [graph.first, graph.last],
+                   "num_layers": graph.last - graph.first, "kv_heads": graph.kv_heads, "head_dim": graph.head_dim,
+                   "vocab": graph.vocab, "hidden_size": graph.hidden_size, "weights": cfg.weights,
+                   "exit_layer": drafter.exit_layer}
+            if name == "draft_head":
+                rec["vocab_ids"] = vocab           # None: the head covers the full vocabulary
+                rec["weight_storage"] = "own copy of the exit layer and of the kept head rows"
+            else:
+                rec["weight_storage"] = "second copy of the target's layers (the decoder graph holds the first)"
+            records[name] = rec
+            bundle.records.setdefault("onnx_fp32", {})[name] = src
+            metrics[f"{name}_mb"] = round((out.stat().st_size + out.with_name(out.name + ".data").stat().st_size)
+                                          / 1e6, 1)
+        return PassResult(True, metrics)
+
+    def ensures(self, bundle: ModelBundle, result: PassResult) -> None:
+        for name in ROLES:
+            rec = bundle.records["graphs"].get(name)
+            if rec is None or not (bundle.workdir / rec["onnx"]).is_file():
+                raise PreconditionError(f"drafter graph {name} was not written")
+
+
+# -- validation ------------------------------------------------------------------------------------
+def _call(run, cache: GraphCache, x: np.ndarray, name: str, out: str) -> np.ndarray:
+    T = x.shape[1]
+    pos = np.arange(cache.length, cache.length + T, dtype=np.int64)[None]
+    res = run(cache.feeds(x, pos, input_name=name))
+    cache.append(res, T)
+    return np.asarray(res[out])
+
+
+def run_split(runners: dict, recs: dict, tokens: np.ndarray, n_prompt: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trunk, then tail and head on its hidden states; prefill n_prompt tokens then one at a time.
+    -> (target logits [1, N, V], draft logits [1, N, S])."""
+    caches = {n: GraphCache.allocate(r["num_layers"], 1, tokens.shape[1], r["kv_heads"], r["head_dim"],
+                                     r["layers"][0]) for n, r in recs.items()}
+    logits, draft = [], []
+    cuts = [0, n_prompt, *range(n_prompt + 1, tokens.shape[1] + 1)]
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        h = _call(runners["draft_trunk"], caches["draft_trunk"], tokens[:, a:b], "input_ids", "hidden_out")
+        logits.append(_call(runners["verify_tail"], caches["verify_tail"], h, "hidden_in", "logits"))
+        draft.append(_call(runners["draft_head"], caches["draft_head"], h, "hidden_in", "logits"))
+    return np.concatenate(logits, 1), np.concatenate(draft, 1)
+
+
+def torch_draft_logits(bundle: ModelBundle, tokens: np.ndarray) -> np.ndarray:
+    """The drafter's logits [1, N, S] in torch (trunk then exit head, one call each)."""
+    import torch
+    d: FusedDrafter = bundle.records["drafter_module"]
+    trunk, head = d.trunk_graph(bundle.model, bundle.adapter), d.head_graph()
+    ids = torch.from_numpy(tokens)
+    pos = torch.arange(ids.shape[1])[None]
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        h = trunk(ids, pos, mask, *trunk.empty_cache(1))[0]
+        return head(h, pos, mask, *head.empty_cache(1))[0].float().numpy()
+
+
+@dataclass(frozen=True)
+class ValidateDrafterConfig(PassConfig):
+    weights: str = "fp32"
+    steps: int = 8
+    backends: tuple = BACKENDS
+
+    def __post_init__(self):
+        if self.weights not in TOLERANCES:
+            raise InputError(f"unknown weight precision '{self.weights}' (choose from {', '.join(TOLERANCES)})")
+        if self.steps < 1:
+            raise InputError(f"validation steps must be >= 1, got {self.steps}")
+
+
+class ValidateDrafterPass(Pass):
+    name = "validate-drafter"
+    config_class = ValidateDrafterConfig
+
+    def requires(self, bundle: ModelBundle) -> None:
+        graphs = bundle.records.get("graphs") or {}
+        for name in ROLES:
+            if name not in graphs:
+                raise PreconditionError(f"no {name} graph to validate (run export-drafter first)")
+        drafter_graphs(bundle)
+
+    def call(self, bundle: ModelBundle) -> PassResult:
+        recs = {n: bundle.records["graphs"][n] for n in ROLES}
+        max_diff, agree = TOLERANCES[self.config.weights]
+        refs = []
+        for ids in prompt_ids(bundle):
+            tokens, logits = torch_reference(bundle.model, ids, self.config.steps)
+            refs.append((ids.shape[1], tokens, logits, torch_draft_logits(bundle, tokens)))
+        results, metrics, bad = {}, {}, []
+        for backend in self.config.backends:
+            key = "onnx" if backend == "onnxruntime" else "openvino"
+            runners = {n: make_runner(backend, str(bundle.workdir / r[key])) for n, r in recs.items()}
+            res = {"target_max_diff": 0.0, "draft_max_diff": 0.0, "target_greedy": 0, "draft_greedy": 0}
+            total = 0
+            for n_prompt, tokens, ref, ref_draft in refs:
+                logits, draft = run_split(runners, recs, tokens, n_prompt)
+                res["target_max_diff"] = max(res["target_max_diff"], float(np.abs(logits - ref).max()))
+                res["draft_max_diff"] = max(res["draft_max_diff"], float(np.abs(draft - ref_draft).max()))
+                picks = slice(n_prompt - 1, None)
+                res["target_greedy"] += int((logits[0, picks].argmax(-1) == ref[0, picks].argmax(-1)).sum())
+                res["draft_greedy"] += int((draft[0, picks].argmax(-1) == ref_draft[0, picks].argmax(-1)).sum())
+                total += ref.shape[1] - n_prompt + 1
+            for k in ("target_greedy", "draft_greedy"):
+                res[k] = round(res[k] / total, 4)
+            results[backend] = res
+            metrics.update({f"{backend}_{k}": float(f"{v:.3g}") for k, v in res.items()})
+            for part in ("target", "draft"):
+                if res[f"{part}_max_diff"] > max_diff or res[f"{part}_greedy"] < agree:
+                    bad.append(f"{backend} {part}: max |logit diff| {res[part + '_max_diff']:.3g} (limit "
+                               f"{max_diff}), greedy agreement {res[part + '_greedy']:.2f} (min {agree})")
+        bundle.records["drafter_validation"] = {"weights": self.config.weights, "steps": self.config.steps,
+                                                "tolerance": {"max_logit_diff": max_diff, "greedy_agreement": agree},
+                                                "backends": results}
+        if bad:
+            raise InputError(f"exported drafter graphs differ from torch: " + "; ".join(bad))
+        return PassResult(False, metrics)

@@ -1,0 +1,158 @@
+"""Fused-drafter export: a tiny model compiled with `--drafter fused` gets trunk / draft head / verify tail graphs
+(ONNX + OpenVINO, roles in the manifest) that match torch, and the artifact runtime's speculative decoding gives
+the same greedy tokens as plain decoding."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from accelc.compiler.artifact import publish, staging, write_manifest
+from accelc.compiler.bundle import ModelBundle
+from accelc.compiler.errors import PassError
+from accelc.compiler.manager import PassManager
+from accelc.models.adapter import ArchAdapter
+from accelc.models.corpus import split_text
+from accelc.models.sources import load_model
+from accelc.models.tiny import tiny_model
+from accelc.passes.export_drafter import ExportDrafterConfig, ExportDrafterPass, run_split
+from accelc.passes.validate import make_runner
+from accelc.runtime.artifact import open_artifact
+from accelc.runtime.generate import generate
+from accelc.runtime.spec_artifact import drafter_records, generate_speculative, load_drafter, run_speculative
+from accelc.runtime.speculative import SpecConfig
+from accelc.targets import CompileOptions, get_target
+
+torch.set_num_threads(1)
+EOS = 256
+SPEC = "fused:layers=1,steps=20,seq_len=32,windows=8,holdout=1,batch=2,vocab=96"
+
+
+def byte_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<eos>"] = EOS
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """(artifact dir, bundle) of a tiny 3-layer Llama compiled for cpu with a fused drafter, as `accelc compile`."""
+    d = tmp_path_factory.mktemp("drafter-art")
+    calib = d / "calib.txt"
+    calib.write_text(split_text("eval")[:20000])
+    src = d / "source"
+    tiny_model("llama", seed=0, vocab_size=EOS + 1, initializer_range=0.25).save_pretrained(src)
+    byte_tokenizer().save_pretrained(src)
+    bundle = load_model(str(src))
+    options = CompileOptions(drafter=SPEC, calib=str(calib))
+    target = get_target("cpu")
+    out = d / "art"
+    with staging(out) as stage:
+        bundle.workdir = stage
+        log = PassManager(target.pipeline(options)).run(bundle)
+        bundle.tokenizer.save_pretrained(stage / "tokenizer")
+        write_manifest(stage, {"source": bundle.source, "target": {"name": "cpu", "static_shapes": False,
+                                                                   "devices": ["cpu"]},
+                               "options": {"weights": "fp32"}, "model": bundle.adapter.describe(),
+                               "graphs": bundle.records["graphs"], "records": {},
+                               "passes": [r.to_json() for r in log]})
+        publish(stage, out, force=False)
+    return out, bundle
+
+
+def test_pipeline_has_drafter_passes():
+    names = [p.name for p in get_target("cpu").pipeline(CompileOptions(drafter="fused"))]
+    assert names.index("export-onnx") < names.index("export-drafter") < names.index("export-openvino")
+    assert names[-1] == "validate-drafter"
+    # no-op where it should be: no drafter, no drafter passes
+    names = [p.name for p in get_target("cpu").pipeline(CompileOptions())]
+    assert "export-drafter" not in names and "validate-drafter" not in names
+
+
+def test_artifact_has_drafter_graphs(compiled):
+    out, bundle = compiled
+    m = json.loads((out / "manifest.json").read_text())
+    roles = {n: g.get("role") for n, g in m["graphs"].items()}
+    assert roles == {"decoder": "decoder", "draft_trunk": "trunk", "draft_head": "draft_head",
+                     "verify_tail": "verify_tail"}
+    g = m["graphs"]
+    assert g["draft_trunk"]["layers"] == [0, 1] and g["verify_tail"]["layers"] == [1, 3]
+    assert "input_ids" in g["draft_trunk"]["inputs"] and "hidden_out" in g["draft_trunk"]["outputs"]
+    assert "hidden_in" in g["verify_tail"]["inputs"] and g["verify_tail"]["outputs"]["logits"][2] == EOS + 1
+    assert g["draft_head"]["outputs"]["logits"][2] == 96                        # reduced head
+    for rec in g.values():
+        assert (out / rec["onnx"]).is_file() and (out / rec["openvino"]).is_file()
+    assert len(json.loads((out / g["draft_head"]["vocab_ids"]).read_text())) == 96
+    val = next(p for p in m["passes"] if p["name"] == "validate-drafter")["metrics"]
+    for b in ("onnxruntime", "openvino"):
+        assert val[f"{b}_target_max_diff"] < 1e-3 and val[f"{b}_draft_max_diff"] < 1e-3
+        assert val[f"{b}_target_greedy"] == 1.0 and val[f"{b}_draft_greedy"] == 1.0
+
+
+def test_split_graphs_match_full_model(compiled):
+    """trunk + tail (exported) == the torch model's logits; a head graph run on the tail's hidden input differs."""
+    out, bundle = compiled
+    m = json.loads((out / "manifest.json").read_text())
+    recs = {n: m["graphs"][n] for n in ("draft_trunk", "draft_head", "verify_tail")}
+    runners = {n: make_runner("onnxruntime", str(out / r["onnx"])) for n, r in recs.items()}
+    tokens = np.array([[5, 17, 99, 3, 200, 41, 7, 7, 64]], dtype=np.int64)
+    logits, draft = run_split(runners, recs, tokens, 5)
+    with torch.inference_mode():
+        ref = bundle.model(torch.from_numpy(tokens)).logits.numpy()
+    assert np.abs(logits - ref).max() < 1e-4
+    # the drafter is a different (shallower) model: its logits are not the target's
+    ids = json.loads((out / recs["draft_head"]["vocab_ids"]).read_text())
+    assert np.abs(draft - ref[..., ids]).max() > 1e-2
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_runtime_speculative_greedy_is_lossless(compiled, backend):
+    out, _ = compiled
+    art = open_artifact(out, backend=backend, report=False)
+    art.eos_ids = frozenset()
+    drafter = load_drafter(art)
+    assert drafter.backend == backend and len(drafter.vocab_ids) == 96
+    prompts = [[(7 * i + s) % EOS for i in range(5 + s)] for s in range(6)]
+    for mode in ("fixed", "confidence", "heuristic"):
+        for p in prompts:
+            ref = generate(art, p, 20).tokens
+            res, stats = generate_speculative(art, drafter, p, 20, config=SpecConfig(k=3, draft_mode=mode))
+            assert res.tokens == ref
+            assert stats.rounds > 0 and stats.drafted > 0
+
+
+def test_run_speculative_off_without_drafter(compiled, tmp_path):
+    """No drafter graphs -> None (plain decoding); the torch backend also falls back."""
+    out, _ = compiled
+    art = open_artifact(out, backend="onnxruntime", report=False)
+    args = SimpleNamespace(draft_k=2, draft_mode="fixed", max_new_tokens=4, stop=[])
+    art.manifest = {**art.manifest, "graphs": {"decoder": art.manifest["graphs"]["decoder"]}}
+    assert drafter_records(art.manifest) is None
+    assert run_speculative(art, [1, 2, 3], args, None) is None
+
+
+def test_export_drafter_needs_a_drafter():
+    m = tiny_model("llama", seed=0)
+    b = ModelBundle(model=m, tokenizer=None, adapter=ArchAdapter(m))
+    b.records["graphs"] = {"decoder": {}}
+    with pytest.raises(PassError, match="no fused drafter"):
+        ExportDrafterPass(ExportDrafterConfig())(b)
+
+
+def test_cli_run_json_has_speculative_metrics(compiled, capsys):
+    from accelc.compiler.cli import main
+    out, _ = compiled
+    assert main(["run", str(out), "--prompt", "abc", "--raw", "--max-new-tokens", "12", "--json",
+                 "--draft-mode", "fixed", "--draft-k", "3"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["speculative"]["rounds"] >= 1 and 0 <= spec["speculative"]["acceptance_rate"] <= 1
+    assert main(["run", str(out), "--prompt", "abc", "--raw", "--max-new-tokens", "12", "--json",
+                 "--no-speculative"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert "speculative" not in plain and plain["tokens"] == spec["tokens"]
