@@ -16,50 +16,33 @@ QUANTIZE_METHODS: dict[str, Callable[[str, CompileOptions], list]] = {}
 DRAFTERS: dict[str, Callable[[str, CompileOptions], list]] = {}
 
 
-def _lazy_prune(module: str, method: str) -> Callable[[str, CompileOptions], list]:
-    """A PRUNE_METHODS entry that imports its pass module only when a spec names it."""
+def _lazy(module: str, function: str, *head) -> Callable[[str, CompileOptions], list]:
+    """A registry entry that imports passes/<module>.py only when a spec names it, then calls
+    <function>(*head, arg, options)."""
     def factory(arg: str, options: CompileOptions) -> list:
         import importlib
-        return importlib.import_module(f"..passes.{module}", __package__).build(method, arg, options)
+        return getattr(importlib.import_module(f"..passes.{module}", __package__), function)(*head, arg, options)
     return factory
 
 
 # pruning (docs/passes/pruning.md): structured MLP channels (cfsp.py), unstructured / N:M masks
 # (sparsity.py: magnitude, wanda; dsnot.py), e.g. cfsp:0.3,round=32  wanda:2:4  dsnot:0.6,mlp=true
 PRUNE_METHODS.update({
-    "cfsp": _lazy_prune("cfsp", "cfsp"),
-    "cfsp-uniform": _lazy_prune("cfsp", "cfsp-uniform"),
-    "channel-magnitude": _lazy_prune("cfsp", "channel-magnitude"),
-    "magnitude": _lazy_prune("sparsity", "magnitude"),
-    "wanda": _lazy_prune("sparsity", "wanda"),
-    "dsnot": _lazy_prune("dsnot", "dsnot"),
+    "cfsp": _lazy("cfsp", "build", "cfsp"),
+    "cfsp-uniform": _lazy("cfsp", "build", "cfsp-uniform"),
+    "channel-magnitude": _lazy("cfsp", "build", "channel-magnitude"),
+    "magnitude": _lazy("sparsity", "build", "magnitude"),
+    "wanda": _lazy("sparsity", "build", "wanda"),
+    "dsnot": _lazy("dsnot", "build", "dsnot"),
 })
-
-
-def _lazy_quantize(method: str) -> Callable[[str, CompileOptions], list]:
-    """A QUANTIZE_METHODS entry that imports passes/quant_methods.py only when a spec names it."""
-    def factory(arg: str, options: CompileOptions) -> list:
-        import importlib
-        return importlib.import_module("..passes.quant_methods", __package__).build(method, arg, options)
-    return factory
-
 
 # extreme quantization (docs/passes/quantization.md): codebooks (aqlm), + PV-Tuning (pv), + straight-through
 # tuning (ste), round-to-nearest baseline (rtn), e.g. pv:2x8g8,steps=200  aqlm:1x8g8  rtn:2g64
-QUANTIZE_METHODS.update({m: _lazy_quantize(m) for m in ("aqlm", "pv", "ste", "rtn")})
-
-
-def _lazy_drafter(builder: str) -> Callable[[str, CompileOptions], list]:
-    """A DRAFTERS entry that imports passes/drafter.py only when --drafter names it."""
-    def factory(arg: str, options: CompileOptions) -> list:
-        import importlib
-        return getattr(importlib.import_module("..passes.drafter", __package__), builder)(arg, options)
-    return factory
-
+QUANTIZE_METHODS.update({m: _lazy("quant_methods", "build", m) for m in ("aqlm", "pv", "ste", "rtn")})
 
 # drafters (passes/drafter.py): fused self-speculative early exit ("fused", "fused:layers=8,steps=300,vocab=8192")
 # or an external draft model with the same tokenizer (--drafter PATH)
-DRAFTERS.update({"fused": _lazy_drafter("build_fused"), "external": _lazy_drafter("build_external")})
+DRAFTERS.update({"fused": _lazy("drafter", "build_fused"), "external": _lazy("drafter", "build_external")})
 
 
 def _lookup(kind: str, registry: dict, spec: str, options: CompileOptions) -> list:
