@@ -65,7 +65,7 @@ def run(args) -> int:
     results = []
     with bar(len(factories) * len(prompts), "bench") as pb:
         for name, factory in factories:
-            pb.set_description(name)
+            pb.set_description_str(name)
             results.append(run_engine(factory, name, prompts, args.max_new_tokens, lambda: pb.update(1)))
             if name == "accelc":
                 del ours
@@ -91,8 +91,8 @@ def run(args) -> int:
             print(f"{r['engine']:<40} {r['ttft_ms']:>8.1f} {r['prefill_tok_s']:>10.1f} {r['decode_tok_s']:>9.2f} "
                   f"{r['peak_rss_mb']:>7.0f}MB {100 * (r['roofline_fraction'] or 0):>7.1f}% "
                   f"{r['accelc_decode_ratio'] or 0:>8.2f}x")
-        print(f"roofline: {wbytes / 1e6:.1f} MB of weights per token / {bw / 1e9:.1f} GB/s read bandwidth "
-              f"= {roof:.1f} tok/s")
+        print(f"roofline: {wbytes / 1e6:.1f} MB of weights read per token / {bw / 1e9:.1f} GB/s read bandwidth "
+              f"({threads} threads, numpy sum) = {roof:.1f} tok/s")
     if args.plot:
         _plot(rows, roof, args.plot)
     return 0

@@ -23,6 +23,12 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, help="random seed for sampling")
     p.add_argument("--stop", action="append", default=[], metavar="S", help="stop before this string (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    # speculative decoding (artifacts compiled with --drafter fused; runtime/spec_artifact.py)
+    p.add_argument("--no-speculative", action="store_true", help="decode token by token even when the artifact "
+                   "has drafter graphs (speculative decoding is the default then)")
+    p.add_argument("--draft-mode", choices=["confidence", "fixed", "heuristic"], default="confidence",
+                   help="draft length: confidence-based stopping (default), fixed k, or grow/shrink")
+    p.add_argument("--draft-k", type=int, default=4, help="draft tokens per round (fixed) or start/cap (default 4)")
     p.set_defaults(func=run)
 
 
@@ -44,10 +50,22 @@ def run(args) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    result = generate(art, ids, args.max_new_tokens, sampling, stop=args.stop, on_text=None if args.json else show)
+    spec = None
+    if not args.no_speculative:
+        from ..runtime.spec_artifact import run_speculative
+        spec = run_speculative(art, ids, args, sampling)
+    if spec is not None:
+        result, stats = spec
+        if not args.json:
+            show(result.text)
+    else:
+        result = generate(art, ids, args.max_new_tokens, sampling, stop=args.stop,
+                          on_text=None if args.json else show)
     if args.json:
         out = {"backend": art.choice.backend, "device": art.choice.device, "engine": art.engine,
                "threads": art.threads, "prompt": args.prompt, **result.to_json()}
+        if spec is not None:
+            out["speculative"] = stats.to_json()
         print(json.dumps(out, indent=1))
     else:
         sys.stdout.write("\n")

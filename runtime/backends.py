@@ -1,0 +1,82 @@
+"""The one interface every backend implements, and the registry that loads them.
+
+A backend runs one exported decoder graph (docs/architecture.md, "The exported graph contract"):
+
+    forward(input_ids      int64 [1, T],
+            position_ids   int64 [1, T],
+            attention_mask int64 [1, P+T],
+            cache          list of float32 [1, P, H, D]: past_key.0, past_value.0, past_key.1, ...)
+        -> logits float32 [1, T, V], new_kv list of float32 [1, T, H, D] (same order as cache)
+
+Inputs are passed without copying where the library allows it. The returned arrays may be views of
+the backend's own output buffers: they are valid until the next forward call (copy to keep them).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..compiler.errors import ArtifactError
+
+# backend name -> module (relative to accelc.runtime) with load(artifact_dir, graph, device, threads)
+BACKENDS = {
+    "openvino": "backend_openvino",
+    "onnxruntime": "backend_onnxruntime",
+    "torch": "backend_torch",
+}
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+
+    def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
+                cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]: ...
+
+
+def input_names(layers: int) -> list[str]:
+    names = ["input_ids", "position_ids", "attention_mask"]
+    for i in range(layers):
+        names += [f"past_key.{i}", f"past_value.{i}"]
+    return names
+
+
+def output_names(layers: int) -> list[str]:
+    names = ["logits"]
+    for i in range(layers):
+        names += [f"new_key.{i}", f"new_value.{i}"]
+    return names
+
+
+def count_layers(names: list[str], where: str) -> int:
+    """Number of layers from a graph's input names; checks the contract's names are all there."""
+    n = sum(1 for x in names if x.startswith("past_key."))
+    missing = sorted(set(input_names(n)) - set(names))
+    if n == 0 or missing:
+        raise ArtifactError(f"{where} does not follow the decoder graph contract (missing inputs: "
+                            f"{', '.join(missing[:4]) or 'past_key.*'})")
+    return n
+
+
+def graph_file(artifact_dir: Path, graph: dict, key: str, backend: str) -> Path:
+    rel = graph.get(key)
+    if not rel:
+        raise ArtifactError(f"this artifact has no {key} graph file for the {backend} backend")
+    return Path(artifact_dir) / rel
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def load_backend(name: str, artifact_dir: Path, graph: dict, device: str, threads: int | None = None,
+                 manifest: dict | None = None) -> Backend:
+    module = importlib.import_module(f".{BACKENDS[name]}", __package__)
+    return module.load(Path(artifact_dir), graph, device, threads or default_threads(), manifest or {})

@@ -1,0 +1,95 @@
+"""Backend and device selection: NPU, then CUDA, then CPU, unless the user says otherwise.
+
+Each candidate (device, backend) is checked for availability and for fitting the artifact (an NPU
+needs static graphs in OpenVINO IR; CUDA needs ONNX Runtime's CUDA provider, or torch with CUDA and
+an artifact whose weights are the source's). The choice comes with a one-line reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..compiler.errors import InputError
+
+DEVICE_ORDER = ("npu", "cuda", "cpu")
+# backends to try on each device, in order of preference
+DEVICE_BACKENDS = {"npu": ("openvino",), "cuda": ("onnxruntime", "torch"), "cpu": ("openvino", "onnxruntime")}
+ALL_BACKENDS = ("openvino", "onnxruntime", "torch")
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    device: str
+    reason: str
+
+
+def _ov_devices() -> list[str]:
+    try:
+        from .backend_openvino import available_devices
+        return available_devices()
+    except Exception:
+        return []
+
+
+def _ort_providers() -> list[str]:
+    try:
+        from .backend_onnxruntime import available_providers
+        return available_providers()
+    except Exception:
+        return []
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def why_not(backend: str, device: str, manifest: dict, graph: dict) -> str | None:
+    """None if `backend` can run `graph` on `device` here, else the reason it cannot."""
+    if device == "npu":
+        if backend != "openvino":
+            return f"{backend} does not run on an NPU"
+        if not graph.get("static"):
+            return "the NPU needs static graphs (compile with --target npu)"
+        return None if "NPU" in _ov_devices() else "OpenVINO sees no NPU"
+    if backend == "openvino":
+        if device != "cpu":
+            return f"the openvino backend here runs on cpu or npu, not {device}"
+        return None if graph.get("openvino") else "the artifact has no OpenVINO IR"
+    if backend == "onnxruntime":
+        if not graph.get("onnx"):
+            return "the artifact has no ONNX graph"
+        if device == "cuda" and "CUDAExecutionProvider" not in _ort_providers():
+            return "ONNX Runtime has no CUDAExecutionProvider"
+        return None if device in ("cpu", "cuda") else f"onnxruntime does not run on {device}"
+    if backend == "torch":
+        from .backend_torch import unavailable_reason
+        if device == "cuda" and not _torch_cuda():
+            return "torch sees no CUDA device"
+        if device not in ("cpu", "cuda"):
+            return f"torch does not run on {device}"
+        return unavailable_reason(manifest)
+    return f"unknown backend {backend}"
+
+
+def select(manifest: dict, graph: dict, backend: str | None = None, device: str | None = None) -> Choice:
+    if backend is not None and backend not in ALL_BACKENDS:
+        raise InputError(f"unknown backend '{backend}' (choose from {', '.join(ALL_BACKENDS)})")
+    if device is not None:
+        device = device.lower()
+        if device not in DEVICE_ORDER:
+            raise InputError(f"unknown device '{device}' (choose from {', '.join(DEVICE_ORDER)})")
+    devices = [device] if device else list(DEVICE_ORDER)
+    skipped = []
+    for d in devices:
+        for b in ([backend] if backend else DEVICE_BACKENDS[d]):
+            reason = why_not(b, d, manifest, graph)
+            if reason is None:
+                how = "as asked" if (backend or device) else "first available in order npu, cuda, cpu"
+                tail = f"; skipped: {'; '.join(skipped)}" if skipped else ""
+                return Choice(b, d, f"{b} on {d} ({how}{tail})")
+            skipped.append(f"{b}/{d}: {reason}")
+    raise InputError("no usable backend/device: " + "; ".join(skipped))

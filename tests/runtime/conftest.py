@@ -1,0 +1,84 @@
+"""Tiny artifacts (random 3-layer Llama, byte-level tokenizer) compiled the way `accelc compile` does:
+the cpu/npu target's export-onnx, export-openvino and validate passes, tokenizer, manifest."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from accelc.compiler.artifact import publish, staging, write_manifest
+from accelc.models.sources import load_model
+from accelc.models.tiny import tiny_model
+
+EOS = 256
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+
+
+def byte_tokenizer(chat: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<eos>"] = EOS
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+    if chat:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_lm(seed: int = 0):
+    # a wide init so that greedy decoding does not just repeat one token
+    return tiny_model("llama", seed=seed, vocab_size=EOS + 1, initializer_range=0.25)
+
+
+def build_tiny_artifact(out: Path, static: bool = False, cache_len: int = 48, chunk: int = 8, seed: int = 0) -> Path:
+    """Compile a tiny model into `out` with the target's export + validation passes, as `accelc compile` does."""
+    from accelc.compiler.manager import PassManager
+    from accelc.targets import CompileOptions, get_target
+    src = out.parent / f"{out.name}-source"          # the source checkpoint (the torch backend reloads it)
+    tiny_lm(seed).save_pretrained(src)
+    byte_tokenizer().save_pretrained(src)
+    bundle = load_model(str(src))
+    target = get_target("npu" if static else "cpu")
+    options = CompileOptions(cache_len=cache_len, prefill_chunk=chunk)
+    with staging(out) as stage:
+        bundle.workdir = stage
+        log = PassManager(target.pipeline(options)).run(bundle)
+        bundle.tokenizer.save_pretrained(stage / "tokenizer")
+        manifest = {"source": bundle.source,
+                    "target": {"name": target.name, "static_shapes": target.static_shapes,
+                               "devices": list(target.devices)},
+                    "options": {k: v for k, v in vars(options).items() if k != "extra"},
+                    "model": bundle.adapter.describe(), "graphs": bundle.records["graphs"], "records": {},
+                    "passes": [r.to_json() for r in log]}
+        write_manifest(stage, manifest)
+        publish(stage, out, force=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    return build_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny-cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_static_artifact(tmp_path_factory) -> Path:
+    return build_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny-npu", static=True)
+
+
+def torch_greedy_ids(prompt_ids: list[int], n: int, seed: int = 0) -> list[int]:
+    """transformers greedy continuation of the same tiny model (the reference)."""
+    model = tiny_lm(seed)
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=0, min_new_tokens=n)
+    return out[0, len(prompt_ids):].tolist()
+
+
+@pytest.fixture(scope="session")
+def torch_greedy():
+    """prompt ids, n -> the transformers greedy continuation of the tiny model (reference)."""
+    return torch_greedy_ids
