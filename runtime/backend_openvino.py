@@ -4,15 +4,34 @@ CPU runs are pinned: INFERENCE_NUM_THREADS = threads and INFERENCE_PRECISION_HIN
 hosts that default to bf16 compute the same numbers and comparisons with other engines are fair.
 Inputs are wrapped as ov.Tensor(..., shared_memory=True) (no copy); outputs are views of the
 request's tensors.
+
+KV cache representation on CPU (docs/runtime.md, "cache representation"): by default the dynamic decoder
+graph is rewritten at load time into a stateful one (runtime/ov_stateful.py): the KV cache lives in the
+infer request's variables and the CPU plugin appends to it in place inside its fused attention node. Then
+`forward` is not used; `forward_stateful(ids, pos, mask, past_len)` is, and the runtime's KV cache is
+bookkeeping only (decode.py). ACCELC_OV_KV=explicit keeps the explicit-cache graph (the caller's
+preallocated buffers, passed as views every call), as do NPU and static graphs.
 """
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..compiler.errors import ArtifactError
 from .backends import count_layers, graph_file, input_names, output_names
+
+log = logging.getLogger(__name__)
+KV_MODES = ("stateful", "explicit")
+
+
+def kv_mode() -> str:
+    mode = os.environ.get("ACCELC_OV_KV", "stateful").strip().lower()
+    if mode not in KV_MODES:
+        raise ArtifactError(f"ACCELC_OV_KV must be one of {', '.join(KV_MODES)}, got '{mode}'")
+    return mode
 
 
 def available_devices() -> list[str]:
@@ -23,13 +42,14 @@ def available_devices() -> list[str]:
 class OpenVINOBackend:
     name = "openvino"
 
-    def __init__(self, xml: Path, device: str, threads: int):
+    def __init__(self, xml: Path, device: str, threads: int, stateful: bool = False):
         import openvino as ov
         self._Tensor = ov.Tensor
         core = ov.Core()
         ov_device = device.upper()
         if ov_device not in core.available_devices:
             raise ArtifactError(f"OpenVINO has no {ov_device} device (available: {', '.join(core.available_devices)})")
+        self._xml, self._threads = xml, int(threads)
         model = core.read_model(str(xml))
         names = [n for p in model.inputs for n in p.get_names()]
         self.layers = count_layers(names, xml.name)
@@ -38,17 +58,69 @@ class OpenVINOBackend:
             props.update({"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": "f32",
                           "NUM_STREAMS": 1})
         self.device = device.lower()
+        self.stateful = False
+        if stateful and ov_device == "CPU":
+            self.stateful = self._make_stateful(model)
+            if self.stateful:
+                props["KV_CACHE_PRECISION"] = "f32"
         self.compiled = core.compile_model(model, ov_device, props)
-        self.request = self.compiled.create_infer_request()
-        in_index = {n: i for i, p in enumerate(self.compiled.inputs) for n in p.get_names()}
-        out_index = {n: i for i, p in enumerate(self.compiled.outputs) for n in p.get_names()}
+        if self.stateful:
+            self.request = self.compiled.create_infer_request()
+            self.held = 0                         # positions in the request's KV states
+            self._beam = np.zeros(1, dtype=np.int32)
+            self._s_in = [next(i for i, p in enumerate(self.compiled.inputs) if n in p.get_names())
+                          for n in ("input_ids", "position_ids", "attention_mask", "beam_idx")]
+            self._logits = next(i for i, p in enumerate(self.compiled.outputs) if "logits" in p.get_names())
+            self._explicit = None             # compiled on first forward() (explicit-cache callers)
+            return
+        self._bind_explicit(self.compiled)
+
+    def _bind_explicit(self, compiled) -> None:
+        self.request = compiled.create_infer_request()
+        in_index = {n: i for i, p in enumerate(compiled.inputs) for n in p.get_names()}
+        out_index = {n: i for i, p in enumerate(compiled.outputs) for n in p.get_names()}
         missing = [n for n in output_names(self.layers) if n not in out_index]
         if missing:
-            raise ArtifactError(f"{xml.name} lacks outputs {', '.join(missing[:4])}")
+            raise ArtifactError(f"{self._xml.name} lacks outputs {', '.join(missing[:4])}")
         self._in = [in_index[n] for n in input_names(self.layers)]
         self._out = [out_index[n] for n in output_names(self.layers)]
 
+    @staticmethod
+    def _make_stateful(model) -> bool:
+        from .ov_stateful import make_stateful
+        try:
+            make_stateful(model)
+        except ArtifactError as e:          # a graph this rewrite does not know: keep the explicit cache
+            log.warning("keeping the explicit KV cache: %s", e)
+            return False
+        return True
+
+    def forward_stateful(self, input_ids, position_ids, attention_mask, past_len: int):
+        """Stateful graphs: run input_ids [1, T] after the first past_len cached positions (trimming or
+        resetting the request's KV states first when they hold more) -> logits [1, T, V] (a view)."""
+        from .ov_stateful import trim_states
+        req, Tensor = self.request, self._Tensor
+        if self.held < 0:
+            req.reset_state()
+            self.held = 0
+        if past_len != self.held:
+            if past_len > self.held:
+                raise ValueError(f"the KV states hold {self.held} positions, not {past_len}")
+            trim_states(req, past_len)
+        for idx, arr in zip(self._s_in, (input_ids, position_ids, attention_mask, self._beam)):
+            req.set_input_tensor(idx, Tensor(arr, shared_memory=True))
+        self.held = -1                       # unknown until infer returns (a failed call resets on the next)
+        req.infer()
+        self.held = past_len + input_ids.shape[1]
+        return req.get_output_tensor(self._logits).data
+
     def forward(self, input_ids, position_ids, attention_mask, cache):
+        """The explicit-cache call (backends.py). On a stateful backend this compiles the unmodified graph
+        once, beside the stateful one, so callers that manage their own cache keep working."""
+        if self.stateful:
+            if self._explicit is None:
+                self._explicit = OpenVINOBackend(self._xml, self.device, self._threads)
+            return self._explicit.forward(input_ids, position_ids, attention_mask, cache)
         req, Tensor = self.request, self._Tensor
         for idx, arr in zip(self._in, (input_ids, position_ids, attention_mask, *cache)):
             req.set_input_tensor(idx, Tensor(arr, shared_memory=True))
@@ -58,4 +130,5 @@ class OpenVINOBackend:
 
 
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict) -> OpenVINOBackend:
-    return OpenVINOBackend(graph_file(artifact_dir, graph, "openvino", "openvino"), device, threads)
+    stateful = not graph.get("static") and kv_mode() == "stateful"
+    return OpenVINOBackend(graph_file(artifact_dir, graph, "openvino", "openvino"), device, threads, stateful)

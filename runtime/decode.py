@@ -11,6 +11,9 @@ new shape: measured about 18% of a SmolLM2-135M decode step), for attention over
 masked slots.
 Static graphs (NPU) always get the whole fixed-length cache and a mask of its valid slots; prefill
 runs in fixed chunks (the last one padded, its padding masked out and never written to the cache).
+Stateful OpenVINO graphs (the CPU default, backend_openvino.py) keep the cache in the infer request: the
+runtime's KVCache only counts positions, every call passes the past length (the backend trims its
+states after a rollback) and an all-ones mask of the visible length; no buckets are needed.
 Returned logits may be views of backend buffers, valid until the next call.
 """
 from __future__ import annotations
@@ -32,7 +35,9 @@ class DecodeState:
             capacity = art.cache_len
         self.art = art
         self.static = art.static
-        self.cache = KVCache(art.layers, capacity, art.kv_heads, art.head_dim)
+        runner = art.runners["decoder"] if not art.static else None
+        self.stateful = bool(getattr(runner, "stateful", False))
+        self.cache = KVCache(art.layers, capacity, art.kv_heads, art.head_dim, allocate=not self.stateful)
         chunk = art.prefill_chunk or 1
         self.mask = np.ones((1, capacity + chunk), dtype=np.int64)      # dynamic: sliced; static: rewritten
         self.tok = np.zeros((1, 1), dtype=np.int64)
@@ -70,6 +75,12 @@ def prefill(state: DecodeState, ids, all_logits: bool = False) -> np.ndarray:
         raise InputError("empty prompt")
     cache = state.cache
     cache.check_room(T)
+    if state.stateful:
+        P = cache.length
+        logits = state.prefiller.forward_stateful(ids[None], np.arange(P, P + T, dtype=np.int64)[None],
+                                                  state.mask[:, :P + T], P)
+        cache.advance(T)
+        return np.array(logits[0]) if all_logits else np.array(logits[0, -1])
     if not state.static:
         P = cache.length
         mask = state.mask[:, :P + T]
@@ -102,6 +113,10 @@ def decode_one(state: DecodeState, token: int) -> np.ndarray:
     cache.check_room(1)
     state.tok[0, 0] = token
     state.pos[0, 0] = L
+    if state.stateful:
+        logits = state.decoder.forward_stateful(state.tok, state.pos, state.mask[:, :L + 1], L)   # mask: all ones
+        cache.advance(1)
+        return logits[0, -1]
     if state.static:
         logits, new_kv = state.decoder.forward(state.tok, state.pos, _static_mask(state, 1, 1), cache.full())
     else:

@@ -5,6 +5,10 @@ the cache as `past_key.{i}` / `past_value.{i}` of shape [1, P, H, D]; for B=1 th
 buf[:, :P] is contiguous, so a dynamic graph gets it without a copy. A static graph always gets the
 whole buffer (P = capacity) and an attention mask that marks the valid slots.
 Rolling back (after speculative verification) only sets the length.
+
+With allocate=False the cache is bookkeeping only (length, capacity, rollback): the OpenVINO backend's
+stateful graphs keep the keys and values in the infer request's states (backend_openvino.py) and
+`advance(n)` records the n positions the graph appended there.
 """
 from __future__ import annotations
 
@@ -14,17 +18,25 @@ from ..compiler.errors import InputError
 
 
 class KVCache:
-    def __init__(self, layers: int, capacity: int, kv_heads: int, head_dim: int, dtype=np.float32):
+    def __init__(self, layers: int, capacity: int, kv_heads: int, head_dim: int, dtype=np.float32,
+                 allocate: bool = True):
         if layers < 1 or capacity < 1:
             raise ValueError(f"bad cache geometry: layers={layers}, capacity={capacity}")
         self.capacity = capacity
+        self._layers = layers
         # flat list in graph input order: key.0, value.0, key.1, value.1, ...
-        self.buffers = [np.zeros((1, capacity, kv_heads, head_dim), dtype=dtype) for _ in range(2 * layers)]
+        self.buffers = ([np.zeros((1, capacity, kv_heads, head_dim), dtype=dtype) for _ in range(2 * layers)]
+                        if allocate else [])
         self.length = 0
 
     @property
     def layers(self) -> int:
-        return len(self.buffers) // 2
+        return self._layers
+
+    def advance(self, n: int) -> None:
+        """Record n positions appended elsewhere (a stateful graph's own cache)."""
+        self.check_room(n)
+        self.length += n
 
     def views(self, length: int | None = None) -> list[np.ndarray]:
         """[1, length, H, D] prefixes of every buffer (no copy); length defaults to the filled length."""
