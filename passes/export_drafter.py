@@ -32,7 +32,7 @@ from .drafter_model import FusedDrafter
 from .export_onnx import WEIGHTS, _scratch, export_graph, input_shapes, output_shapes
 from .graph_io import GraphCache
 from .onnx_weights import compress_onnx
-from .validate import BACKENDS, TOLERANCES, make_runner, prompt_ids, torch_reference
+from .validate import TOLERANCES, ValidateConfig, make_runner, prompt_ids, torch_reference
 
 DYNAMIC = ("batch", "new", "past")
 ROLES = {"draft_trunk": "trunk", "draft_head": "draft_head", "verify_tail": "verify_tail"}
@@ -154,16 +154,8 @@ def torch_draft_logits(bundle: ModelBundle, tokens: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ValidateDrafterConfig(PassConfig):
-    weights: str = "fp32"
-    steps: int = 8
-    backends: tuple = BACKENDS
-
-    def __post_init__(self):
-        if self.weights not in TOLERANCES:
-            raise InputError(f"unknown weight precision '{self.weights}' (choose from {', '.join(TOLERANCES)})")
-        if self.steps < 1:
-            raise InputError(f"validation steps must be >= 1, got {self.steps}")
+class ValidateDrafterConfig(ValidateConfig):
+    """Same options and tolerances as the decoder's validation."""
 
 
 class ValidateDrafterPass(Pass):
