@@ -76,14 +76,17 @@ def codebook_bits(out_features: int, in_features: int, scheme: Scheme) -> dict[s
 def dequantize(codes: torch.Tensor, codebooks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """codes [out, in/G, M] int, codebooks [M, K, G], scales [out, 1] -> W [out, in] (float32).
 
-    One gather from the flattened codebooks (code + m*K), a sum over the M codebooks, the row scale.
+    One gather per codebook, summed, times the row scale. Indexing each codebook with its own codes
+    (rather than one gather from the flattened codebooks at code + m*K) keeps the exported code
+    tensors within 0..K-1, so an exporter that folds the index arithmetic still stores them in
+    K-bit range (passes/onnx_weights.narrow_initializers puts them back in uint8).
     """
     out_f, n_groups, m = codes.shape
-    _, k, g = codebooks.shape
-    table = codebooks.float().reshape(m * k, g)
-    offsets = torch.arange(m, device=codes.device, dtype=torch.int64) * k
-    idx = codes.to(torch.int64) + offsets                            # [out, in/G, M]
-    groups = F.embedding(idx, table).sum(dim=2)                      # [out, in/G, G]
+    g = codebooks.shape[2]
+    books = codebooks.float()
+    groups = F.embedding(codes[..., 0].to(torch.int64), books[0])                 # [out, in/G, G]
+    for j in range(1, m):
+        groups = groups + F.embedding(codes[..., j].to(torch.int64), books[j])
     return groups.reshape(out_f, n_groups * g) * scales.float()
 
 

@@ -149,6 +149,34 @@ def l2_encode(target: torch.Tensor, codes: torch.Tensor, books: torch.Tensor, sw
     return codes
 
 
+
+def directional_encode(target: torch.Tensor, codes: torch.Tensor, books: torch.Tensor) -> torch.Tensor:
+    """l2_encode, then force a change on groups it leaves as they were (PV-Tuning's forced code update).
+
+    A stuck group [G] with residual r = target - recon changes the one code (m, k) that minimises
+    ||target - recon'||^2 among the moves along the update direction, <r, books[m, k] - books[m, old_m]> > 0.
+    A group with no such move (r = 0, or no codeword along r) keeps its codes.
+    """
+    new = l2_encode(target, codes, books)
+    stuck = (new == codes).all(-1).nonzero().squeeze(-1)
+    if stuck.numel() == 0:
+        return new
+    m, k, _ = books.shape
+    old = codes[stuck]                                                   # [s, M]
+    recon = sum(books[j][old[:, j]] for j in range(m))
+    r = target[stuck] - recon                                            # [s, G]
+    olds = torch.stack([books[j][old[:, j]] for j in range(m)], 1)       # [s, M, G]
+    base = r.unsqueeze(1) + olds                                         # residual with code m removed
+    err = (base * base).sum(-1, keepdim=True) - 2 * torch.einsum("smg,mkg->smk", base, books) \
+        + (books * books).sum(-1)                                        # [s, M, K]
+    gain = torch.einsum("sg,mkg->smk", r, books) - (r.unsqueeze(1) * olds).sum(-1, keepdim=True)
+    err = err.masked_fill(gain <= 0, float("inf")).reshape(len(stuck), m * k)
+    best, idx = err.min(1)
+    ok = torch.isfinite(best)
+    rows = stuck[ok]
+    new[rows, idx[ok] // k] = idx[ok] % k
+    return new
+
 # -- codebook and scale updates for fixed codes (AQLM's Adam phase) ------------------------------------------
 @torch.enable_grad()
 def refine_codebooks(w: torch.Tensor, h: torch.Tensor, codes: torch.Tensor, books: torch.Tensor,

@@ -26,7 +26,7 @@ from ..compiler.bundle import ModelBundle
 from ..compiler.errors import InputError, PreconditionError
 from ..compiler.pass_base import Pass, PassConfig, PassResult
 from .decoder_graph import DecoderGraph
-from .onnx_weights import compress_onnx, group_size_for
+from .onnx_weights import compress_onnx, group_size_for, narrow_initializers
 
 log = logging.getLogger(__name__)
 WEIGHTS = ("fp32", "fp16", "int8", "int4")
@@ -100,6 +100,7 @@ def export_graph(graph: DecoderGraph, path: Path, spec: tuple) -> None:
                           output_names=list(outs), dynamic_axes=dyn or None, opset_version=OPSET)
     model = onnx.load(str(tmp))
     tmp.unlink()
+    narrow_initializers(model)      # constant folding widened uint8 codes to int64, fp16 codebooks to fp32
     for vi in model.graph.output:   # the tracer names some output dims oddly: write the contract's shapes
         dims = vi.type.tensor_type.shape.dim
         for d, want in zip(dims, outs[vi.name]):

@@ -14,6 +14,7 @@ from ..compiler.bundle import ModelBundle
 from ..compiler.errors import InputError, PreconditionError
 from ..compiler.pass_base import Pass, PassConfig, PassResult
 from .onnx_weights import group_size_for, quiet_nncf
+from .ov_decompression import convert_onnx
 
 log = logging.getLogger(__name__)
 WEIGHTS = ("fp32", "fp16", "int8", "int4")
@@ -63,7 +64,7 @@ class ExportOpenVINOPass(Pass):
         for name, rec in bundle.records["graphs"].items():
             src = bundle.records["onnx_fp32"][name]
             t0 = time.perf_counter()
-            model = ov.convert_model(str(src))
+            model = convert_onnx(str(src))       # keeps codebook decompression (passes/ov_decompression.py)
             model = compress_ov(model, self.config.weights, bundle.adapter)
             rel = f"graphs/{name}.xml"
             out = bundle.workdir / rel

@@ -48,6 +48,49 @@ def fp16_storage(model, min_elements: int = 1024):
     return model
 
 
+def narrow_initializers(model, min_elements: int = 256):
+    """Store large initializers read by Gather (directly or through a Cast) in a narrower type, losslessly,
+    followed by a Cast back to their type (the model computes exactly as before):
+
+      int64/int32 whose values fit uint8 (else int16) - e.g. codebook codes, which the TorchScript
+      exporter's constant folding turns from uint8 + Cast into int64 (8x the bytes);
+      float32 whose values are exactly float16 - e.g. fp16 codebooks folded to float32.
+
+    Returns the number of initializers narrowed.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+    TP = onnx.TensorProto
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, i))
+    nodes = []
+    for init in model.graph.initializer:
+        if init.data_type not in (TP.INT64, TP.INT32, TP.FLOAT) or int(np.prod(init.dims)) < min_elements:
+            continue
+        uses = consumers.get(init.name, [])
+        if not uses or not all(op in ("Gather", "Cast") for op, _ in uses) or not any(op == "Gather" for op, _ in uses):
+            continue
+        arr = numpy_helper.to_array(init)
+        if init.data_type == TP.FLOAT:
+            small = arr.astype(np.float16)
+            if not np.array_equal(small.astype(np.float32), arr):
+                continue
+        elif arr.min() >= 0 and arr.max() <= 255:
+            small = arr.astype(np.uint8)
+        elif arr.min() >= -(1 << 15) and arr.max() < (1 << 15):
+            small = arr.astype(np.int16)
+        else:
+            continue
+        name, dtype = init.name, init.data_type
+        init.CopyFrom(numpy_helper.from_array(small, f"{name}.{small.dtype}"))
+        nodes.append(helper.make_node("Cast", [init.name], [name], to=dtype, name=f"{name}.widen"))
+    for n in reversed(nodes):
+        model.graph.node.insert(0, n)
+    return len(nodes)
+
+
 def compress_onnx(src: Path, out: Path, weights: str, adapter) -> None:
     """Write `src` (an fp32 graph) to `out` with the requested weight precision."""
     import onnx

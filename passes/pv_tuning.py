@@ -4,12 +4,17 @@ The loss is KL(teacher || student) of the next-token distributions on calibratio
 the uncompressed model (kept by the codebook pass) as teacher. Two kinds of steps:
 
   P step  codes fixed: Adam on the continuous parameters - codebooks, scales, norms (and biases).
-  V step  the linearised discrete update: the gradient w.r.t. each dequantized weight moves a
-          float buffer T (Adam-normalised step, lr_v), then only the fraction `tau` of weight
-          groups where T is farthest from the current quantized weight get new codes (nearest
-          codewords to T / scale); all other codes stay (subspace descent).
+  V step  the linearised discrete update (the reference's straight-through code update): the
+          gradient w.r.t. each dequantized weight moves a float buffer T by an Adam-normalised
+          (scale-free) step of lr_v (betas 0 / 0.95, the reference's code_betas); the fraction
+          `tau` of weight groups where T is farthest from the current quantized weight are
+          re-encoded towards T / scale, forcing a code change along T - Ŵ where l2 re-encoding
+          would keep the old codes; with `trust` > 0 the changes are then truncated, largest
+          first, so that ||Ŵ_new - Ŵ_old|| <= trust * ||Ŵ_old|| (plus one group). All other codes
+          stay (subspace descent). T is not reset to Ŵ (`decay` pulls it back, delta_decay).
 
-mode "pv": every `v_every`-th step is a V step, the others P steps.
+mode "pv": every step is a P step; every `v_every`-th step (default: every step) also is a V step
+on the same gradients, as the reference's optimizer updates codebooks, scales and codes in one step.
 mode "ste": the straight-through baseline: every step updates the continuous parameters and
 re-encodes *all* groups to the buffer (tau = 1), as plain STE fine-tuning does.
 The embedding / LM head stay frozen (fp32).
@@ -30,11 +35,12 @@ from ..compiler.progress import bar
 from .calibration import calibration_ids
 from .codebook import TEACHER
 from .codebook_linear import CodebookLinear, codebook_layers
-from .codebook_search import l2_encode
+from .codebook_search import directional_encode, l2_encode
 from .quant_bits import bits_summary
 
 log = logging.getLogger(__name__)
 MODES = ("pv", "ste")
+V_BETAS = (0.0, 0.95)          # Adam betas of the V step's buffer update (AQLM's pv-tuning code_betas)
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,9 @@ class PVTuningConfig(PassConfig):
     lr: float = 1e-4               # P step: Adam on codebooks, scales, norms
     lr_v: float = 1e-3             # V step: Adam step on the dequantized-weight buffers
     tau: float = 0.01              # pv: fraction of groups a V step may re-encode
-    v_every: int = 2               # pv: every v_every-th step is a V step
+    v_every: int = 1               # pv: every v_every-th step also updates codes (V step)
     decay: float = 0.0             # pull of the buffers back to the quantized weights after a V step
+    trust: float = 0.0             # pv: trust ratio on the relative weight change of a V step (0: off)
     seed: int = 1
     calib: str | None = None
 
@@ -62,6 +69,8 @@ class PVTuningConfig(PassConfig):
             raise InputError(f"tau must be in (0, 1], got {self.tau}")
         if not (self.lr > 0 and self.lr_v > 0):
             raise InputError("lr and lr_v must be > 0")
+        if self.trust < 0:
+            raise InputError(f"trust must be >= 0, got {self.trust}")
         if not 0 <= self.decay <= 1:
             raise InputError(f"decay must be in [0, 1], got {self.decay}")
 
@@ -78,8 +87,8 @@ class PVTrainer:
     """P and V steps on a model whose decoder Linears are CodebookLinear (unpacked while training)."""
 
     def __init__(self, model, teacher, norms: list[torch.nn.Parameter], lr: float, lr_v: float,
-                 decay: float = 0.0):
-        self.model, self.teacher, self.lr_v, self.decay = model, teacher, lr_v, decay
+                 decay: float = 0.0, trust: float = 0.0):
+        self.model, self.teacher, self.lr_v, self.decay, self.trust = model, teacher, lr_v, decay, trust
         self.layers = codebook_layers(model)
         if not self.layers:
             raise PreconditionError("the model has no CodebookLinear layers")
@@ -129,7 +138,7 @@ class PVTrainer:
         st = self.buffers.setdefault(name, [w_hat.clone(), torch.zeros_like(grad), torch.zeros_like(grad), 0])
         target, m, v, _ = st
         st[3] += 1
-        b1, b2 = 0.9, 0.999
+        b1, b2 = V_BETAS
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         step = self.lr_v * math.sqrt(1 - b2 ** st[3]) / (1 - b1 ** st[3])
@@ -137,14 +146,20 @@ class PVTrainer:
         out_f, ng, nc = q.codes.shape
         g = q.scheme.group
         far = (target - w_hat).square().reshape(out_f, ng, g).sum(-1).flatten()      # [out * ng]
-        n_sel = far.numel() if tau >= 1 else int(tau * far.numel())
-        if n_sel == 0:
-            return 0, far.numel()
-        sel = far.topk(n_sel).indices if n_sel < far.numel() else torch.arange(far.numel())
+        n_sel = far.numel() if tau >= 1 else int(math.ceil(tau * far.numel()))
+        sel = far.topk(n_sel).indices if n_sel < far.numel() else torch.arange(far.numel())   # farthest first
         flat_codes = q.codes.reshape(-1, nc)
         old = flat_codes[sel].long()
         goal = (target / q.scales).reshape(out_f * ng, g)[sel]
-        new = l2_encode(goal, old, q.codebooks.detach())
+        books = q.codebooks.detach()
+        new = directional_encode(goal, old, books) if tau < 1 else l2_encode(goal, old, books)
+        if self.trust > 0 and tau < 1:
+            rows = sel // ng
+            delta = (books.gather(1, new.T.unsqueeze(-1).expand(-1, -1, g)).sum(0)
+                     - books.gather(1, old.T.unsqueeze(-1).expand(-1, -1, g)).sum(0)) * q.scales[rows]
+            cum = delta.square().sum(-1).cumsum(0).sqrt()
+            keep = 1 + int(torch.searchsorted(cum, self.trust * w_hat.norm()))
+            new[keep:] = old[keep:]
         flat_codes[sel] = new.to(flat_codes.dtype)
         if self.decay:
             target.lerp_(q.dequantize(), self.decay)
@@ -189,7 +204,8 @@ class PVTuningPass(Pass):
         t0 = time.perf_counter()
         model = bundle.model
         model.eval()                            # no dropout: the loss is deterministic per batch
-        trainer = PVTrainer(model, teacher, norm_parameters(bundle.adapter), cfg.lr, cfg.lr_v, cfg.decay)
+        trainer = PVTrainer(model, teacher, norm_parameters(bundle.adapter), cfg.lr, cfg.lr_v, cfg.decay,
+                            cfg.trust)
         losses, changes = [], []
         try:
             with torch.no_grad():
@@ -203,7 +219,7 @@ class PVTuningPass(Pass):
                         loss, frac = trainer.v_step(batch, tau=1.0, also_p=True)
                         changes.append(frac)
                     elif (step + 1) % cfg.v_every == 0:
-                        loss, frac = trainer.v_step(batch, tau=cfg.tau)
+                        loss, frac = trainer.v_step(batch, tau=cfg.tau, also_p=True)
                         changes.append(frac)
                     else:
                         loss = trainer.p_step(batch)
@@ -221,6 +237,7 @@ class PVTuningPass(Pass):
         rec.update(bits_summary(bundle.adapter))
         rec["tuning"] = {"mode": cfg.mode, "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr, "lr_v": cfg.lr_v,
                          "tau": 1.0 if cfg.mode == "ste" else cfg.tau, "v_every": cfg.v_every,
+                         "trust": cfg.trust,
                          "kl_heldout_before": round(kl_before, 5), "kl_heldout_after": round(kl_after, 5),
                          "losses": losses, "code_change_fraction": [round(c, 6) for c in changes]}
         rec.setdefault("seconds", {})["pv_tuning"] = round(seconds, 1)

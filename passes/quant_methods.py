@@ -20,7 +20,8 @@ QUANT_KEYS = {"samples": ("samples", int), "seqlen": ("seqlen", int), "kmeans": 
               "weighted": ("weighted_init", bool), "beam": ("beam", int), "rounds": ("rounds", int),
               "cb_steps": ("cb_steps", int), "cb_lr": ("cb_lr", float), "seed": ("seed", int)}
 TUNE_KEYS = {"steps": ("steps", int), "batch": ("batch", int), "lr": ("lr", float), "lr_v": ("lr_v", float),
-             "tau": ("tau", float), "v_every": ("v_every", int), "decay": ("decay", float)}
+             "tau": ("tau", float), "v_every": ("v_every", int), "decay": ("decay", float),
+             "trust": ("trust", float)}
 METHODS = ("aqlm", "pv", "ste", "rtn")
 
 

@@ -62,7 +62,7 @@ def test_bits_accounting_exact_on_a_known_layer():
 
 @pytest.mark.parametrize("bad", ["pv:2x8", "pv:0x8g8", "aqlm:2x17g8", "pv:2x8g0", "ste:axbgc", "pv:2x8g8,foo=1",
                                  "pv:2x8g8,tau=0", "pv:2x8g8,steps=x", "aqlm:2x8g8,tau=0.1", "rtn:9g64", "rtn:2",
-                                 "rtn:2g64,steps=3", "codebook:2x8g8"])
+                                 "rtn:2g64,steps=3", "codebook:2x8g8", "pv:2x8g8,trust=-1"])
 def test_bad_specs_are_refused(bad):
     with pytest.raises(InputError):
         phases.compression(CompileOptions(quantize=bad))
@@ -76,7 +76,8 @@ def test_specs_build_the_passes():
     assert names("rtn:2g64") == ["rtn_quant"]
     pv = phases.compression(CompileOptions(quantize="pv:1x8g8,steps=7,tau=0.02,beam=2"))
     assert pv[0].config.beam == 2 and pv[0].config.keep_teacher and pv[1].config.steps == 7
-    assert pv[1].config.tau == 0.02 and pv[1].config.mode == "pv"
+    assert pv[1].config.tau == 0.02 and pv[1].config.mode == "pv" and pv[1].config.trust == 0
+    assert phases.compression(CompileOptions(quantize="pv:2x8g8,trust=0.01"))[1].config.trust == 0.01
 
 
 def test_code_search_recovers_representable_weight_and_never_worsens():
@@ -206,5 +207,81 @@ def test_project_export_of_a_codebook_model_validates(tmp_path):
     floats = {tuple(i.dims) for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     dense = {(q.out_features, q.in_features) for q in codebook_layers(b.model).values()}
     assert not (floats & (dense | {(i, o) for o, i in dense}))      # no dense projection weight in the graph
-    ints = [tuple(i.dims) for i in m.graph.initializer if i.data_type in (onnx.TensorProto.UINT8, onnx.TensorProto.INT64)]
-    assert ints.count((64, 16, 1)) >= 2 and ints.count((128, 16, 1)) == 2 * 3   # codes of q/o, gate/up per layer
+    ints = [tuple(i.dims) for i in m.graph.initializer if i.data_type == onnx.TensorProto.UINT8]
+    assert ints.count((64, 16)) >= 2 * 3 and ints.count((128, 16)) == 2 * 3    # uint8 codes of q/o, gate/up per layer
+
+
+def test_project_export_stores_uint8_codes_and_fp16_codebooks(tmp_path):
+    """2x8g8 codes span 0..255: the exported ONNX keeps them uint8 (not the folded int64) and the
+    codebooks fp16, and ONNX Runtime / OpenVINO still match torch."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from accelc.compiler.manager import PassManager
+    from accelc.passes.codebook_linear import set_module
+    from accelc.passes.export_onnx import ExportOnnxConfig, ExportOnnxPass
+    from accelc.passes.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
+    from accelc.passes.graph_io import GraphCache, run_chunk
+    from accelc.passes.validate import make_runner
+    b = _bundle()
+    b.workdir = tmp_path
+    path_of = {id(mod): n for n, mod in b.model.named_modules()}
+    for i, lin in enumerate(b.adapter.linears().values()):
+        codes, books, _ = _random_layer(lin.out_features, lin.in_features, 2, 8, 8, seed=i)
+        q = CodebookLinear(codes, books * 0.3, row_scales(lin.weight.detach()) / 8 ** 0.5, lin.bias)
+        q.pack()
+        set_module(b.model, path_of[id(lin)], q)
+    layers = codebook_layers(b.model)
+    assert len(layers) == len(b.adapter.linears())
+    PassManager([ExportOnnxPass(ExportOnnxConfig()), ExportOpenVINOPass(ExportOpenVINOConfig())]).run(b)
+    rec = b.records["graphs"]["decoder"]
+    m = onnx.load(str(tmp_path / rec["onnx"]))
+    TP = onnx.TensorProto
+    inits = [(i.data_type, tuple(i.dims)) for i in m.graph.initializer]
+    for q in layers.values():                            # M = 2 code tensors [out, in/G] per layer, uint8
+        assert inits.count((TP.UINT8, (q.out_features, q.in_features // 8))) >= 2
+    assert inits.count((TP.FLOAT16, (256, 8))) == 2 * len(layers)
+    assert not [d for t, d in inits if t in (TP.INT64, TP.INT32) and np.prod(d) >= 256]
+    import openvino as ov                                # the IR keeps them too (no dense weight folded in)
+    ir = ov.Core().read_model(str(tmp_path / rec["openvino"]))
+    u8 = sum(int(np.prod(op.get_output_shape(0))) for op in ir.get_ops()
+             if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.u8)
+    assert u8 == sum(q.codes.numel() for q in layers.values())
+    tokens = np.random.default_rng(0).integers(0, 256, (2, 8))
+    with torch.no_grad():
+        ref = b.model(torch.from_numpy(tokens)).logits.numpy()
+    for backend, key in (("onnxruntime", "onnx"), ("openvino", "openvino")):
+        run = make_runner(backend, str(tmp_path / rec[key]))
+        cache = GraphCache.allocate(rec["num_layers"], 2, 8, rec["kv_heads"], rec["head_dim"])
+        got = np.concatenate([run_chunk(run, cache, tokens[:, :5])] +
+                             [run_chunk(run, cache, tokens[:, t:t + 1]) for t in range(5, 8)], axis=1)
+        assert np.abs(got - ref).max() < 1e-4, backend
+
+
+def test_narrow_initializers_is_lossless_and_selective():
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    from onnx import TensorProto as TP, helper, numpy_helper
+    from accelc.passes.onnx_weights import narrow_initializers
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((300, 4)).astype(np.float16).astype(np.float32)      # fp16-exact: narrowed
+    dense = rng.standard_normal((300, 4)).astype(np.float32)                         # not fp16-exact: kept
+    codes = rng.integers(0, 256, (64, 8)).astype(np.int64)                           # fits uint8: narrowed
+    wide = rng.integers(0, 300, (64, 8)).astype(np.int64)                            # int16
+    added = rng.integers(0, 9, (64, 8)).astype(np.int64)                             # read by Add: kept
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             ((table, "table"), (dense, "dense"), (codes, "codes"), (wide, "wide"), (added, "added"))]
+    nodes = [helper.make_node("Gather", ["table", "codes"], ["a"]), helper.make_node("Gather", ["dense", "wide"], ["b"]),
+             helper.make_node("Add", ["x", "added"], ["c"])]
+    outs = [helper.make_tensor_value_info(n, TP.FLOAT if n != "c" else TP.INT64, None) for n in "abc"]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.INT64, [64, 8])], outs, inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": rng.integers(0, 5, (64, 8)).astype(np.int64)}
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert narrow_initializers(model) == 3
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    assert types == {"table.float16": TP.FLOAT16, "dense": TP.FLOAT, "codes.uint8": TP.UINT8,
+                     "wide.int16": TP.INT16, "added": TP.INT64}
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert all(np.array_equal(r, x) for r, x in zip(ref, got))
+    assert narrow_initializers(model) == 0                                            # idempotent

@@ -1,5 +1,6 @@
 """PV-Tuning: V steps change at most tau of the codes, P steps lower the distillation loss, the pass."""
 import copy
+import math
 
 import pytest
 import torch
@@ -45,10 +46,27 @@ def test_v_step_changes_at_most_tau_of_the_codes(quantized):
     changed_total = 0
     for n, q in codebook_layers(b.model).items():
         changed = (q.codes != before[n]).any(-1).sum().item()
-        assert changed <= int(tau * before[n].shape[0] * before[n].shape[1])
+        assert changed <= math.ceil(tau * before[n].shape[0] * before[n].shape[1])
         assert torch.equal(q.codebooks, books[n])            # a V step leaves codebooks alone
         changed_total += changed
-    assert changed_total > 0 and 0 < frac <= tau               # it did change codes, within the budget
+    # forced updates: nearly every selected group changes (a small lr_v alone would move none)
+    assert changed_total > 0 and 0.8 * tau < frac <= tau + 0.01
+
+
+def test_trust_ratio_bounds_the_relative_weight_change(quantized):
+    b = _fresh(quantized)
+    before = {n: q.dequantize().detach().clone() for n, q in codebook_layers(b.model).items()}
+    tr = PVTrainer(b.model, b.records[TEACHER], norm_parameters(b.adapter), lr=1e-3, lr_v=5e-2, trust=0.02)
+    _, frac = tr.v_step(b.records["calibration_ids"][:4], tau=0.2)
+    capped = 0
+    for n, q in tr.layers.items():
+        w = q.dequantize().detach()
+        rel = float((w - before[n]).norm() / before[n].norm())
+        group = float(((w - before[n]).abs().max()) * math.sqrt(q.scheme.group) / before[n].norm())
+        assert rel <= 0.02 + group                             # the bound, up to the one extra group
+        capped += rel > 0
+    tr.finish()
+    assert capped > 0 and 0 < frac < 0.2                       # it changed some codes, fewer than tau allows
 
 
 def test_p_step_lowers_the_loss_on_its_batch_and_keeps_codes(quantized):
@@ -87,7 +105,7 @@ def test_pv_pass_from_spec_records_tuning(quantized):
     model = tiny_model("llama", seed=0)
     b = ModelBundle(model=model, tokenizer=None, adapter=ArchAdapter(model))
     b.records["calibration_ids"] = torch.randint(0, 256, (12, 32), generator=torch.Generator().manual_seed(0))
-    passes = phases.compression(CompileOptions(quantize="pv:1x4g4,steps=6,batch=4,lr=1e-3,lr_v=1e-3,tau=0.1"))
+    passes = phases.compression(CompileOptions(quantize="pv:1x4g4,steps=6,batch=4,lr=1e-3,lr_v=1e-3,tau=0.1,v_every=2"))
     for p in passes:
         p(b)
     rec = b.records["quantization"]
