@@ -6,7 +6,8 @@ ours, ...) and the report is the ratio of ours to genai per round, then the medi
     .venv/bin/python scripts/bench_decode_ab.py ARTIFACT [--ir DIR] [--threads 1] [--rounds 6] [--new 128] [--explicit]
 
 Ours is the default OpenVINO backend (stateful KV cache); --explicit adds the explicit-cache graph
-(ACCELC_OV_KV=explicit) as a third engine in the same rotation.
+(ACCELC_OV_KV=explicit) as a third engine in the same rotation. --vs ARTIFACT2 compares two artifacts of
+ours in lockstep instead (one token each, alternating), e.g. cfsp:0.3 against dense.
 
 --ir defaults to the optimum-intel IR of the artifact's source at its weight precision
 (runtime/bench_engines.py exports it once). Every engine: greedy, INFERENCE_PRECISION_HINT f32,
@@ -54,6 +55,19 @@ def paired(a_art, b_art, ids: list[int], n: int) -> tuple[float, float]:
     return (n - 1) / da, (n - 1) / db
 
 
+def versus(art, other, a) -> None:
+    ids = list(art.tokenizer(PROMPTS[a.prompt])["input_ids"])
+    paired(art, other, ids, 8)                                             # warm-up
+    ratios = []
+    for r in range(a.rounds):
+        x, y = paired(art, other, ids, a.new) if r % 2 == 0 else paired(other, art, ids, a.new)[::-1]
+        ratios.append(round(y / x, 3))
+        print(json.dumps({"round": r, "first_tok_s": round(x, 2), "vs_tok_s": round(y, 2), "vs_over_first": ratios[-1]}),
+              flush=True)
+    print(json.dumps({"prompt_tokens": len(ids), "new": a.new, "threads": a.threads,
+                      "median_vs_over_first": statistics.median(ratios)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("artifact")
@@ -63,8 +77,12 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--prompt", type=int, default=3, help="index into runtime.bench.PROMPTS")
     ap.add_argument("--explicit", action="store_true", help="also time the explicit-cache graph")
+    ap.add_argument("--vs", metavar="ARTIFACT", help="instead of genai: decode this second artifact in lockstep "
+                    "with the first (e.g. pruned vs dense) and report its speed over the first's")
     a = ap.parse_args()
     art = open_artifact(a.artifact, backend="openvino", device="cpu", threads=a.threads)
+    if a.vs:
+        return versus(art, open_artifact(a.vs, backend="openvino", device="cpu", threads=a.threads), a)
     engines = {"ours": art}
     if a.explicit:
         os.environ["ACCELC_OV_KV"] = "explicit"
