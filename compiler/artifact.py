@@ -23,13 +23,14 @@ MANIFEST = "manifest.json"
 def check_output_dir(out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise InputError(f"output directory {out} exists (choose another -o or pass --force to replace it)")
-    if not out.parent.exists():
-        raise InputError(f"parent directory of {out} does not exist")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise InputError(f"{out.parent} is a file, not a directory")
 
 
 @contextlib.contextmanager
 def staging(out: Path) -> Iterator[Path]:
     """A temp dir beside `out`; removed on any failure, so nothing half-written is left."""
+    out.parent.mkdir(parents=True, exist_ok=True)   # `-o out/model` in a fresh checkout
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp

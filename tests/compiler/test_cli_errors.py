@@ -152,3 +152,16 @@ def test_help_on_every_command():
     assert {"list-models", "eval", "compile"} <= set(sub.choices)
     for name, p in sub.choices.items():
         assert p.format_help().startswith("usage: accelc " + name)
+
+
+def test_output_parent_is_created_by_staging(tmp_path):
+    from accelc.compiler.artifact import check_output_dir, staging
+    out = tmp_path / "new" / "deeper" / "art"
+    check_output_dir(out, force=False)
+    with staging(out) as stage:
+        assert stage.parent == out.parent and stage.is_dir()
+    (tmp_path / "afile").write_text("x")
+    import pytest as _pytest
+    from accelc.compiler.errors import InputError
+    with _pytest.raises(InputError, match="is a file"):
+        check_output_dir(tmp_path / "afile" / "art", force=False)
