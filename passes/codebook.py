@@ -112,7 +112,7 @@ def quantize_weight(w: torch.Tensor, h: torch.Tensor, scheme: Scheme, cfg: Codeb
 
 
 class CodebookQuantPass(Pass):
-    name = "codebook_quant"
+    name = "quantize-codebook"
     config_class = CodebookQuantConfig
 
     def call(self, bundle) -> PassResult:

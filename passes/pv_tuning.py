@@ -182,7 +182,7 @@ def norm_parameters(adapter) -> list[torch.nn.Parameter]:
 
 
 class PVTuningPass(Pass):
-    name = "pv_tuning"
+    name = "tune-pv"
     config_class = PVTuningConfig
 
     def requires(self, bundle) -> None:

@@ -87,7 +87,7 @@ class RTNConfig(PassConfig):
 
 
 class RTNQuantPass(Pass):
-    name = "rtn_quant"
+    name = "quantize-rtn"
     config_class = RTNConfig
 
     def call(self, bundle) -> PassResult:

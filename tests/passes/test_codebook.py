@@ -70,10 +70,10 @@ def test_bad_specs_are_refused(bad):
 
 def test_specs_build_the_passes():
     names = lambda spec: [p.name for p in phases.compression(CompileOptions(quantize=spec))]
-    assert names("aqlm:2x8g8") == ["codebook_quant"]
-    assert names("pv:1x8g8,steps=7,tau=0.02") == ["codebook_quant", "pv_tuning"]
-    assert names("ste:2x8g8") == ["codebook_quant", "pv_tuning"]
-    assert names("rtn:2g64") == ["rtn_quant"]
+    assert names("aqlm:2x8g8") == ["quantize-codebook"]
+    assert names("pv:1x8g8,steps=7,tau=0.02") == ["quantize-codebook", "tune-pv"]
+    assert names("ste:2x8g8") == ["quantize-codebook", "tune-pv"]
+    assert names("rtn:2g64") == ["quantize-rtn"]
     pv = phases.compression(CompileOptions(quantize="pv:1x8g8,steps=7,tau=0.02,beam=2"))
     assert pv[0].config.beam == 2 and pv[0].config.keep_teacher and pv[1].config.steps == 7
     assert pv[1].config.tau == 0.02 and pv[1].config.mode == "pv" and pv[1].config.trust == 0
