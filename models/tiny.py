@@ -66,3 +66,24 @@ def save_tiny_model_folder(path, family: str = "llama", seed: int = 0):
     m.save_pretrained(path, safe_serialization=True)
     tiny_tokenizer(m.config.vocab_size).save_pretrained(path)
     return path
+
+
+BYTE_EOS = 256
+
+
+def byte_tokenizer(chat_template: str | None = None):
+    """A byte-level BPE tokenizer with no merges: the 256 byte symbols are ids 0..255, <eos> is 256.
+
+    For tiny models with vocab_size >= 257 (runtime, drafter and export tests)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<eos>"] = BYTE_EOS
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok

@@ -11,9 +11,8 @@ from typing import Any
 import torch.nn as nn
 
 from ..compiler.errors import InputError
+from .spec_options import convert
 
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
 
 
 def check_ratio(ratio: float, what: str = "pruning ratio") -> None:
@@ -60,21 +59,8 @@ def parse_spec(method: str, arg: str, keys: dict[str, type], allow_nm: bool) -> 
         if not eq or key not in keys:
             known = ", ".join(sorted(keys)) or "none"
             raise InputError(f"--prune {method}: unknown option '{item}' (options: {known})")
-        out[key] = _convert(method, key, val.strip(), keys[key])
+        out[key] = convert("--prune", method, key, val.strip(), keys[key])
     return out
-
-
-def _convert(method: str, key: str, val: str, typ: type):
-    if typ is bool:
-        if val.lower() in _TRUE:
-            return True
-        if val.lower() in _FALSE:
-            return False
-        raise InputError(f"--prune {method}: {key} must be true or false, got '{val}'")
-    try:
-        return typ(val)
-    except ValueError:
-        raise InputError(f"--prune {method}: {key} must be {typ.__name__}, got '{val}'") from None
 
 
 def decoder_linears(adapter, i: int, mlp: bool = True, attn: bool = True) -> dict[str, nn.Linear]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..compiler.errors import InputError
+from .spec_options import convert
 from .codebook import CodebookQuantConfig, CodebookQuantPass
 from .codebook_linear import Scheme
 from .pv_tuning import PVTuningConfig, PVTuningPass
@@ -33,21 +34,8 @@ def parse_options(method: str, items: list[str], keys: dict[str, tuple[str, type
         if not eq or key not in keys:
             raise InputError(f"--quantize {method}: unknown option '{item}' (options: {', '.join(sorted(keys)) or 'none'})")
         field, typ = keys[key]
-        out[field] = _convert(method, key, val, typ)
+        out[field] = convert("--quantize", method, key, val, typ)
     return out
-
-
-def _convert(method: str, key: str, val: str, typ: type):
-    if typ is bool:
-        if val.lower() in ("true", "1", "yes", "on"):
-            return True
-        if val.lower() in ("false", "0", "no", "off"):
-            return False
-        raise InputError(f"--quantize {method}: {key} must be true or false, got '{val}'")
-    try:
-        return typ(val)
-    except ValueError:
-        raise InputError(f"--quantize {method}: {key} must be {typ.__name__}, got '{val}'") from None
 
 
 def build(method: str, arg: str, options) -> list:

@@ -10,7 +10,7 @@ from accelc.compiler.bundle import ModelBundle
 from accelc.compiler.errors import InputError, PassError
 from accelc.models.adapter import ArchAdapter
 from accelc.models.corpus import split_text
-from accelc.models.tiny import tiny_model
+from accelc.models.tiny import byte_tokenizer, tiny_model
 from accelc.passes.decoder_graph import DecoderGraph
 from accelc.passes.drafter import (ExternalDrafterConfig, ExternalDrafterPass, FusedDrafterConfig, FusedDrafterPass,
                                    check_same_tokenizer, parse_fused)
@@ -21,17 +21,6 @@ from accelc.runtime.speculative import SpecConfig, autoregressive_generate, spec
 
 torch.set_num_threads(1)
 EOS = 256
-
-
-def byte_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<eos>"] = EOS
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
 
 
 def make_bundle(family="llama", seed=0, layers=4):

@@ -15,7 +15,7 @@ from accelc.compiler.manager import PassManager
 from accelc.models.adapter import ArchAdapter
 from accelc.models.corpus import split_text
 from accelc.models.sources import load_model
-from accelc.models.tiny import tiny_model
+from accelc.models.tiny import byte_tokenizer, tiny_model
 from accelc.passes.export_drafter import ExportDrafterConfig, ExportDrafterPass, run_split
 from accelc.passes.validate import make_runner
 from accelc.runtime.artifact import open_artifact
@@ -27,17 +27,6 @@ from accelc.targets import CompileOptions, get_target
 torch.set_num_threads(1)
 EOS = 256
 SPEC = "fused:layers=1,steps=20,seq_len=32,windows=8,holdout=1,batch=2,vocab=96"
-
-
-def byte_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<eos>"] = EOS
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,14 @@ import torch
 
 from accelc.compiler.artifact import publish, staging, write_manifest
 from accelc.models.sources import load_model
-from accelc.models.tiny import tiny_model
+from accelc.models.tiny import byte_tokenizer as tiny_byte_tokenizer, tiny_model
 
 EOS = 256
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
 
 
 def byte_tokenizer(chat: bool = True):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<eos>"] = EOS
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
-    if chat:
-        tok.chat_template = CHAT_TEMPLATE
-    return tok
+    return tiny_byte_tokenizer(CHAT_TEMPLATE if chat else None)
 
 
 def tiny_lm(seed: int = 0):
