@@ -87,3 +87,16 @@ def byte_tokenizer(chat_template: str | None = None):
     if chat_template:
         tok.chat_template = chat_template
     return tok
+
+
+def tiny_bundle(family: str = "llama", seed: int = 0):
+    """A ModelBundle around tiny_model(family, seed), no tokenizer: for pass unit tests."""
+    from ..compiler.bundle import ModelBundle
+    from .adapter import ArchAdapter
+    m = tiny_model(family, seed=seed)
+    return ModelBundle(model=m, tokenizer=None, adapter=ArchAdapter(m))
+
+
+def random_ids(n: int = 8, t: int = 32, seed: int = 0, vocab: int = 256) -> torch.Tensor:
+    """[n, t] seeded random token ids (calibration batches for tiny models)."""
+    return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(seed))

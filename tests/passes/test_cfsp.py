@@ -5,22 +5,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from accelc.compiler.bundle import ModelBundle
 from accelc.models.adapter import ArchAdapter
-from accelc.models.tiny import tiny_model
+from accelc.models.tiny import random_ids as ids, tiny_bundle as bundle
 from accelc.passes.cfsp import CfspConfig, CfspPass, allocate, fine_scores, kept_count
 from accelc.passes.lora_recovery import LoRALinear, lm_loss
 
 torch.set_num_threads(1)
-
-
-def bundle(family="llama", seed=0):
-    m = tiny_model(family, seed=seed)
-    return ModelBundle(model=m, tokenizer=None, adapter=ArchAdapter(m))
-
-
-def ids(n=8, t=32, seed=0):
-    return torch.randint(0, 256, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])

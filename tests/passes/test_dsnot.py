@@ -4,22 +4,11 @@ import copy
 import pytest
 import torch
 
-from accelc.compiler.bundle import ModelBundle
-from accelc.models.adapter import ArchAdapter
-from accelc.models.tiny import tiny_model
+from accelc.models.tiny import random_ids as ids, tiny_bundle as bundle
 from accelc.passes.dsnot import DsnotConfig, DsnotPass, dsnot_refine
 from accelc.passes.sparsity import SparsityConfig, WandaPruningPass, is_nm, keep_mask
 
 torch.set_num_threads(1)
-
-
-def bundle(family="llama"):
-    m = tiny_model(family)
-    return ModelBundle(model=m, tokenizer=None, adapter=ArchAdapter(m))
-
-
-def ids(n=8, t=32):
-    return torch.randint(0, 256, (n, t), generator=torch.Generator().manual_seed(0))
 
 
 def problem(rows=32, cols=64, seed=0):

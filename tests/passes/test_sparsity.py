@@ -4,10 +4,8 @@ import copy
 import pytest
 import torch
 
-from accelc.compiler.bundle import ModelBundle
 from accelc.compiler.errors import InputError
-from accelc.models.adapter import ArchAdapter
-from accelc.models.tiny import tiny_model
+from accelc.models.tiny import random_ids as ids, tiny_bundle as bundle
 from accelc.passes import calibration as cal
 from accelc.passes.sparsity import (MagnitudePruningPass, SparsityConfig, WandaPruningPass, is_nm, keep_mask,
                                     wanda_score)
@@ -15,15 +13,6 @@ from accelc.targets import CompileOptions
 from accelc.targets.phases import compression
 
 torch.set_num_threads(1)
-
-
-def bundle(family="llama", seed=0):
-    m = tiny_model(family, seed=seed)
-    return ModelBundle(model=m, tokenizer=None, adapter=ArchAdapter(m))
-
-
-def ids(n=8, t=32, seed=0):
-    return torch.randint(0, 256, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
 def weights(b):
