@@ -20,7 +20,6 @@ and draft-head logits against the drafter's torch head, teacher-forced on the va
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +28,8 @@ from ..compiler.bundle import ModelBundle
 from ..compiler.errors import InputError, PreconditionError
 from ..compiler.pass_base import Pass, PassConfig, PassResult
 from .drafter_model import FusedDrafter
-from .export_onnx import WEIGHTS, _scratch, export_graph, input_shapes, output_shapes
+from .export_onnx import WEIGHTS, _scratch, write_graph
 from .graph_io import GraphCache
-from .onnx_weights import compress_onnx
 from .validate import TOLERANCES, ValidateConfig, make_runner, prompt_ids, torch_reference
 
 DYNAMIC = ("batch", "new", "past")
@@ -71,7 +69,7 @@ class ExportDrafterPass(Pass):
         drafter_graphs(bundle)
 
     def call(self, bundle: ModelBundle) -> PassResult:
-        cfg, ad = self.config, bundle.adapter
+        cfg = self.config
         drafter: FusedDrafter = bundle.records["drafter_module"]
         records = bundle.records["graphs"]
         records["decoder"].setdefault("role", "decoder")
@@ -84,30 +82,14 @@ class ExportDrafterPass(Pass):
             bundle.add_file(vocab, bundle.workdir / vocab)
         metrics = {}
         for name, graph in drafter_graphs(bundle).items():
-            rel = f"graphs/{name}.onnx"
-            out = bundle.workdir / rel
-            src = (scratch / f"{name}.onnx") if scratch else out
-            t0 = time.perf_counter()
-            export_graph(graph, src, DYNAMIC)
-            if scratch:
-                compress_onnx(src, out, cfg.weights, ad)
-            metrics[f"{name}_export_s"] = round(time.perf_counter() - t0, 2)
-            bundle.add_file(rel, out)
-            bundle.add_file(rel + ".data", out.with_name(out.name + ".data"))
-            rec = {"onnx": rel, "static": False, "role": ROLES[name], "inputs": input_shapes(graph, DYNAMIC),
-                   "outputs": output_shapes(graph, DYNAMIC), "layers": [graph.first, graph.last],
-                   "num_layers": graph.last - graph.first, "kv_heads": graph.kv_heads, "head_dim": graph.head_dim,
-                   "vocab": graph.vocab, "hidden_size": graph.hidden_size, "weights": cfg.weights,
-                   "exit_layer": drafter.exit_layer}
+            rec = write_graph(bundle, graph, name, DYNAMIC, cfg.weights, scratch, metrics)
+            rec.update(static=False, role=ROLES[name], hidden_size=graph.hidden_size, exit_layer=drafter.exit_layer)
             if name == "draft_head":
                 rec["vocab_ids"] = vocab           # None: the head covers the full vocabulary
                 rec["weight_storage"] = "own copy of the exit layer and of the kept head rows"
             else:
                 rec["weight_storage"] = "second copy of the target's layers (the decoder graph holds the first)"
             records[name] = rec
-            bundle.records.setdefault("onnx_fp32", {})[name] = src
-            metrics[f"{name}_mb"] = round((out.stat().st_size + out.with_name(out.name + ".data").stat().st_size)
-                                          / 1e6, 1)
         return PassResult(True, metrics)
 
     def ensures(self, bundle: ModelBundle, result: PassResult) -> None:

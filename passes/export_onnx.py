@@ -137,6 +137,31 @@ def _scratch() -> Path:
     return d
 
 
+def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scratch: Path | None,
+                metrics: dict) -> dict:
+    """Export `graph` as graphs/<name>.onnx in the bundle's workdir (via an fp32 scratch copy that is
+    then weight-compressed when `scratch` is given), register its files, and return its graph record."""
+    rel = f"graphs/{name}.onnx"
+    out = bundle.workdir / rel
+    src = (scratch / f"{name}.onnx") if scratch else out
+    t0 = time.perf_counter()
+    export_graph(graph, src, spec)
+    metrics[f"{name}_export_s"] = round(time.perf_counter() - t0, 2)
+    if scratch:
+        t0 = time.perf_counter()
+        compress_onnx(src, out, weights, bundle.adapter)
+        metrics[f"{name}_compress_s"] = round(time.perf_counter() - t0, 2)
+    data = out.with_name(out.name + ".data")
+    bundle.add_file(rel, out)
+    bundle.add_file(rel + ".data", data)
+    # Path values keep this out of the manifest; the OpenVINO pass converts from the fp32 graph
+    bundle.records.setdefault("onnx_fp32", {})[name] = src
+    metrics[f"{name}_mb"] = round((out.stat().st_size + data.stat().st_size) / 1e6, 1)
+    return {"onnx": rel, "inputs": input_shapes(graph, spec), "outputs": output_shapes(graph, spec),
+            "layers": [graph.first, graph.last], "num_layers": graph.last - graph.first,
+            "kv_heads": graph.kv_heads, "head_dim": graph.head_dim, "vocab": graph.vocab, "weights": weights}
+
+
 class ExportOnnxPass(Pass):
     name = "export-onnx"
     config_class = ExportOnnxConfig
@@ -154,25 +179,8 @@ class ExportOnnxPass(Pass):
         scratch = _scratch() if cfg.weights != "fp32" else None
         metrics = {}
         for name, spec in graph_specs(cfg).items():
-            rel = f"graphs/{name}.onnx"
-            out = bundle.workdir / rel
-            src = (scratch / f"{name}.onnx") if scratch else out
-            t0 = time.perf_counter()
-            export_graph(graph, src, spec)
-            metrics[f"{name}_export_s"] = round(time.perf_counter() - t0, 2)
-            if scratch:
-                t0 = time.perf_counter()
-                compress_onnx(src, out, cfg.weights, ad)
-                metrics[f"{name}_compress_s"] = round(time.perf_counter() - t0, 2)
-            bundle.add_file(rel, out)
-            bundle.add_file(rel + ".data", out.with_name(out.name + ".data"))
-            records[name] = {"onnx": rel, "static": cfg.static, "inputs": input_shapes(graph, spec),
-                             "outputs": output_shapes(graph, spec), "layers": [graph.first, graph.last],
-                             "num_layers": graph.last - graph.first, "kv_heads": graph.kv_heads,
-                             "head_dim": graph.head_dim, "vocab": graph.vocab, "weights": cfg.weights}
-            # Path values keep this out of the manifest; the OpenVINO pass converts from the fp32 graph
-            bundle.records.setdefault("onnx_fp32", {})[name] = src
-            metrics[f"{name}_mb"] = round((out.stat().st_size + out.with_name(out.name + ".data").stat().st_size) / 1e6, 1)
+            records[name] = write_graph(bundle, graph, name, spec, cfg.weights, scratch, metrics)
+            records[name]["static"] = cfg.static
         return PassResult(True, metrics)
 
     def ensures(self, bundle: ModelBundle, result: PassResult) -> None:
