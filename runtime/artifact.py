@@ -109,8 +109,10 @@ def eos_ids(tokenizer, gen: dict) -> frozenset[int]:
 
 
 def open_artifact(path, backend: str | None = None, device: str | None = None, threads: int | None = None,
-                  report: bool = True) -> Artifact:
-    """Verify the artifact (every file's sha256), load tokenizer and graphs; report the backend choice on stderr."""
+                  report: bool = True, full_logits: bool = False) -> Artifact:
+    """Verify the artifact (every file's sha256), load tokenizer and graphs; report the backend choice on stderr.
+    full_logits: prefill(all_logits=True) must work (evaluation); the default lets OpenVINO's stateful graph
+    compute only the last position's logits."""
     path = Path(path).expanduser()
     manifest = verify(path)
     static, roles = pick_graphs(manifest.get("graphs") or {})
@@ -119,7 +121,7 @@ def open_artifact(path, backend: str | None = None, device: str | None = None, t
     if report:
         print(f"accelc: {choice.reason}", file=sys.stderr, flush=True)
     threads = threads or default_threads()
-    runners = {role: load_backend(choice.backend, path, g, choice.device, threads, manifest)
+    runners = {role: load_backend(choice.backend, path, g, choice.device, threads, manifest, full_logits)
                for role, g in roles.items()}
     layers = {r.layers for r in runners.values()}
     if len(layers) != 1:

@@ -53,5 +53,6 @@ class OnnxRuntimeBackend:
         return outs[0], outs[1:]
 
 
-def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict) -> OnnxRuntimeBackend:
+def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
+         full_logits: bool = True) -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend(graph_file(artifact_dir, graph, "onnx", "onnxruntime"), device, threads)

@@ -9,7 +9,8 @@ KV cache representation on CPU (docs/runtime.md, "cache representation"): by def
 graph is rewritten at load time into a stateful one (runtime/ov_stateful.py): the KV cache lives in the
 infer request's variables and the CPU plugin appends to it in place inside its fused attention node. Then
 `forward` is not used; `forward_stateful(ids, pos, mask, past_len)` is, and the runtime's KV cache is
-bookkeeping only (decode.py). ACCELC_OV_KV=explicit keeps the explicit-cache graph (the caller's
+bookkeeping only (decode.py). Opened with full_logits=False (generation), the stateful graph also gets
+genai's slice before the head (last position's logits only; ov_stateful.slice_last_logits). ACCELC_OV_KV=explicit keeps the explicit-cache graph (the caller's
 preallocated buffers, passed as views every call), as do NPU and static graphs.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ def available_devices() -> list[str]:
 class OpenVINOBackend:
     name = "openvino"
 
-    def __init__(self, xml: Path, device: str, threads: int, stateful: bool = False):
+    def __init__(self, xml: Path, device: str, threads: int, stateful: bool = False, full_logits: bool = True):
         import openvino as ov
         self._Tensor = ov.Tensor
         core = ov.Core()
@@ -59,8 +60,12 @@ class OpenVINOBackend:
                           "NUM_STREAMS": 1})
         self.device = device.lower()
         self.stateful = False
+        self.last_logits_only = False         # stateful graph sliced to the last position's logits
         if stateful and ov_device == "CPU":
             self.stateful = self._make_stateful(model)
+            if self.stateful and not full_logits:
+                from .ov_stateful import slice_last_logits
+                self.last_logits_only = slice_last_logits(model)
             if self.stateful:
                 props["KV_CACHE_PRECISION"] = "f32"
         self.compiled = core.compile_model(model, ov_device, props)
@@ -97,7 +102,8 @@ class OpenVINOBackend:
 
     def forward_stateful(self, input_ids, position_ids, attention_mask, past_len: int):
         """Stateful graphs: run input_ids [1, T] after the first past_len cached positions (trimming or
-        resetting the request's KV states first when they hold more) -> logits [1, T, V] (a view)."""
+        resetting the request's KV states first when they hold more) -> logits [1, T, V] (a view); [1, 1, V]
+        (the last position) when the backend was opened with full_logits=False."""
         from .ov_stateful import trim_states
         req, Tensor = self.request, self._Tensor
         if self.held < 0:
@@ -129,6 +135,8 @@ class OpenVINOBackend:
         return outs[0], outs[1:]
 
 
-def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict) -> OpenVINOBackend:
+def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
+         full_logits: bool = True) -> OpenVINOBackend:
     stateful = not graph.get("static") and kv_mode() == "stateful"
-    return OpenVINOBackend(graph_file(artifact_dir, graph, "openvino", "openvino"), device, threads, stateful)
+    return OpenVINOBackend(graph_file(artifact_dir, graph, "openvino", "openvino"), device, threads, stateful,
+                           full_logits)

@@ -73,5 +73,6 @@ class TorchBackend:
         return outs[0], outs[1:]
 
 
-def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict) -> TorchBackend:
+def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
+         full_logits: bool = True) -> TorchBackend:
     return TorchBackend(manifest, device, threads)

@@ -77,6 +77,9 @@ def default_threads() -> int:
 
 
 def load_backend(name: str, artifact_dir: Path, graph: dict, device: str, threads: int | None = None,
-                 manifest: dict | None = None) -> Backend:
+                 manifest: dict | None = None, full_logits: bool = True) -> Backend:
+    """full_logits=False lets a backend return only the last position's logits from its stateful graph
+    (faster decode; OpenVINO's stateful graph only)."""
     module = importlib.import_module(f".{BACKENDS[name]}", __package__)
-    return module.load(Path(artifact_dir), graph, device, threads or default_threads(), manifest or {})
+    return module.load(Path(artifact_dir), graph, device, threads or default_threads(), manifest or {},
+                       full_logits)

@@ -76,6 +76,9 @@ def prefill(state: DecodeState, ids, all_logits: bool = False) -> np.ndarray:
     cache = state.cache
     cache.check_room(T)
     if state.stateful:
+        if all_logits and state.prefiller.last_logits_only:
+            raise InputError("this artifact was opened for generation (last-token logits only): "
+                             "open it with full_logits=True for every position's logits")
         P = cache.length
         logits = state.prefiller.forward_stateful(ids[None], np.arange(P, P + T, dtype=np.int64)[None],
                                                   state.mask[:, :P + T], P)

@@ -34,7 +34,7 @@ def artifact_logits_fn(art, window: int):
 def evaluate_artifact(path, protocol: Protocol = Protocol(), text_path: str | None = None,
                       progress: Callable[[int, int], None] | None = None, backend: str | None = None,
                       device: str | None = None, sample: bool = True) -> dict:
-    art = open_artifact(path, backend=backend, device=device)
+    art = open_artifact(path, backend=backend, device=device, full_logits=True)
     windows = eval_windows(art.tokenizer, protocol, text_path)
     t0 = time.perf_counter()
     ppl = perplexity(artifact_logits_fn(art, windows.shape[1]), windows, progress)

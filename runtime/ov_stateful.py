@@ -104,6 +104,29 @@ def make_stateful(model) -> int:
     return layers
 
 
+def slice_last_logits(model) -> bool:
+    """Insert Slice(hidden, [-1:], axis 1) before the head MatMul that feeds the `logits` output, as
+    openvino-genai does: the graph then returns the last position's logits only, and the head's M dimension
+    is bounded to 1, which lets the CPU plugin pick a faster kernel for the largest matrix (measured on
+    SmolLM2-135M int8: head 1.53 -> 1.14 ms, all FullyConnected nodes 9.55 -> 8.41 ms per decode step).
+    -> False (model unchanged) when no MatMul feeds `logits`."""
+    import openvino.opset13 as op
+    res = [r for r in model.get_results() if "logits" in r.output(0).get_names() | r.input_value(0).get_names()]
+    if len(res) != 1:
+        return False
+    node = res[0].input_value(0).get_node()
+    while node.get_type_name() != "MatMul":          # through a final softcap (Gemma-2) or a Convert
+        if node.get_type_name() not in ("Convert", "Multiply", "Divide", "Tanh"):
+            return False
+        node = node.input_value(0).get_node()
+    x = node.input_value(0)
+    i64 = lambda v: op.constant(np.array([v], np.int64))
+    last = op.slice(x, i64(-1), i64(np.iinfo(np.int64).max), i64(1), i64(1))
+    node.input(0).replace_source_output(last.output(0))
+    model.validate_nodes_and_infer_types()
+    return True
+
+
 def trim_states(request, length: int) -> None:
     """Keep the first `length` positions of every KV state of an infer request ([B, S, H, D] states)."""
     import openvino as ov

@@ -3,10 +3,10 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from accelc.compiler.errors import ArtifactError
+from accelc.compiler.errors import ArtifactError, InputError
 from accelc.runtime.artifact import open_artifact
 from accelc.runtime.decode import decode_one, prefill
-from accelc.runtime.ov_stateful import make_stateful
+from accelc.runtime.ov_stateful import make_stateful, slice_last_logits
 
 PROMPT = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33]
 
@@ -49,7 +49,8 @@ def test_explicit_mode_keeps_the_explicit_graph(tiny_artifact, monkeypatch):
 
 
 def test_stateful_logits_and_rollback_match_explicit(tiny_artifact, monkeypatch):
-    st_art = open_artifact(tiny_artifact, backend="openvino")
+    st_art = open_artifact(tiny_artifact, backend="openvino", full_logits=True)
+    assert not st_art.runners["decoder"].last_logits_only
     monkeypatch.setenv("ACCELC_OV_KV", "explicit")
     ex_art = open_artifact(tiny_artifact, backend="openvino")
     a, b = st_art.new_state(40), ex_art.new_state(40)
@@ -76,3 +77,31 @@ def test_stateful_logits_and_rollback_match_explicit(tiny_artifact, monkeypatch)
                                                         np.ones((1, len(PROMPT)), np.int64), c.cache.views(0))
     np.testing.assert_allclose(logits[0], prefill(c, PROMPT, all_logits=True), atol=1e-4)
     assert len(new_kv) == 2 * st_art.layers
+
+
+def test_slice_bounds_the_head_to_the_last_position(tiny_artifact):
+    m = ov.Core().read_model(str(_xml(tiny_artifact)))
+    make_stateful(m)
+    assert m.output("logits").get_partial_shape()[1].is_dynamic
+    slices = [n.get_type_name() for n in m.get_ordered_ops()].count("Slice")
+    assert slice_last_logits(m)
+    dim = m.output("logits").get_partial_shape()[1]
+    assert dim.get_max_length() == 1                           # [?, ..1, V]: the head's M is at most 1
+    assert [n.get_type_name() for n in m.get_ordered_ops()].count("Slice") == slices + 1
+    x = ov.opset13.parameter([1, 4], ov.Type.f32, name="input_ids")
+    assert not slice_last_logits(ov.Model([ov.opset13.relu(x)], [x]))     # no head: unchanged
+
+
+def test_generation_default_slices_and_matches_full_logits(tiny_artifact, monkeypatch):
+    gen_art = open_artifact(tiny_artifact, backend="openvino")             # full_logits=False: generation
+    assert gen_art.runners["decoder"].stateful and gen_art.runners["decoder"].last_logits_only
+    monkeypatch.setenv("ACCELC_OV_KV", "explicit")
+    ex_art = open_artifact(tiny_artifact, backend="openvino")
+    a, b = gen_art.new_state(40), ex_art.new_state(40)
+    np.testing.assert_allclose(prefill(a, PROMPT), prefill(b, PROMPT), atol=1e-4)
+    for tok in (5, 77, 200):
+        np.testing.assert_allclose(decode_one(a, tok), decode_one(b, tok), atol=1e-4)
+    a.cache.rollback(len(PROMPT) + 1)                                       # rollback still trims the states
+    np.testing.assert_allclose(decode_one(a, 31), prefill(ex_art.new_state(40), PROMPT + [5, 31]), atol=1e-4)
+    with pytest.raises(InputError, match="full_logits"):
+        prefill(gen_art.new_state(40), PROMPT, all_logits=True)
