@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from accelc.models.tiny import random_ids as ids, tiny_bundle as bundle
-from accelc.passes.dsnot import DsnotConfig, DsnotPass, dsnot_refine
+from accelc.compiler.errors import InputError
+from accelc.passes.dsnot import RULES, DsnotConfig, DsnotPass, cycles_for, dsnot_refine
 from accelc.passes.sparsity import SparsityConfig, WandaPruningPass, is_nm, keep_mask
 
 torch.set_num_threads(1)
@@ -20,12 +21,13 @@ def problem(rows=32, cols=64, seed=0):
     return w, mean, var, score
 
 
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("nm", [(0, 0), (2, 4), (4, 8)])
-def test_refine_keeps_count_pattern_and_lowers_error(nm):
+def test_refine_keeps_count_pattern_and_lowers_error(nm, rule):
     n, m = nm
     w, mean, var, score = problem()
     keep0 = keep_mask(score, 0.6 if not m else 1 - n / m, n, m)
-    keep, e0, e1, swaps = dsnot_refine(w, keep0, mean, var, score, n, m, max_cycles=50, threshold=0.0)
+    keep, e0, e1, swaps = dsnot_refine(w, keep0, mean, var, score, n, m, max_cycles=50, threshold=0.0, rule=rule)
     assert torch.equal(keep.sum(1), keep0.sum(1))                       # sparsity fixed, row by row
     if m:
         assert is_nm(keep, n, m)
@@ -33,8 +35,28 @@ def test_refine_keeps_count_pattern_and_lowers_error(nm):
     for k, e in ((keep0, e0), (keep, e1)):
         assert torch.allclose((w * mean * (~k)).sum(1).abs(), e, atol=1e-5)
     assert (e1 <= e0 + 1e-6).all()                                      # never above its start
-    assert swaps.sum() > 0 and (e1 < e0).sum() > rows_half(e0)          # and it does work
-    assert e1.mean() < 0.5 * e0.mean()
+    assert swaps.sum() > 0 and e1.mean() < e0.mean()                    # and it does work
+    if rule != "variance":                                              # (which refuses most swaps here)
+        assert (e1 < e0).sum() > rows_half(e0) and e1.mean() < 0.5 * e0.mean()
+    assert torch.equal((keep != keep0).sum(1), 2 * swaps)               # swaps counts the returned mask's swaps
+
+
+def test_variance_rule_never_raises_the_diagonal_squared_error():
+    w, mean, var, score = problem(rows=64, cols=128, seed=3)
+    keep0 = keep_mask(score, 0.7)
+    J = lambda k: (w * mean * (~k)).sum(1) ** 2 + (w * w * var * (~k)).sum(1)
+    keep_v, *_ = dsnot_refine(w, keep0, mean, var, score, max_cycles=50, threshold=0.0, rule="variance")
+    keep_d, *_ = dsnot_refine(w, keep0, mean, var, score, max_cycles=50, threshold=0.0, rule="descent")
+    assert (J(keep_v) <= J(keep0) + 1e-5).all()
+    assert (J(keep_d) > J(keep0) + 1e-5).any()                          # which descent alone does not ensure
+    assert (keep_v != keep0).any()
+
+
+def test_swap_budget_scales_with_row_width():
+    assert cycles_for(4096, None) == 50 and cycles_for(576, None) == 7 and cycles_for(64, None) == 1
+    assert cycles_for(576, 50) == 50 and cycles_for(576, 0) == 0
+    with pytest.raises(InputError):
+        DsnotConfig(rule="bogus")
 
 
 def rows_half(e):
