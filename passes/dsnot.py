@@ -191,8 +191,7 @@ class DsnotPass(Pass):
                 if cfg.mlp or not name.startswith("mlp."):
                     keep, e0, e1, sw = dsnot_refine(lin.weight, keep, st.mean, st.var, wanda_score(lin.weight, st),
                                                     cfg.n, cfg.m, cycles_for(lin.weight.shape[1], cfg.max_cycles),
-                                                    cfg.threshold, cfg.var_power,
-                                                    cfg.rule)
+                                                    cfg.threshold, cfg.var_power, cfg.rule)
                     refine["rows"] += e0.numel()
                     refine["error_before"] += float(e0.sum())
                     refine["error_after"] += float(e1.sum())
@@ -203,7 +202,9 @@ class DsnotPass(Pass):
 
         cal.run_layerwise(bundle.model, ad.layers, ids, lambda i: decoder_linears(ad, i), on_layer, desc="dsnot")
         rows = max(refine["rows"], 1)
-        extra = {"init": cfg.init, "mlp_refined": cfg.mlp, "rule": cfg.rule, "max_cycles": cfg.max_cycles, "threshold": cfg.threshold,
+        cycles = cfg.max_cycles if cfg.max_cycles is not None else f"{REFERENCE_CYCLES} per {REFERENCE_COLS} inputs"
+        extra = {"init": cfg.init, "mlp_refined": cfg.mlp, "rule": cfg.rule, "max_cycles": cycles,
+                 "threshold": cfg.threshold,
                  "refined_rows": refine["rows"], "swaps": refine["swaps"],
                  "mean_row_error_before": refine["error_before"] / rows,
                  "mean_row_error_after": refine["error_after"] / rows}
@@ -214,7 +215,8 @@ class DsnotPass(Pass):
 
 
 def build(method: str, arg: str, options) -> list:
-    """PRUNE_METHODS factory: 'dsnot:RATIO|N:M[,init=wanda|magnitude,mlp=BOOL,rule=reference|descent|variance,cycles=,threshold=,samples=,...]'."""
+    """PRUNE_METHODS factory: 'dsnot:RATIO|N:M[,init=wanda|magnitude,mlp=BOOL,rule=descent|reference|variance,
+    cycles=,threshold=,samples=,...]'."""
     keys = {"init": str, "mlp": bool, "rule": str, "cycles": int, "threshold": float, "var_power": float,
             "samples": int, "seqlen": int, "seed": int}
     spec = parse_spec(method, arg, keys, allow_nm=True)

@@ -10,8 +10,9 @@ graph is rewritten at load time into a stateful one (runtime/ov_stateful.py): th
 infer request's variables and the CPU plugin appends to it in place inside its fused attention node. Then
 `forward` is not used; `forward_stateful(ids, pos, mask, past_len)` is, and the runtime's KV cache is
 bookkeeping only (decode.py). Opened with full_logits=False (generation), the stateful graph also gets
-genai's slice before the head (last position's logits only; ov_stateful.slice_last_logits). ACCELC_OV_KV=explicit keeps the explicit-cache graph (the caller's
-preallocated buffers, passed as views every call), as do NPU and static graphs.
+genai's slice before the head (last position's logits only; ov_stateful.slice_last_logits).
+ACCELC_OV_KV=explicit keeps the explicit-cache graph (the caller's preallocated buffers, passed as views
+every call), as do NPU and static graphs.
 """
 from __future__ import annotations
 
@@ -63,11 +64,11 @@ class OpenVINOBackend:
         self.last_logits_only = False         # stateful graph sliced to the last position's logits
         if stateful and ov_device == "CPU":
             self.stateful = self._make_stateful(model)
-            if self.stateful and not full_logits:
-                from .ov_stateful import slice_last_logits
-                self.last_logits_only = slice_last_logits(model)
             if self.stateful:
                 props["KV_CACHE_PRECISION"] = "f32"
+                if not full_logits:
+                    from .ov_stateful import slice_last_logits
+                    self.last_logits_only = slice_last_logits(model)
         self.compiled = core.compile_model(model, ov_device, props)
         if self.stateful:
             self.request = self.compiled.create_infer_request()
