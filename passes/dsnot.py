@@ -75,7 +75,8 @@ def dsnot_refine(weight: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor, v
     ptr = torch.zeros(rows, 4, dtype=torch.long)              # grow+, grow-, prune+, prune-
     swaps = torch.zeros(rows, dtype=torch.long)
     active = err.abs() > threshold
-    best_keep, best = keep.clone(), err.abs()
+    track = rule == "reference"                               # best-so-far mask per row (module docstring)
+    best_keep, best = (keep.clone(), err.abs()) if track else (None, None)
     sign0 = torch.sign(err)
     last = cols - 1
     for _ in range(max_cycles):
@@ -117,11 +118,11 @@ def dsnot_refine(weight: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor, v
             ptr[:, 2] += (do & ~up).long()
             ptr[:, 3] += (do & up).long()
         active = do & (err.abs() > threshold)
-        better = err.abs() < best
-        if rule == "reference" and bool(better.any()):
+        if track:
+            better = err.abs() < best
             best = torch.where(better, err.abs(), best)
             best_keep[better] = keep[better]
-    if rule != "reference":
+    if not track:
         return keep, err0.abs(), err.abs(), swaps
     changed = (best_keep != keep0).sum(1) // 2                 # swaps that the returned mask keeps
     return best_keep, err0.abs(), best, changed

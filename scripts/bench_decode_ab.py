@@ -7,7 +7,9 @@ ours, ...) and the report is the ratio of ours to genai per round, then the medi
 
 Ours is the default OpenVINO backend (stateful KV cache); --explicit adds the explicit-cache graph
 (ACCELC_OV_KV=explicit) as a third engine in the same rotation. --vs ARTIFACT2 compares two artifacts of
-ours in lockstep instead (one token each, alternating), e.g. cfsp:0.3 against dense.
+ours in lockstep instead (one token each, alternating), e.g. cfsp:0.3 against dense. --slice compares the
+artifact opened with every position's logits (full_logits=True) against the default generation graph
+(sliced to the last position before the head), in the same lockstep.
 
 --ir defaults to the optimum-intel IR of the artifact's source at its weight precision
 (runtime/bench_engines.py exports it once). Every engine: greedy, INFERENCE_PRECISION_HINT f32,
@@ -77,10 +79,14 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--prompt", type=int, default=3, help="index into runtime.bench.PROMPTS")
     ap.add_argument("--explicit", action="store_true", help="also time the explicit-cache graph")
+    ap.add_argument("--slice", action="store_true", help="instead of genai: the artifact unsliced (first) vs "
+                    "sliced before the head (second), in lockstep")
     ap.add_argument("--vs", metavar="ARTIFACT", help="instead of genai: decode this second artifact in lockstep "
                     "with the first (e.g. pruned vs dense) and report its speed over the first's")
     a = ap.parse_args()
-    art = open_artifact(a.artifact, backend="openvino", device="cpu", threads=a.threads)
+    art = open_artifact(a.artifact, backend="openvino", device="cpu", threads=a.threads, full_logits=a.slice)
+    if a.slice:
+        return versus(art, open_artifact(a.artifact, backend="openvino", device="cpu", threads=a.threads), a)
     if a.vs:
         return versus(art, open_artifact(a.vs, backend="openvino", device="cpu", threads=a.threads), a)
     engines = {"ours": art}
