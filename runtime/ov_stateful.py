@@ -14,6 +14,8 @@ This rewrite, done on the IR at load time (the artifact is unchanged), per layer
 That is the pattern the CPU plugin's StatefulSDPAFusion matches: it fuses Concat + Assign + attention into
 one ScaledDotProductAttentionWithKVCache node that appends the new rows in place (no copy of the past).
 The graph gains an input beam_idx (i32 [B], always 0 here) and loses its new_key/new_value outputs.
+The fused drafter's graphs (hidden_in instead of input_ids, absolute layer numbers) are rewritten the same way
+(runtime/spec_openvino.py).
 
 Rolling back (speculative decoding) trims the states: `trim_states` keeps the first n rows of each as an
 ROI of the state's own tensor (no copy by us).
@@ -53,13 +55,15 @@ def make_stateful(model) -> int:
     from openvino.op.util import Variable, VariableInfo
 
     params = {p.get_friendly_name(): p for p in model.get_parameters()}
-    layers = sum(1 for n in params if n.startswith("past_key."))
-    if layers == 0 or "input_ids" not in params:
+    # layer numbers as named in the graph: 0..N-1 for the decoder, absolute ones for the drafter's
+    # trunk (0..L-1) and verify tail (L..N-1) graphs (passes/export_drafter.py)
+    ids = sorted(int(n.split(".", 1)[1]) for n in params if n.startswith("past_key."))
+    if not ids or not ({"input_ids", "hidden_in"} & set(params)):
         raise ArtifactError("stateful rewrite: the graph has no past_key.* inputs")
     beam_idx = op.parameter(ov.PartialShape([-1]), ov.Type.i32, name="beam_idx")
     beam_idx.output(0).get_tensor().set_names({"beam_idx"})
     order = op.constant(ORDER)
-    for i in range(layers):
+    for i in ids:
         pk, pv = params[f"past_key.{i}"], params[f"past_value.{i}"]
         ck, cv = _only(pk, "Concat"), _only(pv, "Concat")
         q_rope, scale, mask5, out = _layer_attention(ck)
@@ -101,7 +105,7 @@ def make_stateful(model) -> int:
             model.remove_result(r)
     model.add_parameters([beam_idx])
     model.validate_nodes_and_infer_types()
-    return layers
+    return len(ids)
 
 
 def slice_last_logits(model) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 from ..compiler.errors import ArtifactError, InputError
 from .kv_cache import KVCache
 from .sampling import Sampler, SamplingConfig
-from .spec_steps import FusedDraftStep, FusedTargetStep, GraphFn, SharedTrunk
+from .spec_steps import FusedDraftStep, FusedTargetStep, GraphFn, SharedTrunk, is_stateful
 from .speculative import SpecConfig, SpecStats, speculative_generate
 
 ROLES = ("trunk", "draft_head", "verify_tail")
@@ -40,7 +40,8 @@ class Drafter:
         """Fresh shared-trunk step models with caches of `capacity` tokens."""
         def cache(role):
             r = self.records[role]
-            return KVCache(r["num_layers"], capacity, r["kv_heads"], r["head_dim"])
+            return KVCache(r["num_layers"], capacity, r["kv_heads"], r["head_dim"],
+                           allocate=not is_stateful(self.fns[role]))
         trunk = SharedTrunk(self.fns["trunk"], cache("trunk"), self.hidden_size)
         target = FusedTargetStep(trunk, self.fns["verify_tail"], cache("verify_tail"))
         draft = FusedDraftStep(trunk, self.fns["draft_head"], cache("draft_head"), self.vocab_size, self.vocab_ids)

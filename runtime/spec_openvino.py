@@ -4,9 +4,17 @@ The drafter's graphs (trunk: ids -> hidden, draft head: hidden -> logits, verify
 name their inputs and outputs by absolute layer (past_key.8 ...) and carry hidden states, so they are run
 here by name rather than through the decoder-only backends. Same CPU settings as backend_openvino:
 f32 precision hint, pinned threads, one stream; inputs are shared (no copy).
+
+On CPU each graph is rewritten at load time into a stateful one (runtime/ov_stateful.py, as the decoder
+backend does): its KV cache lives in the infer request's states, the CPU plugin appends new rows in place,
+and rolling back trims the states. The caller's KVCache is then bookkeeping only (`stateful` attribute of
+the function; spec_steps._run). The past length of each call is read from the attention mask, so a
+rollback of the caller's cache is applied to the states on the next call. ACCELC_OV_KV=explicit keeps the
+explicit-cache graphs (the caller's buffers passed in, new rows copied out).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -14,16 +22,36 @@ import numpy as np
 
 from .spec_steps import GraphFn
 
+log = logging.getLogger(__name__)
+
 
 def openvino_graph_fn(path: str | Path, input_names: Sequence[str], output_names: Sequence[str],
-                      threads: int, device: str = "CPU") -> GraphFn:
+                      threads: int, device: str = "CPU", stateful: bool | None = None) -> GraphFn:
     import openvino as ov
+    from .backend_openvino import kv_mode
     core = ov.Core()
     props = {"PERFORMANCE_HINT": "LATENCY"}
-    if device.upper() == "CPU":
+    cpu = device.upper() == "CPU"
+    if cpu:
         props.update({"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1})
-    compiled = core.compile_model(core.read_model(str(path)), device.upper(), props)
+    model = core.read_model(str(path))
+    if stateful is None:
+        stateful = cpu and kv_mode() == "stateful"
+    if stateful:
+        from ..compiler.errors import ArtifactError
+        from .ov_stateful import make_stateful
+        try:
+            make_stateful(model)
+        except ArtifactError as e:            # a graph the rewrite does not know: keep the explicit cache
+            log.warning("%s: keeping the explicit KV cache: %s", Path(path).name, e)
+            stateful = False
+            model = core.read_model(str(path))
+        else:
+            props["KV_CACHE_PRECISION"] = "f32"
+    compiled = core.compile_model(model, device.upper(), props)
     request = compiled.create_infer_request()
+    if stateful:
+        return StatefulGraphFn(request, input_names[0], output_names[0])
     ins, outs = list(input_names), list(output_names)
 
     def fn(inputs, position_ids, attention_mask, past):
@@ -33,3 +61,37 @@ def openvino_graph_fn(path: str | Path, input_names: Sequence[str], output_names
         res = [request.get_tensor(n).data for n in outs]
         return res[0], res[1:]
     return fn
+
+
+class StatefulGraphFn:
+    """The graph contract's function over a stateful infer request: `past` is ignored (the states hold it),
+    the past length is attention_mask width - T, and the second result is None (nothing to append)."""
+
+    stateful = True
+
+    def __init__(self, request, input_name: str, output_name: str):
+        import openvino as ov
+        self.request, self._Tensor = request, ov.Tensor
+        self._input, self._output = input_name, output_name
+        self._beam = np.zeros(1, dtype=np.int32)
+        self.held = 0                            # positions in the request's states; -1: unknown
+
+    def __call__(self, inputs, position_ids, attention_mask, past=()):
+        from .ov_stateful import trim_states
+        req, Tensor = self.request, self._Tensor
+        n = inputs.shape[1]
+        past_len = attention_mask.shape[1] - n
+        if self.held < 0:
+            req.reset_state()
+            self.held = 0
+        if past_len != self.held:
+            if past_len > self.held:
+                raise ValueError(f"the KV states hold {self.held} positions, not {past_len}")
+            trim_states(req, past_len)
+        for name, arr in ((self._input, inputs), ("position_ids", position_ids),
+                          ("attention_mask", attention_mask), ("beam_idx", self._beam)):
+            req.set_tensor(name, Tensor(np.ascontiguousarray(arr), shared_memory=True))
+        self.held = -1
+        req.infer()
+        self.held = past_len + n
+        return req.get_tensor(self._output).data, None

@@ -3,6 +3,8 @@
 A graph function follows the graph contract (docs/architecture.md), on numpy arrays:
     fn(inputs [1,T] ids or [1,T,C] hidden, position_ids [1,T], attention_mask [1,P+T], past list of [1,P,H,D])
         -> (logits [1,T,V] or hidden [1,T,C], list of new key/value [1,T,H,D])
+or, for a stateful graph (`fn.stateful` true; runtime/spec_openvino.py), (output, None): the graph keeps its
+own cache, reads the past length from the mask, and the caller's KVCache (allocate=False) only counts.
 Backends (ONNX Runtime, OpenVINO) and torch DecoderGraph modules (`torch_graph_fn`) both provide one.
 
 - GraphStep: a whole decoder (ids -> logits) with its own preallocated cache.
@@ -34,7 +36,10 @@ def _run(fn: GraphFn, cache: KVCache, inputs: np.ndarray) -> np.ndarray:
     cache.check_room(n)
     pos, mask = _positions(cache.length, n)
     out, new_kv = fn(inputs, pos, mask, cache.views())
-    cache.append(list(new_kv), n)
+    if new_kv is None:                   # a stateful graph appended to its own states (spec_openvino.py)
+        cache.advance(n)
+    else:
+        cache.append(list(new_kv), n)
     return np.array(out[0])              # a copy: backends may reuse their output buffers
 
 
@@ -147,6 +152,11 @@ def torch_graph_fn(graph) -> GraphFn:
                          *[torch.from_numpy(np.ascontiguousarray(p)) for p in past])
         return outs[0].numpy(), [o.numpy() for o in outs[1:]]
     return fn
+
+
+def is_stateful(fn: GraphFn) -> bool:
+    """True for graph functions that keep the KV cache themselves (the caller's KVCache only counts)."""
+    return bool(getattr(fn, "stateful", False))
 
 
 def cache_for(graph, capacity: int) -> KVCache:

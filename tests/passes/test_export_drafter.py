@@ -116,6 +116,31 @@ def test_runtime_speculative_greedy_is_lossless(compiled, backend):
             assert stats.rounds > 0 and stats.drafted > 0
 
 
+def test_openvino_drafter_graphs_are_stateful_and_match_explicit(compiled, monkeypatch):
+    """On OpenVINO CPU the trunk/head/tail run stateful (KV in the request's states, trimmed on rollback) and
+    give the explicit-cache graphs' logits, through a rollback, within float tolerance."""
+    from accelc.runtime.spec_steps import is_stateful
+    out, _ = compiled
+    runs = {}
+    for mode in ("stateful", "explicit"):
+        monkeypatch.setenv("ACCELC_OV_KV", mode)
+        art = open_artifact(out, backend="openvino", report=False)
+        drafter = load_drafter(art)
+        assert all(is_stateful(f) == (mode == "stateful") for f in drafter.fns.values())
+        target, draft = drafter.steps(64)
+        rows = [target.forward([5, 17, 99, 3, 200]), draft.forward([5, 17, 99, 3, 200, 41])]
+        rows += [draft.forward([7]), target.forward([41, 7, 8])]      # drafts 41, 7; the target checks them
+        target.truncate(6)                                            # keep 41, reject 7 and 8
+        draft.truncate(6)
+        rows += [target.forward([9]), draft.forward([9, 12])]
+        assert target.length == 7 and draft.length == 8 and target.trunk.length == 8
+        runs[mode] = rows
+    for a, b in zip(runs["stateful"], runs["explicit"]):
+        assert a.shape == b.shape
+        finite = np.isfinite(b)
+        assert (np.isfinite(a) == finite).all() and np.abs(a[finite] - b[finite]).max() < 1e-4
+
+
 def test_run_speculative_off_without_drafter(compiled, tmp_path):
     """No drafter graphs -> None (plain decoding); the torch backend also falls back."""
     out, _ = compiled
