@@ -105,15 +105,9 @@ class OpenVINOBackend:
         """Stateful graphs: run input_ids [1, T] after the first past_len cached positions (trimming or
         resetting the request's KV states first when they hold more) -> logits [1, T, V] (a view); [1, 1, V]
         (the last position) when the backend was opened with full_logits=False."""
-        from .ov_stateful import trim_states
+        from .ov_stateful import sync_states
         req, Tensor = self.request, self._Tensor
-        if self.held < 0:
-            req.reset_state()
-            self.held = 0
-        if past_len != self.held:
-            if past_len > self.held:
-                raise ValueError(f"the KV states hold {self.held} positions, not {past_len}")
-            trim_states(req, past_len)
+        sync_states(req, self.held, past_len)
         for idx, arr in zip(self._s_in, (input_ids, position_ids, attention_mask, self._beam)):
             req.set_input_tensor(idx, Tensor(arr, shared_memory=True))
         self.held = -1                       # unknown until infer returns (a failed call resets on the next)

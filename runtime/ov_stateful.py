@@ -131,6 +131,18 @@ def slice_last_logits(model) -> bool:
     return True
 
 
+def sync_states(request, held: int, past_len: int) -> None:
+    """Before a call on `past_len` cached positions: reset the states when their length is unknown (held < 0,
+    after a failed call), trim them when they hold more; more requested than held is an error."""
+    if held < 0:
+        request.reset_state()
+        held = 0
+    if past_len != held:
+        if past_len > held:
+            raise ValueError(f"the KV states hold {held} positions, not {past_len}")
+        trim_states(request, past_len)
+
+
 def trim_states(request, length: int) -> None:
     """Keep the first `length` positions of every KV state of an infer request ([B, S, H, D] states)."""
     import openvino as ov

@@ -77,17 +77,11 @@ class StatefulGraphFn:
         self.held = 0                            # positions in the request's states; -1: unknown
 
     def __call__(self, inputs, position_ids, attention_mask, past=()):
-        from .ov_stateful import trim_states
+        from .ov_stateful import sync_states
         req, Tensor = self.request, self._Tensor
         n = inputs.shape[1]
         past_len = attention_mask.shape[1] - n
-        if self.held < 0:
-            req.reset_state()
-            self.held = 0
-        if past_len != self.held:
-            if past_len > self.held:
-                raise ValueError(f"the KV states hold {self.held} positions, not {past_len}")
-            trim_states(req, past_len)
+        sync_states(req, self.held, past_len)
         for name, arr in ((self._input, inputs), ("position_ids", position_ids),
                           ("attention_mask", attention_mask), ("beam_idx", self._beam)):
             req.set_tensor(name, Tensor(np.ascontiguousarray(arr), shared_memory=True))
