@@ -159,6 +159,7 @@ def is_stateful(fn: GraphFn) -> bool:
     return bool(getattr(fn, "stateful", False))
 
 
-def cache_for(graph, capacity: int) -> KVCache:
-    """A preallocated cache matching a DecoderGraph's layer range."""
-    return KVCache(graph.last - graph.first, capacity, graph.kv_heads, graph.head_dim)
+def cache_for(graph, capacity: int, fn: GraphFn | None = None) -> KVCache:
+    """A cache matching a DecoderGraph's layer range: preallocated, or bookkeeping only when `fn` is stateful."""
+    return KVCache(graph.last - graph.first, capacity, graph.kv_heads, graph.head_dim,
+                   allocate=not (fn is not None and is_stateful(fn)))

@@ -44,11 +44,11 @@ def graph_fns(bundle, drafter, engine: str, threads: int, workdir: Path):
 
 def make_steps(fns, bundle, drafter, capacity: int):
     from accelc.runtime.spec_steps import (FusedDraftStep, FusedTargetStep, GraphStep, SharedTrunk, cache_for)
-    plain = GraphStep(fns["full"][0], cache_for(fns["full"][1], capacity))
-    trunk = SharedTrunk(fns["trunk"][0], cache_for(fns["trunk"][1], capacity), bundle.adapter.hidden_size)
-    target = FusedTargetStep(trunk, fns["tail"][0], cache_for(fns["tail"][1], capacity))
-    draft = FusedDraftStep(trunk, fns["head"][0], cache_for(fns["head"][1], capacity), bundle.adapter.vocab_size,
-                           drafter.vocab_ids)
+    cache = {k: cache_for(g, capacity, fn) for k, (fn, g) in fns.items()}    # stateful fns: bookkeeping only
+    plain = GraphStep(fns["full"][0], cache["full"])
+    trunk = SharedTrunk(fns["trunk"][0], cache["trunk"], bundle.adapter.hidden_size)
+    target = FusedTargetStep(trunk, fns["tail"][0], cache["tail"])
+    draft = FusedDraftStep(trunk, fns["head"][0], cache["head"], bundle.adapter.vocab_size, drafter.vocab_ids)
     return plain, target, draft
 
 
@@ -87,9 +87,8 @@ def bench_ours(plain, target, draft, prompts, max_new: int, k: int) -> dict:
         refs.append(out)
     res["autoregressive"] = {"decode_tok_s": round(n_ar / t_ar, 2)}
     configs = {f"spec_fixed_k{j}": SpecConfig(k=j, draft_mode="fixed") for j in sorted({1, 2, k})}
-    configs.update({
-               "spec_confidence": SpecConfig(draft_mode="confidence", k_max=2 * k),
-               "spec_heuristic": SpecConfig(k=k, draft_mode="heuristic", k_max=2 * k)})
+    configs["spec_confidence"] = SpecConfig(draft_mode="confidence", k_max=2 * k)
+    configs["spec_heuristic"] = SpecConfig(k=k, draft_mode="heuristic", k_max=2 * k)
     for name, cfg in configs.items():
         stats, same = SpecStats(), True
         for p, ref in zip(prompts, refs):
