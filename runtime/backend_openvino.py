@@ -24,6 +24,7 @@ import numpy as np
 
 from ..compiler.errors import ArtifactError
 from .backends import count_layers, graph_file, input_names, output_names
+from .ov_stateful import run_request
 
 log = logging.getLogger(__name__)
 KV_MODES = ("stateful", "explicit")
@@ -111,7 +112,7 @@ class OpenVINOBackend:
         for idx, arr in zip(self._s_in, (input_ids, position_ids, attention_mask, self._beam)):
             req.set_input_tensor(idx, Tensor(arr, shared_memory=True))
         self.held = -1                       # unknown until infer returns (a failed call resets on the next)
-        req.infer()
+        run_request(req)
         self.held = past_len + input_ids.shape[1]
         return req.get_output_tensor(self._logits).data
 
@@ -125,7 +126,7 @@ class OpenVINOBackend:
         req, Tensor = self.request, self._Tensor
         for idx, arr in zip(self._in, (input_ids, position_ids, attention_mask, *cache)):
             req.set_input_tensor(idx, Tensor(arr, shared_memory=True))
-        req.infer()
+        run_request(req)
         outs = [req.get_output_tensor(i).data for i in self._out]
         return outs[0], outs[1:]
 

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .ov_stateful import run_request
 from .spec_steps import GraphFn
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def openvino_graph_fn(path: str | Path, input_names: Sequence[str], output_names
     def fn(inputs, position_ids, attention_mask, past):
         for name, arr in zip(ins, (inputs, position_ids, attention_mask, *past)):
             request.set_tensor(name, ov.Tensor(np.ascontiguousarray(arr), shared_memory=True))
-        request.infer()
+        run_request(request)
         res = [request.get_tensor(n).data for n in outs]
         return res[0], res[1:]
     return fn
@@ -86,6 +87,6 @@ class StatefulGraphFn:
                           ("attention_mask", attention_mask), ("beam_idx", self._beam)):
             req.set_tensor(name, Tensor(np.ascontiguousarray(arr), shared_memory=True))
         self.held = -1
-        req.infer()
+        run_request(req)
         self.held = past_len + n
         return req.get_tensor(self._output).data, None
