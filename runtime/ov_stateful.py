@@ -133,9 +133,9 @@ def slice_last_logits(model) -> bool:
 
 def run_request(request) -> None:
     """Run an infer request whose inputs are set; read its outputs with get_output_tensor / get_tensor.
-    Not `request.infer()`: the Python wrapper copies every output into a new OVDict on each call.
-    start_async + wait skips that copy (decode, SmolLM2-135M int8, same request alternating blocks of
-    4 steps: 1.022x, docs/runtime.md)."""
+    Not `request.infer()`: the Python wrapper copies every output into a new OVDict on each
+    call. Decode vs openvino-genai, SmolLM2-135M int8, interleaved:
+    0.84-0.87 with infer(), 0.986 with start_async + wait (docs/runtime.md)."""
     request.start_async()
     request.wait()
 

@@ -6,7 +6,7 @@ import pytest
 from accelc.compiler.errors import ArtifactError, InputError
 from accelc.runtime.artifact import open_artifact
 from accelc.runtime.decode import decode_one, prefill
-from accelc.runtime.ov_stateful import make_stateful, slice_last_logits
+from accelc.runtime.ov_stateful import make_stateful, run_request, slice_last_logits
 
 PROMPT = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33]
 
@@ -105,3 +105,20 @@ def test_generation_default_slices_and_matches_full_logits(tiny_artifact, monkey
     np.testing.assert_allclose(decode_one(a, 31), prefill(ex_art.new_state(40), PROMPT + [5, 31]), atol=1e-4)
     with pytest.raises(InputError, match="full_logits"):
         prefill(gen_art.new_state(40), PROMPT, all_logits=True)
+
+
+def test_run_request_matches_infer_and_raises_on_failure():
+    import openvino.opset13 as op
+    x = op.parameter(ov.PartialShape([-1]), ov.Type.f32, name="x")
+    y = op.reshape(op.multiply(x, op.constant(np.float32(2))), op.constant(np.array([2, 3], np.int64)), False)
+    req = ov.Core().compile_model(ov.Model([y], [x]), "CPU").create_infer_request()
+    a = np.arange(6, dtype=np.float32)
+    req.set_input_tensor(0, ov.Tensor(a, shared_memory=True))
+    run_request(req)
+    np.testing.assert_array_equal(req.get_output_tensor(0).data, (2 * a).reshape(2, 3))
+    a[:] = -a                                   # shared input memory: the next run sees the new values
+    run_request(req)
+    np.testing.assert_array_equal(req.get_output_tensor(0).data, (2 * a).reshape(2, 3))
+    req.set_input_tensor(0, ov.Tensor(np.zeros(5, np.float32)))     # 5 values cannot take shape [2, 3]
+    with pytest.raises(RuntimeError):
+        run_request(req)
