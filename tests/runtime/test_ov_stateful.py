@@ -107,7 +107,7 @@ def test_generation_default_slices_and_matches_full_logits(tiny_artifact, monkey
         prefill(gen_art.new_state(40), PROMPT, all_logits=True)
 
 
-def test_run_request_matches_infer_and_raises_on_failure():
+def test_run_request_runs_rereads_shared_inputs_and_raises():
     import openvino.opset13 as op
     x = op.parameter(ov.PartialShape([-1]), ov.Type.f32, name="x")
     y = op.reshape(op.multiply(x, op.constant(np.float32(2))), op.constant(np.array([2, 3], np.int64)), False)
