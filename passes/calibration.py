@@ -30,18 +30,36 @@ def calibration_ids(bundle, samples: int = DEFAULT_SAMPLES, seqlen: int = DEFAUL
 
 
 class InputStats:
-    """Running per-input-channel statistics of a Linear's input: token count, sum x, sum x^2."""
+    """Running per-input-channel statistics of a Linear's input: token count, sum x, sum x^2.
 
-    def __init__(self, columns: int):
+    With `skip` > 0 the first `skip` positions of every window are also summed apart, so `tail()`
+    gives the statistics of the later positions alone (DSnoT's `skip` option).
+    """
+
+    def __init__(self, columns: int, skip: int = 0):
         self.tokens = 0
         self.sum = torch.zeros(columns, dtype=torch.float64)
         self.sumsq = torch.zeros(columns, dtype=torch.float64)
+        self.skip = skip
+        self.head: InputStats | None = InputStats(columns) if skip else None
 
     def add(self, x: torch.Tensor) -> None:
+        if self.head is not None and x.dim() >= 3:
+            self.head.add(x[:, :self.skip])
         x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
         self.tokens += x.shape[0]
         self.sum += x.sum(0)
         self.sumsq += (x * x).sum(0)
+
+    def tail(self) -> "InputStats":
+        """Statistics of the positions from `skip` on (self when skip is 0)."""
+        if self.head is None:
+            return self
+        out = InputStats(self.sum.numel())
+        out.tokens = self.tokens - self.head.tokens
+        out.sum = self.sum - self.head.sum
+        out.sumsq = self.sumsq - self.head.sumsq
+        return out
 
     @property
     def mean(self) -> torch.Tensor:          # E[x_j]
@@ -123,11 +141,13 @@ def _run_layer(layer, inputs, kwargs) -> list[torch.Tensor]:
 @torch.no_grad()
 def run_layerwise(model, layers: nn.ModuleList, ids: torch.Tensor,
                   linears_of: Callable[[int], dict[str, nn.Linear]],
-                  on_layer: Callable[[LayerRun], bool], chunk: int = 8, desc: str = "calibration") -> None:
+                  on_layer: Callable[[LayerRun], bool], chunk: int = 8, desc: str = "calibration",
+                  skip: int = 0) -> None:
     """Run the decoder layer by layer on `ids` [N, T].
 
     For each layer: hook the Linear modules `linears_of(i)` names, run the layer on every chunk,
-    then call `on_layer(run)`. If it returns True (it changed the layer), the layer is run again so
+    then call `on_layer(run)` (its stats also sum the first `skip` positions of every window apart:
+    InputStats.tail). If it returns True (it changed the layer), the layer is run again so
     the next layer sees the changed outputs; either way those outputs become the next inputs.
     """
     was_training = model.training
@@ -136,7 +156,7 @@ def run_layerwise(model, layers: nn.ModuleList, ids: torch.Tensor,
     with bar(len(layers), desc) as pb:
         for i, layer in enumerate(layers):
             linears = linears_of(i)
-            stats = {name: InputStats(lin.in_features) for name, lin in linears.items()}
+            stats = {name: InputStats(lin.in_features, skip) for name, lin in linears.items()}
             handles = [lin.register_forward_hook(lambda _m, inp, _o, s=stats[name]: s.add(inp[0]))
                        for name, lin in linears.items()]
             try:

@@ -148,6 +148,7 @@ class DsnotConfig(PassConfig):
     samples: int = cal.DEFAULT_SAMPLES
     seqlen: int = cal.DEFAULT_SEQLEN
     seed: int = 0
+    skip: int = 0                     # leading positions of every window left out of the statistics
     calib: str | None = None
 
     def __post_init__(self):
@@ -162,6 +163,8 @@ class DsnotConfig(PassConfig):
             raise InputError("dsnot: max_cycles, threshold and var_power must be >= 0")
         if self.samples < 1 or self.seqlen < 2:
             raise InputError(f"calibration needs samples >= 1 and seqlen >= 2, got {self.samples}, {self.seqlen}")
+        if not 0 <= self.skip < self.seqlen:
+            raise InputError(f"dsnot: skip must be in [0, seqlen), got {self.skip} with seqlen {self.seqlen}")
 
 
 class DsnotPass(Pass):
@@ -190,7 +193,8 @@ class DsnotPass(Pass):
                 st = run.stats[name]
                 keep = keep_mask(initial_score(cfg.init, lin.weight, st), cfg.ratio, cfg.n, cfg.m)
                 if cfg.mlp or not name.startswith("mlp."):
-                    keep, e0, e1, sw = dsnot_refine(lin.weight, keep, st.mean, st.var, wanda_score(lin.weight, st),
+                    tail = st.tail()
+                    keep, e0, e1, sw = dsnot_refine(lin.weight, keep, tail.mean, tail.var, wanda_score(lin.weight, st),
                                                     cfg.n, cfg.m, cycles_for(lin.weight.shape[1], cfg.max_cycles),
                                                     cfg.threshold, cfg.var_power, cfg.rule)
                     refine["rows"] += e0.numel()
@@ -201,7 +205,8 @@ class DsnotPass(Pass):
                 per_layer[f"layers.{run.index}.{name}"] = round(1 - keep.float().mean().item(), 6)
             return True
 
-        cal.run_layerwise(bundle.model, ad.layers, ids, lambda i: decoder_linears(ad, i), on_layer, desc="dsnot")
+        cal.run_layerwise(bundle.model, ad.layers, ids, lambda i: decoder_linears(ad, i), on_layer, desc="dsnot",
+                          skip=cfg.skip)
         rows = max(refine["rows"], 1)
         cycles = cfg.max_cycles if cfg.max_cycles is not None else f"{REFERENCE_CYCLES} per {REFERENCE_COLS} inputs"
         extra = {"init": cfg.init, "mlp_refined": cfg.mlp, "rule": cfg.rule, "max_cycles": cycles,
@@ -219,7 +224,7 @@ def build(method: str, arg: str, options) -> list:
     """PRUNE_METHODS factory: 'dsnot:RATIO|N:M[,init=wanda|magnitude,mlp=BOOL,rule=descent|reference|variance,
     cycles=,threshold=,samples=,...]'."""
     keys = {"init": str, "mlp": bool, "rule": str, "cycles": int, "threshold": float, "var_power": float,
-            "samples": int, "seqlen": int, "seed": int}
+            "samples": int, "seqlen": int, "seed": int, "skip": int}
     spec = parse_spec(method, arg, keys, allow_nm=True)
     if "cycles" in spec:
         spec["max_cycles"] = spec.pop("cycles")

@@ -119,3 +119,31 @@ def test_output_error_bound_vs_dense():
         out = b.model(input_ids=x).logits
     rel = float((out - dense).norm() / dense.norm())
     assert 0.0 < rel < 1.0, rel
+
+
+def test_input_stats_tail_equals_stats_of_later_positions():
+    from accelc.passes.calibration import InputStats
+    x = torch.randn(3, 10, 5, dtype=torch.float64)
+    x[:, 0] *= 50                                     # a sink-like first position
+    st, ref = InputStats(5, skip=2), InputStats(5)
+    st.add(x[:2])
+    st.add(x[2:])
+    ref.add(x[:, 2:])
+    tail = st.tail()
+    assert tail.tokens == ref.tokens == 24 and st.tokens == 30
+    assert torch.allclose(tail.mean, ref.mean) and torch.allclose(tail.var, ref.var, atol=1e-6)
+    assert not torch.allclose(st.mean, ref.mean)      # the full stats still count position 0
+    assert InputStats(5).tail().tokens == 0
+
+
+def test_skip_changes_only_the_refinement_statistics():
+    x = ids()
+    b_0, b_s, b_w = bundle(), bundle(), bundle()
+    DsnotPass(DsnotConfig(ratio=0.6, max_cycles=0, skip=1)).prune(b_0, x)
+    WandaPruningPass(SparsityConfig(method="wanda", ratio=0.6)).prune(b_w, x)
+    r = DsnotPass(DsnotConfig(ratio=0.6, skip=1)).prune(b_s, x)
+    l0, lw, ls = (bb.adapter.linears() for bb in (b_0, b_w, b_s))
+    assert all(torch.equal(lw[k].weight, l0[k].weight) for k in lw)       # same Wanda start
+    assert r.metrics["swaps"] > 0 and r.metrics["row_error_after"] < r.metrics["row_error_before"]
+    with pytest.raises(InputError):
+        DsnotConfig(ratio=0.6, seqlen=8, skip=8)
