@@ -9,7 +9,7 @@ the uncompressed model (kept by the codebook pass) as teacher. Two kinds of step
           (scale-free) step of lr_v (betas 0 / 0.95, the reference's code_betas); the fraction
           `tau` of weight groups where T is farthest from the current quantized weight are
           re-encoded towards T / scale, forcing a code change along T - Ŵ where l2 re-encoding
-          would keep the old codes; with `trust` > 0 the changes are then truncated, largest
+          would keep the old codes; with `trust` > 0 (default 0.01) the changes are then truncated, largest
           first, so that ||Ŵ_new - Ŵ_old|| <= trust * ||Ŵ_old|| (plus one group). All other codes
           stay (subspace descent). T is not reset to Ŵ (`decay` pulls it back, delta_decay).
 
@@ -55,7 +55,8 @@ class PVTuningConfig(PassConfig):
     tau: float = 0.01              # pv: fraction of groups a V step may re-encode
     v_every: int = 1               # pv: every v_every-th step also updates codes (V step)
     decay: float = 0.0             # pull of the buffers back to the quantized weights after a V step
-    trust: float = 0.0             # pv: trust ratio on the relative weight change of a V step (0: off)
+    trust: float = 0.01            # pv: trust ratio on the relative weight change of a V step (0: off;
+                                   # 1e-2 is the reference's code_trust_ratio in its PV-Tuning commands)
     seed: int = 1
     calib: str | None = None
 

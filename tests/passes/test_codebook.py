@@ -76,8 +76,8 @@ def test_specs_build_the_passes():
     assert names("rtn:2g64") == ["quantize-rtn"]
     pv = phases.compression(CompileOptions(quantize="pv:1x8g8,steps=7,tau=0.02,beam=2"))
     assert pv[0].config.beam == 2 and pv[0].config.keep_teacher and pv[1].config.steps == 7
-    assert pv[1].config.tau == 0.02 and pv[1].config.mode == "pv" and pv[1].config.trust == 0
-    assert phases.compression(CompileOptions(quantize="pv:2x8g8,trust=0.01"))[1].config.trust == 0.01
+    assert pv[1].config.tau == 0.02 and pv[1].config.mode == "pv" and pv[1].config.trust == 0.01
+    assert phases.compression(CompileOptions(quantize="pv:2x8g8,trust=0"))[1].config.trust == 0     # off
 
 
 def test_code_search_recovers_representable_weight_and_never_worsens():
