@@ -58,6 +58,18 @@ def allocate(importance: list[float], ratio: float, a: float) -> list[float]:
     return (s / avg * (1 - ratio)).tolist()
 
 
+AUTO_ROUND, AUTO_MIN_BLOCK = 64, 1024
+
+
+def rounding_for(total: int, round_: int) -> int:
+    """The multiple kept counts are rounded to: `round_`, or for 0 (auto) 64 on blocks of at least 1024
+    channels (the exported fp32 graph decodes faster with such shapes; docs/passes/pruning.md) and 1 on
+    smaller ones, where a multiple of 64 would leave too few choices."""
+    if round_:
+        return round_
+    return AUTO_ROUND if total >= AUTO_MIN_BLOCK else 1
+
+
 def kept_count(total: int, keep_fraction: float, multiple: int) -> int:
     """Channels kept: total * keep_fraction rounded to the nearest multiple, within [multiple, total]."""
     if multiple <= 1:
@@ -108,7 +120,7 @@ def shrink_mlp(mlp: nn.Module, keep: torch.Tensor) -> None:
 class CfspConfig(PassConfig):
     ratio: float = 0.3                # fraction of all MLP intermediate channels removed
     method: str = "cfsp"              # cfsp | cfsp-uniform | channel-magnitude
-    round: int = 1                    # kept channels per block rounded to a multiple of this (8/32/64...)
+    round: int = 0                    # kept channels per block rounded to a multiple of this (0: auto, rounding_for)
     a: float = 13.1                   # coarse allocation temperature
     b: float = 1.0                    # activation power inside the down_proj weight term
     c: float = 1.0                    # activation power on the channel score
@@ -127,8 +139,8 @@ class CfspConfig(PassConfig):
         check_ratio(self.ratio)
         if self.method not in METHODS:
             raise InputError(f"unknown channel pruning method '{self.method}' ({', '.join(METHODS)})")
-        if self.round < 1 or self.rank < 1 or self.batch < 1 or self.recover < 0 or self.recover_seconds <= 0:
-            raise InputError("cfsp: round, rank and batch must be >= 1, recover >= 0, recover_seconds > 0")
+        if self.round < 0 or self.rank < 1 or self.batch < 1 or self.recover < 0 or self.recover_seconds <= 0:
+            raise InputError("cfsp: round >= 0 (0: auto), rank and batch >= 1, recover >= 0, recover_seconds > 0")
         if self.norm not in ("channel", "reference"):
             raise InputError(f"cfsp: norm must be channel or reference, got '{self.norm}'")
         if self.samples < 1 or self.seqlen < 2 or self.lr <= 0:
@@ -178,7 +190,7 @@ class CfspPass(Pass):
             g, u, dn = p["gate"].weight, p["up"].weight, p["down"].weight
             score = (magnitude_scores(g, u, dn) if cfg.method == "channel-magnitude"
                      else fine_scores(g, u, dn, act[i], cfg.b, cfg.c, cfg.norm))
-            k = kept_count(sizes[i], fractions[i], cfg.round)
+            k = kept_count(sizes[i], fractions[i], rounding_for(sizes[i], cfg.round))
             keep.append(torch.topk(score, k).indices.sort().values)
         info = {"block_importance": [round(v, 6) for v in importance] if importance else None,
                 "keep_fraction": [round(f, 6) for f in fractions]}
@@ -188,7 +200,8 @@ class CfspPass(Pass):
         cfg, ad = self.config, bundle.adapter
         sizes = ad.intermediate_sizes()
         before = ad.num_parameters()
-        rec = {"method": cfg.method, "ratio": cfg.ratio, "round": cfg.round, "intermediate_before": sizes,
+        rec = {"method": cfg.method, "ratio": cfg.ratio, "round": cfg.round or "auto",
+               "round_multiples": [rounding_for(n, cfg.round) for n in sizes], "intermediate_before": sizes,
                "kept_channels": sizes, "parameters_before": before, "parameters_after": before}
         if cfg.ratio == 0:
             bundle.records["pruning"] = rec

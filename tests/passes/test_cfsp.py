@@ -7,7 +7,8 @@ import torch.nn as nn
 
 from accelc.models.adapter import ArchAdapter
 from accelc.models.tiny import random_ids as ids, tiny_bundle as bundle
-from accelc.passes.cfsp import CfspConfig, CfspPass, allocate, fine_scores, kept_count
+from accelc.compiler.errors import InputError
+from accelc.passes.cfsp import CfspConfig, CfspPass, allocate, fine_scores, kept_count, rounding_for
 from accelc.passes.lora_recovery import LoRALinear, lm_loss
 
 torch.set_num_threads(1)
@@ -58,6 +59,16 @@ def test_kept_count_rounding():
     b = bundle()
     CfspPass(CfspConfig(ratio=0.3, round=32)).prune(b, ids())
     assert all(k % 32 == 0 for k in b.adapter.intermediate_sizes())
+    # the default (0, auto): multiples of 64 on real-size blocks, none on the tiny model's 128 channels
+    assert rounding_for(1536, 0) == 64 and rounding_for(8192, 0) == 64 and rounding_for(128, 0) == 1
+    assert rounding_for(128, 32) == 32 and rounding_for(1536, 1) == 1
+    b = bundle()
+    CfspPass(CfspConfig(ratio=0.3)).prune(b, ids())
+    rec = b.records["pruning"]
+    assert rec["round"] == "auto" and rec["round_multiples"] == [1, 1, 1]
+    assert rec["kept_channels"] == [kept_count(128, f, 1) for f in rec["keep_fraction"]]
+    with pytest.raises(InputError):
+        CfspConfig(ratio=0.3, round=-1)
 
 
 def test_allocation_follows_importance():

@@ -104,7 +104,7 @@ def test_wanda_beats_magnitude_with_outlier_channels():
 
 @pytest.mark.parametrize("spec", ["cfsp:1.0", "cfsp:-0.1", "wanda:1.5", "dsnot:1", "wanda:3:2", "wanda:0:4",
                                   "dsnot:2:2", "magnitude:2:x", "cfsp:2:4", "wanda:0.5,foo=1", "dsnot:0.5,mlp=maybe",
-                                  "cfsp:0.3,round=0", "dsnot:0.5,init=sparsegpt", "cfsp:"])
+                                  "cfsp:0.3,round=-1", "dsnot:0.5,init=sparsegpt", "cfsp:"])
 def test_bad_specs_refused_at_parse_time(spec):
     with pytest.raises(InputError):
         compression(CompileOptions(prune=spec))
