@@ -33,20 +33,26 @@ class InputStats:
     """Running per-input-channel statistics of a Linear's input: token count, sum x, sum x^2.
 
     With `skip` > 0 the first `skip` positions of every window are also summed apart, so `tail()`
-    gives the statistics of the later positions alone (DSnoT's `skip` option).
+    gives the statistics of the later positions alone (DSnoT's `skip` option). With `gram` it also
+    sums x x^T (products in float32, sums in float64): `gram_mean` is E[x x^T].
     """
 
-    def __init__(self, columns: int, skip: int = 0):
+    def __init__(self, columns: int, skip: int = 0, gram: bool = False):
         self.tokens = 0
         self.sum = torch.zeros(columns, dtype=torch.float64)
         self.sumsq = torch.zeros(columns, dtype=torch.float64)
+        self.xtx = torch.zeros(columns, columns, dtype=torch.float64) if gram else None
         self.skip = skip
-        self.head: InputStats | None = InputStats(columns) if skip else None
+        self.head: InputStats | None = InputStats(columns, gram=gram) if skip else None
 
     def add(self, x: torch.Tensor) -> None:
         if self.head is not None and x.dim() >= 3:
             self.head.add(x[:, :self.skip])
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        x = x.detach().reshape(-1, x.shape[-1])
+        if self.xtx is not None:
+            xf = x.float()
+            self.xtx += (xf.T @ xf).double()
+        x = x.to(torch.float64)
         self.tokens += x.shape[0]
         self.sum += x.sum(0)
         self.sumsq += (x * x).sum(0)
@@ -59,7 +65,12 @@ class InputStats:
         out.tokens = self.tokens - self.head.tokens
         out.sum = self.sum - self.head.sum
         out.sumsq = self.sumsq - self.head.sumsq
+        out.xtx = None if self.xtx is None else self.xtx - self.head.xtx
         return out
+
+    @property
+    def gram_mean(self) -> torch.Tensor:     # E[x x^T] (needs gram=True)
+        return (self.xtx / max(self.tokens, 1)).float()
 
     @property
     def mean(self) -> torch.Tensor:          # E[x_j]
@@ -142,12 +153,12 @@ def _run_layer(layer, inputs, kwargs) -> list[torch.Tensor]:
 def run_layerwise(model, layers: nn.ModuleList, ids: torch.Tensor,
                   linears_of: Callable[[int], dict[str, nn.Linear]],
                   on_layer: Callable[[LayerRun], bool], chunk: int = 8, desc: str = "calibration",
-                  skip: int = 0) -> None:
+                  skip: int = 0, gram: Callable[[str], bool] | None = None) -> None:
     """Run the decoder layer by layer on `ids` [N, T].
 
     For each layer: hook the Linear modules `linears_of(i)` names, run the layer on every chunk,
     then call `on_layer(run)` (its stats also sum the first `skip` positions of every window apart:
-    InputStats.tail). If it returns True (it changed the layer), the layer is run again so
+    InputStats.tail; E[x x^T] too for the names `gram` accepts). If it returns True (it changed the layer), the layer is run again so
     the next layer sees the changed outputs; either way those outputs become the next inputs.
     """
     was_training = model.training
@@ -156,7 +167,7 @@ def run_layerwise(model, layers: nn.ModuleList, ids: torch.Tensor,
     with bar(len(layers), desc) as pb:
         for i, layer in enumerate(layers):
             linears = linears_of(i)
-            stats = {name: InputStats(lin.in_features, skip) for name, lin in linears.items()}
+            stats = {name: InputStats(lin.in_features, skip, bool(gram and gram(name))) for name, lin in linears.items()}
             handles = [lin.register_forward_hook(lambda _m, inp, _o, s=stats[name]: s.add(inp[0]))
                        for name, lin in linears.items()]
             try:

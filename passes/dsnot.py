@@ -18,6 +18,11 @@ Which swaps are taken is the `rule`:
              row's expected squared output error with the cross-channel terms dropped): a grown weight
              of a noisy channel, or a pruned weight carrying much variance, is refused even if it
              fixes the mean. Not in the reference (an accelc addition; measured in docs/passes/pruning.md).
+  exact      descent, and the swap must also lower the row's exact calibration reconstruction error
+             E[(sum over pruned j of W_rj x_j)^2] = w_p^T E[x x^T] w_p (w_p: the row's pruned weights), from the
+             input's Gram matrix: the objective DSnoT's e_r approximates by its mean part. DSnoT still proposes
+             every swap; this only refuses the ones that make the row's output error worse. Not in the
+             reference (an accelc addition; measured in docs/passes/pruning.md).
 Every row also stops when |e_r| falls under the threshold or after `max_cycles` swaps (by default the
 reference's budget of 50 swaps per 4096-wide row, scaled to the row's width: 7 for 576 inputs).
 Weights never change, only the mask: sparsity stays fixed.
@@ -40,7 +45,7 @@ from .prune_options import check_nm, check_ratio, decoder_linears, parse_spec
 from .sparsity import initial_score, keep_mask, record_sparsity, wanda_score
 
 log = logging.getLogger(__name__)
-RULES = ("reference", "descent", "variance")
+RULES = ("reference", "descent", "variance", "exact")
 REFERENCE_CYCLES, REFERENCE_COLS = 50, 4096
 
 
@@ -55,8 +60,13 @@ def _sorted_candidates(valid: torch.Tensor, key: torch.Tensor, descending: bool)
 @torch.no_grad()
 def dsnot_refine(weight: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                  prune_score: torch.Tensor, n: int = 0, m: int = 0, max_cycles: int = 50,
-                 threshold: float = 5e-5, var_power: float = 1.0, rule: str = "descent"):
-    """-> (new keep mask, |error| per row before, |error| per row after, swaps per row)."""
+                 threshold: float = 5e-5, var_power: float = 1.0, rule: str = "descent",
+                 gram: torch.Tensor | None = None):
+    """-> (new keep mask, |error| per row before, |error| per row after, swaps per row).
+
+    `gram` is E[x x^T] of the input [cols, cols], needed by rule "exact" only."""
+    if rule == "exact" and gram is None:
+        raise ValueError("dsnot_refine: rule 'exact' needs the input Gram matrix")
     W = weight.float()
     rows, cols = W.shape
     r = torch.arange(rows)
@@ -67,6 +77,10 @@ def dsnot_refine(weight: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor, v
     err0 = err.clone()
     key = metric / var.clamp_min(1e-12).pow(var_power).reshape(1, -1)
     Wv = W * W * var.reshape(1, -1) if rule == "variance" else None    # each weight's share of Var[output]
+    if rule == "exact":
+        C = gram.float()
+        G = (W * (~keep)) @ C                                  # G[r] = C w_p(r): the exact error's gradient / 2
+        Cd = C.diagonal()
     grow_pos, n_gpos = _sorted_candidates(~keep & (metric > 0), key, True)
     grow_neg, n_gneg = _sorted_candidates(~keep & (metric < 0), key, False)
     if not m:
@@ -103,6 +117,11 @@ def dsnot_refine(weight: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor, v
         elif rule == "variance":                               # and the diagonal variance it adds is paid for
             dvar = Wv[r, pi] - Wv[r, gi]
             do = active & ok & (after.abs() < err.abs()) & (after * after + dvar < err * err)
+        elif rule == "exact":                                  # and w_p^T C w_p goes down (w_p: pruned weights)
+            wg, wp = W[r, gi], W[r, pi]
+            dexact = (2 * (wp * G[r, pi] - wg * G[r, gi]) + wg * wg * Cd[gi] + wp * wp * Cd[pi]
+                      - 2 * wg * wp * C[gi, pi])
+            do = active & ok & (after.abs() < err.abs()) & (dexact < 0)
         elif m:                                                # reference N:M: e keeps its initial sign
             do = active & ok & (torch.sign(after) == sign0)
         else:                                                  # reference unstructured: every swap
@@ -111,6 +130,8 @@ def dsnot_refine(weight: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor, v
         keep[rd, gi[do]] = True
         keep[rd, pi[do]] = False
         err = torch.where(do, after, err)
+        if rule == "exact" and bool(do.any()):
+            G[rd] += W[rd, pi[do]].unsqueeze(1) * C[pi[do]] - W[rd, gi[do]].unsqueeze(1) * C[gi[do]]
         swaps += do.long()
         ptr[:, 0] += (do & up).long()
         ptr[:, 1] += (do & ~up).long()
@@ -144,7 +165,7 @@ class DsnotConfig(PassConfig):
     max_cycles: int | None = None     # swaps per row; None: the reference's 50 per 4096 inputs, scaled (cycles_for)
     threshold: float = 5e-5
     var_power: float = 1.0
-    rule: str = "descent"             # which swaps are taken: reference, descent or variance (module docstring)
+    rule: str = "descent"             # which swaps are taken: reference, descent, variance or exact (module docstring)
     samples: int = cal.DEFAULT_SAMPLES
     seqlen: int = cal.DEFAULT_SEQLEN
     seed: int = 0
@@ -188,15 +209,19 @@ class DsnotPass(Pass):
             rec = record_sparsity(bundle, "dsnot", cfg, per_layer, before)
             return PassResult(False, {"mask_sparsity": rec["mask_sparsity"]})
 
+        def refined(name: str) -> bool:
+            return cfg.mlp or not name.startswith("mlp.")
+
         def on_layer(run):
             for name, lin in decoder_linears(ad, run.index).items():
                 st = run.stats[name]
                 keep = keep_mask(initial_score(cfg.init, lin.weight, st), cfg.ratio, cfg.n, cfg.m)
-                if cfg.mlp or not name.startswith("mlp."):
+                if refined(name):
                     tail = st.tail()
                     keep, e0, e1, sw = dsnot_refine(lin.weight, keep, tail.mean, tail.var, wanda_score(lin.weight, st),
                                                     cfg.n, cfg.m, cycles_for(lin.weight.shape[1], cfg.max_cycles),
-                                                    cfg.threshold, cfg.var_power, cfg.rule)
+                                                    cfg.threshold, cfg.var_power, cfg.rule,
+                                                    tail.gram_mean if cfg.rule == "exact" else None)
                     refine["rows"] += e0.numel()
                     refine["error_before"] += float(e0.sum())
                     refine["error_after"] += float(e1.sum())
@@ -206,7 +231,7 @@ class DsnotPass(Pass):
             return True
 
         cal.run_layerwise(bundle.model, ad.layers, ids, lambda i: decoder_linears(ad, i), on_layer, desc="dsnot",
-                          skip=cfg.skip)
+                          skip=cfg.skip, gram=refined if cfg.rule == "exact" else None)
         rows = max(refine["rows"], 1)
         cycles = cfg.max_cycles if cfg.max_cycles is not None else f"{REFERENCE_CYCLES} per {REFERENCE_COLS} inputs"
         extra = {"init": cfg.init, "mlp_refined": cfg.mlp, "rule": cfg.rule, "max_cycles": cycles,
@@ -221,7 +246,7 @@ class DsnotPass(Pass):
 
 
 def build(method: str, arg: str, options) -> list:
-    """PRUNE_METHODS factory: 'dsnot:RATIO|N:M[,init=wanda|magnitude,mlp=BOOL,rule=descent|reference|variance,
+    """PRUNE_METHODS factory: 'dsnot:RATIO|N:M[,init=wanda|magnitude,mlp=BOOL,rule=descent|reference|variance|exact,
     cycles=,threshold=,samples=,...]'."""
     keys = {"init": str, "mlp": bool, "rule": str, "cycles": int, "threshold": float, "var_power": float,
             "samples": int, "seqlen": int, "seed": int, "skip": int}

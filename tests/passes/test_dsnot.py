@@ -21,13 +21,24 @@ def problem(rows=32, cols=64, seed=0):
     return w, mean, var, score
 
 
+def gram_of(mean, var, seed=0):
+    """E[x x^T] of inputs with this mean and variance and random correlations between channels."""
+    g = torch.Generator().manual_seed(seed + 100)
+    a = torch.randn(mean.numel(), 4, generator=g)
+    s = a @ a.T + torch.eye(mean.numel())
+    corr = s / torch.outer(s.diagonal().sqrt(), s.diagonal().sqrt())
+    sd = var.sqrt()
+    return corr * torch.outer(sd, sd) + torch.outer(mean, mean)
+
+
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("nm", [(0, 0), (2, 4), (4, 8)])
 def test_refine_keeps_count_pattern_and_lowers_error(nm, rule):
     n, m = nm
     w, mean, var, score = problem()
     keep0 = keep_mask(score, 0.6 if not m else 1 - n / m, n, m)
-    keep, e0, e1, swaps = dsnot_refine(w, keep0, mean, var, score, n, m, max_cycles=50, threshold=0.0, rule=rule)
+    keep, e0, e1, swaps = dsnot_refine(w, keep0, mean, var, score, n, m, max_cycles=50, threshold=0.0, rule=rule,
+                                       gram=gram_of(mean, var))
     assert torch.equal(keep.sum(1), keep0.sum(1))                       # sparsity fixed, row by row
     if m:
         assert is_nm(keep, n, m)
@@ -36,7 +47,7 @@ def test_refine_keeps_count_pattern_and_lowers_error(nm, rule):
         assert torch.allclose((w * mean * (~k)).sum(1).abs(), e, atol=1e-5)
     assert (e1 <= e0 + 1e-6).all()                                      # never above its start
     assert swaps.sum() > 0 and e1.mean() < e0.mean()                    # and it does work
-    if rule != "variance":                                              # (which refuses most swaps here)
+    if rule not in ("variance", "exact"):                               # (which refuse most swaps here)
         assert (e1 < e0).sum() > rows_half(e0) and e1.mean() < 0.5 * e0.mean()
     assert torch.equal((keep != keep0).sum(1), 2 * swaps)               # swaps counts the returned mask's swaps
 
@@ -50,6 +61,23 @@ def test_variance_rule_never_raises_the_diagonal_squared_error():
     assert (J(keep_v) <= J(keep0) + 1e-5).all()
     assert (J(keep_d) > J(keep0) + 1e-5).any()                          # which descent alone does not ensure
     assert (keep_v != keep0).any()
+
+
+@pytest.mark.parametrize("nm", [(0, 0), (2, 4)])
+def test_exact_rule_never_raises_the_rows_reconstruction_error(nm):
+    n, m = nm
+    w, mean, var, score = problem(rows=64, cols=128, seed=3)
+    C = gram_of(mean, var, seed=3)
+    keep0 = keep_mask(score, 0.7 if not m else 0.5, n, m)
+    E = lambda k: ((w * (~k)) @ C * (w * (~k))).sum(1)                 # w_p^T E[x x^T] w_p per row
+    keep_x, e0, e1, sw = dsnot_refine(w, keep0, mean, var, score, n, m, max_cycles=50, threshold=0.0,
+                                      rule="exact", gram=C)
+    keep_d, *_ = dsnot_refine(w, keep0, mean, var, score, n, m, max_cycles=50, threshold=0.0, rule="descent")
+    assert (E(keep_x) <= E(keep0) + 1e-4).all() and E(keep_x).sum() < E(keep0).sum()
+    assert (E(keep_d) > E(keep0) + 1e-4).any()                          # which descent alone does not ensure
+    assert sw.sum() > 0 and (e1 <= e0 + 1e-6).all()
+    with pytest.raises(ValueError):
+        dsnot_refine(w, keep0, mean, var, score, rule="exact")
 
 
 def test_swap_budget_scales_with_row_width():
@@ -70,7 +98,8 @@ def test_refine_zero_cycles_is_noop():
     assert torch.equal(keep, keep0) and torch.equal(e0, e1) and swaps.sum() == 0
 
 
-@pytest.mark.parametrize("spec", [dict(ratio=0.6), dict(ratio=0.5, n=2, m=4, mlp=True), dict(ratio=0.7, mlp=True)])
+@pytest.mark.parametrize("spec", [dict(ratio=0.6), dict(ratio=0.5, n=2, m=4, mlp=True), dict(ratio=0.7, mlp=True),
+                                  dict(ratio=0.7, rule="exact")])
 def test_pass_sparsity_and_weights_outside_mask_unchanged(spec):
     b = bundle()
     w0 = {k: v.weight.detach().clone() for k, v in b.adapter.linears().items()}
@@ -134,6 +163,11 @@ def test_input_stats_tail_equals_stats_of_later_positions():
     assert torch.allclose(tail.mean, ref.mean) and torch.allclose(tail.var, ref.var, atol=1e-6)
     assert not torch.allclose(st.mean, ref.mean)      # the full stats still count position 0
     assert InputStats(5).tail().tokens == 0
+    g = InputStats(5, skip=2, gram=True)
+    g.add(x)
+    flat = x[:, 2:].reshape(-1, 5)
+    assert torch.allclose(g.tail().gram_mean.double(), flat.T @ flat / 24, rtol=1e-4, atol=1e-3)  # float32 products
+    assert torch.allclose(g.gram_mean.diagonal(), g.sq_mean, rtol=1e-4)
 
 
 def test_skip_changes_only_the_refinement_statistics():
