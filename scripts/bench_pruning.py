@@ -40,7 +40,25 @@ def settings() -> list[str]:
     return out
 
 
-def run_setting(spec: str, model: str, max_tokens: int, calib_extra: str) -> dict:
+def calibration_perplexity(bundle, spec: str) -> float:
+    """Perplexity of the model on the calibration windows a calibrated pass of `spec` draws (its samples,
+    seqlen and seed options, else the defaults): does a mask fit the text it was chosen on?"""
+    import math
+    from accelc.passes import calibration as cal
+    opts = dict(p.split("=", 1) for p in spec.split(",") if "=" in p)
+    ids = cal.calibration_ids(bundle, int(opts.get("samples", cal.DEFAULT_SAMPLES)),
+                              int(opts.get("seqlen", cal.DEFAULT_SEQLEN)), int(opts.get("seed", 0)))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, ids.shape[0], 8):
+            x = ids[s:s + 8]
+            n = x.shape[0] * (x.shape[1] - 1)
+            total += float(bundle.model(input_ids=x, labels=x).loss) * n
+            count += n
+    return math.exp(total / count)
+
+
+def run_setting(spec: str, model: str, max_tokens: int, calib_extra: str, score_calib: bool = False) -> dict:
     from accelc.compiler.evaluate import Protocol, evaluate_torch
     from accelc.models.sources import load_model
     from accelc.targets import CompileOptions
@@ -60,6 +78,8 @@ def run_setting(spec: str, model: str, max_tokens: int, calib_extra: str) -> dic
         row["pass_seconds"] = round(time.perf_counter() - t0, 2)
         row["spec"] = full
     ev = evaluate_torch(bundle, Protocol(max_tokens=max_tokens), sample=False)
+    if score_calib:
+        row["calibration_perplexity"] = calibration_perplexity(bundle, row.get("spec", spec))
     zeros, total = zero_count(bundle.adapter)
     row.update(perplexity=ev["perplexity"], eval_tokens=ev["tokens"], eval_seconds=ev["seconds"],
                parameters_before=params_before, parameters=bundle.adapter.num_parameters(),
@@ -105,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32768, help="evaluation tokens (default 32768, the protocol)")
     ap.add_argument("--calib", default="", help="extra spec options for calibrated methods, e.g. samples=64,seqlen=256")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--score-calibration", action="store_true",
+                    help="also score each setting on the calibration windows its pass used")
     ap.add_argument("--json", default=str(ROOT / "docs" / "passes" / "pruning_results.json"), help="JSON output")
     ap.add_argument("--update-doc", action="store_true", help="write the table into docs/passes/pruning.md")
     ap.add_argument("--export", action="store_true", help="also compile dense and cfsp:0.3 and run `accelc bench`")
@@ -114,7 +136,7 @@ def main(argv=None) -> int:
     rows = []
     for spec in todo:
         t0 = time.perf_counter()
-        row = run_setting(spec, args.model, args.max_tokens, args.calib)
+        row = run_setting(spec, args.model, args.max_tokens, args.calib, args.score_calibration)
         rows.append(row)
         print(f"{spec:32s} ppl {row['perplexity']:9.3f}  params {row['parameters'] / 1e6:7.2f}M  "
               f"sparsity {row['linear_sparsity']:.3f}  pass {row['pass_seconds']:6.1f}s  "

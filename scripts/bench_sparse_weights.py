@@ -51,10 +51,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--new", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=3, help="index into runtime.bench.PROMPTS (3: 83 tokens, 0: 6)")
+    ap.add_argument("--keep", metavar="DIR", help="also keep the INT8_SYM copy here (for bench_decode_ab.py --vs)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sparse-int8-") as tmp:
         art = Path(tmp) / "artifact"
         int8_sym_copy(Path(a.artifact), art)
+        if a.keep:
+            shutil.copytree(art, a.keep, dirs_exist_ok=True)
         plain = open_artifact(str(art), backend="openvino", device="cpu", threads=a.threads)
         original = ov.Core.compile_model
 
@@ -67,7 +71,7 @@ def main() -> None:
         finally:
             ov.Core.compile_model = original
         print(json.dumps({"artifact": a.artifact, "weights": "INT8_SYM", PROP: a.rate}), flush=True)
-        ab.versus(plain, sparse, types.SimpleNamespace(rounds=a.rounds, new=a.new, prompt=3, threads=a.threads))
+        ab.versus(plain, sparse, types.SimpleNamespace(rounds=a.rounds, new=a.new, prompt=a.prompt, threads=a.threads))
 
 
 if __name__ == "__main__":
