@@ -1,4 +1,5 @@
-"""User-facing errors. The CLI prints their message on one line and exits 2."""
+"""User-facing errors. The CLI prints their message on one line and exits 2; anything else (PassBugError
+included) is an internal error: exit 1, traceback with -v."""
 
 
 class AccelcError(Exception):
@@ -19,14 +20,32 @@ class ArtifactError(AccelcError):
     """An artifact that is missing files, fails its hashes or has an unknown format."""
 
 
+def _pass_message(pass_name: str, message: str, before: list[str]) -> str:
+    done = ", ".join(before) if before else "none"
+    return f"pass '{pass_name}' failed: {message} (passes completed before it: {done})"
+
+
 class PassError(AccelcError):
-    """A pass failed; the message names it and the passes that ran before it."""
+    """A pass refused its input (an AccelcError or an unmet precondition inside it): exit 2. The message
+    names the pass and the passes that ran before it."""
 
     def __init__(self, pass_name: str, message: str, before: list[str] | None = None):
         self.pass_name = pass_name
         self.before = list(before or [])
-        done = ", ".join(self.before) if self.before else "none"
-        super().__init__(f"pass '{pass_name}' failed: {message} (passes completed before it: {done})")
+        super().__init__(_pass_message(pass_name, message, self.before))
+
+
+class PassBugError(Exception):
+    """A pass raised something that is not an AccelcError: a bug in accelc or a library failure, not bad
+    input. Not an AccelcError, so the CLI reports it as an internal error (exit 1; -v shows the traceback,
+    the original exception chained as the cause). Same message format as PassError."""
+
+    exit_code = 1
+
+    def __init__(self, pass_name: str, message: str, before: list[str] | None = None):
+        self.pass_name = pass_name
+        self.before = list(before or [])
+        super().__init__(_pass_message(pass_name, message, self.before))
 
 
 class PreconditionError(Exception):

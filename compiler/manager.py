@@ -1,4 +1,5 @@
-"""The pass manager: runs a pipeline (a list of passes) in order, times it, records it."""
+"""The pass manager: runs a pipeline (a list of passes) in order, times it, measures its peak resident
+memory (compiler/memory.py), records it."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .bundle import ModelBundle
-from .errors import PassError
+from .errors import PassBugError, PassError
+from .memory import PeakMeter
 from .pass_base import Pass
 
 log = logging.getLogger(__name__)
@@ -22,10 +24,11 @@ class PassRecord:
     seconds: float
     changed: bool
     metrics: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)   # resident memory (compiler/memory.py PeakMeter)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "config": self.config, "seconds": round(self.seconds, 3),
-                "changed": self.changed, "metrics": self.metrics}
+                "changed": self.changed, "metrics": self.metrics, "memory": self.memory}
 
 
 class PassManager:
@@ -40,19 +43,25 @@ class PassManager:
         records: list[PassRecord] = bundle.records.setdefault("pass_log", [])
         done: list[str] = [r.name for r in records]
         total = len(self.passes)
+        meter = PeakMeter()
         for i, p in enumerate(self.passes):
             if self.on_event:
                 self.on_event("start", i, total, p, None)
+            meter.start()
             t0 = time.perf_counter()
             try:
                 result = p(bundle)
-            except PassError as e:
-                # re-raise with the full history of this run
-                raise PassError(e.pass_name, _strip(str(e)), before=done) from e
-            rec = PassRecord(p.name, p.config_dict(), time.perf_counter() - t0, result.changed, result.metrics)
+            except (PassError, PassBugError) as e:
+                # re-raise (same class: user error or bug) with the full history of this run
+                raise type(e)(e.pass_name, _strip(str(e)), before=done) from e
+            rec = PassRecord(p.name, p.config_dict(), time.perf_counter() - t0, result.changed, result.metrics,
+                             meter.stop())
             records.append(rec)
             done.append(p.name)
-            log.info("pass %s: %.2fs changed=%s %s", p.name, rec.seconds, rec.changed, rec.metrics)
+            # the compile's peak so far (model load included): the largest of the passes' peaks
+            bundle.records["peak_rss_mb"] = round(meter.process_peak, 1)
+            log.info("pass %s: %.2fs peak %s MiB changed=%s %s", p.name, rec.seconds, rec.memory["peak_rss_mb"],
+                     rec.changed, rec.metrics)
             if self.on_event:
                 self.on_event("end", i, total, p, rec)
         return records

@@ -1,7 +1,8 @@
 """The pass base class, modelled on onnx-ir's pass infrastructure.
 
 A pass is a small class with a frozen config dataclass. `Pass.__call__` runs
-requires -> call -> ensures and turns any failure into a PassError naming the pass.
+requires -> call -> ensures and turns any failure into an error naming the pass: PassError (exit 2) for
+user errors (AccelcError) and unmet pre/postconditions, PassBugError (exit 1) for any other exception.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .bundle import ModelBundle
-from .errors import AccelcError, PassError, PreconditionError
+from .errors import AccelcError, PassBugError, PassError, PreconditionError
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,9 @@ class Pass:
             if isinstance(e, PassError):
                 raise
             raise PassError(self.name, str(e)) from e
-        except Exception as e:  # a bug or a library failure: keep the cause, name the pass
+        except Exception as e:  # a bug or a library failure, not bad input: exit 1, keep the cause, name the pass
             log.debug("pass %s raised", self.name, exc_info=True)
-            raise PassError(self.name, f"{type(e).__name__}: {e}") from e
+            raise PassBugError(self.name, f"{type(e).__name__}: {e}") from e
         if not isinstance(result, PassResult):
             raise PassError(self.name, f"call() returned {type(result).__name__}, not PassResult")
         try:

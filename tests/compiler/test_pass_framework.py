@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import pytest
 
 from accelc.compiler.bundle import ModelBundle
-from accelc.compiler.errors import InputError, PassError, PreconditionError
+from accelc.compiler.errors import AccelcError, InputError, PassBugError, PassError, PreconditionError
 from accelc.compiler.manager import PassManager
 from accelc.compiler.pass_base import Pass, PassConfig, PassResult
 
@@ -78,11 +78,45 @@ def test_precondition_failure_names_pass_and_history():
     assert e.value.before == ["append"]
 
 
-def test_exception_inside_pass_becomes_pass_error():
-    with pytest.raises(PassError) as e:
+def test_exception_inside_pass_is_a_bug_not_a_user_error():
+    with pytest.raises(PassBugError) as e:
         PassManager([AppendPass(), BoomPass(), AppendPass()]).run(bundle())
-    assert "boom" in str(e.value) and "ValueError: kaboom" in str(e.value)
+    assert "'boom' failed" in str(e.value) and "ValueError: kaboom" in str(e.value)
     assert e.value.before == ["append"]
+    assert not isinstance(e.value, AccelcError) and e.value.exit_code == 1
+    cause = e.value
+    while cause.__cause__ is not None:       # the original exception stays chained for the traceback
+        cause = cause.__cause__
+    assert isinstance(cause, ValueError)
+
+
+def test_user_error_inside_pass_stays_a_pass_error():
+    class RefusePass(Pass):
+        name = "refuse"
+
+        def call(self, bundle):
+            raise InputError("bad value")
+    with pytest.raises(PassError, match="'refuse' failed: bad value") as e:
+        PassManager([RefusePass()]).run(bundle())
+    assert e.value.exit_code == 2
+
+
+def test_pass_log_records_peak_memory():
+    class AllocPass(Pass):
+        name = "alloc"
+
+        def call(self, bundle):
+            buf = bytearray(64 << 20)
+            buf[::4096] = b"1" * len(buf[::4096])      # touch every page: 64 MiB resident
+            return PassResult(False)
+    b = bundle()
+    log = PassManager([AppendPass(), AllocPass()]).run(b)
+    mem = [r.to_json()["memory"] for r in log]
+    assert all(m["peak_rss_mb"] > 0 and m["peak_scope"] in ("step", "process") for m in mem)
+    assert mem[1]["peak_rss_mb"] >= mem[1]["rss_before_mb"] + 60
+    if mem[0]["peak_scope"] == "step":                  # per-pass peaks: the small pass's peak stays small
+        assert mem[0]["peak_rss_mb"] < mem[1]["peak_rss_mb"] - 60
+    assert b.records["peak_rss_mb"] >= mem[1]["peak_rss_mb"]
 
 
 def test_postcondition_failure():
