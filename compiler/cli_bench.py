@@ -44,7 +44,7 @@ def run(args) -> int:
         except ImportError:
             raise InputError("--plot needs matplotlib, which is not installed (pip install matplotlib)") from None
     path = Path(args.artifact)
-    manifest = verify(path)
+    manifest = verify(path, full=False)
     threads = args.threads or default_threads()
     weights = str(manifest.get("options", {}).get("weights", "fp32"))
     src = manifest.get("source", {})

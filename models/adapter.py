@@ -156,4 +156,9 @@ class ArchAdapter:
         return {"family": self.family.name, "layers": self.num_layers, "hidden": self.hidden_size,
                 "heads": self.num_heads, "kv_heads": self.num_kv_heads, "head_dim": self.head_dim,
                 "vocab": self.vocab_size, "tied_embeddings": self.tied_embeddings,
-                "parameters": self.num_parameters()}
+                "parameters": self.num_parameters(), **self._max_positions()}
+
+    def _max_positions(self) -> dict[str, int]:
+        """The context the model was trained for (the runtime refuses longer prompts), when the config says."""
+        n = getattr(self.config, "max_position_embeddings", None)
+        return {"max_positions": int(n)} if isinstance(n, int) and n > 0 else {}

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..compiler.artifact import sha256_file
 from ..compiler.bundle import ModelBundle
 from ..compiler.errors import InputError, UnsupportedArchitectureError
 from .adapter import FAMILIES, SUPPORTED, ArchAdapter
@@ -40,14 +41,6 @@ DEFAULT_MODEL = "smollm2-135m"
 def cache_dir() -> Path:
     root = os.environ.get("ACCELC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "accelc")
     return Path(root)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def packaged_gguf(name: str) -> Path:
@@ -158,7 +151,8 @@ def _load_folder(path: Path):
     _check_folder(path)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa",
+                                                     use_safetensors=True)   # never a pickle
     except Exception as e:
         raise InputError(f"could not load model from {path} ({type(e).__name__}: {str(e)[:160]})") from None
     return model, tok

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..compiler.artifact import verify
+from ..compiler.artifact import artifact_file, verify
 from ..compiler.errors import ArtifactError
 from .backends import Backend, default_threads, load_backend
 from .device import Choice, select
@@ -80,7 +80,7 @@ def _dim(graph: dict, name: str, axis: int) -> int | None:
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
     tdir = path / "tokenizer"
-    if not tdir.is_dir():
+    if tdir.is_symlink() or not tdir.is_dir():
         raise ArtifactError(f"{path} has no tokenizer/ folder")
     try:
         return AutoTokenizer.from_pretrained(str(tdir))
@@ -89,57 +89,99 @@ def load_tokenizer(path: Path):
 
 
 def load_generation_config(path: Path) -> dict[str, Any]:
-    for p in (path / "generation_config.json", path / "tokenizer" / "generation_config.json"):
-        if p.is_file():
+    """generation_config.json (artifact root, else tokenizer/); verify() has refused unlisted files."""
+    for rel in ("generation_config.json", "tokenizer/generation_config.json"):
+        if (path / rel).exists():
+            p = artifact_file(path, rel)
             try:
-                return json.loads(p.read_text())
-            except json.JSONDecodeError as e:
-                raise ArtifactError(f"{p.relative_to(path)} is not valid JSON ({e})") from None
+                gen = json.loads(p.read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ArtifactError(f"{rel} is not valid JSON ({str(e)[:120]})") from None
+            if not isinstance(gen, dict):
+                raise ArtifactError(f"{rel} must hold a JSON object")
+            return gen
     return {}
 
 
 def eos_ids(tokenizer, gen: dict) -> frozenset[int]:
     ids = set()
     for v in (tokenizer.eos_token_id, gen.get("eos_token_id")):
-        if isinstance(v, int):
+        if isinstance(v, int) and not isinstance(v, bool):
             ids.add(v)
         elif isinstance(v, (list, tuple)):
-            ids.update(int(x) for x in v)
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                raise ArtifactError("generation_config.json eos_token_id must be an integer or a list of integers")
+            ids.update(v)
+        elif v is not None:
+            raise ArtifactError("generation_config.json eos_token_id must be an integer or a list of integers")
     return frozenset(ids)
 
 
-def open_artifact(path, backend: str | None = None, device: str | None = None, threads: int | None = None,
-                  report: bool = True, full_logits: bool = False) -> Artifact:
-    """Verify the artifact (every file's sha256), load tokenizer and graphs; report the backend choice on stderr.
-    full_logits: prefill(all_logits=True) must work (evaluation); the default lets OpenVINO's stateful graph
-    compute only the last position's logits."""
+@dataclass
+class ArtifactFiles:
+    """An artifact verified and read up to its graphs: manifest, tokenizer, generation config, limits.
+    Cheap next to loading the graphs, so a command can check its input (the prompt's length) first."""
+
+    path: Path
+    manifest: dict[str, Any]
+    static: bool
+    roles: dict[str, dict]
+    tokenizer: Any
+    generation_config: dict[str, Any]
+    cache_len: int | None
+    prefill_chunk: int | None
+
+    @property
+    def context(self) -> int | None:
+        """Positions a generation may use: the static cache length, else the model's trained context."""
+        if self.static:
+            return self.cache_len
+        n = (self.manifest.get("model") or {}).get("max_positions")
+        return n if isinstance(n, int) else None
+
+    @property
+    def context_name(self) -> str:
+        return "the artifact's static KV cache" if self.static else "the model's context"
+
+
+def read_artifact(path, verify_all: bool = False) -> ArtifactFiles:
+    """Verify the artifact (verify_all: rehash every file; else files unchanged since they last verified are
+    not rehashed, compiler/verified.py) and read its manifest, tokenizer and generation config."""
     path = Path(path).expanduser()
-    manifest = verify(path)
-    static, roles = pick_graphs(manifest.get("graphs") or {})
+    manifest = verify(path, full=verify_all)
+    static, roles = pick_graphs(manifest["graphs"])
+    cache_len = chunk = None
+    if static:
+        opts = manifest.get("options") or {}
+        cache_len = _dim(roles["decode"], "past_key.0", 1) or opts.get("cache_len")
+        chunk = _dim(roles["prefill"], "input_ids", 1) or opts.get("prefill_chunk")
+        if not isinstance(cache_len, int) or not isinstance(chunk, int) or cache_len < 1 or chunk < 1:
+            raise ArtifactError("static graphs without a recorded cache length / prefill chunk")
+    return ArtifactFiles(path, manifest, static, roles, load_tokenizer(path), load_generation_config(path),
+                         cache_len, chunk)
+
+
+def open_artifact(path, backend: str | None = None, device: str | None = None, threads: int | None = None,
+                  report: bool = True, full_logits: bool = False, verify_all: bool = False) -> Artifact:
+    """Verify and read the artifact (or take an ArtifactFiles from read_artifact), load its graphs; report the
+    backend choice on stderr. full_logits: prefill(all_logits=True) must work (evaluation); the default lets
+    OpenVINO's stateful graph compute only the last position's logits."""
+    files = path if isinstance(path, ArtifactFiles) else read_artifact(path, verify_all)
+    manifest, roles = files.manifest, files.roles
     first = next(iter(roles.values()))
     choice = select(manifest, first, backend, device)
     if report:
         print(f"accelc: {choice.reason}", file=sys.stderr, flush=True)
     threads = threads or default_threads()
-    runners = {role: load_backend(choice.backend, path, g, choice.device, threads, manifest, full_logits)
+    runners = {role: load_backend(choice.backend, files.path, g, choice.device, threads, manifest, full_logits)
                for role, g in roles.items()}
     layers = {r.layers for r in runners.values()}
-    if len(layers) != 1:
-        raise ArtifactError(f"the artifact's graphs disagree on the number of layers: {sorted(layers)}")
-    model = manifest.get("model", {})
-    try:
-        kv_heads, head_dim = int(model["kv_heads"]), int(model["head_dim"])
-    except (KeyError, TypeError, ValueError):
-        raise ArtifactError("the manifest's model record lacks kv_heads/head_dim") from None
-    cache_len = chunk = None
-    if static:
-        opts = manifest.get("options", {})
-        cache_len = _dim(roles["decode"], "past_key.0", 1) or opts.get("cache_len")
-        chunk = _dim(roles["prefill"], "input_ids", 1) or opts.get("prefill_chunk")
-        if not cache_len or not chunk:
-            raise ArtifactError("static graphs without a recorded cache length / prefill chunk")
-    tok = load_tokenizer(path)
-    gen = load_generation_config(path)
-    return Artifact(path=path, manifest=manifest, tokenizer=tok, generation_config=gen, choice=choice,
-                    threads=threads, static=static, runners=runners, layers=layers.pop(), kv_heads=kv_heads,
-                    head_dim=head_dim, cache_len=cache_len, prefill_chunk=chunk, eos_ids=eos_ids(tok, gen))
+    if len(layers) != 1 or layers != {manifest["model"]["layers"]}:
+        raise ArtifactError(f"the artifact's graphs have {sorted(layers)} layers; the manifest says "
+                            f"{manifest['model']['layers']}")
+    model = manifest["model"]
+    tok, gen = files.tokenizer, files.generation_config
+    return Artifact(path=files.path, manifest=manifest, tokenizer=tok, generation_config=gen, choice=choice,
+                    threads=threads, static=files.static, runners=runners, layers=layers.pop(),
+                    kv_heads=model["kv_heads"], head_dim=model["head_dim"], cache_len=files.cache_len,
+                    prefill_chunk=files.prefill_chunk, eos_ids=eos_ids(tok, gen))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..compiler.errors import ArtifactError
-from .backends import count_layers, graph_file, input_names, output_names
+from .backends import check_cache_dims, count_layers, graph_file, input_names, output_names
 
 
 def available_providers() -> list[str]:
@@ -21,7 +21,7 @@ def available_providers() -> list[str]:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, device: str, threads: int):
+    def __init__(self, onnx_path: Path, device: str, threads: int, manifest: dict | None = None):
         import onnxruntime as ort
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads)
@@ -41,6 +41,8 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(onnx_path), so, providers=providers)
         names = [i.name for i in self.session.get_inputs()]
         self.layers = count_layers(names, onnx_path.name)
+        past = next(i for i in self.session.get_inputs() if i.name == "past_key.0")
+        check_cache_dims(past.shape, manifest or {}, onnx_path.name)
         self._in = input_names(self.layers)
         self._out = output_names(self.layers)
         have = {o.name for o in self.session.get_outputs()}
@@ -55,4 +57,4 @@ class OnnxRuntimeBackend:
 
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
          full_logits: bool = True) -> OnnxRuntimeBackend:
-    return OnnxRuntimeBackend(graph_file(artifact_dir, graph, "onnx", "onnxruntime"), device, threads)
+    return OnnxRuntimeBackend(graph_file(artifact_dir, graph, "onnx", "onnxruntime"), device, threads, manifest)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..compiler.errors import ArtifactError
-from .backends import count_layers, graph_file, input_names, output_names
+from .backends import check_cache_dims, count_layers, graph_file, input_names, output_names
 from .ov_stateful import run_request
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ def available_devices() -> list[str]:
 class OpenVINOBackend:
     name = "openvino"
 
-    def __init__(self, xml: Path, device: str, threads: int, stateful: bool = False, full_logits: bool = True):
+    def __init__(self, xml: Path, device: str, threads: int, stateful: bool = False, full_logits: bool = True,
+                 manifest: dict | None = None):
         import openvino as ov
         self._Tensor = ov.Tensor
         core = ov.Core()
@@ -56,6 +57,8 @@ class OpenVINOBackend:
         model = core.read_model(str(xml))
         names = [n for p in model.inputs for n in p.get_names()]
         self.layers = count_layers(names, xml.name)
+        past = model.input("past_key.0").get_partial_shape()
+        check_cache_dims([d.get_length() if d.is_static else None for d in past], manifest or {}, xml.name)
         props = {"PERFORMANCE_HINT": "LATENCY"}
         if ov_device == "CPU":
             props.update({"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": "f32",
@@ -135,4 +138,4 @@ def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: d
          full_logits: bool = True) -> OpenVINOBackend:
     stateful = not graph.get("static") and kv_mode() == "stateful"
     return OpenVINOBackend(graph_file(artifact_dir, graph, "openvino", "openvino"), device, threads, stateful,
-                           full_logits)
+                           full_logits, manifest)

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..compiler.artifact import artifact_file
 from ..compiler.errors import ArtifactError
 
 # backend name -> module (relative to accelc.runtime) with load(artifact_dir, graph, device, threads)
@@ -63,10 +64,23 @@ def count_layers(names: list[str], where: str) -> int:
 
 
 def graph_file(artifact_dir: Path, graph: dict, key: str, backend: str) -> Path:
+    """The graph's file: confined to the artifact, a regular file (compiler/artifact.py artifact_file).
+    ONNX external data is confined by ONNX Runtime itself (it refuses paths outside the graph's folder),
+    and every file there is listed and hashed (unlisted files make verify() refuse the artifact)."""
     rel = graph.get(key)
     if not rel:
         raise ArtifactError(f"this artifact has no {key} graph file for the {backend} backend")
-    return Path(artifact_dir) / rel
+    return artifact_file(Path(artifact_dir), rel, f"graph {key} file")
+
+
+def check_cache_dims(dims, manifest: dict, where: str) -> None:
+    """The loaded graph's past_key.0 dims [B, P, H, D] agree with the manifest's kv_heads/head_dim."""
+    model = manifest.get("model") or {}
+    for axis, key in ((2, "kv_heads"), (3, "head_dim")):
+        have = dims[axis] if dims is not None and len(dims) == 4 else None
+        if isinstance(have, int) and key in model and have != model[key]:
+            raise ArtifactError(f"the manifest says {key} = {model[key]} but {where} has {have} "
+                                f"(past_key.0 shape {list(dims)})")
 
 
 def default_threads() -> int:

@@ -1,8 +1,9 @@
 """Backend and device selection: NPU, then CUDA, then CPU, unless the user says otherwise.
 
 Each candidate (device, backend) is checked for availability and for fitting the artifact (an NPU
-needs static graphs in OpenVINO IR; CUDA needs ONNX Runtime's CUDA provider, or torch with CUDA and
-an artifact whose weights are the source's). The choice comes with a one-line reason.
+needs static graphs in OpenVINO IR; CUDA needs ONNX Runtime's CUDA provider). The torch backend (the
+reference, which reloads the source model from outside the artifact) runs only when asked by name.
+The choice comes with a one-line reason.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from ..compiler.errors import InputError
 
 DEVICE_ORDER = ("npu", "cuda", "cpu")
 # backends to try on each device, in order of preference
-DEVICE_BACKENDS = {"npu": ("openvino",), "cuda": ("onnxruntime", "torch"), "cpu": ("openvino", "onnxruntime")}
+# torch is never chosen automatically: it runs the *source* model the manifest names, outside the artifact,
+# so only an explicit --backend torch (the user pointing at it) may read that
+DEVICE_BACKENDS = {"npu": ("openvino",), "cuda": ("onnxruntime",), "cpu": ("openvino", "onnxruntime")}
 ALL_BACKENDS = ("openvino", "onnxruntime", "torch")
 
 

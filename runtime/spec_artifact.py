@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..compiler.artifact import artifact_file
 from ..compiler.errors import ArtifactError, InputError
 from .kv_cache import KVCache
 from .sampling import Sampler, SamplingConfig
@@ -87,7 +88,7 @@ def load_drafter(art, backend: str | None = None) -> Drafter | None:
         key = "openvino" if backend == "openvino" else "onnx"
         if not r.get(key):
             raise ArtifactError(f"the drafter graph '{role}' has no {key} file")
-        path = art.path / r[key]
+        path = artifact_file(art.path, r[key], f"drafter graph {role}")
         ins, outs = list(r["inputs"]), list(r["outputs"])
         if backend == "openvino":
             from .spec_openvino import openvino_graph_fn
@@ -96,7 +97,7 @@ def load_drafter(art, backend: str | None = None) -> Drafter | None:
         else:
             fns[role] = onnxruntime_graph_fn(path, ins, outs, art.threads)
     vocab = recs["draft_head"].get("vocab_ids")
-    vocab_ids = np.asarray(json.loads((art.path / vocab).read_text()), dtype=np.int64) if vocab else None
+    vocab_ids = np.asarray(json.loads(artifact_file(art.path, vocab).read_text()), dtype=np.int64) if vocab else None
     return Drafter(backend, fns, recs, vocab_ids, int(recs["trunk"]["hidden_size"]),
                    int(recs["verify_tail"]["vocab"]))
 

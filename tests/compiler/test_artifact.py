@@ -15,14 +15,16 @@ def artifact(tmp_path):
         (stage / "graphs" / "decoder.bin").write_bytes(bytes(range(256)) * 64)
         (stage / "tokenizer").mkdir()
         (stage / "tokenizer" / "tokenizer.json").write_text('{"a": 1}')
-        write_manifest(stage, {"source": {"name": "x"}, "graphs": {}})
+        (stage / "graphs" / "decoder.xml").write_text("<net/>")
+        write_manifest(stage, {"source": {"name": "x"}, "model": {"layers": 1, "kv_heads": 1, "head_dim": 4},
+                               "graphs": {"decoder": {"openvino": "graphs/decoder.xml"}}})
         publish(stage, out, force=False)
     return out
 
 
 def test_clean_artifact_verifies(artifact):
     m = verify(artifact)
-    assert set(m["files"]) == {"graphs/decoder.bin", "tokenizer/tokenizer.json"}
+    assert set(m["files"]) == {"graphs/decoder.bin", "graphs/decoder.xml", "tokenizer/tokenizer.json"}
     assert m["files"]["graphs/decoder.bin"]["bytes"] == 256 * 64
 
 

@@ -1,0 +1,135 @@
+"""Checks on a manifest before anything it names is opened: schema, path confinement, consistency.
+
+An artifact may come from anyone. Every path in its manifest must be a plain relative path inside the
+artifact (no absolute paths, no `..`, no backslashes, normalised) and listed with its hash in `files`;
+graph records may only name listed files; the model record must agree with the graphs' recorded
+shapes. Every failure is one ArtifactError line, raised before any file the manifest names is read.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Any
+
+from .errors import ArtifactError
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# keys of a graph record that name files in the artifact
+GRAPH_FILE_KEYS = ("onnx", "openvino", "vocab_ids")
+# model-record integers and their sane ranges
+MODEL_INTS = {"layers": (1, 4096), "kv_heads": (1, 4096), "head_dim": (1, 65536), "heads": (1, 4096),
+              "hidden": (1, 1 << 20), "vocab": (1, 1 << 24), "max_positions": (1, 1 << 31)}
+MAX_BYTES = 1 << 44
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def confined(rel: Any, where: str) -> str:
+    """`rel` if it is a normalised relative POSIX path that stays inside the artifact, else ArtifactError."""
+    if not isinstance(rel, str) or not rel:
+        raise ArtifactError(f"manifest {where}: expected a relative path, got {type(rel).__name__} {rel!r:.60}")
+    bad = (rel.startswith("/") or "\\" in rel or "\x00" in rel or ":" in rel.split("/")[0]
+           or rel != posixpath.normpath(rel) or any(p in ("", ".", "..") for p in rel.split("/")))
+    if bad or any(ord(c) < 32 for c in rel):
+        raise ArtifactError(f"manifest {where}: path {rel!r:.80} is not a plain relative path inside the artifact")
+    return rel
+
+
+def _check_files(files: Any) -> dict[str, dict]:
+    if not isinstance(files, dict):
+        raise ArtifactError("manifest 'files' must be an object of {path: {sha256, bytes}}")
+    for rel, info in files.items():
+        confined(rel, "files")
+        if rel == "manifest.json":
+            raise ArtifactError("manifest 'files' must not list manifest.json itself")
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) \
+                or not SHA256.match(info["sha256"]):
+            raise ArtifactError(f"manifest files[{rel!r}]: sha256 must be 64 lowercase hex digits")
+        b = info.get("bytes")
+        if not _is_int(b) or not 0 <= b <= MAX_BYTES:
+            raise ArtifactError(f"manifest files[{rel!r}]: bytes must be a non-negative integer")
+    return files
+
+
+def graph_files(graph: dict) -> list[str]:
+    """The artifact files a graph record names (an OpenVINO .xml brings its .bin)."""
+    out = []
+    for key in GRAPH_FILE_KEYS:
+        rel = graph.get(key)
+        if rel is None:
+            continue
+        out.append(rel)
+        if key == "openvino" and isinstance(rel, str) and rel.endswith(".xml"):
+            out.append(rel[:-4] + ".bin")
+    return out
+
+
+def _cache_dims(graph: dict) -> tuple | None:
+    shape = (graph.get("inputs") or {}).get("past_key.0")
+    if isinstance(shape, dict):
+        shape = shape.get("shape")
+    return tuple(shape) if isinstance(shape, (list, tuple)) and len(shape) == 4 else None
+
+
+def _check_graphs(graphs: Any, files: dict, model: dict) -> None:
+    if not isinstance(graphs, dict) or not graphs:
+        raise ArtifactError("manifest 'graphs' must be a non-empty object")
+    for name, g in graphs.items():
+        if not isinstance(g, dict):
+            raise ArtifactError(f"manifest graphs[{name!r}] must be an object")
+        for key in GRAPH_FILE_KEYS:
+            if key in g and g[key] is not None:
+                confined(g[key], f"graphs[{name!r}].{key}")
+        for rel in graph_files(g):
+            if rel not in files:
+                raise ArtifactError(f"manifest graphs[{name!r}] names {rel}, which 'files' does not list with a hash")
+        if g.get("role") in (None, "decoder"):
+            _check_decoder_graph(name, g, model)
+
+
+def _check_decoder_graph(name: str, g: dict, model: dict) -> None:
+    """The graph record's cache dims and layer count agree with the model record."""
+    for key in ("num_layers", "kv_heads", "head_dim", "vocab"):
+        if key in g and not _is_int(g[key]):
+            raise ArtifactError(f"manifest graphs[{name!r}].{key} must be an integer")
+    pairs = [("num_layers", "layers"), ("kv_heads", "kv_heads"), ("head_dim", "head_dim"), ("vocab", "vocab")]
+    dims = _cache_dims(g)
+    if dims is not None:
+        pairs_dims = {"kv_heads": dims[2], "head_dim": dims[3]}
+        for k, v in pairs_dims.items():
+            if _is_int(v) and v != model[k]:
+                raise ArtifactError(f"manifest model.{k} = {model[k]} disagrees with graphs[{name!r}] "
+                                    f"past_key.0 shape {list(dims)}")
+    for gk, mk in pairs:
+        if gk in g and mk in model and g[gk] != model[mk]:
+            raise ArtifactError(f"manifest model.{mk} = {model[mk]} disagrees with graphs[{name!r}].{gk} = {g[gk]}")
+    inputs = g.get("inputs")
+    if isinstance(inputs, dict) and "num_layers" in g:
+        n = sum(1 for k in inputs if isinstance(k, str) and k.startswith("past_key."))
+        if n != g["num_layers"]:
+            raise ArtifactError(f"manifest graphs[{name!r}] records {n} past_key inputs for {g['num_layers']} layers")
+
+
+def _check_model(model: Any) -> dict:
+    if not isinstance(model, dict):
+        raise ArtifactError("manifest 'model' must be an object")
+    for key in ("layers", "kv_heads", "head_dim"):
+        if key not in model:
+            raise ArtifactError(f"manifest model record lacks {key}")
+    for key, (lo, hi) in MODEL_INTS.items():
+        if key in model and (not _is_int(model[key]) or not lo <= model[key] <= hi):
+            raise ArtifactError(f"manifest model.{key} must be an integer in [{lo}, {hi}], got {model[key]!r:.40}")
+    return model
+
+
+def check_manifest(m: dict) -> dict:
+    """Schema, confinement and consistency of a manifest (already known to be an accelc manifest)."""
+    files = _check_files(m.get("files"))
+    model = _check_model(m.get("model"))
+    for key in ("options", "target", "source", "records"):
+        if key in m and m[key] is not None and not isinstance(m[key], dict):
+            raise ArtifactError(f"manifest '{key}' must be an object")
+    _check_graphs(m.get("graphs"), files, model)
+    return m
