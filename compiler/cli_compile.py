@@ -25,6 +25,8 @@ def add_parser(sub):
     p.add_argument("--cache-len", type=int, default=1024, help="static KV-cache length for --target npu (default 1024)")
     p.add_argument("--prefill-chunk", type=int, default=64, help="static prefill chunk for --target npu (default 64)")
     p.add_argument("--no-validate", action="store_true", help="skip comparing the exported graphs with torch")
+    p.add_argument("--formats", metavar="LIST", help="graph formats to ship, comma-separated: openvino, onnx "
+                   "(default: the target's, openvino,onnx); validation checks each one written")
     p.set_defaults(func=run)
 
 
@@ -45,7 +47,7 @@ def run(args) -> int:
         read_text_file(args.calib)
     options = CompileOptions(weights=args.weights, prune=args.prune, quantize=args.quantize, drafter=args.drafter,
                              calib=args.calib, cache_len=args.cache_len, prefill_chunk=args.prefill_chunk,
-                             validate=not args.no_validate)
+                             validate=not args.no_validate, formats=args.formats)
     passes = target.pipeline(options)
     kind, _ = resolve(args.model)
     if kind == "artifact":

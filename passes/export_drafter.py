@@ -28,7 +28,7 @@ from ..compiler.bundle import ModelBundle
 from ..compiler.errors import InputError, PreconditionError
 from ..compiler.pass_base import Pass, PassConfig, PassResult
 from .drafter_model import FusedDrafter
-from .export_onnx import WEIGHTS, _scratch, write_graph
+from .export_onnx import FORMATS, WEIGHTS, _scratch, check_formats, needs_scratch, write_graph
 from .graph_io import GraphCache
 from .validate import TOLERANCES, ValidateConfig, make_runner, prompt_ids, torch_reference
 
@@ -49,10 +49,12 @@ def drafter_graphs(bundle: ModelBundle) -> dict:
 @dataclass(frozen=True)
 class ExportDrafterConfig(PassConfig):
     weights: str = "fp32"
+    formats: tuple = FORMATS      # as export-onnx's: without "onnx" the graphs only feed export-openvino
 
     def __post_init__(self):
         if self.weights not in WEIGHTS:
             raise InputError(f"unknown weight precision '{self.weights}' (choose from {', '.join(WEIGHTS)})")
+        check_formats(self.formats)
 
 
 class ExportDrafterPass(Pass):
@@ -73,7 +75,7 @@ class ExportDrafterPass(Pass):
         drafter: FusedDrafter = bundle.records["drafter_module"]
         records = bundle.records["graphs"]
         records["decoder"].setdefault("role", "decoder")
-        scratch = _scratch() if cfg.weights != "fp32" else None
+        scratch = _scratch() if needs_scratch(cfg.weights, cfg.formats) else None
         vocab = None
         if drafter.vocab_ids is not None:
             vocab = VOCAB_FILE
@@ -82,7 +84,7 @@ class ExportDrafterPass(Pass):
             bundle.add_file(vocab, bundle.workdir / vocab)
         metrics = {}
         for name, graph in drafter_graphs(bundle).items():
-            rec = write_graph(bundle, graph, name, DYNAMIC, cfg.weights, scratch, metrics)
+            rec = write_graph(bundle, graph, name, DYNAMIC, cfg.weights, scratch, metrics, emit="onnx" in cfg.formats)
             rec.update(static=False, role=ROLES[name], hidden_size=graph.hidden_size, exit_layer=drafter.exit_layer)
             if name == "draft_head":
                 rec["vocab_ids"] = vocab           # None: the head covers the full vocabulary
@@ -95,7 +97,7 @@ class ExportDrafterPass(Pass):
     def ensures(self, bundle: ModelBundle, result: PassResult) -> None:
         for name in ROLES:
             rec = bundle.records["graphs"].get(name)
-            if rec is None or not (bundle.workdir / rec["onnx"]).is_file():
+            if rec is None or ("onnx" in self.config.formats and not (bundle.workdir / rec["onnx"]).is_file()):
                 raise PreconditionError(f"drafter graph {name} was not written")
 
 

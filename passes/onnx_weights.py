@@ -92,21 +92,31 @@ def narrow_initializers(model, min_elements: int = 256):
 
 
 def compress_onnx(src: Path, out: Path, weights: str, adapter) -> None:
-    """Write `src` (an fp32 graph) to `out` with the requested weight precision."""
+    """Write `src` (an fp32 graph with external data) to `out` with the requested weight precision.
+
+    NNCF gets the graph without its tensors (load_external_data=False, the data folder as its
+    EXTERNAL_DATA_DIR backend parameter): a graph whose tensors are loaded is a protobuf that cannot
+    be serialized past 2 GB, which NNCF's preprocessing does (EncodeError on a 0.5B model)."""
     import onnx
-    from .export_onnx import save_onnx
-    model = onnx.load(str(src))
+    from .onnx_storage import save_onnx
     if weights == "fp16":
-        model = fp16_storage(model)
+        model = fp16_storage(onnx.load(str(src)))
     elif weights in ("int8", "int4"):
         import nncf
         from nncf import CompressWeightsMode
+        from nncf.onnx.quantization.backend_parameters import BackendParameters
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
         quiet_nncf()
         if weights == "int8":
             kw = dict(mode=CompressWeightsMode.INT8_ASYM)
         else:
             kw = dict(mode=CompressWeightsMode.INT4_SYM, group_size=group_size_for(adapter), ratio=1.0)
-        model = nncf.compress_weights(model, **kw)
-    elif weights != "fp32":
+        model = onnx.load(str(src), load_external_data=False)
+        adv = AdvancedCompressionParameters(backend_params={BackendParameters.EXTERNAL_DATA_DIR:
+                                                            str(Path(src).resolve().parent)})
+        model = nncf.compress_weights(model, advanced_parameters=adv, **kw)
+    elif weights == "fp32":
+        model = onnx.load(str(src))
+    else:
         raise InputError(f"weight precision '{weights}' cannot be produced for ONNX")
     save_onnx(model, out)

@@ -30,6 +30,12 @@ PROMPTS = ("The capital of France is", "def fibonacci(n):\n    ")
 # greedy 0.89; int4 14.7 / 13.7, greedy 0.78. fp16 is not measured on the real model yet (tiny: 3e-4).
 TOLERANCES = {"fp32": (1e-3, 1.0), "fp16": (0.5, 0.85), "int8": (3.0, 0.75), "int4": (25.0, 0.6)}
 BACKENDS = ("onnxruntime", "openvino")
+FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}      # backend -> the graph format it runs
+
+
+def backends_for(formats) -> tuple:
+    """The validation backends for an artifact's graph formats ("onnx" -> onnxruntime, "openvino")."""
+    return tuple(b for b in BACKENDS if FORMAT_OF[b] in formats)
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class ValidateConfig(PassConfig):
             raise InputError(f"unknown weight precision '{self.weights}' (choose from {', '.join(TOLERANCES)})")
         if self.steps < 1:
             raise InputError(f"validation steps must be >= 1, got {self.steps}")
-        bad = [b for b in self.backends if b not in BACKENDS]
+        bad = [b for b in self.backends if b not in BACKENDS] or ([""] if not self.backends else [])
         if bad:
             raise InputError(f"unknown validation backend '{bad[0]}' (choose from {', '.join(BACKENDS)})")
 
@@ -118,7 +124,7 @@ class ValidatePass(Pass):
         if not graphs:
             raise PreconditionError("no exported graphs to validate (run export-onnx and export-openvino first)")
         for name, rec in graphs.items():
-            for key in ("onnx", "openvino") if "openvino" in self.config.backends else ("onnx",):
+            for key in (FORMAT_OF[b] for b in self.config.backends):   # the formats written, each validated
                 if key not in rec or not (bundle.workdir / rec[key]).is_file():
                     raise PreconditionError(f"graph '{name}' has no {key} file (run export-{key} first)")
 
@@ -131,7 +137,7 @@ class ValidatePass(Pass):
         max_diff, agree = self.config_tolerance()
         results, metrics = {}, {}
         for backend in self.config.backends:
-            key = "onnx" if backend == "onnxruntime" else "openvino"
+            key = FORMAT_OF[backend]
             t0 = time.perf_counter()
             runners = {name: make_runner(backend, str(bundle.workdir / r[key])) for name, r in graphs.items()}
             diffs, hits, total = [], 0, 0

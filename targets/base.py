@@ -1,12 +1,25 @@
 """What a target is, and the options `accelc compile` passes to it."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..compiler.errors import InputError
 
 WEIGHTS = ("fp32", "fp16", "int8", "int4")
+FORMATS = ("openvino", "onnx")   # graph formats an artifact can ship (OpenVINO IR is converted from ONNX)
+
+
+def parse_formats(value) -> tuple | None:
+    """'openvino,onnx' / ('onnx',) -> a tuple in FORMATS order; None stays None (the target's default)."""
+    if value is None:
+        return None
+    items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    bad = [v for v in items if v not in FORMATS]
+    if bad or not items:
+        raise InputError(f"unknown graph format '{bad[0] if bad else value}' in --formats "
+                         f"(choose one or more of {', '.join(FORMATS)}, comma-separated)")
+    return tuple(f for f in FORMATS if f in items)
 
 
 @dataclass(frozen=True)
@@ -19,9 +32,11 @@ class CompileOptions:
     cache_len: int = 1024            # static KV-cache length for static-shape targets
     prefill_chunk: int = 64          # static prefill chunk for static-shape targets
     validate: bool = True            # compare the exported graphs to torch before writing
+    formats: tuple | None = None     # graph formats to ship, e.g. ("openvino",); None: the target's default
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        object.__setattr__(self, "formats", parse_formats(self.formats))
         if self.weights not in WEIGHTS:
             raise InputError(f"unknown weight precision '{self.weights}' (choose from {', '.join(WEIGHTS)})")
         if self.cache_len < 16:
@@ -37,6 +52,17 @@ class Target:
     static_shapes: bool                                  # NPU: every graph input shape fixed
     devices: tuple[str, ...]                             # runtime device preference for artifacts
     build: Callable[[CompileOptions], list] = field(repr=False)
+    formats: tuple[str, ...] = FORMATS                   # graph formats shipped unless --formats says otherwise
+    needs: tuple[str, ...] = ()                          # formats this target cannot do without
+
+    def resolve(self, options: CompileOptions) -> CompileOptions:
+        """`options` with formats filled in from the target's default, checked against what it needs."""
+        formats = options.formats or self.formats
+        missing = [f for f in self.needs if f not in formats]
+        if missing:
+            raise InputError(f"--target {self.name} needs the {missing[0]} format (asked for --formats "
+                             f"{','.join(formats)})")
+        return replace(options, formats=formats)
 
     def pipeline(self, options: CompileOptions) -> list:
-        return self.build(options)
+        return self.build(self.resolve(options))

@@ -16,4 +16,4 @@ def build(options: CompileOptions) -> list:
 
 
 TARGET = Target("npu", "Intel NPU via OpenVINO: static shapes (fixed chunk, fixed cache)", static_shapes=True,
-                devices=("npu", "cpu"), build=build)
+                devices=("npu", "cpu"), build=build, needs=("openvino",))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..compiler.errors import InputError
-from .base import CompileOptions
+from .base import FORMATS, CompileOptions
 
 # name -> factory(argument string, options) -> list of passes
 PRUNE_METHODS: dict[str, Callable[[str, CompileOptions], list]] = {}
@@ -75,15 +75,22 @@ def drafting(options: CompileOptions) -> list:
     return DRAFTERS["external"](options.drafter, options)   # a path to a draft model
 
 
+def _formats(options: CompileOptions) -> tuple:
+    return options.formats or FORMATS       # Target.pipeline resolves None to the target's default first
+
+
 def export(options: CompileOptions, static: bool) -> list:
-    # ONNX first: the OpenVINO IR is converted from the same ONNX graph (one source of truth)
+    # ONNX first, always: the OpenVINO IR is converted from the same ONNX graph (one source of truth);
+    # without "onnx" in the formats that graph stays in a scratch dir and the artifact ships no .onnx
     from ..passes.export_onnx import ExportOnnxPass, ExportOnnxConfig
     from ..passes.export_openvino import ExportOpenVINOPass, ExportOpenVINOConfig
+    formats = _formats(options)
     return [
         ExportOnnxPass(ExportOnnxConfig(static=static, cache_len=options.cache_len,
-                                        prefill_chunk=options.prefill_chunk, weights=options.weights)),
+                                        prefill_chunk=options.prefill_chunk, weights=options.weights,
+                                        formats=formats)),
         *_drafter_export(options),      # before OpenVINO: it converts every registered ONNX graph
-        ExportOpenVINOPass(ExportOpenVINOConfig(weights=options.weights)),
+        *([ExportOpenVINOPass(ExportOpenVINOConfig(weights=options.weights))] if "openvino" in formats else []),
     ]
 
 
@@ -95,15 +102,16 @@ def _drafter_export(options: CompileOptions) -> list:
     if not _fused_drafter(options):
         return []
     from ..passes.export_drafter import ExportDrafterPass, ExportDrafterConfig
-    return [ExportDrafterPass(ExportDrafterConfig(weights=options.weights))]
+    return [ExportDrafterPass(ExportDrafterConfig(weights=options.weights, formats=_formats(options)))]
 
 
 def validation(options: CompileOptions) -> list:
     if not options.validate:
         return []
-    from ..passes.validate import ValidatePass, ValidateConfig
-    passes = [ValidatePass(ValidateConfig(weights=options.weights))]
+    from ..passes.validate import ValidatePass, ValidateConfig, backends_for
+    backends = backends_for(_formats(options))     # validate exactly the formats that are written
+    passes = [ValidatePass(ValidateConfig(weights=options.weights, backends=backends))]
     if _fused_drafter(options):
         from ..passes.export_drafter import ValidateDrafterPass, ValidateDrafterConfig
-        passes.append(ValidateDrafterPass(ValidateDrafterConfig(weights=options.weights)))
+        passes.append(ValidateDrafterPass(ValidateDrafterConfig(weights=options.weights, backends=backends)))
     return passes
