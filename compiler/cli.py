@@ -5,7 +5,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from .errors import AccelcError
 
@@ -42,9 +44,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread so that `finally` and staging cleanup run as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def _handle_termination() -> None:
+    """SIGTERM (timeout, CI, kill) and SIGHUP (closed terminal) clean up like SIGINT: staging dirs go."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _raise_terminated)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _handle_termination()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
@@ -57,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("accelc: interrupted", file=sys.stderr)
         return 130
+    except Terminated as t:
+        print(f"accelc: stopped by {signal.Signals(t.signum).name}", file=sys.stderr)
+        return 128 + t.signum
     except Exception as e:  # a bug: one line unless -v
         if args.verbose:
             raise

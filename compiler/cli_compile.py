@@ -53,10 +53,15 @@ def run(args) -> int:
     if kind == "artifact":
         raise InputError(f"{args.model} is already an artifact; compile takes a model source")
 
-    status(f"loading {args.model} ...")
-    bundle = load_model(args.model)
-    status(f"target {target.name}: " + " -> ".join(p.name for p in passes))
-    with staging(out) as stage:
+    if args.drafter and args.drafter.partition(":")[0] != "fused":
+        dkind, _ = resolve(args.drafter)          # a draft model path: checked before the slow load
+        if dkind == "artifact":
+            raise InputError(f"--drafter {args.drafter} is an accelc artifact; give the draft model's source")
+
+    with staging(out) as stage:                   # created first: an unwritable parent fails before the load
+        status(f"loading {args.model} ...")
+        bundle = load_model(args.model)
+        status(f"target {target.name}: " + " -> ".join(p.name for p in passes))
         bundle.workdir = stage
         log = PassManager(passes, on_event=PassProgress()).run(bundle)
         tok_dir = stage / "tokenizer"

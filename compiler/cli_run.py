@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+MAX_NEW_TOKENS = 1 << 20
+
 
 def add_parser(sub):
     p = sub.add_parser("run", help="generate text with a compiled artifact",
@@ -11,8 +13,14 @@ def add_parser(sub):
                                    "CUDA, then CPU unless told) and generate. Text streams to stdout; timings go to "
                                    "stderr.")
     p.add_argument("artifact", help="artifact directory (from accelc compile)")
-    p.add_argument("--prompt", required=True, help="the prompt (the chat template is applied when the tokenizer has one)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt (the chat template is applied when the tokenizer has one)")
+    src.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 text file ('-': stdin)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
+    p.add_argument("--truncate", action="store_true", help="a prompt longer than the model's context keeps its "
+                   "last tokens (with a warning) instead of being refused")
+    p.add_argument("--verify", action="store_true", help="rehash every artifact file, even those unchanged since "
+                   "they last verified")
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
     p.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], help="override the backend choice")
     p.add_argument("--device", choices=["npu", "cuda", "cpu"], help="override the device choice")
@@ -33,18 +41,22 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..runtime.artifact import open_artifact
-    from ..runtime.generate import encode_prompt, generate
+    from ..runtime.artifact import open_artifact, read_artifact
+    from ..runtime.generate import encode_prompt, fit_context, generate
     from ..runtime.sampling import SamplingConfig
     from .errors import InputError
+    from .prompt_input import read_prompt
 
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
+        raise InputError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, got {args.max_new_tokens}")
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    art = open_artifact(args.artifact, backend=args.backend, device=args.device, threads=args.threads)
-    ids = encode_prompt(art.tokenizer, args.prompt, raw=args.raw)
+    prompt = read_prompt(args.prompt, args.prompt_file)
+    files = read_artifact(args.artifact, verify_all=args.verify)   # manifest + tokenizer; no graphs yet
+    ids = fit_context(encode_prompt(files.tokenizer, prompt, raw=args.raw), args.max_new_tokens, files.context,
+                      truncate=args.truncate, what=files.context_name)
+    art = open_artifact(files, backend=args.backend, device=args.device, threads=args.threads)
 
     def show(piece: str) -> None:
         sys.stdout.write(piece)
@@ -63,7 +75,7 @@ def run(args) -> int:
                           on_text=None if args.json else show)
     if args.json:
         out = {"backend": art.choice.backend, "device": art.choice.device, "engine": art.engine,
-               "threads": art.threads, "prompt": args.prompt, **result.to_json()}
+               "threads": art.threads, "prompt": prompt, **result.to_json()}
         if spec is not None:
             out["speculative"] = stats.to_json()
         print(json.dumps(out, indent=1))

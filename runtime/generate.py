@@ -50,6 +50,33 @@ def encode_prompt(tokenizer, prompt: str, raw: bool = False) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])
 
 
+def fit_context(prompt_ids: list[int], max_new_tokens: int, context: int | None, truncate: bool = False,
+                warn: Callable[[str], None] | None = None, what: str = "the model's context") -> list[int]:
+    """The prompt ids checked against the positions the artifact can use (`context`: its static cache length
+    or the model's trained context; None: no known limit). A prompt that leaves no room for max_new_tokens
+    is refused with one line, or with truncate keeps its last tokens and warns (on stderr by default)."""
+    if context is None:
+        return prompt_ids
+    need = len(prompt_ids) + max_new_tokens
+    if need <= context:
+        return prompt_ids
+    if max_new_tokens >= context:
+        raise InputError(f"--max-new-tokens {max_new_tokens} does not fit {what} of {context} tokens")
+    if not truncate:
+        raise InputError(f"the prompt ({len(prompt_ids)} tokens) + {max_new_tokens} new tokens = {need} exceed "
+                         f"{what} of {context} tokens (shorten the prompt, lower --max-new-tokens, or pass "
+                         "--truncate to keep the prompt's last tokens)")
+    keep = context - max_new_tokens
+    msg = f"accelc: warning: the prompt ({len(prompt_ids)} tokens) is cut to its last {keep} tokens to fit " \
+          f"{what} of {context} with {max_new_tokens} new tokens"
+    if warn is None:
+        import sys
+        print(msg, file=sys.stderr, flush=True)
+    else:
+        warn(msg)
+    return prompt_ids[-keep:]
+
+
 class Detokenizer:
     """Incremental decoding: text pieces as tokens arrive, holding back incomplete UTF-8 characters.
     Each piece is the difference of decoding the same start token with and without the new ones, so
