@@ -50,10 +50,10 @@ def format_manifest(m: dict) -> str:
     if opts:
         lines.append("options   " + ", ".join(f"{k}={v}" for k, v in opts.items()))
     passes = m.get("passes") or []
-    lines.append(f"passes    {len(passes)} ({sum(p.get('seconds', 0) for p in passes):.1f} s)")
+    lines.append(f"passes    {len(passes)} ({sum(p.get('seconds') or 0 for p in passes):.1f} s)")
     for i, p in enumerate(passes, 1):
         metrics = ", ".join(f"{k}={v}" for k, v in (p.get("metrics") or {}).items() if not isinstance(v, (dict, list)))
-        lines.append(f"  {i:>2}. {p.get('name'):<22} {p.get('seconds', 0):>8.2f} s  "
+        lines.append(f"  {i:>2}. {str(p.get('name', '?')):<22} {p.get('seconds') or 0:>8.2f} s  "
                      f"{'changed' if p.get('changed') else 'no-op  '}  {metrics}")
     graphs = m.get("graphs") or {}
     lines.append(f"graphs    {len(graphs)}")

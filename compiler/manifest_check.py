@@ -79,6 +79,13 @@ def _check_graphs(graphs: Any, files: dict, model: dict) -> None:
     for name, g in graphs.items():
         if not isinstance(g, dict):
             raise ArtifactError(f"manifest graphs[{name!r}] must be an object")
+        _typed(g, f"graphs[{name!r}]", {"inputs": (dict,), "outputs": (dict,), "static": (bool,), "role": (str,),
+                                        "layers": (list,), "weights": (str,)})
+        for io in ("inputs", "outputs"):
+            for k, shape in (g.get(io) or {}).items():
+                dims = shape.get("shape") if isinstance(shape, dict) else shape
+                if not isinstance(dims, list) or not all(isinstance(d, (int, str)) for d in dims):
+                    raise ArtifactError(f"manifest graphs[{name!r}].{io}[{k!r}] must be a list of dimensions")
         for key in GRAPH_FILE_KEYS:
             if key in g and g[key] is not None:
                 confined(g[key], f"graphs[{name!r}].{key}")
@@ -124,12 +131,45 @@ def _check_model(model: Any) -> dict:
     return model
 
 
+def _typed(obj: dict, where: str, fields: dict[str, tuple], nullable: bool = True) -> None:
+    """Each present field of `obj` has one of the given types (bool is not an int here; None where nullable)."""
+    for key, types in fields.items():
+        if key in obj and (obj[key] is not None or not nullable):
+            v = obj[key]
+            if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+                names = "/".join(t.__name__ for t in types)
+                raise ArtifactError(f"manifest {where}.{key} must be {names}, got {type(v).__name__}")
+
+
+def _check_passes(passes: Any) -> None:
+    if passes is None:
+        return
+    if not isinstance(passes, list) or not all(isinstance(p, dict) for p in passes):
+        raise ArtifactError("manifest 'passes' must be a list of objects")
+    for i, p in enumerate(passes):
+        _typed(p, f"passes[{i}]", {"name": (str,), "seconds": (int, float), "changed": (bool,),
+                                    "metrics": (dict,), "config": (dict,), "memory": (dict,)}, nullable=False)
+
+
+def _check_sections(m: dict) -> None:
+    for key in ("options", "target", "source", "records"):
+        if key in m and m[key] is not None and not isinstance(m[key], dict):
+            raise ArtifactError(f"manifest '{key}' must be an object")
+    _typed(m, "", {"created": (str,)})
+    _typed(m.get("source") or {}, "source", {"name": (str,), "format": (str,), "path": (str,), "sha256": (str,)})
+    target = m.get("target") or {}
+    _typed(target, "target", {"name": (str,), "static_shapes": (bool,), "devices": (list,)})
+    if not all(isinstance(d, str) for d in target.get("devices") or []):
+        raise ArtifactError("manifest target.devices must be a list of strings")
+    _typed(m.get("options") or {}, "options", {"weights": (str,), "cache_len": (int,), "prefill_chunk": (int,),
+                                               "prune": (str,), "quantize": (str,), "drafter": (str,)})
+    _check_passes(m.get("passes"))
+
+
 def check_manifest(m: dict) -> dict:
     """Schema, confinement and consistency of a manifest (already known to be an accelc manifest)."""
     files = _check_files(m.get("files"))
     model = _check_model(m.get("model"))
-    for key in ("options", "target", "source", "records"):
-        if key in m and m[key] is not None and not isinstance(m[key], dict):
-            raise ArtifactError(f"manifest '{key}' must be an object")
+    _check_sections(m)
     _check_graphs(m.get("graphs"), files, model)
     return m
