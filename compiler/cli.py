@@ -18,6 +18,7 @@ COMMANDS = {
     "eval": "cli_eval",
     "compile": "cli_compile",
     "run": "cli_run",
+    "chat": "cli_chat",
     "inspect": "cli_inspect",
     "bench": "cli_bench",
 }

@@ -24,8 +24,7 @@ class GenerationResult:
     ttft_s: float                    # prefill + first token
     decode_s: float                  # the decode steps after the first token
     decode_steps: int = 0            # decode_one calls made
-
-
+    reused_tokens: int = 0           # prompt tokens found in the cache (chat turns), not prefilled again
 
     @property
     def prefill_tok_s(self) -> float:
@@ -111,8 +110,10 @@ def _find_stop(text: str, stops: Sequence[str], start: int) -> int:
 
 
 def generate_iter(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling: SamplingConfig = SamplingConfig(),
-                  stop: Sequence[str] = (), stream: bool = True, state=None) -> Iterator[str]:
-    """Yields text pieces as they are produced (when stream); returns (StopIteration.value) the GenerationResult."""
+                  stop: Sequence[str] = (), stream: bool = True, state=None, reuse: int = 0) -> Iterator[str]:
+    """Yields text pieces as they are produced (when stream); returns (StopIteration.value) the GenerationResult.
+    reuse: the first `reuse` prompt tokens are already in `state`'s cache (a chat's earlier turns): only the
+    rest is prefilled (0: the cache is reset)."""
     if max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     stops = [s for s in stop if s]
@@ -121,8 +122,12 @@ def generate_iter(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling:
         raise InputError(f"prompt ({len(prompt_ids)} tokens) + {max_new_tokens} new tokens = {need} exceed the "
                          f"artifact's static KV cache of {art.cache_len} (compile with a larger --cache-len)")
     if state is None or state.cache.capacity < need:
-        state = art.new_state(need)
-    state.cache.reset()
+        state, reuse = art.new_state(need), 0
+    reuse = min(reuse, state.cache.length, len(prompt_ids) - 1)
+    if reuse > 0:
+        state.cache.rollback(reuse)
+    else:
+        state.cache.reset()
     sampler = Sampler(sampling)
     eos = art.eos_ids
     detok = Detokenizer(art.tokenizer) if (stream or stops) else None
@@ -131,7 +136,7 @@ def generate_iter(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling:
     tokens: list[int] = []
 
     t0 = time.perf_counter()
-    tok = sampler(prefill(state, prompt_ids))
+    tok = sampler(prefill(state, prompt_ids[reuse:] if reuse else prompt_ids))
     t1 = time.perf_counter()
     while True:
         if tok in eos:
@@ -166,13 +171,15 @@ def generate_iter(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling:
     else:
         final = art.tokenizer.decode(tokens, skip_special_tokens=True)
     return GenerationResult(text=final, tokens=tokens, prompt_tokens=len(prompt_ids), stop_reason=reason,
-                            ttft_s=t1 - t0, decode_s=t2 - t1, decode_steps=steps)
+                            ttft_s=t1 - t0, decode_s=t2 - t1, decode_steps=steps, reused_tokens=reuse)
 
 
 def generate(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling: SamplingConfig = SamplingConfig(),
-             stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None, state=None) -> GenerationResult:
+             stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None, state=None,
+             reuse: int = 0) -> GenerationResult:
     """Run generate_iter to the end, passing each text piece to on_text (if given)."""
-    it = generate_iter(art, prompt_ids, max_new_tokens, sampling, stop, stream=on_text is not None, state=state)
+    it = generate_iter(art, prompt_ids, max_new_tokens, sampling, stop, stream=on_text is not None, state=state,
+                       reuse=reuse)
     while True:
         try:
             piece = next(it)
