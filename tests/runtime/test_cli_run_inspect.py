@@ -78,10 +78,21 @@ def test_bench_json_on_tiny_artifact(tiny_artifact, capsys):
     assert res["roofline_decode_tok_s"] > 0 and res["read_bandwidth_gb_s"] > 0
 
 
-def test_bench_plot_without_matplotlib_is_input_error(tiny_artifact, tmp_path, capsys):
-    import importlib.util
-    if importlib.util.find_spec("matplotlib") is not None:
-        import pytest
-        pytest.skip("matplotlib is installed")
+def test_bench_plot_without_matplotlib_is_input_error(tiny_artifact, tmp_path, capsys, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **k):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("no matplotlib here")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert main(["bench", str(tiny_artifact), "--plot", str(tmp_path / "x.png")]) == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
+def test_bench_plot_writes_a_png(tiny_artifact, tmp_path, capsys):
+    png = tmp_path / "bench.png"
+    assert main(["bench", str(tiny_artifact), "--prompts", "1", "--max-new-tokens", "4", "--backend", "onnxruntime",
+                 "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
