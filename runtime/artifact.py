@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,12 +79,21 @@ def _dim(graph: dict, name: str, axis: int) -> int | None:
 
 
 def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
+    """The runtime's own tokenizer (runtime/tokenizer.py: tokenizers + jinja2, no transformers import) for every
+    fast tokenizer; transformers' AutoTokenizer for others, or when ACCELC_TOKENIZER=transformers."""
     tdir = path / "tokenizer"
     if tdir.is_symlink() or not tdir.is_dir():
         raise ArtifactError(f"{path} has no tokenizer/ folder")
     try:
+        if os.environ.get("ACCELC_TOKENIZER", "runtime") != "transformers":
+            from .tokenizer import runtime_tokenizer
+            tok = runtime_tokenizer(tdir)
+            if tok is not None:
+                return tok
+        from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(str(tdir))
+    except ArtifactError:
+        raise
     except Exception as e:
         raise ArtifactError(f"could not load the artifact's tokenizer ({type(e).__name__}: {str(e)[:160]})") from None
 
