@@ -15,7 +15,7 @@ from .errors import ArtifactError
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # keys of a graph record that name files in the artifact
-GRAPH_FILE_KEYS = ("onnx", "openvino", "vocab_ids")
+GRAPH_FILE_KEYS = ("onnx", "openvino", "openvino_bin", "vocab_ids")
 # model-record integers and their sane ranges
 MODEL_INTS = {"layers": (1, 4096), "kv_heads": (1, 4096), "head_dim": (1, 65536), "heads": (1, 4096),
               "hidden": (1, 1 << 20), "vocab": (1, 1 << 24), "max_positions": (1, 1 << 31)}
@@ -54,14 +54,14 @@ def _check_files(files: Any) -> dict[str, dict]:
 
 
 def graph_files(graph: dict) -> list[str]:
-    """The artifact files a graph record names (an OpenVINO .xml brings its .bin)."""
+    """The artifact files a graph record names (an OpenVINO .xml brings its .bin: `openvino_bin`, else beside it)."""
     out = []
     for key in GRAPH_FILE_KEYS:
         rel = graph.get(key)
         if rel is None:
             continue
         out.append(rel)
-        if key == "openvino" and isinstance(rel, str) and rel.endswith(".xml"):
+        if key == "openvino" and not graph.get("openvino_bin") and isinstance(rel, str) and rel.endswith(".xml"):
             out.append(rel[:-4] + ".bin")
     return out
 

@@ -46,15 +46,17 @@ class OpenVINOBackend:
     name = "openvino"
 
     def __init__(self, xml: Path, device: str, threads: int, stateful: bool = False, full_logits: bool = True,
-                 manifest: dict | None = None):
+                 manifest: dict | None = None, weights: Path | None = None):
         import openvino as ov
         self._Tensor = ov.Tensor
         core = ov.Core()
         ov_device = device.upper()
         if ov_device not in core.available_devices:
             raise ArtifactError(f"OpenVINO has no {ov_device} device (available: {', '.join(core.available_devices)})")
-        self._xml, self._threads = xml, int(threads)
-        model = core.read_model(str(xml))
+        self._xml, self._weights, self._threads = xml, weights, int(threads)
+        # weights: the IR's .bin when it is not beside the .xml (graphs/decoder.xml reads openvino/openvino_model.bin,
+        # shared with the optimum-style folder: passes/export_genai.py)
+        model = core.read_model(str(xml), str(weights)) if weights else core.read_model(str(xml))
         names = [n for p in model.inputs for n in p.get_names()]
         self.layers = count_layers(names, xml.name)
         past = model.input("past_key.0").get_partial_shape()
@@ -124,7 +126,7 @@ class OpenVINOBackend:
         once, beside the stateful one, so callers that manage their own cache keep working."""
         if self.stateful:
             if self._explicit is None:
-                self._explicit = OpenVINOBackend(self._xml, self.device, self._threads)
+                self._explicit = OpenVINOBackend(self._xml, self.device, self._threads, weights=self._weights)
             return self._explicit.forward(input_ids, position_ids, attention_mask, cache)
         req, Tensor = self.request, self._Tensor
         for idx, arr in zip(self._in, (input_ids, position_ids, attention_mask, *cache)):
@@ -137,5 +139,6 @@ class OpenVINOBackend:
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
          full_logits: bool = True) -> OpenVINOBackend:
     stateful = not graph.get("static") and kv_mode() == "stateful"
+    weights = graph_file(artifact_dir, graph, "openvino_bin", "openvino") if graph.get("openvino_bin") else None
     return OpenVINOBackend(graph_file(artifact_dir, graph, "openvino", "openvino"), device, threads, stateful,
-                           full_logits, manifest)
+                           full_logits, manifest, weights)

@@ -92,8 +92,9 @@ def weight_bytes_per_token(path: Path, manifest: dict) -> int:
     g = graphs.get("decode") or graphs.get("decoder") or next(iter(graphs.values()), {})
     files = manifest.get("files") or {}
     total = 0
-    if g.get("openvino") and str(Path(g["openvino"]).with_suffix(".bin")) in files:
-        total = int(files[str(Path(g["openvino"]).with_suffix(".bin"))]["bytes"])
+    ov_bin = g.get("openvino_bin") or (str(Path(g["openvino"]).with_suffix(".bin")) if g.get("openvino") else None)
+    if ov_bin in files:
+        total = int(files[ov_bin]["bytes"])
     elif g.get("onnx"):
         total = int(sum(f["bytes"] for rel, f in files.items() if rel in (g["onnx"], g["onnx"] + ".data")))
     model = manifest.get("model") or {}

@@ -7,7 +7,10 @@ from typing import Callable
 from ..compiler.errors import InputError
 
 WEIGHTS = ("fp32", "fp16", "int8", "int4")
-FORMATS = ("openvino", "onnx")   # graph formats an artifact can ship (OpenVINO IR is converted from ONNX)
+# what an artifact can ship: graph formats (OpenVINO IR is converted from ONNX), and "genai", the optimum-style
+# OpenVINO folder (openvino/) that openvino-genai and optimum-intel open; it shares the OpenVINO IR's weights
+FORMATS = ("openvino", "onnx", "genai")
+GRAPH_FORMATS = ("openvino", "onnx")
 
 
 def parse_formats(value) -> tuple | None:
@@ -19,6 +22,8 @@ def parse_formats(value) -> tuple | None:
     if bad or not items:
         raise InputError(f"unknown graph format '{bad[0] if bad else value}' in --formats "
                          f"(choose one or more of {', '.join(FORMATS)}, comma-separated)")
+    if "genai" in items and "openvino" not in items:
+        raise InputError("--formats genai needs openvino too (the genai folder shares the OpenVINO IR's weights)")
     return tuple(f for f in FORMATS if f in items)
 
 
@@ -52,12 +57,15 @@ class Target:
     static_shapes: bool                                  # NPU: every graph input shape fixed
     devices: tuple[str, ...]                             # runtime device preference for artifacts
     build: Callable[[CompileOptions], list] = field(repr=False)
-    formats: tuple[str, ...] = FORMATS                   # graph formats shipped unless --formats says otherwise
+    formats: tuple[str, ...] = GRAPH_FORMATS             # formats shipped unless --formats says otherwise
     needs: tuple[str, ...] = ()                          # formats this target cannot do without
 
     def resolve(self, options: CompileOptions) -> CompileOptions:
         """`options` with formats filled in from the target's default, checked against what it needs."""
         formats = options.formats or self.formats
+        if "genai" in formats and self.static_shapes:
+            raise InputError(f"--target {self.name} makes static graphs; the genai folder holds a dynamic stateful "
+                             "graph (use --target cpu, or leave genai out of --formats)")
         missing = [f for f in self.needs if f not in formats]
         if missing:
             raise InputError(f"--target {self.name} needs the {missing[0]} format (asked for --formats "

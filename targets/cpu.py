@@ -8,9 +8,10 @@ def build(options: CompileOptions) -> list:
         *phases.compression(options),   # prune, then quantize
         *phases.drafting(options),      # drafter from the compressed target
         *phases.export(options, static=False),
-        *phases.validation(options),    # exported graphs vs torch, last
+        *phases.validation(options),    # exported graphs vs torch
+        *phases.genai_folder(options),  # after validation: it moves the validated IR's weights into openvino/
     ]
 
 
-TARGET = Target("cpu", "x86/ARM CPU: dynamic-shape ONNX + OpenVINO IR", static_shapes=False,
-                devices=("cpu",), build=build)
+TARGET = Target("cpu", "x86/ARM CPU: dynamic-shape ONNX + OpenVINO IR (+ an openvino-genai/optimum-intel folder)",
+                static_shapes=False, devices=("cpu",), build=build, formats=("openvino", "onnx", "genai"))

@@ -9,6 +9,7 @@ def build(options: CompileOptions) -> list:
         *phases.drafting(options),
         *phases.export(options, static=False),
         *phases.validation(options),
+        *phases.genai_folder(options),  # only with --formats ...,genai
     ]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..compiler.errors import InputError
-from .base import FORMATS, CompileOptions
+from .base import FORMATS, GRAPH_FORMATS, CompileOptions
 
 # name -> factory(argument string, options) -> list of passes
 PRUNE_METHODS: dict[str, Callable[[str, CompileOptions], list]] = {}
@@ -76,7 +76,16 @@ def drafting(options: CompileOptions) -> list:
 
 
 def _formats(options: CompileOptions) -> tuple:
-    return options.formats or FORMATS       # Target.pipeline resolves None to the target's default first
+    """The graph formats to export ("genai" is a folder made from the OpenVINO IR, not a graph format)."""
+    formats = options.formats or FORMATS    # Target.pipeline resolves None to the target's default first
+    return tuple(f for f in formats if f in GRAPH_FORMATS)
+
+
+def genai_folder(options: CompileOptions) -> list:
+    if "genai" not in (options.formats or ()):
+        return []
+    from ..passes.export_genai import ExportGenAIPass
+    return [ExportGenAIPass()]
 
 
 def export(options: CompileOptions, static: bool) -> list:

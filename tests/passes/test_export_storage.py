@@ -17,7 +17,8 @@ from accelc.targets import CompileOptions, get_target
 GRAPH_FILES = {"onnx": {"decoder.onnx", "decoder.onnx.data"}, "openvino": {"decoder.xml", "decoder.bin"}}
 
 
-def _compile(tmp_path, family="llama", weights="fp32", formats=None):
+def _compile(tmp_path, family="llama", weights="fp32", formats="openvino,onnx"):
+    # the graph formats only: these bundles have no tokenizer for the genai folder (tests/passes/test_export_genai.py)
     m = tiny_model(family)
     b = ModelBundle(m, None, ArchAdapter(m), workdir=tmp_path)
     passes = get_target("cpu").pipeline(CompileOptions(weights=weights, formats=formats))
@@ -115,7 +116,7 @@ def test_formats_onnx_writes_no_ir(tmp_path):
 def test_formats_option_is_checked():
     assert CompileOptions(formats="onnx, openvino").formats == ("openvino", "onnx")
     assert CompileOptions().formats is None
-    assert get_target("cpu").resolve(CompileOptions()).formats == ("openvino", "onnx")
+    assert get_target("cpu").resolve(CompileOptions()).formats == ("openvino", "onnx", "genai")
     with pytest.raises(InputError, match="unknown graph format 'tflite'"):
         CompileOptions(formats="onnx,tflite")
     with pytest.raises(InputError, match="needs the openvino format"):

@@ -61,7 +61,7 @@ def test_graph_paths_must_be_confined_and_listed(art, capsys, key, rel, tmp_path
     elsewhere = art.parent / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(art / "graphs" / "decoder.xml", elsewhere / "decoder.xml")
-    shutil.copy(art / "graphs" / "decoder.bin", elsewhere / "decoder.bin")
+    shutil.copy(art / "openvino" / "openvino_model.bin", elsewhere / "decoder.bin")
     edit_manifest(art, lambda m: m["graphs"]["decoder"].update({key: rel}))
     backend = "openvino" if key == "openvino" else "onnxruntime"
     for argv in (["inspect", str(art), "--verify"],

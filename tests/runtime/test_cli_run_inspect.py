@@ -74,7 +74,7 @@ def test_bench_json_on_tiny_artifact(tiny_artifact, capsys):
     assert row["new_tokens"] == 12 and row["decode_tok_s"] > 0 and row["accelc_decode_ratio"] == 1.0
     m = json.loads((tiny_artifact / "manifest.json").read_text())
     embed = 257 * 64 * 4                                       # the tied embedding table is not streamed
-    assert res["weight_bytes_per_token"] == m["files"]["graphs/decoder.bin"]["bytes"] - embed
+    assert res["weight_bytes_per_token"] == m["files"]["openvino/openvino_model.bin"]["bytes"] - embed
     assert res["roofline_decode_tok_s"] > 0 and res["read_bandwidth_gb_s"] > 0
 
 

@@ -11,12 +11,15 @@ from accelc.runtime.ov_stateful import make_stateful, run_request, slice_last_lo
 PROMPT = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33]
 
 
-def _xml(artifact):
-    return next((artifact / "graphs").glob("decoder*.xml"))
+def _read(artifact):
+    """The decoder IR with its weights (openvino/openvino_model.bin, shared with the genai folder)."""
+    import json
+    rec = json.loads((artifact / "manifest.json").read_text())["graphs"]["decoder"]
+    return ov.Core().read_model(str(artifact / rec["openvino"]), str(artifact / rec["openvino_bin"]))
 
 
 def test_rewrite_makes_states_and_fuses_attention(tiny_artifact):
-    m = ov.Core().read_model(str(_xml(tiny_artifact)))
+    m = _read(tiny_artifact)
     before = [n for p in m.inputs for n in p.get_names()]
     layers = make_stateful(m)
     names = [n for p in m.inputs for n in p.get_names()]
@@ -80,7 +83,7 @@ def test_stateful_logits_and_rollback_match_explicit(tiny_artifact, monkeypatch)
 
 
 def test_slice_bounds_the_head_to_the_last_position(tiny_artifact):
-    m = ov.Core().read_model(str(_xml(tiny_artifact)))
+    m = _read(tiny_artifact)
     make_stateful(m)
     assert m.output("logits").get_partial_shape()[1].is_dynamic
     slices = [n.get_type_name() for n in m.get_ordered_ops()].count("Slice")
