@@ -44,10 +44,10 @@ def onnx_tensors(path: Path) -> list[tuple[str, int, tuple | None]]:
     return out
 
 
-def openvino_tensors(xml: Path) -> list[tuple[str, int, tuple | None]]:
-    """(name, bytes, fingerprint) for every Constant of an OpenVINO IR."""
+def openvino_tensors(xml: Path, weights: Path | None = None) -> list[tuple[str, int, tuple | None]]:
+    """(name, bytes, fingerprint) for every Constant of an OpenVINO IR (weights: its .bin if not beside it)."""
     import openvino as ov
-    model = ov.Core().read_model(str(xml))
+    model = ov.Core().read_model(str(xml), str(weights)) if weights else ov.Core().read_model(str(xml))
     out = []
     for op in model.get_ordered_ops():
         if op.get_type_name() != "Constant":
@@ -76,15 +76,19 @@ def report(artifact: Path, graphs: dict) -> dict:
     artifact = Path(artifact)
     files = {str(p.relative_to(artifact)): p.stat().st_size for p in sorted((artifact / "graphs").iterdir())
              if p.is_file()}
+    for rec in graphs.values():           # the OpenVINO weights shared with the genai folder (passes/export_genai.py)
+        if rec.get("openvino_bin"):
+            files[rec["openvino_bin"]] = (artifact / rec["openvino_bin"]).stat().st_size
     named, formats = set(), {}
     for rec in graphs.values():
         for fmt, key in (("onnx", "onnx"), ("openvino", "openvino")):
             rel = rec.get(key)
             if not rel:
                 continue
-            side = rel + ".data" if fmt == "onnx" else rel[:-4] + ".bin"
+            side = rel + ".data" if fmt == "onnx" else (rec.get("openvino_bin") or rel[:-4] + ".bin")
             named |= {rel, side}
-            tensors = onnx_tensors(artifact / rel) if fmt == "onnx" else openvino_tensors(artifact / rel)
+            tensors = (onnx_tensors(artifact / rel) if fmt == "onnx"
+                       else openvino_tensors(artifact / rel, artifact / side))
             f = formats.setdefault(fmt, {"tensor_bytes": 0, "file_bytes": 0, "duplicates": []})
             f["tensor_bytes"] += sum(n for _, n, _ in tensors)
             f["file_bytes"] += files.get(rel, 0) + files.get(side, 0)

@@ -77,8 +77,13 @@ def torch_reference(model, ids: np.ndarray, steps: int) -> tuple[np.ndarray, np.
     return seq.numpy(), torch.cat(logits, dim=1).float().numpy()
 
 
-def make_runner(backend: str, path: str):
-    """A function feeds -> {output name: array} for one graph file on the CPU, in f32."""
+def _bin(bundle, rec: dict, key: str) -> str | None:
+    return str(bundle.workdir / rec["openvino_bin"]) if key == "openvino" and rec.get("openvino_bin") else None
+
+
+def make_runner(backend: str, path: str, weights: str | None = None):
+    """A function feeds -> {output name: array} for one graph file on the CPU, in f32 (weights: an OpenVINO IR's
+    .bin when it is not beside the .xml, the graph record's `openvino_bin`)."""
     if backend == "onnxruntime":
         import onnxruntime as ort
         so = ort.SessionOptions()
@@ -87,7 +92,9 @@ def make_runner(backend: str, path: str):
         names = [o.name for o in sess.get_outputs()]
         return lambda feeds: dict(zip(names, sess.run(names, feeds)))
     import openvino as ov
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    core = ov.Core()
+    model = core.read_model(path, weights) if weights else core.read_model(path)
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
     names = [o.get_any_name() for o in compiled.outputs]
 
@@ -139,7 +146,8 @@ class ValidatePass(Pass):
         for backend in self.config.backends:
             key = FORMAT_OF[backend]
             t0 = time.perf_counter()
-            runners = {name: make_runner(backend, str(bundle.workdir / r[key])) for name, r in graphs.items()}
+            runners = {name: make_runner(backend, str(bundle.workdir / r[key]), _bin(bundle, r, key))
+                       for name, r in graphs.items()}
             diffs, hits, total = [], 0, 0
             for ids, (tokens, ref_logits) in zip(prompts, refs):
                 logits = run_graphs(runners, rec, tokens, ids.shape[1])
