@@ -15,53 +15,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("compiler", "passes", "runtime", "targets", "models")
-ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "fma")
-
-
-def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), None)
-        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-        info.update(cpu=model, isa=[f for f in ISA if f in flags])
-    except OSError:
-        info["cpu"] = platform.processor()
-    try:
-        mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
-        info["mem_gb"] = round(int(mem.split()[1]) / 1024 ** 2, 1)
-    except (OSError, StopIteration):
-        pass
-    return info
-
-
-def git_commit(repo: Path) -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def shim(checkout: Path) -> Path:
-    """A folder with accelc/<package> links into `checkout`, for PYTHONPATH (runs that checkout's code)."""
-    d = Path(tempfile.mkdtemp(prefix="accelc-shim-"))
-    (d / "accelc").mkdir()
-    for p in PACKAGES:
-        (d / "accelc" / p).symlink_to(checkout / p)
-    return d
+from provenance import ROOT, git_commit, machine, shim
 
 
 def storage(artifact: Path, manifest: dict) -> dict:

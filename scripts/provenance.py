@@ -1,0 +1,58 @@
+"""What every benchmark script records beside its figures: the machine (CPU model, cores, ISA flags,
+memory), the date, the git commit and the command line, read by the script itself."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "fma")
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), None)
+        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+        info.update(cpu=model, isa=[f for f in ISA if f in flags])
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+        info["memory_gib"] = round(int(mem.split()[1]) / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def git_commit(repo: Path = ROOT) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+PACKAGES = ("compiler", "passes", "runtime", "targets", "models")
+
+
+def shim(checkout: Path) -> Path:
+    """A folder with accelc/<package> links into `checkout`, for PYTHONPATH (runs that checkout's code)."""
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="accelc-shim-"))
+    (d / "accelc").mkdir()
+    for p in PACKAGES:
+        (d / "accelc" / p).symlink_to(Path(checkout).resolve() / p)
+    return d
+
+
+def provenance() -> dict:
+    return {"machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": git_commit(), "command": " ".join([sys.executable, *sys.argv])}
