@@ -30,9 +30,9 @@ def accelc_tokens(art, capsys, *extra):
     return json.loads(capsys.readouterr().out)["tokens"]
 
 
-def genai_tokens(folder):
+def genai_tokens(folder, **props):
     import openvino_genai as og
-    pipe = og.LLMPipeline(str(folder), "CPU", INFERENCE_PRECISION_HINT="f32", KV_CACHE_PRECISION="f32")
+    pipe = og.LLMPipeline(str(folder), "CPU", INFERENCE_PRECISION_HINT="f32", KV_CACHE_PRECISION="f32", **props)
     cfg = og.GenerationConfig()
     cfg.max_new_tokens = cfg.min_new_tokens = N
     cfg.do_sample = False
@@ -65,7 +65,11 @@ def test_genai_and_optimum_generate_what_accelc_runs(tiny_source, tmp_path, caps
     ours = accelc_tokens(art, capsys)
     if weights == "fp32":            # NNCF compresses the ONNX and the OpenVINO graphs separately: only fp32 agrees
         assert accelc_tokens(art, capsys, "--backend", "onnxruntime") == ours
-    assert genai_tokens(art / "openvino") == ours
+    # genai's default PagedAttention backend computes compressed-weight layers slightly differently from the
+    # stateful SDPA graph (on the real model int8/int4 diverge after a few tokens: docs/artifact.md); its SDPA
+    # backend runs exactly what accelc and optimum-intel run
+    props = {} if weights == "fp32" else {"ATTENTION_BACKEND": "SDPA"}
+    assert genai_tokens(art / "openvino", **props) == ours
     assert optimum_tokens(art / "openvino") == ours
 
 
