@@ -103,6 +103,8 @@ def _load_gguf(path: Path):
         raise
     except Exception as e:
         raise InputError(f"could not load GGUF {path} ({type(e).__name__}: {str(e)[:160]})") from None
+    from .gguf_check import check_gguf_load
+    check_gguf_load(path, model)           # a second, independent reading of the file (models/gguf_check.py)
     return model, tok
 
 
