@@ -45,8 +45,7 @@ def run(args) -> int:
         raise InputError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, got {args.max_new_tokens}")
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     art = open_artifact(args.artifact, backend=args.backend, device=args.device, threads=args.threads)
-    context = art.cache_len if art.static else (art.manifest.get("model") or {}).get("max_positions")
-    chat = ChatSession(art, args.max_new_tokens, sampling, system=args.system, context=context)
+    chat = ChatSession(art, args.max_new_tokens, sampling, system=args.system, context=art.context)
     print(f"accelc chat: {HELP}", file=sys.stderr, flush=True)
 
     def show(piece: str) -> None:

@@ -1,8 +1,6 @@
 """`accelc compile MODEL --target T -o DIR`: run the target's pipeline and write an artifact."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from .progress import status
 
 
@@ -25,67 +23,18 @@ def add_parser(sub):
     p.add_argument("--cache-len", type=int, default=1024, help="static KV-cache length for --target npu (default 1024)")
     p.add_argument("--prefill-chunk", type=int, default=64, help="static prefill chunk for --target npu (default 64)")
     p.add_argument("--no-validate", action="store_true", help="skip comparing the exported graphs with torch")
-    p.add_argument("--formats", metavar="LIST", help="graph formats to ship, comma-separated: openvino, onnx "
-                   "(default: the target's, openvino,onnx); validation checks each one written")
+    p.add_argument("--formats", metavar="LIST", help="what to ship, comma-separated: openvino, onnx, genai (the "
+                   "optimum-style openvino/ folder; needs openvino) (default: the target's: cpu openvino,onnx,genai; "
+                   "npu and cuda openvino,onnx); validation checks each graph format written")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..models.sources import load_model, resolve
-    from ..targets import CompileOptions, get_target
-    from .artifact import check_output_dir, publish, staging, write_manifest
-    from .errors import InputError
-    from .manager import PassManager
+    from .api import compile as compile_model
     from .progress import PassProgress
-
-    out = Path(args.output).expanduser().resolve()
-    # everything that can be checked before the (slow) model load is checked first
-    check_output_dir(out, args.force)
-    target = get_target(args.target)
-    if args.calib:
-        from ..models.corpus import read_text_file
-        read_text_file(args.calib)
-    options = CompileOptions(weights=args.weights, prune=args.prune, quantize=args.quantize, drafter=args.drafter,
-                             calib=args.calib, cache_len=args.cache_len, prefill_chunk=args.prefill_chunk,
-                             validate=not args.no_validate, formats=args.formats)
-    passes = target.pipeline(options)
-    kind, _ = resolve(args.model)
-    if kind == "artifact":
-        raise InputError(f"{args.model} is already an artifact; compile takes a model source")
-
-    if args.drafter and args.drafter.partition(":")[0] != "fused":
-        dkind, _ = resolve(args.drafter)          # a draft model path: checked before the slow load
-        if dkind == "artifact":
-            raise InputError(f"--drafter {args.drafter} is an accelc artifact; give the draft model's source")
-
-    with staging(out) as stage:                   # created first: an unwritable parent fails before the load
-        status(f"loading {args.model} ...")
-        bundle = load_model(args.model)
-        status(f"target {target.name}: " + " -> ".join(p.name for p in passes))
-        bundle.workdir = stage
-        log = PassManager(passes, on_event=PassProgress()).run(bundle)
-        tok_dir = stage / "tokenizer"
-        bundle.tokenizer.save_pretrained(tok_dir)
-        manifest = {
-            "source": bundle.source,
-            "target": {"name": target.name, "static_shapes": target.static_shapes, "devices": list(target.devices)},
-            "options": {k: v for k, v in vars(options).items() if k != "extra"},
-            "model": bundle.adapter.describe(),
-            "graphs": bundle.records.get("graphs", {}),
-            "records": {k: v for k, v in bundle.records.items() if k not in ("pass_log", "graphs")
-                        and _is_json(v)},
-            "passes": [r.to_json() for r in log],
-        }
-        write_manifest(stage, manifest)
-        publish(stage, out, args.force)
+    out = compile_model(args.model, args.target, args.output, weights=args.weights, prune=args.prune,
+                        quantize=args.quantize, drafter=args.drafter, formats=args.formats, calib=args.calib,
+                        cache_len=args.cache_len, prefill_chunk=args.prefill_chunk, validate=not args.no_validate,
+                        force=args.force, on_event=PassProgress(), status=status)
     status(f"wrote {out}")
     return 0
-
-
-def _is_json(v) -> bool:
-    import json
-    try:
-        json.dumps(v)
-        return True
-    except TypeError:
-        return False

@@ -54,9 +54,29 @@ class Artifact:
     def max_tokens(self) -> int | None:
         return self.cache_len if self.static else None
 
+    @property
+    def context(self) -> int | None:
+        return context_of(self)
+
+    @property
+    def context_name(self) -> str:
+        return context_name_of(self)
+
     def new_state(self, capacity: int):
         from .decode import DecodeState
         return DecodeState(self, capacity)
+
+
+def context_of(art) -> int | None:
+    """Positions a generation may use: the static cache length, else the model's trained context (None: unknown)."""
+    if art.static:
+        return art.cache_len
+    n = (art.manifest.get("model") or {}).get("max_positions")
+    return n if isinstance(n, int) else None
+
+
+def context_name_of(art) -> str:
+    return "the artifact's static KV cache" if art.static else "the model's context"
 
 
 def pick_graphs(graphs: dict[str, dict]) -> tuple[bool, dict[str, dict]]:
@@ -143,15 +163,11 @@ class ArtifactFiles:
 
     @property
     def context(self) -> int | None:
-        """Positions a generation may use: the static cache length, else the model's trained context."""
-        if self.static:
-            return self.cache_len
-        n = (self.manifest.get("model") or {}).get("max_positions")
-        return n if isinstance(n, int) else None
+        return context_of(self)
 
     @property
     def context_name(self) -> str:
-        return "the artifact's static KV cache" if self.static else "the model's context"
+        return context_name_of(self)
 
 
 def read_artifact(path, verify_all: bool = False) -> ArtifactFiles:

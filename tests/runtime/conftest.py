@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from accelc.compiler.artifact import publish, staging, write_manifest
-from accelc.models.sources import load_model
 from accelc.models.tiny import byte_tokenizer as tiny_byte_tokenizer, tiny_model
 
 EOS = 256
@@ -25,28 +23,12 @@ def tiny_lm(seed: int = 0):
 
 
 def build_tiny_artifact(out: Path, static: bool = False, cache_len: int = 48, chunk: int = 8, seed: int = 0) -> Path:
-    """Compile a tiny model into `out` with the target's export + validation passes, as `accelc compile` does."""
-    from accelc.compiler.manager import PassManager
-    from accelc.targets import CompileOptions, get_target
+    """Compile a tiny model into `out` with the library API, as `accelc compile` does."""
+    import accelc
     src = out.parent / f"{out.name}-source"          # the source checkpoint (the torch backend reloads it)
     tiny_lm(seed).save_pretrained(src)
     byte_tokenizer().save_pretrained(src)
-    bundle = load_model(str(src))
-    target = get_target("npu" if static else "cpu")
-    options = CompileOptions(cache_len=cache_len, prefill_chunk=chunk)
-    with staging(out) as stage:
-        bundle.workdir = stage
-        log = PassManager(target.pipeline(options)).run(bundle)
-        bundle.tokenizer.save_pretrained(stage / "tokenizer")
-        manifest = {"source": bundle.source,
-                    "target": {"name": target.name, "static_shapes": target.static_shapes,
-                               "devices": list(target.devices)},
-                    "options": {k: v for k, v in vars(options).items() if k != "extra"},
-                    "model": bundle.adapter.describe(), "graphs": bundle.records["graphs"], "records": {},
-                    "passes": [r.to_json() for r in log]}
-        write_manifest(stage, manifest)
-        publish(stage, out, force=False)
-    return out
+    return accelc.compile(str(src), "npu" if static else "cpu", out, cache_len=cache_len, prefill_chunk=chunk)
 
 
 @pytest.fixture(scope="session")
