@@ -39,6 +39,7 @@ PRUNE_METHODS.update({
 # extreme quantization (docs/passes/quantization.md): codebooks (aqlm), + PV-Tuning (pv), + straight-through
 # tuning (ste), round-to-nearest baseline (rtn), e.g. pv:2x8g8,steps=200  aqlm:1x8g8  rtn:2g64
 QUANTIZE_METHODS.update({m: _lazy("quant_methods", "build", m) for m in ("aqlm", "pv", "ste", "rtn")})
+CODEBOOK_METHODS = ("aqlm", "pv", "ste")      # their layers hold packed codes: nothing left to train by gradient
 
 # drafters (passes/drafter.py): fused self-speculative early exit ("fused", "fused:layers=8,steps=300,vocab=8192")
 # or an external draft model with the same tokenizer (--drafter PATH)
@@ -68,6 +69,13 @@ def drafting(options: CompileOptions) -> list:
     if not options.drafter:
         return []
     name, _, arg = options.drafter.partition(":")
+    quant = (options.quantize or "").partition(":")[0]
+    if name == "fused" and quant in CODEBOOK_METHODS:
+        # after packing, a codebook layer's codebooks and scales are buffers: the fused drafter's exit layer
+        # would train only its two norm weights, so the combination is refused until it can train them
+        raise InputError(f"--drafter fused cannot follow --quantize {quant}: the drafter's exit layer would be "
+                         "codebook layers with frozen codes, codebooks and scales (only its norms would train); "
+                         "use --weights int8/int4 with the drafter, or a draft model path")
     if name in DRAFTERS and name != "external":      # "fused" or "fused:layers=8,steps=300"
         return DRAFTERS[name](arg, options)
     if "external" not in DRAFTERS:

@@ -166,3 +166,13 @@ def test_output_parent_is_created_by_staging(tmp_path):
     from accelc.compiler.errors import InputError
     with _pytest.raises(InputError, match="is a file"):
         check_output_dir(tmp_path / "afile" / "art", force=False)
+
+
+@pytest.mark.parametrize("quant", ["pv:2x8g8", "aqlm:1x8g8", "ste:2x8g8"])
+def test_fused_drafter_after_codebooks_is_refused_before_the_load(capsys, tmp_path, tiny_folder, monkeypatch, quant):
+    import accelc.models.sources as S
+    monkeypatch.setattr(S, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(tmp_path / "o"), "--quantize", quant,
+                           "--drafter", "fused")
+    assert_one_line_error(code, err, "--drafter fused cannot follow", quant.split(":")[0])
+    assert no_leftovers(tmp_path, "o")
