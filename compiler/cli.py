@@ -98,6 +98,7 @@ def _quiet_libraries() -> None:
     cost `accelc run` seconds that it never needs (its runtime does not import transformers)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ["ACCELC_QUIET"] = "1"                   # models/sources.py applies it when it imports transformers
     if "transformers" in sys.modules:
         try:
             import transformers

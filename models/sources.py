@@ -83,8 +83,18 @@ def packaged_checkpoint(name: str) -> Path:
     return target
 
 
+def _quiet_transformers() -> None:
+    """The CLI asks for quiet libraries (ACCELC_QUIET=1) without importing transformers itself: apply it here,
+    where transformers is first imported (its loading bars otherwise show through)."""
+    if os.environ.get("ACCELC_QUIET") == "1":
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+
+
 def _load_gguf(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    _quiet_transformers()
     import torch
     try:
         from gguf import GGUFReader
@@ -149,6 +159,7 @@ def _check_safetensors(path: Path) -> None:
 
 def _load_folder(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    _quiet_transformers()
     import torch
     _check_folder(path)
     try:

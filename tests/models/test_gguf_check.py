@@ -90,3 +90,37 @@ def test_packaged_gguf_agrees_with_what_transformers_loaded():
     path = packaged_gguf("smollm2-135m")
     model, _ = _load_gguf(path)                 # runs the check itself; and once more, explicitly
     assert check_gguf_load(path, model) == {"architecture": "llama", "tensors_checked": 272}
+
+
+def write_spm_gguf(path, pieces, scores, types, add_space_prefix=False):
+    import gguf
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(add_space_prefix)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("ab,bc,expect", [(-1.0, -2.0, ["ab", "c"]), (-2.0, -1.0, ["a", "bc"])])
+def test_sentencepiece_merges_follow_the_scores(tmp_path, ab, bc, expect):
+    from accelc.models.gguf_tokenizer import bpe_tokenizer_from_gguf
+    pieces = ["<unk>", "<s>", "</s>", "\u2581", "a", "b", "c", "ab", "bc", "<0x21>"]
+    scores = [0.0, 0.0, 0.0, -5.0, -6.0, -6.0, -6.0, ab, bc, 0.0]
+    types = [2, 3, 3, 1, 1, 1, 1, 1, 1, 6]
+    path = tmp_path / "spm.gguf"
+    write_spm_gguf(path, pieces, scores, types)
+    tok = bpe_tokenizer_from_gguf(path)
+    ids = tok("abc")["input_ids"]
+    assert ids[0] == 1 and tok.convert_ids_to_tokens(ids[1:]) == expect       # BOS, then the score-ranked merges
+    assert tok.convert_ids_to_tokens(tok("a b")["input_ids"][1:]) == ["a", "\u2581", "b"]
+    assert tok("!")["input_ids"][1:] == [9]                                   # byte fallback: <0x21>
+    assert tok.decode(tok("ab c!")["input_ids"], skip_special_tokens=True) == "ab c!"
