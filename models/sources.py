@@ -168,6 +168,8 @@ def _load_folder(path: Path):
                                                      use_safetensors=True)   # never a pickle
     except Exception as e:
         raise InputError(f"could not load model from {path} ({type(e).__name__}: {str(e)[:160]})") from None
+    from .safetensors_check import check_folder_load
+    check_folder_load(path, model)          # a second reading of the weights (models/safetensors_check.py)
     return model, tok
 
 

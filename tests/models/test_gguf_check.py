@@ -143,3 +143,18 @@ def test_gemma3_gguf_tokenizer_matches_transformers_5_23():
     ref = json.loads((root / "docs/results/gguf_gemma3_2026-12-02.json").read_text())
     tok = bpe_tokenizer_from_gguf(Path(os.environ["ACCELC_GEMMA3_GGUF"]))
     assert [tok(t)["input_ids"] for t in TEXTS] == ref["reference_ids"]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
+def test_folder_weights_are_checked_against_the_safetensors_files(tmp_path, family, monkeypatch):
+    from accelc.models import safetensors_check
+    from accelc.models.sources import load_model
+    from accelc.models.tiny import save_tiny_model_folder
+    src = save_tiny_model_folder(tmp_path / family, family)
+    b = load_model(str(src))                                  # runs the check
+    res = safetensors_check.check_folder_load(src, b.model)
+    assert res["tensors_checked"] == len(b.model.state_dict()) - int(b.model.config.tie_word_embeddings)
+    with torch.no_grad():
+        b.model.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3     # what a mis-load would look like
+    with pytest.raises(InputError, match="layers.0.mlp.up_proj"):
+        safetensors_check.check_folder_load(src, b.model)
