@@ -35,15 +35,10 @@ def _read(prompt: str) -> str | None:
 def run(args) -> int:
     from ..runtime.artifact import open_artifact
     from ..runtime.chat import ChatSession
-    from ..runtime.sampling import SamplingConfig
-    from .cli_run import MAX_NEW_TOKENS
+    from .cli_run import checked_generation_args
     from .errors import InputError
 
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
-    if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
-        raise InputError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, got {args.max_new_tokens}")
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    sampling = checked_generation_args(args)
     art = open_artifact(args.artifact, backend=args.backend, device=args.device, threads=args.threads)
     chat = ChatSession(art, args.max_new_tokens, sampling, system=args.system, context=art.context)
     print(f"accelc chat: {HELP}", file=sys.stderr, flush=True)

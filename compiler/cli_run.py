@@ -40,18 +40,23 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..runtime.artifact import open_artifact, read_artifact
-    from ..runtime.generate import encode_prompt, fit_context, generate
+def checked_generation_args(args):
+    """--threads, --max-new-tokens and the sampling options of `run` and `chat`, checked; -> SamplingConfig."""
     from ..runtime.sampling import SamplingConfig
     from .errors import InputError
-    from .prompt_input import read_prompt
-
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
         raise InputError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, got {args.max_new_tokens}")
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+
+def run(args) -> int:
+    from ..runtime.artifact import open_artifact, read_artifact
+    from ..runtime.generate import encode_prompt, fit_context, generate
+    from .prompt_input import read_prompt
+
+    sampling = checked_generation_args(args)
     prompt = read_prompt(args.prompt, args.prompt_file)
     files = read_artifact(args.artifact, verify_all=args.verify)   # manifest + tokenizer; no graphs yet
     ids = fit_context(encode_prompt(files.tokenizer, prompt, raw=args.raw), args.max_new_tokens, files.context,

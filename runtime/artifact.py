@@ -23,8 +23,20 @@ from .device import Choice, select
 log = logging.getLogger(__name__)
 
 
+class _Context:
+    """The positions a generation may use (needs .static, .cache_len, .manifest)."""
+
+    @property
+    def context(self) -> int | None:
+        return context_of(self)
+
+    @property
+    def context_name(self) -> str:
+        return context_name_of(self)
+
+
 @dataclass
-class Artifact:
+class Artifact(_Context):
     """An opened artifact with its graphs loaded on one backend/device."""
 
     path: Path
@@ -53,14 +65,6 @@ class Artifact:
 
     def max_tokens(self) -> int | None:
         return self.cache_len if self.static else None
-
-    @property
-    def context(self) -> int | None:
-        return context_of(self)
-
-    @property
-    def context_name(self) -> str:
-        return context_name_of(self)
 
     def new_state(self, capacity: int):
         from .decode import DecodeState
@@ -148,7 +152,7 @@ def eos_ids(tokenizer, gen: dict) -> frozenset[int]:
 
 
 @dataclass
-class ArtifactFiles:
+class ArtifactFiles(_Context):
     """An artifact verified and read up to its graphs: manifest, tokenizer, generation config, limits.
     Cheap next to loading the graphs, so a command can check its input (the prompt's length) first."""
 
@@ -160,14 +164,6 @@ class ArtifactFiles:
     generation_config: dict[str, Any]
     cache_len: int | None
     prefill_chunk: int | None
-
-    @property
-    def context(self) -> int | None:
-        return context_of(self)
-
-    @property
-    def context_name(self) -> str:
-        return context_name_of(self)
 
 
 def read_artifact(path, verify_all: bool = False) -> ArtifactFiles:
