@@ -27,8 +27,8 @@ def _key(st: os.stat_result) -> list[int]:
 
 
 class VerificationRecord:
-    def __init__(self, file: Path, manifest_sha: str, known: dict[str, list[int]]):
-        self.file, self.manifest_sha, self.known = file, manifest_sha, known
+    def __init__(self, file: Path, path: str, manifest_sha: str, known: dict[str, list[int]]):
+        self.file, self.path, self.manifest_sha, self.known = file, path, manifest_sha, known
         self.fresh: dict[str, list[int]] = {}
 
     @classmethod
@@ -42,9 +42,7 @@ class VerificationRecord:
                 known = {k: v for k, v in data.get("files", {}).items() if isinstance(v, list)}
         except (OSError, ValueError, AttributeError):
             pass
-        rec = cls(file, manifest_sha, known)
-        rec.path = real
-        return rec
+        return cls(file, real, manifest_sha, known)
 
     def unchanged(self, rel: str, st: os.stat_result) -> bool:
         if self.known.get(rel) == _key(st):
