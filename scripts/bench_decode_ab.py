@@ -31,6 +31,8 @@ from accelc.runtime.bench import PROMPTS
 from accelc.runtime.bench_engines import GenAIEngine, optimum_ir
 from accelc.runtime.decode import decode_one, prefill
 
+from provenance import provenance  # machine, date, commit, command line (scripts/provenance.py)
+
 
 def ours(art, ids: list[int], n: int) -> float:
     """Decode tokens/s of n greedy steps after the prompt (the first token comes from prefill)."""
@@ -66,7 +68,7 @@ def versus(art, other, a) -> None:
         ratios.append(round(y / x, 3))
         print(json.dumps({"round": r, "first_tok_s": round(x, 2), "vs_tok_s": round(y, 2), "vs_over_first": ratios[-1]}),
               flush=True)
-    print(json.dumps({"prompt_tokens": len(ids), "new": a.new, "threads": a.threads,
+    print(json.dumps({**provenance(), "prompt_tokens": len(ids), "new": a.new, "threads": a.threads,
                       "median_vs_over_first": statistics.median(ratios)}))
 
 
@@ -115,7 +117,7 @@ def main() -> None:
             row["lockstep_stateful_over_explicit"] = round(s_tok / e_tok, 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(json.dumps({"prompt_tokens": len(ids), "new": a.new, "threads": a.threads,
+    print(json.dumps({**provenance(), "prompt_tokens": len(ids), "new": a.new, "threads": a.threads,
                       **{f"median_{n}_ratio": round(statistics.median(x[f"{n}_ratio"] for x in rows), 3)
                          for n in engines},
                       **({"median_lockstep_stateful_over_explicit": round(statistics.median(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from provenance import provenance  # machine, date, commit, command line (scripts/provenance.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "passes" / "pruning.md"
@@ -141,8 +142,8 @@ def main(argv=None) -> int:
         print(f"{spec:32s} ppl {row['perplexity']:9.3f}  params {row['parameters'] / 1e6:7.2f}M  "
               f"sparsity {row['linear_sparsity']:.3f}  pass {row['pass_seconds']:6.1f}s  "
               f"(total {time.perf_counter() - t0:.0f}s)", flush=True)
-    result = {"model": args.model, "max_tokens": args.max_tokens, "threads": args.threads,
-              "machine": platform.processor() or platform.machine(), "rows": rows}
+    result = {**provenance(), "model": args.model, "max_tokens": args.max_tokens, "threads": args.threads,
+              "rows": rows}
     if args.export:
         result["export"] = export_and_bench(Path(tempfile.mkdtemp(prefix="bench-pruning-")))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from provenance import provenance  # machine, date, commit, command line (scripts/provenance.py)
+
 DEFAULT_METHODS = ["rtn:2g64", "aqlm:2x8g8", "ste:2x8g8,steps=100", "pv:2x8g8,steps=100",
                    "aqlm:1x8g8", "pv:1x8g8,steps=100"]
 
@@ -132,8 +134,8 @@ def main(argv=None) -> int:
         rows.append(run_one(args.model, spec, args, cache))
         rows[-1]["wall_s"] = round(time.perf_counter() - t, 1)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        Path(args.out + ".json").write_text(json.dumps({"model": args.model, "layers": args.layers or "all",
-                                                        "rows": rows}, indent=1))
+        Path(args.out + ".json").write_text(json.dumps({**provenance(), "model": args.model,
+                                                        "layers": args.layers or "all", "rows": rows}, indent=1))
     Path(args.out + ".md").write_text(markdown(rows, args))
     print(markdown(rows, args))
     return 0

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from provenance import provenance  # machine, date, commit, command line (scripts/provenance.py)
+
 
 def graph_fns(bundle, drafter, engine: str, threads: int, workdir: Path):
     """-> {"full", "trunk", "head", "tail"}: (graph function, DecoderGraph) on the chosen engine."""
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
             texts = [bundle.tokenizer.decode(p) for p in prompts]
             result["genai"] = bench_genai(packaged_checkpoint(args.model), args.layers, texts, args.max_new, args.k,
                                           args.threads, Path(tmp))
-    text = json.dumps(result, indent=1)
+    text = json.dumps({**provenance(), **result}, indent=1)
     print(text)
     if args.json:
         Path(args.json).write_text(text)
@@ -234,7 +236,7 @@ def bench_artifact(args) -> int:
         with tempfile.TemporaryDirectory(prefix="accelc-bench-spec-") as tmp:
             result["genai"] = bench_genai(packaged_checkpoint(args.model), int(rec.get("exit_layer", args.layers)),
                                           texts, args.max_new, args.k, args.threads, Path(tmp))
-    text = json.dumps(result, indent=1)
+    text = json.dumps({**provenance(), **result}, indent=1)
     print(text)
     if args.json:
         Path(args.json).write_text(text)

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import provenance  # machine, date, commit, command line (scripts/provenance.py)
+
 
 def rss_mb() -> float:
     for line in open("/proc/self/status"):
@@ -122,6 +124,7 @@ def main(argv=None) -> int:
         res = subprocess.run([sys.executable, __file__, "--out", str(out), "--measure", backend, "--tokens",
                               str(args.tokens)], capture_output=True, text=True, check=True)
         info[backend] = json.loads(res.stdout.strip().splitlines()[-1])
+    info = {**provenance(), **info}
     (out / "report.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info, indent=1))
     return 0
