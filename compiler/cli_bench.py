@@ -27,8 +27,8 @@ def add_parser(sub):
 
 def run(args) -> int:
     from ..runtime.backends import default_threads
-    from ..runtime.bench import PROMPTS, read_bandwidth, run_engine, weight_bytes_per_token
-    from ..runtime.bench_engines import (AccelcEngine, GenAIEngine, OptimumEngine, TransformersEngine, optimum_ir)
+    from .harness.bench import PROMPTS, read_bandwidth, run_engine, weight_bytes_per_token
+    from .harness.bench_engines import (AccelcEngine, GenAIEngine, OptimumEngine, TransformersEngine, optimum_ir)
     from .artifact import verify
     from .errors import InputError
 

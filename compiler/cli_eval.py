@@ -50,7 +50,7 @@ def run(args) -> int:
     progress = LazyBar("perplexity")
     try:
         if kind == "artifact":
-            from ..runtime.evaluate import evaluate_artifact
+            from .harness.evaluate_artifact import evaluate_artifact
             result = evaluate_artifact(path, protocol, args.eval_text, progress, backend=args.backend,
                                        device=args.device, sample=not args.no_sample)
         else:

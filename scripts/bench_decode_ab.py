@@ -12,7 +12,7 @@ artifact opened with every position's logits (full_logits=True) against the defa
 (sliced to the last position before the head), in the same lockstep.
 
 --ir defaults to the optimum-intel IR of the artifact's source at its weight precision
-(runtime/bench_engines.py exports it once). Every engine: greedy, INFERENCE_PRECISION_HINT f32,
+(compiler/harness/bench_engines.py exports it once). Every engine: greedy, INFERENCE_PRECISION_HINT f32,
 KV_CACHE_PRECISION f32 (genai), the same thread count, prefix caching off.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from accelc.runtime.artifact import open_artifact
-from accelc.runtime.bench import PROMPTS
-from accelc.runtime.bench_engines import GenAIEngine, optimum_ir
+from accelc.compiler.harness.bench import PROMPTS
+from accelc.compiler.harness.bench_engines import GenAIEngine, optimum_ir
 from accelc.runtime.decode import decode_one, prefill
 
 from provenance import provenance  # machine, date, commit, command line (scripts/provenance.py)
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--new", type=int, default=128)
-    ap.add_argument("--prompt", type=int, default=3, help="index into runtime.bench.PROMPTS")
+    ap.add_argument("--prompt", type=int, default=3, help="index into compiler/harness/bench.py PROMPTS")
     ap.add_argument("--explicit", action="store_true", help="also time the explicit-cache graph")
     ap.add_argument("--slice", action="store_true", help="instead of genai: the artifact unsliced (first) vs "
                     "sliced before the head (second), in lockstep")

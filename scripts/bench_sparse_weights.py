@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--new", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt", type=int, default=3, help="index into runtime.bench.PROMPTS (3: 83 tokens, 0: 6)")
+    ap.add_argument("--prompt", type=int, default=3, help="index into compiler/harness/bench.py PROMPTS (3: 83 tokens, 0: 6)")
     ap.add_argument("--keep", metavar="DIR", help="also keep the INT8_SYM copy here (for bench_decode_ab.py --vs)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sparse-int8-") as tmp:

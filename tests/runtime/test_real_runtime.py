@@ -8,7 +8,7 @@ import torch
 
 from accelc.compiler.cli import main
 from accelc.runtime.artifact import open_artifact
-from accelc.runtime.bench import PROMPTS
+from accelc.compiler.harness.bench import PROMPTS
 from accelc.runtime.generate import generate
 
 pytestmark = pytest.mark.real

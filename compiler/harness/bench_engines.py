@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compiler.errors import InputError
+from ..errors import InputError
 
 # our weight precision -> optimum-cli export arguments giving the same precision
 OPTIMUM_WEIGHTS = {
@@ -60,12 +60,12 @@ class AccelcEngine:
     name = "accelc"
 
     def __init__(self, path, threads: int, backend: str | None = None, device: str | None = None):
-        from .artifact import open_artifact
+        from ...runtime.artifact import open_artifact
         self.art = open_artifact(path, backend=backend, device=device, threads=threads)
         self.name = f"accelc ({self.art.choice.backend}/{self.art.choice.device})"
 
     def run(self, ids: list[int], n: int) -> Timing:
-        from .generate import generate
+        from ...runtime.generate import generate
         eos = self.art.eos_ids
         self.art.eos_ids = frozenset()            # benchmarks generate exactly n tokens
         try:
@@ -80,7 +80,7 @@ class TransformersEngine:
 
     def __init__(self, source_spec: str, threads: int):
         import torch
-        from ..models.sources import load_model
+        from ...models.sources import load_model
         torch.set_num_threads(threads)
         self.torch = torch
         self.model = load_model(source_spec).model
@@ -109,7 +109,7 @@ class TransformersEngine:
 
 def optimum_ir(source_path: str, weights: str, threads: int) -> Path:
     """The optimum-intel IR (with openvino-tokenizers files) of the source at this precision, exported once."""
-    from ..models.sources import cache_dir
+    from ...models.sources import cache_dir
     if weights not in OPTIMUM_WEIGHTS:
         raise InputError(f"no optimum-intel export for weights '{weights}'")
     out = cache_dir() / "bench-ir" / f"{Path(source_path).name}-{weights}"

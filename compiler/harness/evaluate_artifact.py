@@ -11,11 +11,11 @@ from typing import Callable
 
 import torch
 
-from ..compiler.errors import InputError
-from ..compiler.evaluate import SAMPLE_PROMPT, Protocol, eval_windows, perplexity
-from .artifact import open_artifact
-from .decode import prefill
-from .generate import encode_prompt, generate
+from ..errors import InputError
+from ..evaluate import SAMPLE_PROMPT, Protocol, eval_windows, perplexity
+from ...runtime.artifact import open_artifact
+from ...runtime.decode import prefill
+from ...runtime.generate import encode_prompt, generate
 
 
 def artifact_logits_fn(art, window: int):
