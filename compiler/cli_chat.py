@@ -9,19 +9,14 @@ HELP = "type a message; /reset forgets the conversation, /exit (or Ctrl-D) leave
 
 
 def add_parser(sub):
+    from .cli_run import add_generation_args
     p = sub.add_parser("chat", help="talk with a compiled artifact interactively",
                        description="An interactive chat: the tokenizer's chat template, the conversation history, "
                                    "streamed replies, the KV cache kept between turns. " + HELP + ".")
     p.add_argument("artifact", help="artifact directory (from accelc compile)")
     p.add_argument("--system", help="a system message that opens the conversation")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply at most (default 256)")
-    p.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], help="override the backend choice")
-    p.add_argument("--device", choices=["npu", "cuda", "cpu"], help="override the device choice")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available to this process)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, help="random seed for sampling")
+    add_generation_args(p)
     p.set_defaults(func=run)
 
 

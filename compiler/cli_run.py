@@ -22,13 +22,7 @@ def add_parser(sub):
     p.add_argument("--verify", action="store_true", help="rehash every artifact file, even those unchanged since "
                    "they last verified")
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
-    p.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], help="override the backend choice")
-    p.add_argument("--device", choices=["npu", "cuda", "cpu"], help="override the device choice")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available to this process)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, help="random seed for sampling")
+    add_generation_args(p)
     p.add_argument("--stop", action="append", default=[], metavar="S", help="stop before this string (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     # speculative decoding (artifacts compiled with --drafter fused; runtime/spec_artifact.py)
@@ -38,6 +32,17 @@ def add_parser(sub):
                    help="draft length: confidence-based stopping (default), fixed k, or grow/shrink")
     p.add_argument("--draft-k", type=int, default=4, help="draft tokens per round (fixed) or start/cap (default 4)")
     p.set_defaults(func=run)
+
+
+def add_generation_args(p) -> None:
+    """Backend, device, threads and sampling options, shared by `run` and `chat` (checked_generation_args)."""
+    p.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], help="override the backend choice")
+    p.add_argument("--device", choices=["npu", "cuda", "cpu"], help="override the device choice")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available to this process)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, help="random seed for sampling")
 
 
 def checked_generation_args(args):
