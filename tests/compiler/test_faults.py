@@ -13,6 +13,7 @@ import pytest
 from accelc.compiler.artifact import remove_stale_stages, staging
 from accelc.compiler.cli import main
 from accelc.models.tiny import save_tiny_model_folder
+from cli_checks import error_line, no_model_load
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +21,11 @@ def tiny_folder(tmp_path_factory):
     return save_tiny_model_folder(tmp_path_factory.mktemp("m") / "tiny-llama")
 
 
-def error_line(capsys):
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("accelc: error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def no_load(monkeypatch):
-    import accelc.models.sources as S
-    monkeypatch.setattr(S, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-
-
 def test_force_refuses_a_directory_that_is_not_an_artifact(capsys, tmp_path, tiny_folder, monkeypatch):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    no_load(monkeypatch)
+    no_model_load(monkeypatch)
     assert main(["compile", str(tiny_folder), "-o", str(out), "--force"]) == 2
     assert "not one" in error_line(capsys) and (out / "keep.txt").read_text() == "mine"
     (out / "manifest.json").write_text(json.dumps({"format": "something-else"}))
@@ -45,7 +34,7 @@ def test_force_refuses_a_directory_that_is_not_an_artifact(capsys, tmp_path, tin
 
 
 def test_force_refuses_a_file_and_a_symlink(capsys, tmp_path, tiny_folder, monkeypatch):
-    no_load(monkeypatch)
+    no_model_load(monkeypatch)
     (tmp_path / "f").write_text("x")
     assert main(["compile", str(tiny_folder), "-o", str(tmp_path / "f"), "--force"]) == 2
     error_line(capsys)
@@ -71,7 +60,7 @@ def test_unwritable_parent_is_one_line_before_the_load(capsys, tmp_path, tiny_fo
     parent = "/sys/accelc-test-unwritable"                       # not writable even as root
     if os.access("/sys", os.W_OK) and not os.path.exists("/sys/kernel"):
         pytest.skip("no read-only location on this machine")
-    no_load(monkeypatch)
+    no_model_load(monkeypatch)
     assert main(["compile", str(tiny_folder), "-o", f"{parent}/out"]) == 2
     assert "cannot write the artifact" in error_line(capsys)
 

@@ -7,13 +7,7 @@ import sys
 import pytest
 
 from accelc.compiler.cli import main
-
-
-def error_line(capsys):
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("accelc: error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+from cli_checks import error_line, no_model_load
 
 
 def no_graphs(monkeypatch):
@@ -79,10 +73,9 @@ def test_prompt_file_and_stdin_give_the_same_tokens(tiny_artifact, tmp_path, cap
 
 
 def test_draft_model_path_is_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    import accelc.models.sources as S
     from accelc.models.tiny import save_tiny_model_folder
     src = save_tiny_model_folder(tmp_path / "tiny")
-    monkeypatch.setattr(S, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    no_model_load(monkeypatch)
     assert main(["compile", str(src), "-o", str(tmp_path / "out"), "--drafter", str(tmp_path / "notmodel")]) == 2
     assert "no such model or path" in error_line(capsys)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out") or p.name == "out"]
