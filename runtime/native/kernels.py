@@ -1,0 +1,334 @@
+"""The native backend's kernels, emitted as LLVM IR specialised to one model's shapes and weight formats.
+
+Each emitter adds one internal function to a module (once per distinct signature) and returns it.
+Row-parallel kernels take a row range [r0, r1) so the caller can split rows between threads; the others
+take a range of token rows or heads. All activations are float32.
+
+Linear kernels compute y[t, n] = sum_k W[n, k] x[t, k] (+ bias[n]) for n in [r0, r1), t in [0, T), with
+x rows `ldx` apart and y rows `ldy` apart, reading W in its stored format (export_native.py):
+
+    f32 / f16   dense rows, converted in registers
+    q8a         u8 codes, w = (q - zero[n]) * scale[n]: accumulates (q - zero) x, scales once per row
+    q4s         two signed 4-bit codes per byte; byte j of group g holds elements g*G + j (low nibble)
+                and g*G + G/2 + j (high nibble), both stored as q + 8; f16 scale per (row, group)
+    cb          AQLM codebooks MxBgG (B = 8): per group, the M selected codebook vectors (f32, G wide,
+                L1-resident) times x's group, G partial sums kept in registers; one scale per row
+"""
+from __future__ import annotations
+
+import math
+
+import llvmlite.ir as ir
+
+from .irgen import F16, F32, FAST, I32, I64, PF16, PF32, PI8, PI64, Fn, c64, cf
+
+
+def c32(v: int) -> ir.Constant:
+    return ir.Constant(I32, int(v))
+
+LINEAR_ARGS = [("w0", PI8), ("w1", PI8), ("w2", PI8), ("bias", PF32), ("x", PF32), ("y", PF32),
+               ("T", I64), ("r0", I64), ("r1", I64), ("ldx", I64), ("ldy", I64)]
+
+
+def _cached(module: ir.Module, name: str):
+    return module.globals.get(name)
+
+
+def linear(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int = 0, books: int = 0) -> ir.Function:
+    name = f"lin_{fmt}_{n}x{k}_g{group}_m{books}{'_b' if bias else ''}"
+    fn = _cached(module, name)
+    if fn is not None:
+        return fn
+    f = Fn(module, name, LINEAR_ARGS)
+    b = f.b
+    x, y, T = f["x"], f["y"], f["T"]
+    with f.loop(f["r0"], f["r1"]) as row:
+        with f.loop(0, T) as t:
+            xt = f.at(x, f.mul(t, f["ldx"]))
+            if fmt in ("f32", "f16"):
+                w = b.bitcast(f["w0"], PF32 if fmt == "f32" else PF16)
+                wr = f.at(w, f.mul(row, k))
+                acc = f.var(F32, cf(0))
+                with f.loop(0, k) as i:
+                    f.accumulate(acc, f.fmul(f.to_f32(f.load(wr, i)), f.load(xt, i)))
+                out = b.load(acc)
+            elif fmt == "q8a":
+                q = f.at(f["w0"], f.mul(row, k))
+                scale = f.load(b.bitcast(f["w1"], PF32), row)
+                zero = f.load(b.bitcast(f["w2"], PF32), row)
+                acc = f.var(F32, cf(0))
+                with f.loop(0, k) as i:
+                    f.accumulate(acc, f.fmul(f.fsub(f.u8_f32(f.load(q, i)), zero), f.load(xt, i)))
+                out = f.fmul(b.load(acc), scale)
+            elif fmt == "q4s":
+                half = group // 2
+                q = f.at(f["w0"], f.mul(row, k // 2))
+                sc = f.at(b.bitcast(f["w1"], PF16), f.mul(row, k // group))
+                tot = f.var(F32, cf(0))
+                with f.loop(0, k // group) as g:
+                    qg = f.at(q, f.mul(g, half))
+                    xg = f.at(xt, f.mul(g, group))
+                    acc = f.var(F32)
+                    b.store(cf(0), acc)
+                    with f.loop(0, half) as j:
+                        byte = b.zext(f.load(qg, j), I32)
+                        lo = b.sitofp(b.sub(b.and_(byte, c32(15)), c32(8)), F32)
+                        hi = b.sitofp(b.sub(b.lshr(byte, c32(4)), c32(8)), F32)
+                        f.accumulate(acc, f.fadd(f.fmul(lo, f.load(xg, j)), f.fmul(hi, f.load(xg, f.add(j, half)))))
+                    f.accumulate(tot, f.fmul(b.load(acc), f.to_f32(f.load(sc, g))))
+                out = b.load(tot)
+            elif fmt == "cb":
+                out = _codebook_row(f, row, xt, k, group, books)
+            else:
+                raise ValueError(f"no native kernel for weight format {fmt}")
+            if bias:
+                out = f.fadd(out, f.load(f["bias"], row))
+            f.store(out, y, f.mul(t, f["ldy"]), row)
+    return f.finish()
+
+
+def _codebook_row(f: Fn, row, xt, k: int, group: int, books: int):
+    """One output of a codebook layer: per input group, the sum of the M selected codebook vectors (one
+    G-wide vector load each, contiguous: codebooks are [M, 256, G] f32) times x's group, accumulated in two
+    G-wide vector registers (alternating groups, to hide the FMA latency), reduced once, times the row
+    scale. No gathers: the codes index whole vectors."""
+    b = f.b
+    vt = ir.VectorType(F32, group)
+    pv = vt.as_pointer()
+    codes = f.at(f["w0"], f.mul(row, (k // group) * books))
+    cbk = b.bitcast(f["w1"], PF32)
+    scale = f.load(b.bitcast(f["w2"], PF32), row)
+    zero = ir.Constant(vt, [0.0] * group)
+    accs = [f.var(vt, zero), f.var(vt, zero)]
+    ngroups = k // group
+    pairs = ngroups // 2
+
+    def one(g, acc):
+        xv = b.load(b.bitcast(f.at(xt, f.mul(g, group)), pv), align=4)
+        vec = None
+        for m in range(books):
+            code = b.zext(f.load(codes, f.mul(g, books), m), I64)
+            v = b.load(b.bitcast(f.at(cbk, f.mul(f.add(code, m * 256), group)), pv), align=4)
+            vec = v if vec is None else b.fadd(vec, v, flags=FAST)
+        b.store(b.fadd(b.load(acc), b.fmul(vec, xv, flags=FAST), flags=FAST), acc)
+
+    with f.loop(0, pairs) as p:
+        g0 = f.mul(p, 2)
+        one(g0, accs[0])
+        one(f.add(g0, 1), accs[1])
+    if ngroups % 2:
+        one(c64(ngroups - 1), accs[0])
+    tot = b.fadd(b.load(accs[0]), b.load(accs[1]), flags=FAST)
+    total = b.extract_element(tot, ir.Constant(I32, 0))
+    for i in range(1, group):
+        total = f.fadd(total, b.extract_element(tot, ir.Constant(I32, i)))
+    return f.fmul(total, scale)
+
+
+def _rms(f: Fn, x, c: int, eps: float):
+    """1 / sqrt(mean(x^2) + eps) of a row of c floats."""
+    b = f.b
+    ss = f.var(F32, cf(0))
+    with f.loop(0, c) as i:
+        v = f.load(x, i)
+        f.accumulate(ss, f.fmul(v, v))
+    mean = f.fadd(f.fdiv(b.load(ss), cf(c)), cf(eps))
+    return f.fdiv(cf(1.0), f.intrinsic("llvm.sqrt", mean))
+
+
+def add_norm(module: ir.Module, c: int, post_eps: float | None, next_eps: float | None) -> ir.Function:
+    """Rows t in [t0, t1): h += r (or h += rmsnorm(r) * post_w with a post-norm); then, with a next norm,
+    xn = rmsnorm(h) * next_w. r may be null (no residual: only the norm)."""
+    name = f"add_norm_{c}_{post_eps}_{next_eps}".replace(".", "p").replace("-", "m")
+    fn = _cached(module, name)
+    if fn is not None:
+        return fn
+    f = Fn(module, name, [("h", PF32), ("r", PF32), ("post_w", PF32), ("next_w", PF32), ("xn", PF32),
+                          ("t0", I64), ("t1", I64), ("ldr", I64)], noalias=False)
+    b = f.b
+    with f.loop(f["t0"], f["t1"]) as t:
+        h = f.at(f["h"], f.mul(t, c))
+        is_null = b.icmp_unsigned("==", b.ptrtoint(f["r"], I64), c64(0))
+        with b.if_then(b.not_(is_null)):
+            r = f.at(f["r"], f.mul(t, f["ldr"]))
+            if post_eps is not None:
+                inv = _rms(f, r, c, post_eps)
+                with f.loop(0, c) as i:
+                    f.store(f.fadd(f.load(h, i), f.fmul(f.fmul(f.load(r, i), inv), f.load(f["post_w"], i))), h, i)
+            else:
+                with f.loop(0, c) as i:
+                    f.store(f.fadd(f.load(h, i), f.load(r, i)), h, i)
+        if next_eps is not None:
+            inv = _rms(f, h, c, next_eps)
+            xn = f.at(f["xn"], f.mul(t, c))
+            with f.loop(0, c) as i:
+                f.store(f.fmul(f.fmul(f.load(h, i), inv), f.load(f["next_w"], i)), xn, i)
+    return f.finish()
+
+
+def embed(module: ir.Module, fmt: str, c: int, scale: float | None) -> ir.Function:
+    """h[t] = row ids[t] of the embedding (f32 / f16 / q8a) times the embedding scale, t in [t0, t1)."""
+    name = f"embed_{fmt}_{c}"
+    fn = _cached(module, name)
+    if fn is not None:
+        return fn
+    f = Fn(module, name, [("w0", PI8), ("w1", PI8), ("w2", PI8), ("ids", PI64), ("h", PF32),
+                          ("t0", I64), ("t1", I64)])
+    b = f.b
+    s = cf(scale if scale is not None else 1.0)
+    with f.loop(f["t0"], f["t1"]) as t:
+        row = f.load(f["ids"], t)
+        h = f.at(f["h"], f.mul(t, c))
+        if fmt in ("f32", "f16"):
+            w = f.at(b.bitcast(f["w0"], PF32 if fmt == "f32" else PF16), f.mul(row, c))
+            with f.loop(0, c) as i:
+                f.store(f.fmul(f.to_f32(f.load(w, i)), s), h, i)
+        elif fmt == "q8a":
+            q = f.at(f["w0"], f.mul(row, c))
+            sc = f.fmul(f.load(b.bitcast(f["w1"], PF32), row), s)
+            zero = f.load(b.bitcast(f["w2"], PF32), row)
+            with f.loop(0, c) as i:
+                f.store(f.fmul(f.fsub(f.u8_f32(f.load(q, i)), zero), sc), h, i)
+        else:
+            raise ValueError(f"no native embedding kernel for format {fmt}")
+    return f.finish()
+
+
+def qk_prep(module: ir.Module, heads: int, kv_heads: int, d: int, q_eps: float | None, k_eps: float | None) -> ir.Function:
+    """For units u in [u0, u1) - query heads 0..H-1, then key/value heads - and token rows t < T of the
+    fused qkv buffer [T, (H + 2 Hkv) D]: optional per-head RMSNorm (q/k norms), RoPE (rotate-half form,
+    cos/sin tables [T, D/2] with the attention scaling folded in), and for key/value heads the store of
+    the rotated key and the value at cache position P + t (cache [Hkv, cap, D])."""
+    name = f"qk_prep_{heads}_{kv_heads}_{d}_{q_eps is not None}"
+    fn = _cached(module, name)
+    if fn is not None:
+        return fn
+    f = Fn(module, name, [("qkv", PF32), ("cos", PF32), ("sin", PF32), ("qn", PF32), ("kn", PF32),
+                          ("kc", PF32), ("vc", PF32), ("T", I64), ("P", I64), ("cap", I64),
+                          ("u0", I64), ("u1", I64)], noalias=False)
+    b = f.b
+    width = (heads + 2 * kv_heads) * d
+    half = d // 2
+    with f.loop(f["u0"], f["u1"]) as u:
+        is_q = b.icmp_signed("<", u, c64(heads))
+        with f.loop(0, f["T"]) as t:
+            x = f.at(f["qkv"], f.mul(t, width), f.mul(u, d))       # q head u, or key head u - H (keys follow queries)
+            cs = f.at(f["cos"], f.mul(t, half))
+            sn = f.at(f["sin"], f.mul(t, half))
+            if q_eps is not None:
+                with b.if_else(is_q) as (then, other):
+                    with then:
+                        _head_norm(f, x, f["qn"], d, q_eps)
+                    with other:
+                        _head_norm(f, x, f["kn"], d, k_eps)
+            with f.loop(0, half) as i:
+                a = f.load(x, i)
+                c2 = f.load(x, f.add(i, half))
+                co, si = f.load(cs, i), f.load(sn, i)
+                f.store(f.fsub(f.fmul(a, co), f.fmul(c2, si)), x, i)
+                f.store(f.fadd(f.fmul(c2, co), f.fmul(a, si)), x, f.add(i, half))
+            with b.if_then(b.not_(is_q)):
+                kvh = b.sub(u, c64(heads))
+                slot = f.mul(f.add(f.mul(kvh, f["cap"]), f.add(f["P"], t)), d)
+                v = f.at(x, kv_heads * d)
+                kc, vc = f.at(f["kc"], slot), f.at(f["vc"], slot)
+                with f.loop(0, d) as i:
+                    f.store(f.load(x, i), kc, i)
+                    f.store(f.load(v, i), vc, i)
+    return f.finish()
+
+
+def _head_norm(f: Fn, x, w, d: int, eps: float) -> None:
+    inv = _rms(f, x, d, eps)
+    with f.loop(0, d) as i:
+        f.store(f.fmul(f.fmul(f.load(x, i), inv), f.load(w, i)), x, i)
+
+
+def attention(module: ir.Module, heads: int, kv_heads: int, d: int, scaling: float, window: int | None,
+              softcap: float | None) -> ir.Function:
+    """Causal attention of the T new queries over the cache (which already holds their keys and values):
+    query head h in [h0, h1), token t sees cache positions [start, P + t] (start = P + t + 1 - window with a
+    sliding window). out [T, H D]; scores: per-thread scratch of cap floats."""
+    name = f"attn_{heads}_{kv_heads}_{d}_{scaling:.6g}_{window}_{softcap}".replace(".", "p").replace("-", "m")
+    fn = _cached(module, name)
+    if fn is not None:
+        return fn
+    f = Fn(module, name, [("qkv", PF32), ("kc", PF32), ("vc", PF32), ("out", PF32), ("scores", PF32),
+                          ("T", I64), ("P", I64), ("cap", I64), ("h0", I64), ("h1", I64)])
+    b = f.b
+    width = (heads + 2 * kv_heads) * d
+    group = heads // kv_heads
+    with f.loop(f["h0"], f["h1"]) as h:
+        kvh = b.sdiv(h, c64(group))
+        kbase = f.at(f["kc"], f.mul(f.mul(kvh, f["cap"]), d))
+        vbase = f.at(f["vc"], f.mul(f.mul(kvh, f["cap"]), d))
+        with f.loop(0, f["T"]) as t:
+            q = f.at(f["qkv"], f.mul(t, width), f.mul(h, d))
+            end = f.add(f.add(f["P"], t), 1)
+            start = f.max64(c64(0), b.sub(end, c64(window))) if window else c64(0)
+            mx = f.var(F32, cf(-math.inf))
+            with f.loop(start, end) as s:
+                kr = f.at(kbase, f.mul(s, d))
+                acc = f.var(F32)
+                b.store(cf(0), acc)
+                with f.loop(0, d) as i:
+                    f.accumulate(acc, f.fmul(f.load(q, i), f.load(kr, i)))
+                sc = f.fmul(b.load(acc), cf(scaling))
+                if softcap:
+                    sc = f.fmul(f.libm("tanhf", f.fdiv(sc, cf(softcap))), cf(softcap))
+                f.store(sc, f["scores"], s)
+                b.store(f.fmax(b.load(mx), sc), mx)
+            m = b.load(mx)
+            tot = f.var(F32, cf(0))
+            with f.loop(start, end) as s:
+                e = f.intrinsic("llvm.exp", f.fsub(f.load(f["scores"], s), m))
+                f.store(e, f["scores"], s)
+                f.accumulate(tot, e)
+            inv = f.fdiv(cf(1.0), b.load(tot))
+            o = f.at(f["out"], f.mul(t, heads * d), f.mul(h, d))
+            with f.loop(0, d) as i:
+                f.store(cf(0), o, i)
+            with f.loop(start, end) as s:
+                p = f.fmul(f.load(f["scores"], s), inv)
+                vr = f.at(vbase, f.mul(s, d))
+                with f.loop(0, d) as i:
+                    f.store(f.fadd(f.load(o, i), f.fmul(p, f.load(vr, i))), o, i)
+    return f.finish()
+
+
+def gated_act(module: ir.Module, kind: str, ff: int) -> ir.Function:
+    """act[t, n] = act_fn(gu[t, n]) * gu[t, ff + n] for n in [r0, r1), t < T (gu rows 2 ff wide)."""
+    name = f"act_{kind}_{ff}"
+    fn = _cached(module, name)
+    if fn is not None:
+        return fn
+    f = Fn(module, name, [("gu", PF32), ("out", PF32), ("T", I64), ("r0", I64), ("r1", I64)])
+    b = f.b
+    with f.loop(0, f["T"]) as t:
+        g = f.at(f["gu"], f.mul(t, 2 * ff))
+        o = f.at(f["out"], f.mul(t, ff))
+        with f.loop(f["r0"], f["r1"]) as n:
+            x = f.load(g, n)
+            if kind == "silu":
+                a = f.fdiv(x, f.fadd(cf(1.0), f.intrinsic("llvm.exp", f.fsub(cf(0.0), x))))
+            elif kind == "gelu_tanh":
+                inner = f.fmul(cf(math.sqrt(2.0 / math.pi)), f.fadd(x, f.fmul(cf(0.044715), f.fmul(x, f.fmul(x, x)))))
+                a = f.fmul(f.fmul(cf(0.5), x), f.fadd(cf(1.0), f.libm("tanhf", inner)))
+            else:
+                raise ValueError(f"no native activation {kind}")
+            f.store(f.fmul(a, f.load(g, f.add(n, ff))), o, n)
+    return f.finish()
+
+
+def softcap(module: ir.Module, cap: float) -> ir.Function:
+    """x = tanh(x / cap) * cap over elements [r0, r1) of rows t < T (rows ld apart)."""
+    name = f"softcap_{cap}".replace(".", "p")
+    fn = _cached(module, name)
+    if fn is not None:
+        return fn
+    f = Fn(module, name, [("x", PF32), ("T", I64), ("r0", I64), ("r1", I64), ("ld", I64)])
+    with f.loop(0, f["T"]) as t:
+        row = f.at(f["x"], f.mul(t, f["ld"]))
+        with f.loop(f["r0"], f["r1"]) as n:
+            f.store(f.fmul(f.libm("tanhf", f.fdiv(f.load(row, n), cf(cap))), cf(cap)), row, n)
+    return f.finish()

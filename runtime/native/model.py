@@ -1,0 +1,194 @@
+"""A native model: mapped weights, compiled forward, its KV cache, scratch buffers and worker threads.
+
+    m = NativeModel(config, tensors, threads)
+    logits = m.step(ids, positions, past_len, last_only)     # [T, V] or [1, V] (a view), runs T tokens
+
+The KV cache ([Hkv, capacity, D] per layer, float32) belongs to the model and grows (doubling, copying
+what it holds) when a step needs more positions; rolling back is passing a smaller past_len.
+Threads: threads - 1 workers wait inside native code (program.py); `step` is one ctypes call.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+
+from ...compiler.errors import InputError
+from .jit import compile_ir
+from .program import SYNC_JOB, SYNC_STOP, SYNC_WORDS, Program
+
+TMAX = 32                 # tokens per native call (longer inputs run in chunks)
+FIRST_CAPACITY = 256
+
+
+class NativeModel:
+    def __init__(self, cfg: dict, tensors: dict[str, np.ndarray], threads: int, tmax: int = TMAX):
+        self.cfg, self.threads, self.tmax = cfg, max(1, int(threads)), int(tmax)
+        self._keep = []                                  # arrays whose addresses are in ctx
+        prog = Program(cfg, self.tmax)
+        module = prog.build()
+        self.compiled = compile_ir(str(module), ["forward", "worker", "run"])
+        self.slots = prog.slots
+        self.ctx = np.zeros(len(prog.slots.names), dtype=np.int64)
+        self.sync = np.zeros(SYNC_WORDS, dtype=np.int64)
+        self._set("sync", self.sync)
+        self._set_int("nthreads", self.threads)
+        self._weights(tensors)
+        self._scratch()
+        self.capacity = 0
+        self._cache = []
+        self._grow(FIRST_CAPACITY, 0)
+        self._run = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self.compiled.addresses["run"])
+        worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(self.compiled.addresses["worker"])
+        self._workers = [threading.Thread(target=worker, args=(self.ctx.ctypes.data, t), daemon=True,
+                                          name=f"accelc-native-{t}") for t in range(1, self.threads)]
+        for w in self._workers:
+            w.start()
+        missing = [n for i, n in enumerate(prog.slots.names) if self.ctx[i] == 0 and n not in
+                   ("T", "P", "logit_row0") and not n.endswith(":bias")]
+        if missing:
+            self.close()
+            raise RuntimeError(f"native ctx entries never set: {missing[:5]}")
+
+    # -- ctx ---------------------------------------------------------------------------------------
+    def _set(self, name: str, arr: np.ndarray) -> None:
+        if name in self.slots.names:
+            self.ctx[self.slots.names.index(name)] = arr.ctypes.data
+            self._keep.append(arr)
+
+    def _set_int(self, name: str, v: int) -> None:
+        self.ctx[self.slots.names.index(name)] = int(v)
+
+    def _weights(self, t: dict[str, np.ndarray]) -> None:
+        cfg = self.cfg
+        recs = [cfg["embed"], cfg["head"]] + [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
+        for rec in recs:
+            n = rec["name"]
+            fmt = rec["format"]
+            if fmt in ("f32", "f16"):
+                parts = [t[f"{n}.w"]]
+            elif fmt == "q8a":
+                parts = [t[f"{n}.q"], t[f"{n}.scale"], t[f"{n}.zero"]]
+            elif fmt == "q4s":
+                parts = [t[f"{n}.q"], t[f"{n}.scale"]]
+            else:   # small tables the kernel reads as f32 (codebooks: M x 256 x G; scales: N)
+                parts = [t[f"{n}.codes"], np.ascontiguousarray(t[f"{n}.codebooks"], dtype=np.float32),
+                         np.ascontiguousarray(t[f"{n}.scales"], dtype=np.float32)]
+            for i, a in enumerate(parts):
+                self._set(f"{n}:w{i}", a)
+            if rec.get("bias"):
+                self._set(f"{n}:bias", t[f"{n}.bias"])
+        norms = [cfg["final_norm"]] + [r for L in cfg["layers"] for r in L["norms"].values()]
+        for r in norms:
+            self._set(r["weight"], t[r["weight"]])
+        self.inv_freq = {name: np.asarray(t[r["inv_freq"]], dtype=np.float64) for name, r in cfg["rope"].items()}
+        self.rope_scaling = {name: float(r["scaling"]) for name, r in cfg["rope"].items()}
+
+    def _scratch(self) -> None:
+        cfg, T = self.cfg, self.tmax
+        C, H, Hkv, D, V = cfg["hidden"], cfg["heads"], cfg["kv_heads"], cfg["head_dim"], cfg["vocab"]
+        ff = max(L["gate"]["shape"][0] for L in cfg["layers"])
+        sizes = {"h": C, "xn": C, "qkv": (H + 2 * Hkv) * D, "attn": H * D, "gu": 2 * ff, "act": ff, "mlp": C,
+                 "logits": V}
+        self.buf = {k: np.zeros((T, n), dtype=np.float32) for k, n in sizes.items()}
+        for k, a in self.buf.items():
+            self._set(k, a)
+        self.ids = np.zeros(T, dtype=np.int64)
+        self._set("ids", self.ids)
+        self.rope = {}
+        for name in cfg["rope"]:
+            cos, sin = np.zeros((T, D // 2), np.float32), np.zeros((T, D // 2), np.float32)
+            self.rope[name] = (cos, sin)
+            self._set(f"rope.{name}.cos", cos)
+            self._set(f"rope.{name}.sin", sin)
+
+    def _grow(self, need: int, keep: int) -> None:
+        """Make the cache hold >= need positions, keeping the first `keep`."""
+        if need <= self.capacity:
+            return
+        cap = max(FIRST_CAPACITY, self.capacity)
+        while cap < need:
+            cap *= 2
+        cfg = self.cfg
+        Hkv, D = cfg["kv_heads"], cfg["head_dim"]
+        new = []
+        for j in range(len(cfg["layers"])):
+            pair = []
+            for w in range(2):
+                a = np.zeros((Hkv, cap, D), dtype=np.float32)
+                if keep and self._cache:
+                    a[:, :keep] = self._cache[j][w][:, :keep]
+                pair.append(a)
+            new.append(pair)
+        self._keep = [a for a in self._keep if not any(a is c for p in self._cache for c in p)]
+        self._cache = new
+        for j, (k, v) in enumerate(new):
+            self._set(f"cache.{j}.k", k)
+            self._set(f"cache.{j}.v", v)
+        self.scores = np.zeros((self.threads, cap), dtype=np.float32)
+        self._set("scores", self.scores)
+        self.capacity = cap
+        self._set_int("cap", cap)
+
+    # -- running -----------------------------------------------------------------------------------
+    def step(self, ids: np.ndarray, positions: np.ndarray, past_len: int, last_only: bool) -> np.ndarray:
+        """Run tokens ids [T] at rope positions [T] after past_len cached positions -> logits [T, V] (or the
+        last row [1, V] with last_only). The result is a view, valid until the next step."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        T = ids.shape[0]
+        V = self.cfg["vocab"]
+        if T == 0:
+            raise InputError("empty input")
+        if ids.min() < 0 or ids.max() >= V:
+            raise InputError(f"token id {int(ids.max() if ids.max() >= V else ids.min())} is outside the vocabulary "
+                             f"(0..{V - 1})")
+        self._grow(past_len + T, past_len)
+        rows = []
+        for s in range(0, T, self.tmax):
+            n = min(self.tmax, T - s)
+            last = s + n == T
+            self.ids[:n] = ids[s:s + n]
+            for name, (cos, sin) in self.rope.items():
+                ang = positions[s:s + n, None].astype(np.float64) * self.inv_freq[name][None]
+                sc = self.rope_scaling[name]
+                cos[:n] = np.cos(ang) * sc
+                sin[:n] = np.sin(ang) * sc
+            self._set_int("T", n)
+            self._set_int("P", past_len + s)
+            row0 = (n - 1 if last else n) if last_only else 0
+            self._set_int("logit_row0", row0)
+            self._run(self.ctx.ctypes.data)
+            if not last_only:
+                rows.append(self.buf["logits"][:n].copy() if not last or s else self.buf["logits"][:n])
+        if last_only:
+            return self.buf["logits"][:1]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def cache_view(self, layer: int, past_len: int):
+        """(keys, values) [Hkv, past_len, D] views of one layer's cache."""
+        k, v = self._cache[layer]
+        return k[:, :past_len], v[:, :past_len]
+
+    def load_cache(self, past: list[np.ndarray]) -> None:
+        """Copy an explicit cache (key.0, value.0, ... each [1, P, Hkv, D]) into this model's cache."""
+        P = past[0].shape[1] if past else 0
+        self._grow(max(P, 1), 0)
+        for j in range(len(self._cache)):
+            for w in range(2):
+                self._cache[j][w][:, :P] = np.transpose(past[2 * j + w][0], (1, 0, 2))
+
+    def close(self) -> None:
+        if getattr(self, "_workers", None):
+            self.sync[SYNC_STOP] = 1
+            self.sync[SYNC_JOB] += 1
+            for w in self._workers:
+                w.join(timeout=5)
+            self._workers = []
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

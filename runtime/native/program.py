@@ -1,0 +1,244 @@
+"""One model's forward pass as a single native function, run by every thread in lock step.
+
+    forward(ctx, tid)   runs T tokens (T, P and every buffer's address are read from ctx, an int64 array)
+    worker(ctx, tid)    a worker thread's loop: wait for a job, run forward, until told to stop
+    run(ctx)            post a job and run forward as thread 0: one Python-to-native call per step
+
+Work inside a step is split into phases separated by a spinning barrier (atomic counter + generation):
+row-parallel linear layers (rows split in blocks of 16 between threads), attention split over query
+heads, RoPE/cache stores split over heads, norms and residuals split over token rows. Waiting workers
+spin with a pause, then back off to usleep so an idle model does not hold the cores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import llvmlite.ir as ir
+
+from . import kernels
+from .irgen import I32, I64, PF32, PI8, PI64, VOID, Fn, c64
+
+# sync block (int64 words, each on its own cache line): barrier count, barrier generation, job counter, stop
+SYNC_COUNT, SYNC_GEN, SYNC_JOB, SYNC_STOP = 0, 8, 16, 24
+SYNC_WORDS = 32
+SPINS_BEFORE_SLEEP = 1 << 16
+ROW_BLOCK = 16
+
+
+@dataclass
+class Slots:
+    """Names of the ctx array's entries, in order (filled by the runtime: model.py)."""
+
+    names: list[str] = field(default_factory=list)
+
+    def __call__(self, name: str) -> int:
+        if name not in self.names:
+            self.names.append(name)
+        return self.names.index(name)
+
+
+class Program:
+    """Emits forward/worker/run for a model description (export_native's model.json, plus runtime sizes)."""
+
+    def __init__(self, cfg: dict, tmax: int):
+        self.cfg, self.tmax = cfg, tmax
+        self.slots = Slots()
+        for name in ("sync", "T", "P", "cap", "nthreads", "logit_row0", "ids", "logits",
+                     "h", "xn", "qkv", "attn", "gu", "act", "mlp", "scores"):
+            self.slots(name)
+        self.module = ir.Module(name="accelc_native")
+
+    # -- ctx access ------------------------------------------------------------------------------
+    def _int(self, f: Fn, name: str):
+        return f.load(f["ctx"], self.slots(name))
+
+    def _ptr(self, f: Fn, name: str, ty=PF32):
+        return f.b.inttoptr(self._int(f, name), ty)
+
+    def _weight(self, f: Fn, rec: dict | None, part: str):
+        """w0/w1/w2/bias pointers of a weight record (null where the format has no such tensor)."""
+        parts = {"f32": 1, "f16": 1, "q8a": 3, "q4s": 2, "cb": 3}[rec["format"]] if rec else 0
+        if int(part[1]) >= parts:
+            return ir.Constant(PI8, None)
+        return self._ptr(f, f"{rec['name']}:{part}", PI8)
+
+    # -- synchronisation -------------------------------------------------------------------------
+    def _pause(self, f: Fn):
+        if "x86" in (self.module.triple or "") or self.module.triple == "":
+            fn = self.module.globals.get("llvm.x86.sse2.pause") or ir.Function(
+                self.module, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause")
+            f.b.call(fn, [])
+
+    def _barrier_fn(self) -> ir.Function:
+        f = Fn(self.module, "barrier", [("sync", PI64), ("n", I64)], noalias=False)
+        b = f.b
+        gen_p, cnt_p = f.at(f["sync"], SYNC_GEN), f.at(f["sync"], SYNC_COUNT)
+        gen = b.load_atomic(gen_p, "acquire", 8)
+        old = b.atomic_rmw("add", cnt_p, c64(1), "acq_rel")
+        last = b.icmp_signed("==", old, b.sub(f["n"], c64(1)))
+        with b.if_else(last) as (then, other):
+            with then:
+                b.store_atomic(c64(0), cnt_p, "monotonic", 8)
+                b.store_atomic(b.add(gen, c64(1)), gen_p, "release", 8)
+            with other:
+                spin = b.append_basic_block("spin")
+                out = b.append_basic_block("out")
+                b.branch(spin)
+                b.position_at_end(spin)
+                self._pause(f)
+                now = b.load_atomic(gen_p, "acquire", 8)
+                b.cbranch(b.icmp_signed("==", now, gen), spin, out)
+                b.position_at_end(out)
+        return f.finish()
+
+    # -- work splitting --------------------------------------------------------------------------
+    @staticmethod
+    def _split(f: Fn, tid, nth, total, block: int = 1):
+        """[lo, hi) of `total` items for thread tid, in blocks of `block`."""
+        b = f.b
+        total = c64(total) if isinstance(total, int) else total
+        per = b.sdiv(b.add(total, b.sub(b.mul(nth, c64(block)), c64(1))), b.mul(nth, c64(block)))
+        per = b.mul(per, c64(block))
+        lo = f.min64(b.mul(tid, per), total)
+        hi = f.min64(b.add(lo, per), total)
+        return lo, hi
+
+    # -- phases ----------------------------------------------------------------------------------
+    def _linear(self, f: Fn, tid, nth, rec: dict, x, ldx, y, ldy, T, col0: int = 0):
+        k = kernels.linear(self.module, rec["format"], rec["shape"][0], rec["shape"][1], bool(rec.get("bias")),
+                           rec.get("group", 0), rec.get("codebooks", 0))
+        lo, hi = self._split(f, tid, nth, rec["shape"][0], ROW_BLOCK)
+        bias = self._ptr(f, f"{rec['name']}:bias") if rec.get("bias") else ir.Constant(PF32, None)
+        yy = f.at(y, col0) if col0 else y
+        f.b.call(k, [self._weight(f, rec, "w0"), self._weight(f, rec, "w1"), self._weight(f, rec, "w2"), bias,
+                     x, yy, T, lo, hi, ldx, ldy])
+
+    def build(self) -> ir.Module:
+        cfg = self.cfg
+        mod = self.module
+        barrier = self._barrier_fn()
+        f = Fn(mod, "forward", [("ctx", PI64), ("tid", I64)], internal=False, noalias=False)
+        b = f.b
+        tid = f["tid"]
+        sync = self._ptr(f, "sync", PI64)
+        nth = self._int(f, "nthreads")
+        T, P, cap = self._int(f, "T"), self._int(f, "P"), self._int(f, "cap")
+
+        def sync_all():
+            b.call(barrier, [sync, nth])
+
+        C, H, Hkv, D = cfg["hidden"], cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
+        width = (H + 2 * Hkv) * D
+        h, xn = self._ptr(f, "h"), self._ptr(f, "xn")
+        qkv, attn, gu, act, mlp = (self._ptr(f, n) for n in ("qkv", "attn", "gu", "act", "mlp"))
+        scores = f.at(self._ptr(f, "scores"), f.mul(tid, cap))
+        t0, t1 = self._split(f, tid, nth, T)
+
+        # embedding, then the first layer's input norm
+        e = cfg["embed"]
+        b.call(kernels.embed(mod, e["format"], C, cfg.get("embed_scale")),
+               [self._weight(f, e, "w0"), self._weight(f, e, "w1"), self._weight(f, e, "w2"),
+                self._ptr(f, "ids", PI64), h, t0, t1])
+        layers = cfg["layers"]
+        null = ir.Constant(PF32, None)
+        first = layers[0]["norms"]["input"]
+        b.call(kernels.add_norm(mod, C, None, first["eps"]), [h, null, null, self._ptr(f, first["weight"]), xn,
+                                                             t0, t1, c64(C)])
+        sync_all()
+        for j, L in enumerate(layers):
+            norms = L["norms"]
+            # q, k, v into one [T, (H + 2 Hkv) D] buffer
+            for part, col in (("q", 0), ("k", H * D), ("v", (H + Hkv) * D)):
+                self._linear(f, tid, nth, L[part], xn, c64(C), qkv, c64(width), T, col)
+            sync_all()
+            rope = L["rope"]
+            qn = self._ptr(f, norms["q"]["weight"]) if cfg["qk_norm"] else null
+            kn = self._ptr(f, norms["k"]["weight"]) if cfg["qk_norm"] else null
+            u0, u1 = self._split(f, tid, nth, H + Hkv)
+            kc, vc = self._ptr(f, f"cache.{j}.k"), self._ptr(f, f"cache.{j}.v")
+            b.call(kernels.qk_prep(mod, H, Hkv, D, norms["q"]["eps"] if cfg["qk_norm"] else None,
+                                   norms["k"]["eps"] if cfg["qk_norm"] else None),
+                   [qkv, self._ptr(f, f"rope.{rope}.cos"), self._ptr(f, f"rope.{rope}.sin"), qn, kn, kc, vc,
+                    T, P, cap, u0, u1])
+            sync_all()
+            h0, h1 = self._split(f, tid, nth, H)
+            b.call(kernels.attention(mod, H, Hkv, D, L["scaling"], L["window"], cfg.get("attn_softcap")),
+                   [qkv, kc, vc, attn, scores, T, P, cap, h0, h1])
+            sync_all()
+            self._linear(f, tid, nth, L["o"], attn, c64(H * D), mlp, c64(C), T)
+            sync_all()
+            post = norms.get("post_attn") if cfg["sandwich"] else None
+            b.call(kernels.add_norm(mod, C, post["eps"] if post else None, norms["pre_ffn"]["eps"]),
+                   [h, mlp, self._ptr(f, post["weight"]) if post else null, self._ptr(f, norms["pre_ffn"]["weight"]),
+                    xn, t0, t1, c64(C)])
+            sync_all()
+            ff = L["gate"]["shape"][0]
+            self._linear(f, tid, nth, L["gate"], xn, c64(C), gu, c64(2 * ff), T)
+            self._linear(f, tid, nth, L["up"], xn, c64(C), gu, c64(2 * ff), T, ff)
+            r0, r1 = self._split(f, tid, nth, ff, ROW_BLOCK)
+            b.call(kernels.gated_act(mod, cfg["activation"], ff), [gu, act, T, r0, r1])
+            sync_all()
+            self._linear(f, tid, nth, L["down"], act, c64(ff), mlp, c64(C), T)
+            sync_all()
+            post = norms.get("post_ffn") if cfg["sandwich"] else None
+            nxt = layers[j + 1]["norms"]["input"] if j + 1 < len(layers) else cfg["final_norm"]
+            b.call(kernels.add_norm(mod, C, post["eps"] if post else None, nxt["eps"]),
+                   [h, mlp, self._ptr(f, post["weight"]) if post else null, self._ptr(f, nxt["weight"]), xn,
+                    t0, t1, c64(C)])
+            sync_all()
+        # head over rows [logit_row0, T) of the final-normed states
+        row0 = self._int(f, "logit_row0")
+        V = cfg["vocab"]
+        nrows = b.sub(T, row0)
+        self._linear(f, tid, nth, cfg["head"], f.at(xn, f.mul(row0, C)), c64(C), self._ptr(f, "logits"), c64(V),
+                     nrows)
+        if cfg.get("final_softcap"):
+            v0, v1 = self._split(f, tid, nth, V, ROW_BLOCK)
+            sync_all()
+            b.call(kernels.softcap(mod, cfg["final_softcap"]), [self._ptr(f, "logits"), nrows, v0, v1, c64(V)])
+        sync_all()
+        f.finish()
+        self._worker_fns(f.fn)
+        return mod
+
+    def _worker_fns(self, forward: ir.Function) -> None:
+        mod = self.module
+        usleep = ir.Function(mod, ir.FunctionType(I32, [I32]), "usleep")
+        w = Fn(mod, "worker", [("ctx", PI64), ("tid", I64)], internal=False, noalias=False)
+        b = w.b
+        sync = b.inttoptr(w.load(w["ctx"], self.slots("sync")), PI64)
+        job_p, stop_p = w.at(sync, SYNC_JOB), w.at(sync, SYNC_STOP)
+        seen = w.var(I64, b.load_atomic(job_p, "acquire", 8))
+        spins = w.var(I64, c64(0))
+        wait, idle, got, done = (b.append_basic_block(n) for n in ("wait", "idle", "got", "done"))
+        b.branch(wait)
+        b.position_at_end(wait)
+        now = b.load_atomic(job_p, "acquire", 8)
+        b.cbranch(b.icmp_signed("!=", now, b.load(seen)), got, idle)
+        b.position_at_end(idle)
+        n = b.add(b.load(spins), c64(1))
+        b.store(n, spins)
+        with b.if_else(b.icmp_signed("<", n, c64(SPINS_BEFORE_SLEEP))) as (then, other):
+            with then:
+                self._pause(w)
+            with other:
+                b.call(usleep, [ir.Constant(I32, 100)])
+        b.branch(wait)
+        b.position_at_end(got)
+        b.store(now, seen)
+        b.store(c64(0), spins)
+        stop = b.load_atomic(stop_p, "acquire", 8)
+        cont = b.append_basic_block("work")
+        b.cbranch(b.icmp_signed("!=", stop, c64(0)), done, cont)
+        b.position_at_end(cont)
+        b.call(forward, [w["ctx"], w["tid"]])
+        b.branch(wait)
+        b.position_at_end(done)
+        w.finish()
+
+        r = Fn(mod, "run", [("ctx", PI64)], internal=False, noalias=False)
+        b = r.b
+        sync = b.inttoptr(r.load(r["ctx"], self.slots("sync")), PI64)
+        b.atomic_rmw("add", r.at(sync, SYNC_JOB), c64(1), "acq_rel")
+        b.call(forward, [r["ctx"], c64(0)])
+        r.finish()

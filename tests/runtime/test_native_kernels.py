@@ -1,0 +1,63 @@
+"""Native kernels against numpy, every weight format, odd shapes, several token rows, row ranges, bias."""
+import ctypes
+
+import llvmlite.ir as ir
+import numpy as np
+import pytest
+
+from accelc.passes.export_native import decode, encode
+from accelc.runtime.native import kernels
+from accelc.runtime.native.jit import compile_ir
+
+
+def _linear(fmt, n, k, bias, group=0, books=0):
+    m = ir.Module("t")
+    fn = kernels.linear(m, fmt, n, k, bias, group, books)
+    fn.linkage = "external"
+    c = compile_ir(str(m), [fn.name])
+    proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5))
+    return c, proto(c.addresses[fn.name])
+
+
+def _stored(fmt, n, k, rng, group, books):
+    if fmt == "cb":
+        t = {"codes": rng.integers(0, 256, (n, k // group, books), dtype=np.uint8),
+             "codebooks": rng.standard_normal((books, 256, group)).astype(np.float16),
+             "scales": (rng.random(n) + 0.5).astype(np.float16)}
+        parts = [t["codes"], t["codebooks"].astype(np.float32), t["scales"].astype(np.float32)]
+        return t, parts
+    t = encode(rng.standard_normal((n, k)).astype(np.float32), fmt, group)
+    return t, list(t.values())
+
+
+CASES = [("f32", 37, 75, 0, 0), ("f16", 29, 33, 0, 0), ("q8a", 45, 97, 0, 0), ("q4s", 21, 96, 32, 0),
+         ("q4s", 17, 128, 64, 0), ("cb", 19, 72, 8, 2), ("cb", 23, 40, 8, 1), ("cb", 9, 64, 16, 2), ("cb", 11, 36, 4, 3)]
+
+
+@pytest.mark.parametrize("fmt,n,k,group,books", CASES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_matches_numpy(fmt, n, k, group, books, bias):
+    rng = np.random.default_rng(n * k + bias)
+    stored, parts = _stored(fmt, n, k, rng, group, books)
+    w = decode(stored, fmt, group)
+    b = rng.standard_normal(n).astype(np.float32)
+    T, ldx, ldy = 3, k + 5, n + 7                       # padded rows: the kernel must honour the strides
+    x = rng.standard_normal((T, ldx)).astype(np.float32)
+    y = np.full((T, ldy), 7.0, dtype=np.float32)
+    keep, fn = _linear(fmt, n, k, bias, group, books)
+    ptrs = [p.ctypes.data for p in parts] + [None] * (3 - len(parts))
+    r0, r1 = 3, n - 2                                   # a row range: other rows stay untouched
+    fn(*ptrs, b.ctypes.data if bias else None, x.ctypes.data, y.ctypes.data, T, r0, r1, ldx, ldy)
+    ref = x[:, :k] @ w.T + (b if bias else 0)
+    np.testing.assert_allclose(y[:, r0:r1], ref[:, r0:r1], rtol=2e-5, atol=2e-4)
+    assert (y[:, :r0] == 7).all() and (y[:, r1:] == 7).all()
+
+
+def test_quantizers_round_trip_within_a_step():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 128)).astype(np.float32)
+    q8 = encode(w, "q8a")
+    assert np.abs(decode(q8, "q8a") - w).max() <= q8["scale"].max() / 2 + 1e-6
+    q4 = encode(w, "q4s", 64)
+    err = np.abs(decode(q4, "q4s", 64) - w).reshape(16, 2, 64)
+    assert (err <= q4["scale"].astype(np.float32)[:, :, None] * 1.01).all()   # clamped max: <= one step
