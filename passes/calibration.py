@@ -30,7 +30,8 @@ def calibration_ids(bundle, samples: int = DEFAULT_SAMPLES, seqlen: int = DEFAUL
 
 
 class InputStats:
-    """Running per-input-channel statistics of a Linear's input: token count, sum x, sum x^2.
+    """Running per-input-channel statistics of a Linear's input: token count, sum x, sum x^2, and
+    sum over windows of (window sum x)^2 / window length (so `window_var`, the mean within-window variance).
 
     With `skip` > 0 the first `skip` positions of every window are also summed apart, so `tail()`
     gives the statistics of the later positions alone (DSnoT's `skip` option). With `gram` it also
@@ -42,12 +43,20 @@ class InputStats:
         self.sum = torch.zeros(columns, dtype=torch.float64)
         self.sumsq = torch.zeros(columns, dtype=torch.float64)
         self.xtx = torch.zeros(columns, columns, dtype=torch.float64) if gram else None
+        self.between = torch.zeros(columns, dtype=torch.float64)        # sum_w T_w mean_w^2
+        self.tail_between = torch.zeros(columns, dtype=torch.float64)   # the same over positions >= skip (skip > 0)
         self.skip = skip
         self.head: InputStats | None = InputStats(columns, gram=gram) if skip else None
 
     def add(self, x: torch.Tensor) -> None:
+        """x [windows, T, C] (or [tokens, C]: one window)."""
         if self.head is not None and x.dim() >= 3:
             self.head.add(x[:, :self.skip])
+        w = x.detach().reshape(-1, x.shape[-2], x.shape[-1]).to(torch.float64)       # [windows, T, C]
+        self.between += (w.sum(1) ** 2).sum(0) / w.shape[1]
+        if self.skip and w.shape[1] > self.skip:
+            t = w[:, self.skip:]
+            self.tail_between += (t.sum(1) ** 2).sum(0) / t.shape[1]
         x = x.detach().reshape(-1, x.shape[-1])
         if self.xtx is not None:
             xf = x.float()
@@ -66,6 +75,7 @@ class InputStats:
         out.sum = self.sum - self.head.sum
         out.sumsq = self.sumsq - self.head.sumsq
         out.xtx = None if self.xtx is None else self.xtx - self.head.xtx
+        out.between = out.tail_between = self.tail_between
         return out
 
     @property
@@ -84,6 +94,10 @@ class InputStats:
     def var(self) -> torch.Tensor:           # Var[x_j] over all calibration tokens
         m = self.sum / max(self.tokens, 1)
         return (self.sumsq / max(self.tokens, 1) - m * m).clamp_min(0).float()
+
+    @property
+    def window_var(self) -> torch.Tensor:    # token-weighted mean over windows of Var[x_j] within the window
+        return ((self.sumsq - self.between) / max(self.tokens, 1)).clamp_min(0).float()
 
 
 class _Stop(Exception):

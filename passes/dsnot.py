@@ -28,8 +28,11 @@ reference's budget of 50 swaps per 4096-wide row, scaled to the row's width: 7 f
 Weights never change, only the mask: sparsity stays fixed.
 Reference: github.com/zyxxmu/DSnoT lib/prune.py (prune_DSnoT). Differences: E[x], Var[x] are taken over
 all calibration tokens (per token, not summed per 2048-token sample, so the default threshold 5e-5 is
-the reference's 0.1 / 2048); candidate lists hold only weights of the helpful sign (the reference can
-run its pointers into the other sign's entries); best-so-far masks under the reference rule.
+the reference's 0.1 / 2048); Var[x] is the variance over all calibration tokens, where the reference
+(lib/layerwrapper.py) averages each window's own variance (about its window mean), which leaves out the
+spread of the window means (`var=reference` uses the reference's definition); candidate lists hold only
+weights of the helpful sign (the reference can run its pointers into the other sign's entries); best-so-far
+masks under the reference rule.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ from .sparsity import initial_score, keep_mask, record_sparsity, wanda_score
 
 log = logging.getLogger(__name__)
 RULES = ("reference", "descent", "variance", "exact")
+VARIANCES = ("tokens", "reference")       # Var[x] over all calibration tokens | mean of per-window variances
 REFERENCE_CYCLES, REFERENCE_COLS = 50, 4096
 
 
@@ -170,6 +174,7 @@ class DsnotConfig(PassConfig):
     seqlen: int = cal.DEFAULT_SEQLEN
     seed: int = 0
     skip: int = 0                     # leading positions of every window left out of the statistics
+    var: str = "tokens"               # Var[x]: over all calibration tokens, or "reference": mean per-window variance
     calib: str | None = None
 
     def __post_init__(self):
@@ -184,6 +189,8 @@ class DsnotConfig(PassConfig):
             raise InputError("dsnot: max_cycles, threshold and var_power must be >= 0")
         if self.samples < 1 or self.seqlen < 2:
             raise InputError(f"calibration needs samples >= 1 and seqlen >= 2, got {self.samples}, {self.seqlen}")
+        if self.var not in VARIANCES:
+            raise InputError(f"dsnot: var must be one of {', '.join(VARIANCES)}, got '{self.var}'")
         if not 0 <= self.skip < self.seqlen:
             raise InputError(f"dsnot: skip must be in [0, seqlen), got {self.skip} with seqlen {self.seqlen}")
 
@@ -218,7 +225,8 @@ class DsnotPass(Pass):
                 keep = keep_mask(initial_score(cfg.init, lin.weight, st), cfg.ratio, cfg.n, cfg.m)
                 if refined(name):
                     tail = st.tail()
-                    keep, e0, e1, sw = dsnot_refine(lin.weight, keep, tail.mean, tail.var, wanda_score(lin.weight, st),
+                    var = tail.window_var if cfg.var == "reference" else tail.var
+                    keep, e0, e1, sw = dsnot_refine(lin.weight, keep, tail.mean, var, wanda_score(lin.weight, st),
                                                     cfg.n, cfg.m, cycles_for(lin.weight.shape[1], cfg.max_cycles),
                                                     cfg.threshold, cfg.var_power, cfg.rule,
                                                     tail.gram_mean if cfg.rule == "exact" else None)
@@ -234,7 +242,7 @@ class DsnotPass(Pass):
                           skip=cfg.skip, gram=refined if cfg.rule == "exact" else None)
         rows = max(refine["rows"], 1)
         cycles = cfg.max_cycles if cfg.max_cycles is not None else f"{REFERENCE_CYCLES} per {REFERENCE_COLS} inputs"
-        extra = {"init": cfg.init, "mlp_refined": cfg.mlp, "rule": cfg.rule, "max_cycles": cycles,
+        extra = {"init": cfg.init, "mlp_refined": cfg.mlp, "rule": cfg.rule, "var": cfg.var, "max_cycles": cycles,
                  "threshold": cfg.threshold,
                  "refined_rows": refine["rows"], "swaps": refine["swaps"],
                  "mean_row_error_before": refine["error_before"] / rows,
@@ -247,9 +255,9 @@ class DsnotPass(Pass):
 
 def build(method: str, arg: str, options) -> list:
     """PRUNE_METHODS factory: 'dsnot:RATIO|N:M[,init=wanda|magnitude,mlp=BOOL,rule=descent|reference|variance|exact,
-    cycles=,threshold=,samples=,...]'."""
+    var=tokens|reference,cycles=,threshold=,samples=,...]'."""
     keys = {"init": str, "mlp": bool, "rule": str, "cycles": int, "threshold": float, "var_power": float,
-            "samples": int, "seqlen": int, "seed": int, "skip": int}
+            "samples": int, "seqlen": int, "seed": int, "skip": int, "var": str}
     spec = parse_spec(method, arg, keys, allow_nm=True)
     if "cycles" in spec:
         spec["max_cycles"] = spec.pop("cycles")

@@ -181,3 +181,48 @@ def test_skip_changes_only_the_refinement_statistics():
     assert r.metrics["swaps"] > 0 and r.metrics["row_error_after"] < r.metrics["row_error_before"]
     with pytest.raises(InputError):
         DsnotConfig(ratio=0.6, seqlen=8, skip=8)
+
+
+def test_window_variance_is_the_mean_of_per_window_variances():
+    """`var=reference`'s statistic: each window's variance about its own mean, averaged over windows (the DSnoT
+    reference's lib/layerwrapper.py); the default's variance over all tokens also counts the spread of the
+    window means (law of total variance)."""
+    from accelc.passes.calibration import InputStats
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 20, 5, generator=g, dtype=torch.float64) + 3 * torch.randn(6, 1, 5, generator=g, dtype=torch.float64)
+    st = InputStats(5, skip=3)
+    st.add(x[:4])
+    st.add(x[4:])
+    within = x.var(1, unbiased=False).mean(0)
+    assert torch.allclose(st.window_var.double(), within, rtol=1e-5)
+    assert torch.allclose(st.var.double(), within + x.mean(1).var(0, unbiased=False), rtol=1e-5)
+    assert torch.allclose(st.tail().window_var.double(), x[:, 3:].var(1, unbiased=False).mean(0), rtol=1e-5)
+    one = InputStats(5)
+    one.add(x[0])                                     # [tokens, C]: one window
+    assert torch.allclose(one.window_var, one.var, rtol=1e-5)
+
+
+@pytest.mark.parametrize("var", ["tokens", "reference"])
+def test_var_option_chooses_the_variance_dsnot_sees(var, monkeypatch):
+    import accelc.passes.dsnot as D
+    seen = []
+    real = D.dsnot_refine
+    monkeypatch.setattr(D, "dsnot_refine", lambda w, keep, mean, v, *a, **k: seen.append(v) or real(w, keep, mean, v, *a, **k))
+    b = bundle()
+    x = ids()
+    q = b.adapter.attn_proj(0)["q"]
+    got = []
+    h = q.register_forward_hook(lambda _m, inp, _o: got.append(inp[0].detach().double()))
+    with torch.no_grad():
+        b.model(input_ids=x, use_cache=False)
+    h.remove()
+    inp = got[0]                                                       # layer 0's q_proj input [windows, T, C]
+    want = inp.var(1, unbiased=False).mean(0) if var == "reference" else inp.reshape(-1, inp.shape[-1]).var(0, unbiased=False)
+    r = DsnotPass(DsnotConfig(ratio=0.6, var=var)).prune(b, x)
+    assert torch.allclose(seen[0].double(), want, rtol=1e-4, atol=1e-7)   # the first refined projection: layer 0's q
+    assert b.records["pruning"]["var"] == var and r.metrics["swaps"] > 0
+    with pytest.raises(InputError):
+        DsnotConfig(ratio=0.6, var="window")
+    from accelc.targets import CompileOptions
+    from accelc.targets.phases import compression
+    assert compression(CompileOptions(prune=f"dsnot:0.6,var={var}"))[0].config.var == var
