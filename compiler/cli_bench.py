@@ -1,11 +1,14 @@
 """`accelc bench DIR`: TTFT, prefill and decode speed, peak memory, the bandwidth roofline; with
---against, plain transformers, optimum-intel and openvino-genai on the same prompts and threads."""
+--against, plain transformers, optimum-intel, openvino-genai and llama.cpp on the same prompts and threads."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .errors import InputError
 from .progress import bar, status
+
+AGAINST = ("transformers", "optimum-intel", "openvino-genai", "llama.cpp")
 
 
 def add_parser(sub):
@@ -13,8 +16,14 @@ def add_parser(sub):
                        description="Run a fixed set of prompts (greedy, fixed length) and report time to first "
                                    "token, prefill and decode tokens/s, peak RSS and the weight-streaming roofline.")
     p.add_argument("artifact", help="artifact directory")
-    p.add_argument("--against", action="store_true", help="also run transformers (torch fp32 eager), optimum-intel "
-                   "OVModelForCausalLM and openvino-genai LLMPipeline at the artifact's weight precision")
+    p.add_argument("--against", nargs="?", const="all", metavar="ENGINES",
+                   help="also run other engines on the same prompts and threads: all of them (given alone) or a comma "
+                        "list of transformers (torch fp32 eager), optimum-intel (OVModelForCausalLM) and openvino-genai "
+                        "(LLMPipeline), both at the artifact's weight precision, and llama.cpp (llama-bench on the "
+                        "source model as GGUF files, when a build is found: ACCELC_LLAMA_CPP or PATH)")
+    p.add_argument("--llama-types", default="source,F16,Q8_0,Q4_0,Q2_K", metavar="LIST",
+                   help="llama.cpp rows: 'source' (the source GGUF as it is) and llama-quantize types "
+                        "(default source,F16,Q8_0,Q4_0,Q2_K)")
     p.add_argument("--prompts", type=int, default=5, help="how many of the fixed prompts to run (1-5, default 5)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
     p.add_argument("--threads", type=int, help="threads for every engine (default: all available cores)")
@@ -29,8 +38,8 @@ def run(args) -> int:
     from ..runtime.backends import default_threads
     from .harness.bench import PROMPTS, read_bandwidth, run_engine, weight_bytes_per_token
     from .harness.bench_engines import (AccelcEngine, GenAIEngine, OptimumEngine, TransformersEngine, optimum_ir)
+    from .harness.bench_llama import llama_factories, parse_types
     from .artifact import verify
-    from .errors import InputError
 
     if not 1 <= args.prompts <= len(PROMPTS):
         raise InputError(f"--prompts must be between 1 and {len(PROMPTS)}")
@@ -38,6 +47,8 @@ def run(args) -> int:
         raise InputError("--max-new-tokens must be >= 2")
     if args.threads is not None and args.threads < 1:
         raise InputError("--threads must be >= 1")
+    against = _against(args.against)
+    llama_types = parse_types(args.llama_types)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -54,14 +65,20 @@ def run(args) -> int:
     ours = AccelcEngine(path, threads, args.backend, args.device)
     prompts = [list(ours.art.tokenizer(p)["input_ids"]) for p in PROMPTS[:args.prompts]]
     factories = [("accelc", lambda: ours)]
-    if args.against:
+    if against & {"transformers", "optimum-intel", "openvino-genai"}:
         if not src_path or not Path(src_path).is_dir():
             raise InputError(f"--against needs the artifact's source model folder ({src_path}) on this machine")
-        status(f"optimum-intel IR at {weights} (exported once, cached) ...")
-        ir = optimum_ir(src_path, weights, threads)
-        factories += [("transformers", lambda: TransformersEngine(src_spec, threads)),
-                      ("optimum-intel", lambda: OptimumEngine(ir, threads)),
-                      ("openvino-genai", lambda: GenAIEngine(ir, threads))]
+        if "transformers" in against:
+            factories.append(("transformers", lambda: TransformersEngine(src_spec, threads)))
+        if against & {"optimum-intel", "openvino-genai"}:
+            status(f"optimum-intel IR at {weights} (exported once, cached) ...")
+            ir = optimum_ir(src_path, weights, threads)
+            if "optimum-intel" in against:
+                factories.append(("optimum-intel", lambda: OptimumEngine(ir, threads)))
+            if "openvino-genai" in against:
+                factories.append(("openvino-genai", lambda: GenAIEngine(ir, threads)))
+    if "llama.cpp" in against:
+        factories += llama_factories(src, llama_types, threads, status)
     results = []
     with bar(len(factories) * len(prompts), "bench") as pb:
         for name, factory in factories:
@@ -96,6 +113,18 @@ def run(args) -> int:
     if args.plot:
         _plot(rows, roof, args.plot)
     return 0
+
+
+def _against(value: str | None) -> set[str]:
+    if value is None:
+        return set()
+    if value == "all":
+        return set(AGAINST)
+    names = {n.strip() for n in value.split(",") if n.strip()}
+    bad = sorted(names - set(AGAINST))
+    if not names or bad:
+        raise InputError(f"--against takes 'all' or a comma list of {', '.join(AGAINST)}, not '{value}'")
+    return names
 
 
 def _plot(rows: list[dict], roof: float, path: str) -> None:

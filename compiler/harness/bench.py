@@ -30,16 +30,17 @@ class EngineResult:
     runs: list = field(default_factory=list)       # Timing per prompt
     peak_rss_mb: float = 0.0
     load_s: float = 0.0
+    extra: dict = field(default_factory=dict)      # what the engine adds about itself (llama.cpp: its file)
 
     def summary(self) -> dict:
         ttft = [r.ttft_s for r in self.runs]
         dec_s = sum(r.decode_s for r in self.runs)
         steps = sum(r.decode_steps for r in self.runs)
         return {"engine": self.name, "prompts": len(self.runs), "ttft_ms": round(1000 * float(np.mean(ttft)), 1),
-                "prefill_tok_s": round(sum(r.prompt_tokens for r in self.runs) / sum(ttft), 1),
+                "prefill_tok_s": round(sum(r.prompt_tokens for r in self.runs) / sum(ttft), 1) if sum(ttft) else 0.0,
                 "decode_tok_s": round(steps / dec_s, 2) if dec_s > 0 else 0.0,
                 "new_tokens": sum(r.new_tokens for r in self.runs),
-                "peak_rss_mb": round(self.peak_rss_mb, 1), "load_s": round(self.load_s, 2)}
+                "peak_rss_mb": round(self.peak_rss_mb, 1), "load_s": round(self.load_s, 2), **self.extra}
 
 
 class PeakRSS:
@@ -104,7 +105,8 @@ def weight_bytes_per_token(path: Path, manifest: dict) -> int:
 
 
 def run_engine(factory, name: str, prompts_ids: list[list[int]], max_new_tokens: int, tick) -> EngineResult:
-    """Load an engine (timed, RSS sampled), warm it up once, then run every prompt."""
+    """Load an engine (timed, RSS sampled), warm it up once, then run every prompt. An engine that runs in
+    another process reports its own peak_rss_mb (and any `info` it has about itself)."""
     res = EngineResult(name)
     with PeakRSS() as rss:
         t = time.perf_counter()
@@ -115,6 +117,8 @@ def run_engine(factory, name: str, prompts_ids: list[list[int]], max_new_tokens:
         for ids in prompts_ids:
             res.runs.append(engine.run(ids, max_new_tokens))
             tick()
+        res.extra = dict(getattr(engine, "info", {}))
+        own_rss = getattr(engine, "peak_rss_mb", None)
         del engine
-    res.peak_rss_mb = rss.peak
+    res.peak_rss_mb = rss.peak if own_rss is None else own_rss
     return res

@@ -1,0 +1,44 @@
+"""`accelc bench --against llama.cpp` on a tiny artifact with a fake llama.cpp build (tests/fake_llama_cpp.py);
+without a build the rows are skipped with one line and the bench still succeeds."""
+import json
+
+from cli_checks import error_line
+from fake_llama_cpp import calls, make_fake_build
+
+from accelc.compiler.cli import main
+
+ARGS = ["--prompts", "2", "--max-new-tokens", "6", "--json", "--backend", "onnxruntime", "--threads", "1"]
+
+
+def test_bench_against_llama_cpp_rows(tiny_artifact, tmp_path, monkeypatch, capsys):
+    bin_dir = make_fake_build(tmp_path / "llama.cpp")
+    monkeypatch.setenv("ACCELC_LLAMA_CPP", str(bin_dir))
+    monkeypatch.setenv("ACCELC_CACHE", str(tmp_path / "cache"))
+    assert main(["bench", str(tiny_artifact), "--against", "llama.cpp", "--llama-types", "F16,Q8_0", *ARGS]) == 0
+    out = capsys.readouterr()
+    rows = json.loads(out.out)["engines"]
+    assert [r["engine"].split(" (")[0] for r in rows] == ["accelc", "llama.cpp F16", "llama.cpp Q8_0"]
+    for r in rows[1:]:
+        assert r["decode_tok_s"] == 500.0 and r["prefill_tok_s"] == 2000.0 and r["new_tokens"] == 12
+        assert r["file_mb"] >= 0 and r["gguf"].endswith(r["engine"].split()[1] + ".gguf") and r["peak_rss_mb"] > 40
+        assert r["accelc_decode_ratio"] == round(rows[0]["decode_tok_s"] / 500.0, 3)
+    benches = [a for k, a in calls(bin_dir) if k == "bench"]
+    assert len(benches) == 2 * 3                            # a warm-up and two prompts per file
+    assert all(a[a.index("-t") + 1] == "1" and a[a.index("-n") + 1] in ("6", "8") for a in benches)
+    assert "converting" in out.err                          # the tiny source is a transformers folder
+
+
+def test_bench_without_llama_cpp_skips_with_one_line(tiny_artifact, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("ACCELC_LLAMA_CPP", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["bench", str(tiny_artifact), "--against", "llama.cpp", *ARGS]) == 0
+    out = capsys.readouterr()
+    assert len(json.loads(out.out)["engines"]) == 1
+    assert [ln for ln in out.err.splitlines() if "llama.cpp" in ln] == [
+        "llama.cpp: no build found (set ACCELC_LLAMA_CPP to a llama.cpp build/bin folder, or put llama-bench on "
+        "PATH; scripts/build_llama_cpp.sh builds one): llama.cpp rows skipped"]
+
+
+def test_bench_against_unknown_engine_is_input_error(tiny_artifact, capsys):
+    assert main(["bench", str(tiny_artifact), "--against", "llama.cpp,vllm"]) == 2
+    assert "--against takes 'all' or a comma list of" in error_line(capsys)
