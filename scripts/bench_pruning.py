@@ -7,6 +7,10 @@ the table into docs/passes/pruning.md between its bench markers.
 
   full table (hours on 2 cores at the default 32768 eval tokens):
       .venv/bin/python scripts/bench_pruning.py --update-doc
+  the structured table (issue 22: channel-magnitude = magnitude-SP, wanda-sp, flap, cfsp-uniform, cfsp with
+  norm=channel and norm=reference, at 20/30/40/50% of the MLP channels), with each setting compiled and its
+  decode speed measured against a dense artifact compiled in the same run (lockstep, alternating who goes first):
+      .venv/bin/python scripts/bench_pruning.py --table structured --decode --update-doc
   smoke:
       .venv/bin/python scripts/bench_pruning.py --only wanda:0.6 dsnot:0.6 --max-tokens 4096
   export + decode speed of cfsp:0.3 vs dense (needs `accelc compile` and `accelc bench`):
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,16 +34,30 @@ from provenance import provenance  # machine, date, commit, command line (script
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "passes" / "pruning.md"
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+MARKERS = {"all": ("<!-- bench:begin -->", "<!-- bench:end -->"),
+           "structured": ("<!-- bench-structured:begin -->", "<!-- bench-structured:end -->")}
+RATIOS = ("0.2", "0.3", "0.4", "0.5")
 
 
 def settings() -> list[str]:
     out = ["dense"]
     for target in ("0.5", "0.6", "0.7", "2:4"):
         out += [f"magnitude:{target}", f"wanda:{target}", f"dsnot:{target}", f"dsnot:{target},mlp=true"]
-    for ratio in ("0.2", "0.3", "0.4", "0.5"):
+    for ratio in RATIOS:
         out += [f"channel-magnitude:{ratio}", f"cfsp-uniform:{ratio}", f"cfsp:{ratio}"]
     return out
+
+
+def structured_settings() -> list[str]:
+    """Issue 22's table: CFSP against the structured baselines of its paper (magnitude-SP is channel-magnitude)."""
+    out = ["dense"]
+    for ratio in RATIOS:
+        out += [f"channel-magnitude:{ratio}", f"wanda-sp:{ratio}", f"flap:{ratio}", f"cfsp-uniform:{ratio}",
+                f"cfsp:{ratio}", f"cfsp:{ratio},norm=reference"]
+    return out
+
+
+TABLES = {"all": settings, "structured": structured_settings}
 
 
 def calibration_perplexity(bundle, spec: str) -> float:
@@ -88,41 +107,97 @@ def run_setting(spec: str, model: str, max_tokens: int, calib_extra: str, score_
     return row
 
 
+def decode_cell(r: dict) -> str:
+    d = r.get("decode")
+    if not d:
+        return "not exported"
+    if "error" in d:
+        return f"failed: {d['error'][:60]}"
+    if r["setting"] == "dense":
+        return f"1.000x ({d['median_tok_s']} tok/s)"
+    return f"{d['median_ratio']:.3f}x ({min(d['ratios']):.3f}-{max(d['ratios']):.3f})"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| setting | perplexity | parameters | decoder-linear sparsity | pass time (s) | decode tokens/s |",
+    lines = ["| setting | perplexity | parameters | decoder-linear sparsity | pass time (s) | decode vs dense (lockstep) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        tps = r.get("decode_tokens_per_s", "(export run)")
         lines.append(f"| `{r['setting']}` | {r['perplexity']:.2f} | {r['parameters'] / 1e6:.2f}M | "
-                     f"{r['linear_sparsity']:.3f} | {r['pass_seconds']:.1f} | {tps} |")
+                     f"{r['linear_sparsity']:.3f} | {r['pass_seconds']:.1f} | {decode_cell(r)} |")
     return "\n".join(lines)
 
 
-def export_and_bench(out_dir: Path) -> dict:
-    """Compile dense and cfsp:0.3 with `accelc compile`, then run `accelc bench` on each, if both exist."""
-    accelc = shutil.which("accelc") or str(Path(sys.executable).parent / "accelc")
-    probe = subprocess.run([accelc, "bench", "--help"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return {"skipped": "`accelc bench` is not available in this checkout"}
-    results = {}
-    for name, prune in (("dense", None), ("cfsp-0.3", "cfsp:0.3")):
-        art = out_dir / f"artifact-{name}"
-        cmd = [accelc, "compile", "smollm2-135m", "--target", "cpu", "-o", str(art), "--force"]
-        cmd += ["--prune", prune] if prune else []
-        c = subprocess.run(cmd, capture_output=True, text=True)
-        if c.returncode != 0:
-            results[name] = {"compile_failed": c.stderr.strip()[-400:]}
-            continue
-        bch = subprocess.run([accelc, "bench", str(art)], capture_output=True, text=True)
-        results[name] = {"artifact": str(art), "bench_rc": bch.returncode, "bench_output": bch.stdout[-2000:],
-                         "bench_stderr": bch.stderr[-400:]}
-    return results
+def compile_artifact(model: str, spec: str | None, out: Path) -> None:
+    """`accelc compile MODEL --target cpu [--prune SPEC] --formats openvino -o OUT` in a subprocess (the
+    OpenVINO graph is what the decode comparison runs; validation still checks it against torch)."""
+    cmd = [sys.executable, "-m", "accelc.compiler.cli", "compile", model, "--target", "cpu", "--formats", "openvino",
+           "-o", str(out), "--force"] + (["--prune", spec] if spec else [])
+    c = subprocess.run(cmd, capture_output=True, text=True)
+    if c.returncode != 0:
+        raise RuntimeError((c.stderr.strip() or c.stdout.strip())[-400:])
+
+
+def decode_against_dense(dense, art, rounds: int, new: int, prompt: int) -> dict:
+    """Decode the pruned artifact and the dense one in lockstep (scripts/bench_decode_ab.py `paired`, one token
+    each, alternating who goes first every round): pruned tok/s over dense tok/s per round, and their median."""
+    from bench_decode_ab import paired
+    from accelc.compiler.harness.bench import PROMPTS
+    ids = list(dense.tokenizer(PROMPTS[prompt])["input_ids"])
+    paired(dense, art, ids, 8)                                             # warm-up
+    ratios, dense_tps, pruned_tps = [], [], []
+    for r in range(rounds):
+        x, y = paired(dense, art, ids, new) if r % 2 == 0 else paired(art, dense, ids, new)[::-1]
+        ratios.append(round(y / x, 4))
+        dense_tps.append(round(x, 2))
+        pruned_tps.append(round(y, 2))
+    return {"median_ratio": statistics.median(ratios), "ratios": ratios, "dense_tok_s": dense_tps,
+            "pruned_tok_s": pruned_tps, "prompt_tokens": len(ids), "new": new}
+
+
+def decode_rows(rows: list[dict], model: str, threads: int, rounds: int, new: int, prompt: int,
+                keep: str | None) -> None:
+    """Compile dense and every pruned setting (each artifact removed after its comparison unless `keep`), and
+    put each one's decode speed against the same dense artifact into its row; the dense row gets the median
+    of dense's tokens/s over all comparisons."""
+    from accelc.runtime.artifact import open_artifact
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench-pruning-"))
+    work.mkdir(parents=True, exist_ok=True)
+    dense_tps = []
+    try:
+        compile_artifact(model, None, work / "dense")
+        dense = open_artifact(str(work / "dense"), backend="openvino", device="cpu", threads=threads)
+        for row in rows:
+            if row["setting"] == "dense":
+                continue
+            t0 = time.perf_counter()
+            out = work / row["setting"].replace(":", "-").replace(",", "_").replace("=", "")
+            try:
+                compile_artifact(model, row.get("spec", row["setting"]), out)
+                art = open_artifact(str(out), backend="openvino", device="cpu", threads=threads)
+                row["decode"] = decode_against_dense(dense, art, rounds, new, prompt)
+                dense_tps += row["decode"]["dense_tok_s"]
+                del art
+            except Exception as e:                                         # one failed compile does not end the run
+                row["decode"] = {"error": f"{type(e).__name__}: {e}"}
+            finally:
+                if not keep:
+                    shutil.rmtree(out, ignore_errors=True)
+            print(f"{row['setting']:32s} decode {decode_cell(row)}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    for row in rows:
+        if row["setting"] == "dense" and dense_tps:
+            row["decode"] = {"median_tok_s": round(statistics.median(dense_tps), 2)}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--only", nargs="+", metavar="SPEC", help="run only these settings (default: the full list)")
+    ap.add_argument("--only", nargs="+", metavar="SPEC", help="run only these settings (default: the --table list)")
+    ap.add_argument("--table", choices=sorted(TABLES), default="all",
+                    help="which list of settings (all: the masks and CFSP rows; structured: issue 22's CFSP against "
+                    "the structured baselines), and which marked table --update-doc replaces")
     ap.add_argument("--max-tokens", type=int, default=32768, help="evaluation tokens (default 32768, the protocol)")
     ap.add_argument("--calib", default="", help="extra spec options for calibrated methods, e.g. samples=64,seqlen=256")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -131,9 +206,17 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=str(ROOT / "docs" / "passes" / "pruning_results.json"), help="JSON output")
     ap.add_argument("--update-doc", action="store_true", help="write the table into docs/passes/pruning.md")
     ap.add_argument("--export", action="store_true", help="also compile dense and cfsp:0.3 and run `accelc bench`")
+    ap.add_argument("--decode", action="store_true",
+                    help="compile every setting (fp32, OpenVINO) and decode it in lockstep against a dense artifact "
+                    "compiled in the same run, alternating who goes first (scripts/bench_decode_ab.py --vs)")
+    ap.add_argument("--decode-rounds", type=int, default=6, help="lockstep rounds per setting (default 6)")
+    ap.add_argument("--decode-new", type=int, default=96, help="tokens decoded per round (default 96)")
+    ap.add_argument("--decode-prompt", type=int, default=3, help="index into compiler/harness/bench.py PROMPTS")
+    ap.add_argument("--keep-artifacts", metavar="DIR", help="compile into DIR and keep the artifacts (default: a "
+                    "temporary folder, each pruned artifact removed after its comparison)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    todo = args.only or settings()
+    todo = args.only or TABLES[args.table]()
     rows = []
     for spec in todo:
         t0 = time.perf_counter()
@@ -142,7 +225,13 @@ def main(argv=None) -> int:
         print(f"{spec:32s} ppl {row['perplexity']:9.3f}  params {row['parameters'] / 1e6:7.2f}M  "
               f"sparsity {row['linear_sparsity']:.3f}  pass {row['pass_seconds']:6.1f}s  "
               f"(total {time.perf_counter() - t0:.0f}s)", flush=True)
+    if args.decode:
+        decode_rows(rows, args.model, args.threads, args.decode_rounds, args.decode_new, args.decode_prompt,
+                    args.keep_artifacts)
     result = {**provenance(), "model": args.model, "max_tokens": args.max_tokens, "threads": args.threads,
+              "calib": args.calib, "table": args.table,
+              **({"decode": {"rounds": args.decode_rounds, "new": args.decode_new, "prompt": args.decode_prompt,
+                             "backend": "openvino", "weights": "fp32"}} if args.decode else {}),
               "rows": rows}
     if args.export:
         result["export"] = export_and_bench(Path(tempfile.mkdtemp(prefix="bench-pruning-")))
@@ -151,11 +240,14 @@ def main(argv=None) -> int:
     md = table(rows)
     print(md)
     if args.update_doc:
+        begin, end = MARKERS[args.table]
         text = DOC.read_text()
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+        if begin not in text or end not in text:
+            raise SystemExit(f"{DOC} has no {begin} ... {end} markers")
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
         note = f"\n(`scripts/bench_pruning.py`, {args.max_tokens} eval tokens, {args.threads} threads)\n\n"
-        DOC.write_text(head + BEGIN + note + md + "\n" + END + tail)
+        DOC.write_text(head + begin + note + md + "\n" + end + tail)
     return 0
 
 
