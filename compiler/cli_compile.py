@@ -24,7 +24,8 @@ def add_parser(sub):
     p.add_argument("--prefill-chunk", type=int, default=64, help="static prefill chunk for --target npu (default 64)")
     p.add_argument("--no-validate", action="store_true", help="skip comparing the exported graphs with torch")
     p.add_argument("--formats", metavar="LIST", help="what to ship, comma-separated: openvino, onnx, genai (the "
-                   "optimum-style openvino/ folder; needs openvino) (default: the target's: cpu openvino,onnx,genai; "
+                   "optimum-style openvino/ folder; needs openvino), native (weights for the native CPU backend) "
+                   "(default: the target's: cpu openvino,onnx,genai,native; "
                    "npu and cuda openvino,onnx); validation checks each graph format written")
     p.set_defaults(func=run)
 

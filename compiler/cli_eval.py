@@ -16,7 +16,7 @@ def add_parser(sub):
     p.add_argument("--eval-text", metavar="FILE", help="score this UTF-8 text file instead of the Brown eval split")
     p.add_argument("--max-tokens", type=int, default=Protocol.max_tokens, help="tokens scored (default 32768)")
     p.add_argument("--window", type=int, default=Protocol.window, help="window length (default 512)")
-    p.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], help="for artifacts: the backend")
+    p.add_argument("--backend", choices=["native", "openvino", "onnxruntime", "torch"], help="for artifacts: the backend")
     p.add_argument("--device", help="for artifacts: the device (cpu, npu, cuda)")
     p.add_argument("--no-sample", action="store_true", help="skip the greedy sample")
     p.add_argument("--json", action="store_true", help="print one JSON object")

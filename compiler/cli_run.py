@@ -36,7 +36,7 @@ def add_parser(sub):
 
 def add_generation_args(p) -> None:
     """Backend, device, threads and sampling options, shared by `run` and `chat` (checked_generation_args)."""
-    p.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], help="override the backend choice")
+    p.add_argument("--backend", choices=["native", "openvino", "onnxruntime", "torch"], help="override the backend choice")
     p.add_argument("--device", choices=["npu", "cuda", "cpu"], help="override the device choice")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores available to this process)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

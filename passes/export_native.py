@@ -45,6 +45,7 @@ EMBED_FORMAT = {"fp32": "f32", "fp16": "f16", "int8": "q8a", "int4": "q8a"}
 class ExportNativeConfig(PassConfig):
     weights: str = "fp32"           # fp32 | fp16 | int8 | int4 (the graphs' --weights)
     embed: str | None = None        # embedding / head format override (f32, f16, q8a)
+    validate: bool = True           # run the exported weights on the native backend against torch
 
 
 # -- quantizers (numpy, NNCF's data-free rounding) ----------------------------------------------------
@@ -271,4 +272,43 @@ class ExportNativePass(Pass):
                                     "linear_formats": sorted({l[p]["format"] for l in cfg["layers"]
                                                               for p in ("q", "k", "v", "o", "gate", "up", "down")}),
                                     "embed_format": cfg["embed"]["format"], "bytes": nbytes}
-        return PassResult(True, {"native_mb": round(nbytes / 2 ** 20, 1)})
+        metrics = {"native_mb": round(nbytes / 2 ** 20, 1)}
+        if self.config.validate:
+            metrics.update(validate_native(bundle, cfg, folder / "weights.safetensors"))
+            bundle.records["native"]["validation"] = metrics
+        return PassResult(True, metrics)
+
+
+def validate_native(bundle: ModelBundle, cfg: dict, weights: Path) -> dict:
+    """Teacher-forced logits of the native backend against the torch model on the validation prompts, with
+    the tolerance of the weights' precision (a low-bit artifact's int8 embedding counts as int8)."""
+    from ..runtime.native.model import NativeModel
+    from ..runtime.native.weights import map_safetensors
+    from ..runtime.native.config_check import check_config
+    from .validate import TOLERANCES, prompt_ids, torch_reference
+    tensors = map_safetensors(weights)
+    check_config(cfg, tensors)
+    precision = {"f32": "fp32", "f16": "fp16", "q8a": "int8", "q4s": "int4"}
+    fmts = {cfg["embed"]["format"]} | {L[p]["format"] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")}
+    worst = max((precision.get(f, "fp32") for f in fmts), key=list(TOLERANCES).index)
+    max_diff, agree_min = TOLERANCES[worst]
+    from ..runtime.backends import default_threads
+    model = NativeModel(cfg, tensors, threads=default_threads())
+    diffs, agree, total = [], 0, 0
+    try:
+        with torch.no_grad():
+            for ids in prompt_ids(bundle):
+                seq, ref = torch_reference(bundle.model, ids, 8)
+                got = model.step(seq[0], np.arange(seq.shape[1]), 0, last_only=False)
+                diffs.append(float(np.abs(got - ref[0]).max()))
+                picks = slice(ids.shape[1] - 1, None)    # the last prompt position and every decode step
+                agree += int((got[picks].argmax(-1) == ref[0, picks].argmax(-1)).sum())
+                total += seq.shape[1] - ids.shape[1] + 1
+    finally:
+        model.close()
+    out = {"native_max_abs_diff": round(max(diffs), 6), "native_greedy_agreement": round(agree / total, 4),
+           "native_tolerance": worst}
+    if max(diffs) > max_diff or agree / total < agree_min:
+        raise InputError(f"the native weights do not reproduce the model: max |logit diff| {max(diffs):.4g} "
+                              f"(allowed {max_diff}), greedy agreement {agree / total:.2f} (needs {agree_min})")
+    return out

@@ -28,6 +28,7 @@ BACKENDS = {
     "openvino": "backend_openvino",
     "onnxruntime": "backend_onnxruntime",
     "torch": "backend_torch",
+    "native": "backend_native",
 }
 
 

@@ -16,7 +16,7 @@ DEVICE_ORDER = ("npu", "cuda", "cpu")
 # torch is never chosen automatically: it runs the *source* model the manifest names, outside the artifact,
 # so only an explicit --backend torch (the user pointing at it) may read that
 DEVICE_BACKENDS = {"npu": ("openvino",), "cuda": ("onnxruntime",), "cpu": ("openvino", "onnxruntime")}
-ALL_BACKENDS = ("openvino", "onnxruntime", "torch")
+ALL_BACKENDS = ("native", "openvino", "onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,13 @@ def why_not(backend: str, device: str, manifest: dict, graph: dict) -> str | Non
         if device == "cuda" and "CUDAExecutionProvider" not in _ort_providers():
             return "ONNX Runtime has no CUDAExecutionProvider"
         return None if device in ("cpu", "cuda") else f"onnxruntime does not run on {device}"
+    if backend == "native":
+        if device != "cpu":
+            return f"the native backend runs on cpu, not {device}"
+        if graph.get("static"):
+            return "the native backend runs dynamic-shape artifacts (--target cpu)"
+        from .backend_native import unavailable_reason as native_reason
+        return native_reason(manifest)
     if backend == "torch":
         from .backend_torch import unavailable_reason
         if device == "cuda" and not _torch_cuda():

@@ -8,8 +8,9 @@ from ..compiler.errors import InputError
 
 WEIGHTS = ("fp32", "fp16", "int8", "int4")
 # what an artifact can ship: graph formats (OpenVINO IR is converted from ONNX), and "genai", the optimum-style
-# OpenVINO folder (openvino/) that openvino-genai and optimum-intel open; it shares the OpenVINO IR's weights
-FORMATS = ("openvino", "onnx", "genai")
+# OpenVINO folder (openvino/) that openvino-genai and optimum-intel open; it shares the OpenVINO IR's weights;
+# and "native", the weights in the formats the native CPU backend runs (native/: runtime/native/)
+FORMATS = ("openvino", "onnx", "genai", "native")
 GRAPH_FORMATS = ("openvino", "onnx")
 
 

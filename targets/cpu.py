@@ -1,4 +1,5 @@
-"""CPU target: dynamic shapes (any prompt and cache length), OpenVINO then ONNX Runtime."""
+"""CPU target: dynamic shapes (any prompt and cache length): OpenVINO IR, ONNX, the genai folder and the
+native backend's weights."""
 from .base import CompileOptions, Target
 from . import phases
 
@@ -14,4 +15,4 @@ def build(options: CompileOptions) -> list:
 
 
 TARGET = Target("cpu", "x86/ARM CPU: dynamic-shape ONNX + OpenVINO IR (+ an openvino-genai/optimum-intel folder)",
-                static_shapes=False, devices=("cpu",), build=build, formats=("openvino", "onnx", "genai"))
+                static_shapes=False, devices=("cpu",), build=build, formats=("openvino", "onnx", "genai", "native"))

@@ -25,12 +25,15 @@ def _lazy(module: str, function: str, *head) -> Callable[[str, CompileOptions], 
     return factory
 
 
-# pruning (docs/passes/pruning.md): structured MLP channels (cfsp.py), unstructured / N:M masks
-# (sparsity.py: magnitude, wanda; dsnot.py), e.g. cfsp:0.3,round=32  wanda:2:4  dsnot:0.6,mlp=true
+# pruning (docs/passes/pruning.md): structured MLP channels (cfsp.py; baselines wanda_sp.py, flap.py),
+# unstructured / N:M masks (sparsity.py: magnitude, wanda; dsnot.py), e.g. cfsp:0.3,round=32  flap:0.3
+# wanda:2:4  dsnot:0.6,mlp=true
 PRUNE_METHODS.update({
     "cfsp": _lazy("cfsp", "build", "cfsp"),
     "cfsp-uniform": _lazy("cfsp", "build", "cfsp-uniform"),
     "channel-magnitude": _lazy("cfsp", "build", "channel-magnitude"),
+    "wanda-sp": _lazy("wanda_sp", "build", "wanda-sp"),
+    "flap": _lazy("flap", "build", "flap"),
     "magnitude": _lazy("sparsity", "build", "magnitude"),
     "wanda": _lazy("sparsity", "build", "wanda"),
     "dsnot": _lazy("dsnot", "build", "dsnot"),
@@ -108,7 +111,16 @@ def export(options: CompileOptions, static: bool) -> list:
                                         formats=formats)),
         *_drafter_export(options),      # before OpenVINO: it converts every registered ONNX graph
         *([ExportOpenVINOPass(ExportOpenVINOConfig(weights=options.weights))] if "openvino" in formats else []),
+        *native(options, static),
     ]
+
+
+def native(options: CompileOptions, static: bool) -> list:
+    """The native backend's weights (native/), checked against torch unless --no-validate."""
+    if "native" not in (options.formats or ()) or static:
+        return []
+    from ..passes.export_native import ExportNativePass, ExportNativeConfig
+    return [ExportNativePass(ExportNativeConfig(weights=options.weights, validate=options.validate))]
 
 
 def _fused_drafter(options: CompileOptions) -> bool:

@@ -22,6 +22,7 @@ from .irgen import I32, I64, PF32, PI8, PI64, VOID, Fn, c64
 SYNC_COUNT, SYNC_GEN, SYNC_JOB, SYNC_STOP = 0, 8, 16, 24
 SYNC_WORDS = 32
 SPINS_BEFORE_SLEEP = 1 << 16
+SPINS_BEFORE_YIELD = 1 << 11
 ROW_BLOCK = 16
 
 
@@ -69,6 +70,10 @@ class Program:
                 self.module, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause")
             f.b.call(fn, [])
 
+    def _sched_yield(self) -> ir.Function:
+        return self.module.globals.get("sched_yield") or ir.Function(self.module, ir.FunctionType(I32, []),
+                                                                     "sched_yield")
+
     def _barrier_fn(self) -> ir.Function:
         f = Fn(self.module, "barrier", [("sync", PI64), ("n", I64)], noalias=False)
         b = f.b
@@ -81,11 +86,20 @@ class Program:
                 b.store_atomic(c64(0), cnt_p, "monotonic", 8)
                 b.store_atomic(b.add(gen, c64(1)), gen_p, "release", 8)
             with other:
+                # spin with pause; past SPINS_BEFORE_YIELD, yield the core each round (a preempted partner
+                # thread, e.g. on a busy machine, then gets it back instead of waiting out our time slice)
+                spins = f.var(I64, c64(0))
                 spin = b.append_basic_block("spin")
                 out = b.append_basic_block("out")
                 b.branch(spin)
                 b.position_at_end(spin)
-                self._pause(f)
+                n = b.add(b.load(spins), c64(1))
+                b.store(n, spins)
+                with b.if_else(b.icmp_signed("<", n, c64(SPINS_BEFORE_YIELD))) as (fast, slow):
+                    with fast:
+                        self._pause(f)
+                    with slow:
+                        b.call(self._sched_yield(), [])
                 now = b.load_atomic(gen_p, "acquire", 8)
                 b.cbranch(b.icmp_signed("==", now, gen), spin, out)
                 b.position_at_end(out)
@@ -208,7 +222,7 @@ class Program:
         b = w.b
         sync = b.inttoptr(w.load(w["ctx"], self.slots("sync")), PI64)
         job_p, stop_p = w.at(sync, SYNC_JOB), w.at(sync, SYNC_STOP)
-        seen = w.var(I64, b.load_atomic(job_p, "acquire", 8))
+        seen = w.var(I64, c64(0))          # jobs count from 0: a job posted before this thread runs is still seen
         spins = w.var(I64, c64(0))
         wait, idle, got, done = (b.append_basic_block(n) for n in ("wait", "idle", "got", "done"))
         b.branch(wait)
