@@ -20,7 +20,7 @@ import math
 
 import llvmlite.ir as ir
 
-from .irgen import F16, F32, FAST, I32, I64, PF16, PF32, PI8, PI64, Fn, c64, cf
+from .irgen import F16, F32, FAST, I8, I32, I64, PF16, PF32, PI8, PI64, Fn, c64, cf
 
 
 def c32(v: int) -> ir.Constant:
@@ -332,3 +332,142 @@ def softcap(module: ir.Module, cap: float) -> ir.Function:
         with f.loop(f["r0"], f["r1"]) as n:
             f.store(f.fmul(f.libm("tanhf", f.fdiv(f.load(row, n), cf(cap))), cf(cap)), row, n)
     return f.finish()
+
+
+# -- integer dot products (AVX512-VNNI) ---------------------------------------------------------------
+# int8 and int4 weights are multiplied with int8-quantized activations by vpdpbusd (u8 x s8 -> i32, 64 per
+# instruction), as llama.cpp does: each token's input row is quantized per block of B inputs (B = 64, or
+# the int4 group) with a scale max|x| / 127 into per-thread scratch, once per kernel call.
+VNNI_ARGS = LINEAR_ARGS + [("scratch", PI8)]
+
+
+def vnni_block(fmt: str, k: int, group: int = 0) -> int | None:
+    """The activation block size for a VNNI kernel of this format and input size, or None (float kernel)."""
+    if fmt == "q8a":
+        return 64 if k % 64 == 0 else None
+    if fmt == "q4s":
+        return group if group in (32, 64, 128) and k % group == 0 else None
+    return None
+
+
+def scratch_bytes(tmax: int, k: int) -> int:
+    """Per-thread scratch of a VNNI kernel: int8 row, then per-block scales and sums (f32)."""
+    blocks = k // 32 + 1
+    return _align(tmax * k) + 2 * _align(4 * tmax * blocks)
+
+
+def _align(n: int) -> int:
+    return (n + 63) // 64 * 64
+
+
+def _vdot(f: Fn, w, x, lanes: int):
+    """vpdpbusd(0, w, x): w u8, x s8 as <4*lanes x i8> -> <lanes x i32>."""
+    vi = ir.VectorType(I32, lanes)
+    name = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}"
+    fn = f.module.globals.get(name) or ir.Function(f.module, ir.FunctionType(vi, [vi, vi, vi]), name)
+    b = f.b
+    return b.call(fn, [ir.Constant(vi, [0] * lanes), b.bitcast(w, vi), b.bitcast(x, vi)])
+
+
+def _quantize_rows(f: Fn, x, ldx, T, k: int, block: int, xq, sx, sq) -> None:
+    """xq[t, i] = round(x[t, i] / s_tb), s_tb = max|x| / 127 over block b; sx[t, b] = s_tb; sq[t, b] = s_tb *
+    sum_i xq[t, i] over the block (the zero-point / offset correction term)."""
+    b = f.b
+    nb = k // block
+    with f.loop(0, T) as t:
+        xr = f.at(x, f.mul(t, ldx))
+        qr = f.at(xq, f.mul(t, k))
+        with f.loop(0, nb) as blk:
+            xb = f.at(xr, f.mul(blk, block))
+            mx = f.var(F32, cf(0))
+            with f.loop(0, block) as i:
+                v = f.intrinsic("llvm.fabs", f.load(xb, i))
+                b.store(f.fmax(b.load(mx), v), mx)
+            amax = b.load(mx)
+            s = f.fdiv(amax, cf(127.0))
+            inv = b.select(b.fcmp_ordered(">", amax, cf(0)), f.fdiv(cf(127.0), amax), cf(0))
+            tot = f.var(I32, ir.Constant(I32, 0))
+            qb = f.at(qr, f.mul(blk, block))
+            with f.loop(0, block) as i:
+                q = b.fptosi(f.intrinsic("llvm.rint", f.fmul(f.load(xb, i), inv)), I32)
+                f.store(b.trunc(q, I8), qb, i)
+                b.store(b.add(b.load(tot), q), tot)
+            cell = f.add(f.mul(t, nb), blk)
+            f.store(s, sx, cell)
+            f.store(f.fmul(s, b.sitofp(b.load(tot), F32)), sq, cell)
+
+
+def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int, tmax: int) -> ir.Function:
+    """q8a / q4s linear with int8 activations and vpdpbusd (same arguments as `linear`, plus scratch)."""
+    block = vnni_block(fmt, k, group)
+    name = f"linv_{fmt}_{n}x{k}_g{group}{'_b' if bias else ''}"
+    fn = _cached(module, name)
+    if fn is not None:
+        return fn
+    f = Fn(module, name, VNNI_ARGS)
+    b = f.b
+    nb = k // block
+    xq = f["scratch"]
+    sx = b.bitcast(f.at(f["scratch"], _align(tmax * k)), PF32)
+    sq = b.bitcast(f.at(f["scratch"], _align(tmax * k) + _align(4 * tmax * (k // 32 + 1))), PF32)
+    _quantize_rows(f, f["x"], f["ldx"], f["T"], k, block, xq, sx, sq)
+    lanes = 16
+    vf = ir.VectorType(F32, lanes)
+    with f.loop(f["r0"], f["r1"]) as row:
+        with f.loop(0, f["T"]) as t:
+            xr = f.at(xq, f.mul(t, k))
+            acc = f.var(vf, ir.Constant(vf, [0.0] * lanes))
+            corr = f.var(F32, cf(0))
+            if fmt == "q8a":
+                wr = f.at(f["w0"], f.mul(row, k))
+                with f.loop(0, nb) as blk:
+                    w = b.load(b.bitcast(f.at(wr, f.mul(blk, 64)), ir.VectorType(I8, 64).as_pointer()), align=1)
+                    xv = b.load(b.bitcast(f.at(xr, f.mul(blk, 64)), ir.VectorType(I8, 64).as_pointer()), align=1)
+                    d = b.sitofp(_vdot(f, w, xv, 16), vf)
+                    s = f.load(sx, f.add(f.mul(t, nb), blk))
+                    sv = b.shuffle_vector(b.insert_element(ir.Constant(vf, ir.Undefined), s, ir.Constant(I32, 0)),
+                                          ir.Constant(vf, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+                    b.store(b.fadd(b.load(acc), b.fmul(d, sv, flags=FAST), flags=FAST), acc)
+                    f.accumulate(corr, f.load(sq, f.add(f.mul(t, nb), blk)))
+                zero = f.load(b.bitcast(f["w2"], PF32), row)
+                scale = f.load(b.bitcast(f["w1"], PF32), row)
+                out = f.fmul(f.fsub(_hsum(f, b.load(acc), lanes), f.fmul(zero, b.load(corr))), scale)
+            else:
+                half = group // 2
+                wr = f.at(f["w0"], f.mul(row, k // 2))
+                sc = f.at(b.bitcast(f["w1"], PF16), f.mul(row, nb))
+                with f.loop(0, nb) as g:
+                    s = f.fmul(f.to_f32(f.load(sc, g)), f.load(sx, f.add(f.mul(t, nb), g)))
+                    sv = b.shuffle_vector(b.insert_element(ir.Constant(vf, ir.Undefined), s, ir.Constant(I32, 0)),
+                                          ir.Constant(vf, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+                    packed = b.load(b.bitcast(f.at(wr, f.mul(g, half)), ir.VectorType(I8, half).as_pointer()), align=1)
+                    lo = b.and_(packed, ir.Constant(ir.VectorType(I8, half), [15] * half))
+                    hi = b.lshr(packed, ir.Constant(ir.VectorType(I8, half), [4] * half))
+                    if group == 128:
+                        parts = [(lo, 0), (hi, 64)]
+                    else:                                       # 64: lo ++ hi is one 64-byte block; 32: 32 bytes
+                        parts = [(b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, group), list(range(group)))), 0)]
+                    xg = f.at(xr, f.mul(g, group))
+                    for wv, off in parts:
+                        width = wv.type.count
+                        xv = b.load(b.bitcast(f.at(xg, off), ir.VectorType(I8, width).as_pointer()), align=1)
+                        d = _vdot(f, wv, xv, width // 4)
+                        if width // 4 < lanes:       # 8 lanes: widen to 16 with zeros
+                            d = b.shuffle_vector(d, ir.Constant(d.type, [0] * (width // 4)),
+                                                 ir.Constant(ir.VectorType(I32, lanes), list(range(lanes))))
+                        b.store(b.fadd(b.load(acc), b.fmul(b.sitofp(d, vf), sv, flags=FAST), flags=FAST), acc)
+                    # stored codes are q + 8: subtract 8 * sum(xq) of the group, scaled
+                    f.accumulate(corr, f.fmul(f.to_f32(f.load(sc, g)), f.load(sq, f.add(f.mul(t, nb), g))))
+                out = f.fsub(_hsum(f, b.load(acc), lanes), f.fmul(cf(8.0), b.load(corr)))
+            if bias:
+                out = f.fadd(out, f.load(f["bias"], row))
+            f.store(out, f["y"], f.mul(t, f["ldy"]), row)
+    return f.finish()
+
+
+def _hsum(f: Fn, v, lanes: int):
+    b = f.b
+    total = b.extract_element(v, ir.Constant(I32, 0))
+    for i in range(1, lanes):
+        total = f.fadd(total, b.extract_element(v, ir.Constant(I32, i)))
+    return total

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from ...compiler.errors import InputError
-from .jit import compile_ir
+from .jit import compile_ir, host_target
 from .program import SYNC_JOB, SYNC_STOP, SYNC_WORDS, Program
 
 TMAX = 32                 # tokens per native call (longer inputs run in chunks)
@@ -23,10 +23,13 @@ FIRST_CAPACITY = 256
 
 
 class NativeModel:
-    def __init__(self, cfg: dict, tensors: dict[str, np.ndarray], threads: int, tmax: int = TMAX):
+    def __init__(self, cfg: dict, tensors: dict[str, np.ndarray], threads: int, tmax: int = TMAX,
+                 int8_act: bool = True):
         self.cfg, self.threads, self.tmax = cfg, max(1, int(threads)), int(tmax)
         self._keep = []                                  # arrays whose addresses are in ctx
-        prog = Program(cfg, self.tmax)
+        host = host_target()
+        self.int8_activations = int8_act and "+avx512vnni" in host.features.split(",")
+        prog = Program(cfg, self.tmax, self.int8_activations)
         module = prog.build()
         self.compiled = compile_ir(str(module), ["forward", "worker", "run"])
         self.slots = prog.slots
@@ -36,6 +39,8 @@ class NativeModel:
         self._set_int("nthreads", self.threads)
         self._weights(tensors)
         self._scratch()
+        self.qscratch = np.zeros(prog.scratch_stride * self.threads, dtype=np.uint8)
+        self._set("qscratch", self.qscratch)
         self.capacity = 0
         self._cache = []
         self._grow(FIRST_CAPACITY, 0)

@@ -41,11 +41,14 @@ class Slots:
 class Program:
     """Emits forward/worker/run for a model description (export_native's model.json, plus runtime sizes)."""
 
-    def __init__(self, cfg: dict, tmax: int):
-        self.cfg, self.tmax = cfg, tmax
+    def __init__(self, cfg: dict, tmax: int, int8_activations: bool = False):
+        """int8_activations: run q8a/q4s linears with int8-quantized inputs and vpdpbusd (AVX512-VNNI hosts)."""
+        self.cfg, self.tmax, self.int8_act = cfg, tmax, int8_activations
+        ks = [L[p]["shape"][1] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
+        self.scratch_stride = kernels.scratch_bytes(tmax, max(ks + [cfg["hidden"]]))
         self.slots = Slots()
         for name in ("sync", "T", "P", "cap", "nthreads", "logit_row0", "ids", "logits",
-                     "h", "xn", "qkv", "attn", "gu", "act", "mlp", "scores"):
+                     "h", "xn", "qkv", "attn", "gu", "act", "mlp", "scores", "qscratch"):
             self.slots(name)
         self.module = ir.Module(name="accelc_native")
 
@@ -119,13 +122,21 @@ class Program:
 
     # -- phases ----------------------------------------------------------------------------------
     def _linear(self, f: Fn, tid, nth, rec: dict, x, ldx, y, ldy, T, col0: int = 0):
-        k = kernels.linear(self.module, rec["format"], rec["shape"][0], rec["shape"][1], bool(rec.get("bias")),
-                           rec.get("group", 0), rec.get("codebooks", 0))
-        lo, hi = self._split(f, tid, nth, rec["shape"][0], ROW_BLOCK)
+        fmt, (n, kk) = rec["format"], rec["shape"]
+        vnni = self.int8_act and kernels.vnni_block(fmt, kk, rec.get("group", 0)) is not None
+        if vnni:
+            k = kernels.linear_vnni(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax)
+        else:
+            k = kernels.linear(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0),
+                               rec.get("codebooks", 0))
+        lo, hi = self._split(f, tid, nth, n, ROW_BLOCK)
         bias = self._ptr(f, f"{rec['name']}:bias") if rec.get("bias") else ir.Constant(PF32, None)
         yy = f.at(y, col0) if col0 else y
-        f.b.call(k, [self._weight(f, rec, "w0"), self._weight(f, rec, "w1"), self._weight(f, rec, "w2"), bias,
-                     x, yy, T, lo, hi, ldx, ldy])
+        args = [self._weight(f, rec, "w0"), self._weight(f, rec, "w1"), self._weight(f, rec, "w2"), bias,
+                x, yy, T, lo, hi, ldx, ldy]
+        if vnni:
+            args.append(f.at(self._ptr(f, "qscratch", PI8), f.mul(tid, self.scratch_stride)))
+        f.b.call(k, args)
 
     def build(self) -> ir.Module:
         cfg = self.cfg

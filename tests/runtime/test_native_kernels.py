@@ -61,3 +61,45 @@ def test_quantizers_round_trip_within_a_step():
     q4 = encode(w, "q4s", 64)
     err = np.abs(decode(q4, "q4s", 64) - w).reshape(16, 2, 64)
     assert (err <= q4["scale"].astype(np.float32)[:, :, None] * 1.01).all()   # clamped max: <= one step
+
+
+def _quantized_rows(x, block):
+    """numpy model of the VNNI kernels' activation quantization: per block of `block`, s = max|x| / 127."""
+    T, k = x.shape
+    xb = x.reshape(T, k // block, block)
+    s = np.abs(xb).max(axis=2) / 127.0
+    inv = np.where(s > 0, 1.0 / np.where(s > 0, s, 1), 0)
+    q = np.rint(xb * inv[:, :, None]).clip(-127, 127)
+    return (q * s[:, :, None]).reshape(T, k).astype(np.float32)
+
+
+VNNI_CASES = [("q8a", 40, 128, 0), ("q8a", 19, 576, 0), ("q4s", 21, 128, 32), ("q4s", 33, 192, 64), ("q4s", 18, 256, 128)]
+
+
+@pytest.mark.skipif("+avx512vnni" not in __import__("accelc.runtime.native.jit", fromlist=["x"]).host_target().features,
+                    reason="the host has no AVX512-VNNI")
+@pytest.mark.parametrize("fmt,n,k,group", VNNI_CASES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_vnni_linear_matches_numpy(fmt, n, k, group, bias):
+    m = ir.Module("t")
+    T, tmax = 3, 4
+    fn = kernels.linear_vnni(m, fmt, n, k, bias, group, tmax)
+    fn.linkage = "external"
+    c = compile_ir(str(m), [fn.name])
+    call = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_void_p]))(c.addresses[fn.name])
+    rng = np.random.default_rng(n + k)
+    stored = encode(rng.standard_normal((n, k)).astype(np.float32), fmt, group or None)
+    parts = list(stored.values())
+    w = decode(stored, fmt, group or None)
+    b = rng.standard_normal(n).astype(np.float32)
+    ldx, ldy = k + 3, n + 1
+    x = rng.standard_normal((T, ldx)).astype(np.float32)
+    y = np.zeros((T, ldy), dtype=np.float32)
+    scratch = np.zeros(kernels.scratch_bytes(tmax, k), dtype=np.uint8)
+    ptrs = [p.ctypes.data for p in parts] + [None] * (3 - len(parts))
+    call(*ptrs, b.ctypes.data if bias else None, x.ctypes.data, y.ctypes.data, T, 0, n, ldx, ldy, scratch.ctypes.data)
+    block = kernels.vnni_block(fmt, k, group)
+    ref = _quantized_rows(x[:, :k], block) @ w.T + (b if bias else 0)
+    np.testing.assert_allclose(y[:, :n], ref, rtol=1e-4, atol=1e-3)
+    exact = x[:, :k] @ w.T + (b if bias else 0)
+    assert np.abs(y[:, :n] - exact).max() < 0.05 * np.abs(exact).max()     # int8 activations: close to float

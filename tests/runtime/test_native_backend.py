@@ -1,0 +1,251 @@
+"""The native backend: every family's decoder equals torch (fp32 exactly, quantized formats against the
+dequantized weights), generation equals transformers greedy, bad native files are one line, the kernel
+cache rebuilds what it cannot trust."""
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from accelc.compiler.cli import main
+from accelc.models.adapter import ArchAdapter
+from accelc.models.tiny import TINY_FAMILIES, tiny_model
+from accelc.passes.codebook_linear import CodebookLinear, set_module
+from accelc.passes.decoder_graph import DecoderGraph
+from accelc.passes.export_native import decode, describe
+from accelc.runtime.artifact import open_artifact
+from accelc.runtime.decode import decode_one, prefill
+from accelc.runtime.generate import generate
+from accelc.runtime.native import jit
+from accelc.runtime.native.config_check import check_config
+from accelc.runtime.native.model import NativeModel
+
+from test_runtime_graphs import PROMPT
+
+
+def _model(family, seed=0):
+    model = tiny_model(family, seed=seed, sliding_window=4) if family in ("mistral", "gemma2", "gemma3_text") \
+        else tiny_model(family, seed=seed)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _native(model, weights="fp32", threads=2, tmax=4, **kw):
+    ad = ArchAdapter(model)
+    with torch.no_grad():
+        cfg, t = describe(DecoderGraph(model, ad).eval(), ad.family, weights)
+    check_config(cfg, t)
+    return NativeModel(cfg, t, threads, tmax=tmax, **kw), cfg, t
+
+
+def _run_all(m, ids):
+    """Prefill (in chunks of tmax) then token-by-token decode of the same ids: both logits [T, V]."""
+    full = m.step(ids, np.arange(len(ids)), 0, last_only=False).copy()
+    steps = np.stack([m.step(ids[i:i + 1], np.array([i]), i, last_only=True)[0].copy() for i in range(len(ids))])
+    return full, steps
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_fp32_decoder_equals_torch(family):
+    model = _model(family)
+    ids = torch.randint(0, 256, (1, 11), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = model(ids).logits[0].numpy()
+    m, _, _ = _native(model)
+    try:
+        full, steps = _run_all(m, ids[0].numpy())
+    finally:
+        m.close()
+    np.testing.assert_allclose(full, ref, atol=1e-4)
+    np.testing.assert_allclose(steps, ref, atol=1e-4)
+
+
+def _with_weights(model, cfg, t):
+    """The torch model with every linear (and the embedding) replaced by what the native tensors decode to."""
+    ad = ArchAdapter(model)
+    with torch.no_grad():
+        for j, L in enumerate(cfg["layers"]):
+            mods = {**ad.attn_proj(j), **ad.mlp_proj(j)}
+            for p in ("q", "k", "v", "o", "gate", "up", "down"):
+                rec = L[p]
+                stored = {k.split(".")[-1]: v for k, v in t.items() if k.rsplit(".", 1)[0] == rec["name"]}
+                mods[p].weight.copy_(torch.from_numpy(decode(stored, rec["format"], rec.get("group"))))
+        e = cfg["embed"]
+        stored = {k.split(".")[-1]: v for k, v in t.items() if k.rsplit(".", 1)[0] == e["name"]}
+        ad.embed.weight.copy_(torch.from_numpy(decode(stored, e["format"])))
+    return model
+
+
+@pytest.mark.parametrize("weights", ["fp16", "int8", "int4"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
+def test_quantized_formats_equal_their_dequantized_weights(family, weights):
+    model = _model(family)
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(6))
+    m, cfg, t = _native(model, weights, int8_act=False)          # float kernels: exact up to rounding
+    try:
+        full, steps = _run_all(m, ids[0].numpy())
+    finally:
+        m.close()
+    with torch.no_grad():
+        ref = _with_weights(model, cfg, t)(ids).logits[0].numpy()
+    np.testing.assert_allclose(full, ref, atol=2e-4)
+    np.testing.assert_allclose(steps, ref, atol=2e-4)
+    if weights != "fp16" and "+avx512vnni" in jit.host_target().features:
+        m2 = NativeModel(cfg, t, 2, tmax=4, int8_act=True)        # int8 activations (VNNI): close
+        try:
+            full2, _ = _run_all(m2, ids[0].numpy())
+        finally:
+            m2.close()
+        assert m2.int8_activations
+        assert np.linalg.norm(full2 - ref) < 0.03 * np.linalg.norm(ref)    # relative error of the logits
+
+
+@pytest.mark.parametrize("scheme", [(2, 8), (1, 8), (2, 4)])      # (codebooks M, group G), 8-bit codes
+def test_codebook_layers_equal_torch(scheme):
+    books, group = scheme
+    model = _model("llama")
+    ad = ArchAdapter(model)
+    g = torch.Generator().manual_seed(2)
+    real_names = {id(m): n for n, m in model.named_modules()}
+    for lin in ad.linears(include_head=False).values():
+        name = real_names[id(lin)]
+        out_f, in_f = lin.weight.shape
+        codes = torch.randint(0, 256, (out_f, in_f // group, books), generator=g, dtype=torch.int64).to(torch.uint8)
+        cb = 0.1 * torch.randn(books, 256, group, generator=g)
+        q = CodebookLinear(codes, cb, torch.rand(out_f, 1, generator=g) + 0.5)
+        q.pack()
+        set_module(model, name, q)
+    ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(7))
+    m, cfg, t = _native(model, int8_act=False)              # float head: exact against torch
+    assert cfg["layers"][0]["q"]["format"] == "cb" and cfg["embed"]["format"] == "q8a"
+    try:
+        full, steps = _run_all(m, ids[0].numpy())
+    finally:
+        m.close()
+    with torch.no_grad():
+        e = cfg["embed"]
+        stored = {k.split(".")[-1]: v for k, v in t.items() if k.rsplit(".", 1)[0] == e["name"]}
+        ad.embed.weight.copy_(torch.from_numpy(decode(stored, "q8a")))     # the low-bit artifact's int8 embedding
+        ref = model(ids).logits[0].numpy()
+    tol = 1e-4 * max(1.0, np.abs(ref).max())
+    np.testing.assert_allclose(full, ref, atol=tol)
+    np.testing.assert_allclose(steps, ref, atol=tol)
+
+
+def test_generation_equals_transformers_greedy(tiny_artifact, torch_greedy):
+    art = open_artifact(tiny_artifact, backend="native")
+    assert art.choice.backend == "native"
+    ref = torch_greedy(PROMPT, 24)
+    r = generate(art, PROMPT, 24)
+    assert r.tokens == ref and r.stop_reason == "length"
+
+
+def test_rollback_and_explicit_cache_agree_with_onnxruntime(tiny_artifact):
+    nat = open_artifact(tiny_artifact, backend="native", full_logits=True)
+    ort = open_artifact(tiny_artifact, backend="onnxruntime")
+    a, b = nat.new_state(40), ort.new_state(40)
+    np.testing.assert_allclose(prefill(a, PROMPT, all_logits=True), prefill(b, PROMPT, all_logits=True), atol=1e-4)
+    for tok in (5, 77, 200):
+        np.testing.assert_allclose(decode_one(a, tok), decode_one(b, tok), atol=1e-4)
+    a.cache.rollback(len(PROMPT) + 1)
+    fresh = prefill(ort.new_state(40), PROMPT + [5, 77])
+    np.testing.assert_allclose(decode_one(a, 77), fresh, atol=1e-4)
+    # the explicit-cache call (validation, speculative runners) copies the caller's cache in
+    runner = nat.runners["decoder"]
+    ids = np.array([PROMPT], dtype=np.int64)
+    logits, new_kv = runner.forward(ids, np.arange(len(PROMPT))[None], np.ones((1, len(PROMPT)), np.int64),
+                                    [np.zeros((1, 0, nat.kv_heads, nat.head_dim), np.float32)] * (2 * nat.layers))
+    logits2, _ = runner.forward(np.array([[5]]), np.array([[len(PROMPT)]]), np.ones((1, len(PROMPT) + 1), np.int64),
+                                new_kv)
+    ref = prefill(ort.new_state(40), PROMPT + [5], all_logits=True)
+    np.testing.assert_allclose(logits2[0, -1], ref[-1], atol=1e-4)
+
+
+@pytest.fixture
+def art(tiny_artifact, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELC_CACHE", str(tmp_path / "cache"))
+    dst = tmp_path / "art"
+    shutil.copytree(tiny_artifact, dst)
+    return dst
+
+
+def _rewrite_config(art, fn):
+    import hashlib
+    p = art / "native" / "model.json"
+    cfg = json.loads(p.read_text())
+    fn(cfg)
+    p.write_text(json.dumps(cfg))
+    m = json.loads((art / "manifest.json").read_text())
+    m["files"]["native/model.json"] = {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
+    (art / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda c: c.update(hidden=128), "shape"),
+    (lambda c: c["layers"][1]["q"].update(format="q3x"), "weight format"),
+    (lambda c: c["layers"][0]["gate"].update(shape=[10 ** 6, 64]), "native"),
+    (lambda c: c.update(heads=3), "geometry"),
+    (lambda c: c["rope"]["default"].update(inv_freq="layers.0.q.w"), "expected float32[8]"),
+    (lambda c: c.update(activation="relu6"), "activation"),
+])
+def test_bad_native_config_is_one_line(art, capsys, edit, fragment):
+    _rewrite_config(art, edit)
+    code = main(["run", str(art), "--prompt", "hi", "--max-new-tokens", "2", "--backend", "native"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln and not ln.startswith("accelc: native on")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert fragment in lines[0], lines[0]
+
+
+def test_corrupt_kernel_cache_entry_is_rebuilt(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("ACCELC_CACHE", str(tmp_path))
+    m, cfg, t = _native(_model("llama"), threads=1)
+    m.close()
+    entry = next((tmp_path / "native").glob("*.o"))
+    blob = bytearray(entry.read_bytes())
+    blob[100] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    with caplog.at_level(logging.WARNING):
+        m2 = NativeModel(cfg, t, 1, tmax=4)
+    try:
+        assert not m2.compiled.cached and "corrupt" in caplog.text
+        out = m2.step(np.array([1, 2, 3]), np.arange(3), 0, last_only=True)
+        assert np.isfinite(out).all()
+    finally:
+        m2.close()
+    m3 = NativeModel(cfg, t, 1, tmax=4)              # the rebuilt entry is trusted again
+    assert m3.compiled.cached
+    m3.close()
+
+
+def test_unwritable_cache_compiles_in_memory(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("ACCELC_CACHE", str(blocker))
+    with caplog.at_level(logging.WARNING):
+        m, _, _ = _native(_model("llama"), threads=1)
+    try:
+        assert "not writable" in caplog.text
+        assert np.isfinite(m.step(np.array([4]), np.array([0]), 0, last_only=True)).all()
+    finally:
+        m.close()
+
+
+def test_generic_cpu_path_gives_the_same_logits(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACCELC_CACHE", str(tmp_path))
+    model = _model("qwen2")
+    ids = np.array([3, 1, 4, 1, 5, 9, 2, 6])
+    m, _, _ = _native(model, threads=1)
+    host = m.step(ids, np.arange(8), 0, last_only=False).copy()
+    m.close()
+    monkeypatch.setenv("ACCELC_NATIVE_CPU", "generic")
+    m, _, _ = _native(model, threads=1)
+    assert m.compiled.target.generic
+    np.testing.assert_allclose(m.step(ids, np.arange(8), 0, last_only=False), host, atol=1e-4)
+    m.close()
