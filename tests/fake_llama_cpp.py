@@ -19,7 +19,9 @@ opt = {args[i]: args[i + 1] for i in range(0, len(args) - 1, 2) if args[i].start
 if "FAIL" in Path(opt["-m"]).name:
     print("llama_model_load: error loading model: bad magic", file=sys.stderr)
     sys.exit(1)
-ballast = bytearray(40 << 20)          # some resident memory for the peak-RSS reading
+import time
+ballast = b"x" * (40 << 20)            # 40 MB resident for a while: the peak-RSS reading must see it
+time.sleep(0.1)
 base = {"build_commit": "fake123", "build_number": 7, "cpu_info": "Fake CPU", "model_filename": opt["-m"],
         "model_type": "llama ?B " + Path(opt["-m"]).stem, "model_size": 1000, "n_threads": int(opt["-t"]),
         "n_depth": 0}
@@ -48,10 +50,12 @@ Path(out).write_bytes(Path(src).read_bytes() + typ.encode())
 '''
 
 CONVERT = r'''
-import json, sys
+import json, os, sys
 from pathlib import Path
 args = sys.argv[1:]
-Path(__file__).parent.joinpath("build", "bin", "calls.log").open("a").write("convert " + json.dumps(args) + "\n")
+env = {k: os.environ.get(k) for k in ("PYTHONPATH", "HF_HUB_OFFLINE")}
+Path(__file__).parent.joinpath("build", "bin", "calls.log").open("a").write(
+    "convert " + json.dumps(args) + "\n" + "convert-env " + json.dumps(env) + "\n")
 out = args[args.index("--outfile") + 1]
 assert args[args.index("--outtype") + 1] == "f16"
 Path(out).write_bytes(b"GGUF-F16-of-" + Path(args[0]).name.encode())

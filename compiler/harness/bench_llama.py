@@ -7,14 +7,15 @@ with one line on stderr.
 The files: the source GGUF itself ("source", when the artifact was compiled from a GGUF, as the packaged model
 is) and each TYPE (F16, Q8_0, Q4_0, Q2_K by default) made from it by `llama-quantize --allow-requantize`. A
 transformers source folder is first converted to F16 by the build's own convert_hf_to_gguf.py (found beside or
-above the bin folder; it needs the `gguf` package). Each file is made once and cached as
+above the bin folder; it needs the `gguf` and `sentencepiece` packages, the latter from the build's python-deps
+folder when there is one). Each file is made once and cached as
 cache_dir()/llama-cpp/<source name>-<source sha256[:16]>/<TYPE>.gguf: the manifest's source hash is the key, so
 reruns, and other artifacts compiled from the same source, reuse them.
 
 The measure, per prompt: `llama-bench -m FILE -t THREADS -p P -n N -r 1 -o json` with P the prompt's length. Its
 tgN record (N tokens decoded one at a time from an empty context, no sampling: llama-bench's tg128 at N=128) is
 the decode figure, its ppP record (P tokens in one batch) the prefill one; llama-bench runs the two tests
-independently, so tgN is the same with -p 0. Peak RSS is the llama-bench process's own (wait4's ru_maxrss).
+independently, so tgN is the same with -p 0. Peak RSS is the llama-bench process's own (its VmHWM).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +124,17 @@ def _make(cmd: list[str], out: Path, what: str, env: dict | None = None) -> Path
     return out
 
 
+def _convert_env(convert: Path) -> dict:
+    """convert_hf_to_gguf.py runs in this interpreter (torch, transformers, gguf), offline, with the build's own
+    python-deps folder first on the path: it imports sentencepiece even for BPE vocabularies, and
+    scripts/build_llama_cpp.sh installs that there rather than into the project's environment."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    deps = convert.parent / "python-deps"
+    if deps.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(deps), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def gguf_files(llama: LlamaCpp, source: dict, types: list[str], threads: int, say=lambda msg: None) -> dict:
     """type -> GGUF file for each requested type, made once and cached (see the module docstring)."""
     folder = cache_folder(source)
@@ -155,7 +168,7 @@ def _convert_or_quantize(llama: LlamaCpp, source: dict, src: Path | None, folder
                 raise InputError(f"llama.cpp: the artifact's source folder {hf} is not on this machine")
             say(f"llama.cpp: converting {hf} to F16 GGUF (once, cached in {folder}) ...")
             _make([sys.executable, str(llama.convert), str(hf), "--outtype", "f16", "--outfile", "{out}"], f16,
-                  "convert_hf_to_gguf.py", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                  "convert_hf_to_gguf.py", env=_convert_env(llama.convert))
         if t == "F16":
             return f16
         src = f16
@@ -176,25 +189,36 @@ def gguf_type(path: Path) -> str:
         return "?"
 
 
-def run_child(cmd: list[str]) -> tuple[int, str, str, float]:
-    """-> (exit status, stdout, stderr, the child's peak RSS in MB; 0 where wait4 is missing)."""
+def _hwm_mb(pid: int) -> float:
+    """The process's peak resident memory so far (Linux VmHWM, MB); 0 when unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def run_child(cmd: list[str], poll_s: float = 0.02) -> tuple[int, str, str, float]:
+    """-> (exit status, stdout, stderr, the child's peak RSS in MB; 0 where /proc is missing). The peak is its
+    VmHWM, sampled every poll_s while it runs: wait4's ru_maxrss would also count this (large) process, whose
+    high-water mark a forked child carries through exec on Linux."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         p = subprocess.Popen(cmd, stdout=out, stderr=err)
+        peak = 0.0
         try:
-            if hasattr(os, "wait4"):
-                _, status, usage = os.wait4(p.pid, 0)
-                p.returncode = os.waitstatus_to_exitcode(status)
-                rss = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-            else:
-                p.wait()
-                rss = 0.0
+            while p.poll() is None:
+                peak = max(peak, _hwm_mb(p.pid))
+                time.sleep(poll_s)
         except BaseException:
             p.kill()
             p.wait()
             raise
         out.seek(0)
         err.seek(0)
-        return p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), rss
+        return p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), peak
 
 
 def parse_bench_json(text: str) -> tuple[dict | None, dict]:

@@ -20,7 +20,7 @@ def test_bench_against_llama_cpp_rows(tiny_artifact, tmp_path, monkeypatch, caps
     assert [r["engine"].split(" (")[0] for r in rows] == ["accelc", "llama.cpp F16", "llama.cpp Q8_0"]
     for r in rows[1:]:
         assert r["decode_tok_s"] == 500.0 and r["prefill_tok_s"] == 2000.0 and r["new_tokens"] == 12
-        assert r["file_mb"] >= 0 and r["gguf"].endswith(r["engine"].split()[1] + ".gguf") and r["peak_rss_mb"] > 40
+        assert r["file_mb"] >= 0 and r["gguf"].endswith(r["engine"].split()[1] + ".gguf") and 40 < r["peak_rss_mb"] < 150
         assert r["accelc_decode_ratio"] == round(rows[0]["decode_tok_s"] / 500.0, 3)
     benches = [a for k, a in calls(bin_dir) if k == "bench"]
     assert len(benches) == 2 * 3                            # a warm-up and two prompts per file
