@@ -126,8 +126,9 @@ class Model:
 
 
 def load(path: str | Path, backend: str | None = None, device: str | None = None, threads: int | None = None,
-         verify: bool = False, report: bool = False) -> Model:
-    """Open an artifact (checked and verified: docs/artifact.md "Trust"); verify=True rehashes every file."""
+         verify: bool = False, report: bool = False, precision: str | None = None) -> Model:
+    """Open an artifact (checked and verified: docs/artifact.md "Trust"); verify=True rehashes every file;
+    precision="f32" pins float32 arithmetic on the native backend."""
     from ..runtime.artifact import open_artifact
-    return Model(open_artifact(path, backend=backend, device=device, threads=threads, report=report,
+    return Model(open_artifact(path, backend=backend, device=device, threads=threads, report=report, precision=precision,
                                verify_all=verify))

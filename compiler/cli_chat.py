@@ -34,7 +34,8 @@ def run(args) -> int:
     from .errors import InputError
 
     sampling = checked_generation_args(args)
-    art = open_artifact(args.artifact, backend=args.backend, device=args.device, threads=args.threads)
+    art = open_artifact(args.artifact, backend=args.backend, device=args.device, threads=args.threads,
+                        precision=args.precision)
     chat = ChatSession(art, args.max_new_tokens, sampling, system=args.system, context=art.context)
     print(f"accelc chat: {HELP}", file=sys.stderr, flush=True)
 

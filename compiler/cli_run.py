@@ -39,6 +39,9 @@ def add_generation_args(p) -> None:
     p.add_argument("--backend", choices=["native", "openvino", "onnxruntime", "torch"], help="override the backend choice")
     p.add_argument("--device", choices=["npu", "cuda", "cpu"], help="override the device choice")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores available to this process)")
+    p.add_argument("--precision", choices=["auto", "f32"], default="auto",
+                   help="native backend arithmetic: auto (bf16 weights for fp32 artifacts on bf16 CPUs, int8 "
+                   "activations for int8/int4 weights on VNNI CPUs; docs/runtime/native.md) or f32 (exact)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
@@ -66,7 +69,8 @@ def run(args) -> int:
     files = read_artifact(args.artifact, verify_all=args.verify)   # manifest + tokenizer; no graphs yet
     ids = fit_context(encode_prompt(files.tokenizer, prompt, raw=args.raw), args.max_new_tokens, files.context,
                       truncate=args.truncate, what=files.context_name)
-    art = open_artifact(files, backend=args.backend, device=args.device, threads=args.threads)
+    art = open_artifact(files, backend=args.backend, device=args.device, threads=args.threads,
+                        precision=args.precision)
 
     def show(piece: str) -> None:
         sys.stdout.write(piece)

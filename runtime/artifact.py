@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..compiler.artifact import artifact_file, verify
-from ..compiler.errors import ArtifactError
+from ..compiler.errors import ArtifactError, InputError
 from .backends import Backend, default_threads, load_backend
 from .device import Choice, select
 
@@ -184,10 +184,14 @@ def read_artifact(path, verify_all: bool = False) -> ArtifactFiles:
 
 
 def open_artifact(path, backend: str | None = None, device: str | None = None, threads: int | None = None,
-                  report: bool = True, full_logits: bool = False, verify_all: bool = False) -> Artifact:
+                  report: bool = True, full_logits: bool = False, verify_all: bool = False,
+                  precision: str | None = None) -> Artifact:
     """Verify and read the artifact (or take an ArtifactFiles from read_artifact), load its graphs; report the
     backend choice on stderr. full_logits: prefill(all_logits=True) must work (evaluation); the default lets
-    OpenVINO's stateful graph compute only the last position's logits."""
+    OpenVINO's stateful graph compute only the last position's logits. precision: "f32" pins float32
+    arithmetic on the native backend (docs/runtime/native.md, "Precision"); the others always run f32."""
+    if precision not in (None, "auto", "f32"):
+        raise InputError(f"unknown precision '{precision}' (choose auto or f32)")
     files = path if isinstance(path, ArtifactFiles) else read_artifact(path, verify_all)
     manifest, roles = files.manifest, files.roles
     first = next(iter(roles.values()))
@@ -195,7 +199,8 @@ def open_artifact(path, backend: str | None = None, device: str | None = None, t
     if report:
         print(f"accelc: {choice.reason}", file=sys.stderr, flush=True)
     threads = threads or default_threads()
-    runners = {role: load_backend(choice.backend, files.path, g, choice.device, threads, manifest, full_logits)
+    runners = {role: load_backend(choice.backend, files.path, g, choice.device, threads, manifest, full_logits,
+                                  precision)
                for role, g in roles.items()}
     layers = {r.layers for r in runners.values()}
     if len(layers) != 1 or layers != {manifest["model"]["layers"]}:

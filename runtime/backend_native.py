@@ -38,7 +38,8 @@ class NativeBackend:
     device = "cpu"
     stateful = True
 
-    def __init__(self, cfg: dict, tensors: dict, threads: int, full_logits: bool, manifest: dict):
+    def __init__(self, cfg: dict, tensors: dict, threads: int, full_logits: bool, manifest: dict,
+                 precision: str = "auto"):
         from .native.config_check import check_config
         from .native.model import NativeModel
         check_config(cfg, tensors)
@@ -49,7 +50,7 @@ class NativeBackend:
         self.layers = len(cfg["layers"])
         self.vocab = cfg["vocab"]
         self.last_logits_only = not full_logits
-        self.model = NativeModel(cfg, tensors, threads)
+        self.model = NativeModel(cfg, tensors, threads, precision=precision)
         self.held = 0
 
     def forward_stateful(self, input_ids, position_ids, attention_mask, past_len: int):
@@ -78,7 +79,7 @@ class NativeBackend:
 
 
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
-         full_logits: bool = True) -> NativeBackend:
+         full_logits: bool = True, precision: str = "auto") -> NativeBackend:
     from .native.weights import map_safetensors
     if device != "cpu":
         raise ArtifactError(f"the native backend runs on cpu, not {device}")
@@ -91,4 +92,6 @@ def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: d
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"native/model.json is not valid JSON ({e})") from None
-    return NativeBackend(cfg, map_safetensors(weights), threads, full_logits, manifest)
+    if precision == "auto" and rec.get("precision") == "f32":
+        precision = "f32"          # the compiler's validation found the reduced-precision drift too large
+    return NativeBackend(cfg, map_safetensors(weights), threads, full_logits, manifest, precision)

@@ -92,9 +92,10 @@ def default_threads() -> int:
 
 
 def load_backend(name: str, artifact_dir: Path, graph: dict, device: str, threads: int | None = None,
-                 manifest: dict | None = None, full_logits: bool = True) -> Backend:
+                 manifest: dict | None = None, full_logits: bool = True, precision: str | None = None) -> Backend:
     """full_logits=False lets a backend return only the last position's logits from its stateful graph
     (faster decode; OpenVINO's stateful graph only)."""
     module = importlib.import_module(f".{BACKENDS[name]}", __package__)
+    extra = {"precision": precision} if name == "native" and precision else {}     # the others always run f32
     return module.load(Path(artifact_dir), graph, device, threads or default_threads(), manifest or {},
-                       full_logits)
+                       full_logits, **extra)

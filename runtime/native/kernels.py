@@ -8,6 +8,7 @@ Linear kernels compute y[t, n] = sum_k W[n, k] x[t, k] (+ bias[n]) for n in [r0,
 x rows `ldx` apart and y rows `ldy` apart, reading W in its stored format (export_native.py):
 
     f32 / f16   dense rows, converted in registers
+    bf16        dense rows of bfloat16 (made at load from f32 by the precision policy: model.py)
     q8a         u8 codes, w = (q - zero[n]) * scale[n]: accumulates (q - zero) x, scales once per row
     q4s         two signed 4-bit codes per byte; byte j of group g holds elements g*G + j (low nibble)
                 and g*G + G/2 + j (high nibble), both stored as q + 8; f16 scale per (row, group)
@@ -20,7 +21,7 @@ import math
 
 import llvmlite.ir as ir
 
-from .irgen import F16, F32, FAST, I8, I32, I64, PF16, PF32, PI8, PI64, Fn, c64, cf
+from .irgen import F16, F32, FAST, I8, I16, I32, I64, PF16, PF32, PI8, PI64, Fn, c64, cf
 
 
 def c32(v: int) -> ir.Constant:
@@ -45,12 +46,11 @@ def linear(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int =
     with f.loop(f["r0"], f["r1"]) as row:
         with f.loop(0, T) as t:
             xt = f.at(x, f.mul(t, f["ldx"]))
-            if fmt in ("f32", "f16"):
-                w = b.bitcast(f["w0"], PF32 if fmt == "f32" else PF16)
-                wr = f.at(w, f.mul(row, k))
+            if fmt in ("f32", "f16", "bf16"):
+                wr = f.at(_dense(f, fmt), f.mul(row, k))
                 acc = f.var(F32, cf(0))
                 with f.loop(0, k) as i:
-                    f.accumulate(acc, f.fmul(f.to_f32(f.load(wr, i)), f.load(xt, i)))
+                    f.accumulate(acc, f.fmul(_dense_value(f, fmt, f.load(wr, i)), f.load(xt, i)))
                 out = b.load(acc)
             elif fmt == "q8a":
                 q = f.at(f["w0"], f.mul(row, k))
@@ -85,6 +85,18 @@ def linear(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int =
                 out = f.fadd(out, f.load(f["bias"], row))
             f.store(out, y, f.mul(t, f["ldy"]), row)
     return f.finish()
+
+
+def _dense(f: Fn, fmt: str):
+    return f.b.bitcast(f["w0"], {"f32": PF32, "f16": PF16, "bf16": I16.as_pointer()}[fmt])
+
+
+def _dense_value(f: Fn, fmt: str, v):
+    """A stored dense weight as float32 (bf16: the upper half of a float32's bits)."""
+    if fmt == "bf16":
+        b = f.b
+        return b.bitcast(b.shl(b.zext(v, I32), ir.Constant(I32, 16)), F32)
+    return f.to_f32(v)
 
 
 def _codebook_row(f: Fn, row, xt, k: int, group: int, books: int):
@@ -179,10 +191,10 @@ def embed(module: ir.Module, fmt: str, c: int, scale: float | None) -> ir.Functi
     with f.loop(f["t0"], f["t1"]) as t:
         row = f.load(f["ids"], t)
         h = f.at(f["h"], f.mul(t, c))
-        if fmt in ("f32", "f16"):
-            w = f.at(b.bitcast(f["w0"], PF32 if fmt == "f32" else PF16), f.mul(row, c))
+        if fmt in ("f32", "f16", "bf16"):
+            w = f.at(_dense(f, fmt), f.mul(row, c))
             with f.loop(0, c) as i:
-                f.store(f.fmul(f.to_f32(f.load(w, i)), s), h, i)
+                f.store(f.fmul(_dense_value(f, fmt, f.load(w, i)), s), h, i)
         elif fmt == "q8a":
             q = f.at(f["w0"], f.mul(row, c))
             sc = f.fmul(f.load(b.bitcast(f["w1"], PF32), row), s)
@@ -471,3 +483,60 @@ def _hsum(f: Fn, v, lanes: int):
     for i in range(1, lanes):
         total = f.fadd(total, b.extract_element(v, ir.Constant(I32, i)))
     return total
+
+
+# -- codebooks by table lookup ----------------------------------------------------------------------
+def lut_bytes(k: int, group: int, books: int) -> int:
+    return _align(4 * (k // group) * books * 256)
+
+
+def linear_cb_lut(module: ir.Module, n: int, k: int, group: int, books: int, bias: bool) -> ir.Function:
+    """Codebook linear by lookup tables (AQLM's CPU kernel idea): for each token, the dot products of every
+    codebook entry with each input group are computed once, lut[g, m, c] = <codebook[m, c], x_g> (the
+    codebooks are stored transposed, [M, G, 256], so this is G broadcast FMAs over 256 contiguous entries);
+    then each output is sum over groups and codebooks of lut[g, m, code] - M table reads per G weights, no
+    gathers of vectors - times its row scale. The table (K/G x M x 256 floats) lives in per-thread scratch."""
+    name = f"lincb_{n}x{k}_g{group}_m{books}{'_b' if bias else ''}"
+    fn = _cached(module, name)
+    if fn is not None:
+        return fn
+    f = Fn(module, name, VNNI_ARGS)
+    b = f.b
+    ng = k // group
+    lut = b.bitcast(f["scratch"], PF32)
+    cbt = b.bitcast(f["w1"], PF32)
+    scales = b.bitcast(f["w2"], PF32)
+    with f.loop(0, f["T"]) as t:
+        xt = f.at(f["x"], f.mul(t, f["ldx"]))
+        with f.loop(0, ng) as g:
+            for m in range(books):
+                row = f.at(lut, f.mul(f.add(f.mul(g, books), m), 256))
+                xs = [f.load(xt, f.add(f.mul(g, group), i)) for i in range(group)]
+                with f.loop(0, 256) as c:
+                    acc = None
+                    for i in range(group):
+                        v = f.fmul(f.load(cbt, (m * group + i) * 256, c), xs[i])
+                        acc = v if acc is None else f.fadd(acc, v)
+                    f.store(acc, row, c)
+        codes_all = f["w0"]
+        with f.loop(f["r0"], f["r1"]) as r:
+            codes = f.at(codes_all, f.mul(r, ng * books))
+            accs = [f.var(F32, cf(0)) for _ in range(4)]
+            quads = ng // 4
+
+            def lookups(g, acc):
+                for m in range(books):
+                    code = b.zext(f.load(codes, f.mul(g, books), m), I64)
+                    f.accumulate(acc, f.load(lut, f.mul(f.add(f.mul(g, books), m), 256), code))
+
+            with f.loop(0, quads) as q:
+                for j in range(4):
+                    lookups(f.add(f.mul(q, 4), j), accs[j])
+            for g in range(quads * 4, ng):
+                lookups(c64(g), accs[0])
+            total = f.fadd(f.fadd(b.load(accs[0]), b.load(accs[1])), f.fadd(b.load(accs[2]), b.load(accs[3])))
+            out = f.fmul(total, f.load(scales, r))
+            if bias:
+                out = f.fadd(out, f.load(f["bias"], r))
+            f.store(out, f["y"], f.mul(t, f["ldy"]), r)
+    return f.finish()

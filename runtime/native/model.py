@@ -22,13 +22,47 @@ TMAX = 32                 # tokens per native call (longer inputs run in chunks)
 FIRST_CAPACITY = 256
 
 
+def BF16_HOST(features: list[str]) -> bool:
+    """CPUs where OpenVINO's CPU plugin also defaults to bf16 (AVX512-BF16, AMX)."""
+    return "+avx512bf16" in features or "+amx-bf16" in features
+
+
+def to_bf16(cfg: dict, tensors: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """The precision policy for float32 weights: every f32 linear (and embedding / head) becomes bfloat16
+    (round to nearest even) in memory; activations, norms, attention and the KV cache stay float32."""
+    import copy
+    cfg = copy.deepcopy(cfg)
+    tensors = dict(tensors)
+    recs = [cfg["embed"], cfg["head"]] + [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
+    done = set()
+    for rec in recs:
+        if rec["format"] != "f32":
+            continue
+        key = f"{rec['name']}.w"
+        if key not in done:
+            w = np.ascontiguousarray(tensors[key], dtype=np.float32).view(np.uint32)
+            tensors[key] = ((w + 0x7FFF + ((w >> 16) & 1)) >> 16).astype(np.uint16)
+            done.add(key)
+        rec["format"] = "bf16"
+    return cfg, tensors
+
+
 class NativeModel:
     def __init__(self, cfg: dict, tensors: dict[str, np.ndarray], threads: int, tmax: int = TMAX,
-                 int8_act: bool = True):
-        self.cfg, self.threads, self.tmax = cfg, max(1, int(threads)), int(tmax)
+                 precision: str = "auto", int8_act: bool | None = None, bf16: bool | None = None):
+        """precision: "auto" (the policy below) or "f32" (float32 activations and weights as stored: exact);
+        int8_act / bf16 override the policy's two choices (tests, benchmarks)."""
+        self.threads, self.tmax = max(1, int(threads)), int(tmax)
         self._keep = []                                  # arrays whose addresses are in ctx
         host = host_target()
-        self.int8_activations = int8_act and "+avx512vnni" in host.features.split(",")
+        feats = host.features.split(",")
+        auto = precision == "auto"
+        self.int8_activations = (auto if int8_act is None else int8_act) and "+avx512vnni" in feats
+        self.bf16_weights = (auto and BF16_HOST(feats)) if bf16 is None else bf16
+        if self.bf16_weights:
+            cfg, tensors = to_bf16(cfg, tensors)
+        self.cfg = cfg
+        self.precision = precision
         prog = Program(cfg, self.tmax, self.int8_activations)
         module = prog.build()
         self.compiled = compile_ir(str(module), ["forward", "worker", "run"])
@@ -71,14 +105,15 @@ class NativeModel:
         for rec in recs:
             n = rec["name"]
             fmt = rec["format"]
-            if fmt in ("f32", "f16"):
+            if fmt in ("f32", "f16", "bf16"):
                 parts = [t[f"{n}.w"]]
             elif fmt == "q8a":
                 parts = [t[f"{n}.q"], t[f"{n}.scale"], t[f"{n}.zero"]]
             elif fmt == "q4s":
                 parts = [t[f"{n}.q"], t[f"{n}.scale"]]
-            else:   # small tables the kernel reads as f32 (codebooks: M x 256 x G; scales: N)
-                parts = [t[f"{n}.codes"], np.ascontiguousarray(t[f"{n}.codebooks"], dtype=np.float32),
+            else:   # small tables the kernel reads as f32 (codebooks transposed to M x G x 256; scales: N)
+                books = np.asarray(t[f"{n}.codebooks"], dtype=np.float32).transpose(0, 2, 1)
+                parts = [t[f"{n}.codes"], np.ascontiguousarray(books),
                          np.ascontiguousarray(t[f"{n}.scales"], dtype=np.float32)]
             for i, a in enumerate(parts):
                 self._set(f"{n}:w{i}", a)

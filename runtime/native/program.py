@@ -44,8 +44,10 @@ class Program:
     def __init__(self, cfg: dict, tmax: int, int8_activations: bool = False):
         """int8_activations: run q8a/q4s linears with int8-quantized inputs and vpdpbusd (AVX512-VNNI hosts)."""
         self.cfg, self.tmax, self.int8_act = cfg, tmax, int8_activations
-        ks = [L[p]["shape"][1] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
-        self.scratch_stride = kernels.scratch_bytes(tmax, max(ks + [cfg["hidden"]]))
+        recs = [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
+        ks = [r["shape"][1] for r in recs]
+        luts = [kernels.lut_bytes(r["shape"][1], r["group"], r["codebooks"]) for r in recs if r["format"] == "cb"]
+        self.scratch_stride = max([kernels.scratch_bytes(tmax, max(ks + [cfg["hidden"]]))] + luts)
         self.slots = Slots()
         for name in ("sync", "T", "P", "cap", "nthreads", "logit_row0", "ids", "logits",
                      "h", "xn", "qkv", "attn", "gu", "act", "mlp", "scores", "qscratch"):
@@ -61,7 +63,7 @@ class Program:
 
     def _weight(self, f: Fn, rec: dict | None, part: str):
         """w0/w1/w2/bias pointers of a weight record (null where the format has no such tensor)."""
-        parts = {"f32": 1, "f16": 1, "q8a": 3, "q4s": 2, "cb": 3}[rec["format"]] if rec else 0
+        parts = {"f32": 1, "f16": 1, "bf16": 1, "q8a": 3, "q4s": 2, "cb": 3}[rec["format"]] if rec else 0
         if int(part[1]) >= parts:
             return ir.Constant(PI8, None)
         return self._ptr(f, f"{rec['name']}:{part}", PI8)
@@ -124,7 +126,10 @@ class Program:
     def _linear(self, f: Fn, tid, nth, rec: dict, x, ldx, y, ldy, T, col0: int = 0):
         fmt, (n, kk) = rec["format"], rec["shape"]
         vnni = self.int8_act and kernels.vnni_block(fmt, kk, rec.get("group", 0)) is not None
-        if vnni:
+        if fmt == "cb":                     # table lookups (codebooks stored transposed: model.py)
+            k = kernels.linear_cb_lut(self.module, n, kk, rec["group"], rec["codebooks"], bool(rec.get("bias")))
+            vnni = True                     # takes the per-thread scratch
+        elif vnni:
             k = kernels.linear_vnni(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax)
         else:
             k = kernels.linear(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0),

@@ -36,12 +36,12 @@ def _model(family, seed=0):
     return model
 
 
-def _native(model, weights="fp32", threads=2, tmax=4, **kw):
+def _native(model, weights="fp32", threads=2, tmax=4, precision="f32", **kw):
     ad = ArchAdapter(model)
     with torch.no_grad():
         cfg, t = describe(DecoderGraph(model, ad).eval(), ad.family, weights)
     check_config(cfg, t)
-    return NativeModel(cfg, t, threads, tmax=tmax, **kw), cfg, t
+    return NativeModel(cfg, t, threads, tmax=tmax, precision=precision, **kw), cfg, t
 
 
 def _run_all(m, ids):
@@ -97,7 +97,7 @@ def test_quantized_formats_equal_their_dequantized_weights(family, weights):
     np.testing.assert_allclose(full, ref, atol=2e-4)
     np.testing.assert_allclose(steps, ref, atol=2e-4)
     if weights != "fp16" and "+avx512vnni" in jit.host_target().features:
-        m2 = NativeModel(cfg, t, 2, tmax=4, int8_act=True)        # int8 activations (VNNI): close
+        m2 = NativeModel(cfg, t, 2, tmax=4, int8_act=True, precision="f32")        # int8 activations (VNNI): close
         try:
             full2, _ = _run_all(m2, ids[0].numpy())
         finally:
@@ -139,7 +139,7 @@ def test_codebook_layers_equal_torch(scheme):
 
 
 def test_generation_equals_transformers_greedy(tiny_artifact, torch_greedy):
-    art = open_artifact(tiny_artifact, backend="native")
+    art = open_artifact(tiny_artifact, backend="native", precision="f32")
     assert art.choice.backend == "native"
     ref = torch_greedy(PROMPT, 24)
     r = generate(art, PROMPT, 24)
@@ -147,7 +147,7 @@ def test_generation_equals_transformers_greedy(tiny_artifact, torch_greedy):
 
 
 def test_rollback_and_explicit_cache_agree_with_onnxruntime(tiny_artifact):
-    nat = open_artifact(tiny_artifact, backend="native", full_logits=True)
+    nat = open_artifact(tiny_artifact, backend="native", full_logits=True, precision="f32")
     ort = open_artifact(tiny_artifact, backend="onnxruntime")
     a, b = nat.new_state(40), ort.new_state(40)
     np.testing.assert_allclose(prefill(a, PROMPT, all_logits=True), prefill(b, PROMPT, all_logits=True), atol=1e-4)
@@ -212,14 +212,14 @@ def test_corrupt_kernel_cache_entry_is_rebuilt(tmp_path, monkeypatch, caplog):
     blob[100] ^= 0xFF
     entry.write_bytes(bytes(blob))
     with caplog.at_level(logging.WARNING):
-        m2 = NativeModel(cfg, t, 1, tmax=4)
+        m2 = NativeModel(cfg, t, 1, tmax=4, precision="f32")
     try:
         assert not m2.compiled.cached and "corrupt" in caplog.text
         out = m2.step(np.array([1, 2, 3]), np.arange(3), 0, last_only=True)
         assert np.isfinite(out).all()
     finally:
         m2.close()
-    m3 = NativeModel(cfg, t, 1, tmax=4)              # the rebuilt entry is trusted again
+    m3 = NativeModel(cfg, t, 1, tmax=4, precision="f32")              # the rebuilt entry is trusted again
     assert m3.compiled.cached
     m3.close()
 
@@ -249,3 +249,19 @@ def test_generic_cpu_path_gives_the_same_logits(monkeypatch, tmp_path):
     assert m.compiled.target.generic
     np.testing.assert_allclose(m.step(ids, np.arange(8), 0, last_only=False), host, atol=1e-4)
     m.close()
+
+
+def test_bf16_policy_rounds_weights_and_stays_close():
+    model = _model("gemma3_text")
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        ref = model(ids).logits[0].numpy()
+    m, cfg, t = _native(model, bf16=True)
+    try:
+        assert m.bf16_weights and m.cfg["layers"][0]["q"]["format"] == "bf16" and cfg["layers"][0]["q"]["format"] == "f32"
+        full, steps = _run_all(m, ids[0].numpy())
+    finally:
+        m.close()
+    np.testing.assert_allclose(full, steps, atol=1e-5)
+    err = np.linalg.norm(full - ref) / np.linalg.norm(ref)
+    assert 1e-5 < err < 0.02          # rounded (not exact), but close

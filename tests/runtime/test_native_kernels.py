@@ -103,3 +103,28 @@ def test_vnni_linear_matches_numpy(fmt, n, k, group, bias):
     np.testing.assert_allclose(y[:, :n], ref, rtol=1e-4, atol=1e-3)
     exact = x[:, :k] @ w.T + (b if bias else 0)
     assert np.abs(y[:, :n] - exact).max() < 0.05 * np.abs(exact).max()     # int8 activations: close to float
+
+
+@pytest.mark.parametrize("n,k,group,books", [(19, 72, 8, 2), (23, 40, 8, 1), (9, 64, 16, 2), (11, 36, 4, 3), (7, 24, 8, 2)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_codebook_lookup_kernel_matches_numpy(n, k, group, books, bias):
+    m = ir.Module("t")
+    fn = kernels.linear_cb_lut(m, n, k, group, books, bias)
+    fn.linkage = "external"
+    c = compile_ir(str(m), [fn.name])
+    call = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_void_p]))(c.addresses[fn.name])
+    rng = np.random.default_rng(n * k)
+    stored, _ = _stored("cb", n, k, rng, group, books)
+    w = decode(stored, "cb", group)
+    books_t = np.ascontiguousarray(stored["codebooks"].astype(np.float32).transpose(0, 2, 1))
+    scales = stored["scales"].astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    T, ldx, ldy = 2, k + 1, n + 2
+    x = rng.standard_normal((T, ldx)).astype(np.float32)
+    y = np.full((T, ldy), 7.0, dtype=np.float32)
+    scratch = np.zeros(kernels.lut_bytes(k, group, books), dtype=np.uint8)
+    call(stored["codes"].ctypes.data, books_t.ctypes.data, scales.ctypes.data, b.ctypes.data if bias else None,
+         x.ctypes.data, y.ctypes.data, T, 1, n, ldx, ldy, scratch.ctypes.data)
+    ref = x[:, :k] @ w.T + (b if bias else 0)
+    np.testing.assert_allclose(y[:, 1:n], ref[:, 1:n], rtol=2e-5, atol=2e-4)
+    assert (y[:, 0] == 7).all() and (y[:, n:] == 7).all()
