@@ -331,8 +331,8 @@ def validate_native(bundle: ModelBundle, cfg: dict, weights: Path) -> dict:
     if policy.bf16_weights or policy.int8_activations:
         limit = BF16_TOLERANCE if policy.bf16_weights and worst == "fp32" else (max_diff, agree_min)
         ok = pdiff <= limit[0] and pagree >= limit[1]
-        out.update({"policy": ("bf16-weights" if policy.bf16_weights else "") +
-                    ("int8-activations" if policy.int8_activations else ""),
+        out.update({"policy": "+".join(n for n, on in (("bf16-weights", policy.bf16_weights),
+                                                       ("int8-activations", policy.int8_activations)) if on),
                     "policy_max_abs_diff": round(pdiff, 6), "policy_greedy_agreement": round(pagree, 4),
                     "policy_within_tolerance": ok})
         if not ok:

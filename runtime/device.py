@@ -85,6 +85,20 @@ def why_not(backend: str, device: str, manifest: dict, graph: dict) -> str | Non
     return f"unknown backend {backend}"
 
 
+# weight formats of the linears for which the native backend is the CPU default (docs/runtime/native.md: where it
+# measured faster than the OpenVINO backend, and codebooks, which OpenVINO expands to float32 at load)
+NATIVE_FIRST = {"cb"}
+
+
+def cpu_order(manifest: dict) -> tuple[str, ...]:
+    """The CPU backends to try, in order: native first when the artifact's linears are in a format it leads."""
+    rec = (manifest.get("records") or {}).get("native")
+    formats = set(rec.get("linear_formats") or []) if isinstance(rec, dict) else set()
+    if formats and formats <= NATIVE_FIRST | {"f32", "f16", "q8a", "q4s"} and formats & NATIVE_FIRST:
+        return ("native", "openvino", "onnxruntime")
+    return ("openvino", "onnxruntime", "native")
+
+
 def select(manifest: dict, graph: dict, backend: str | None = None, device: str | None = None) -> Choice:
     if backend is not None and backend not in ALL_BACKENDS:
         raise InputError(f"unknown backend '{backend}' (choose from {', '.join(ALL_BACKENDS)})")
@@ -95,10 +109,12 @@ def select(manifest: dict, graph: dict, backend: str | None = None, device: str 
     devices = [device] if device else list(DEVICE_ORDER)
     skipped = []
     for d in devices:
-        for b in ([backend] if backend else DEVICE_BACKENDS[d]):
+        for b in ([backend] if backend else (cpu_order(manifest) if d == "cpu" else DEVICE_BACKENDS[d])):
             reason = why_not(b, d, manifest, graph)
             if reason is None:
                 how = "as asked" if (backend or device) else "first available in order npu, cuda, cpu"
+                if b == "native" and not backend:
+                    how += "; native leads on this artifact's weight format"
                 tail = f"; skipped: {'; '.join(skipped)}" if skipped else ""
                 return Choice(b, d, f"{b} on {d} ({how}{tail})")
             skipped.append(f"{b}/{d}: {reason}")
