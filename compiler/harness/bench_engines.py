@@ -6,6 +6,8 @@
 - transformers:    plain `generate`, torch fp32 eager, on the artifact's source model
 - optimum-intel:   OVModelForCausalLM on an IR exported by optimum-intel at the artifact's weight precision
 - openvino-genai:  LLMPipeline on that same IR, prefix caching off
+- llama.cpp:       llama-bench on the source model as GGUF files (bench_llama.py; only when a build is found;
+                   the same thread count and prompt lengths, but its own token ids and defaults: f16 KV cache)
 
 All get the same token ids, greedy decoding, the same thread count, f32 inference precision and an
 f32 KV cache. The optimum-intel IR is exported once per (source, precision) into
