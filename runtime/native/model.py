@@ -57,8 +57,12 @@ class NativeModel:
         host = host_target()
         feats = host.features.split(",")
         auto = precision == "auto"
-        self.int8_activations = (auto if int8_act is None else int8_act) and "+avx512vnni" in feats
-        self.bf16_weights = (auto and BF16_HOST(feats)) if bf16 is None else bf16
+        fmts = {r["format"] for r in [cfg["embed"], cfg["head"]] +
+                [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]}
+        self.int8_activations = bool(fmts & {"q8a", "q4s"}) and (auto if int8_act is None else int8_act) and \
+            "+avx512vnni" in feats
+        has_f32 = "f32" in fmts
+        self.bf16_weights = has_f32 and ((auto and BF16_HOST(feats)) if bf16 is None else bf16)
         if self.bf16_weights:
             cfg, tensors = to_bf16(cfg, tensors)
         self.cfg = cfg

@@ -265,3 +265,11 @@ def test_bf16_policy_rounds_weights_and_stays_close():
     np.testing.assert_allclose(full, steps, atol=1e-5)
     err = np.linalg.norm(full - ref) / np.linalg.norm(ref)
     assert 1e-5 < err < 0.02          # rounded (not exact), but close
+
+
+def test_native_is_chosen_first_only_where_it_leads():
+    from accelc.runtime.device import cpu_order
+    rec = lambda *f: {"records": {"native": {"linear_formats": list(f)}}}
+    assert cpu_order(rec("cb"))[0] == "native"
+    assert cpu_order(rec("f32"))[0] == "openvino" and "native" in cpu_order(rec("f32"))
+    assert cpu_order({"records": {}})[0] == "openvino"
