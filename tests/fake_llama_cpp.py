@@ -58,7 +58,8 @@ Path(__file__).parent.joinpath("build", "bin", "calls.log").open("a").write(
     "convert " + json.dumps(args) + "\n" + "convert-env " + json.dumps(env) + "\n")
 out = args[args.index("--outfile") + 1]
 assert args[args.index("--outtype") + 1] == "f16"
-Path(out).write_bytes(b"GGUF-F16-of-" + Path(args[0]).name.encode())
+pad = int(os.environ.get("FAKE_GGUF_PAD", "0"))          # bytes of zeros after the header, for a file of some size
+Path(out).write_bytes(b"GGUF-F16-of-" + Path(args[0]).name.encode() + bytes(pad))
 '''
 
 

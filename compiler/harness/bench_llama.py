@@ -201,6 +201,18 @@ def _hwm_mb(pid: int) -> float:
     return 0.0
 
 
+def gguf_weight_bytes(path: Path) -> int:
+    """Bytes of weights a decode step reads from this GGUF: every tensor, less the embedding table when a
+    separate output.weight is the head (a token reads one row of it). The file's size when it is unreadable."""
+    try:
+        from gguf import GGUFReader
+        sizes = {t.name: int(t.n_bytes) for t in GGUFReader(str(path)).tensors}
+    except Exception:
+        return path.stat().st_size
+    embed = sizes.get("token_embd.weight", 0) if "output.weight" in sizes else 0
+    return sum(sizes.values()) - embed
+
+
 def run_child(cmd: list[str], poll_s: float = 0.02) -> tuple[int, str, str, float]:
     """-> (exit status, stdout, stderr, the child's peak RSS in MB; 0 where /proc is missing). The peak is its
     VmHWM, sampled every poll_s while it runs: wait4's ru_maxrss would also count this (large) process, whose
@@ -243,7 +255,8 @@ class LlamaCppEngine:
         mb = self.gguf.stat().st_size / 1e6
         self.name = f"llama.cpp {label} ({mb:.0f} MB)"
         self.peak_rss_mb = 0.0                      # the llama-bench processes', not ours
-        self.info = {"gguf": str(self.gguf), "file_mb": round(mb, 1)}
+        self.info = {"gguf": str(self.gguf), "file_mb": round(mb, 1),
+                     "weight_bytes_per_token": gguf_weight_bytes(self.gguf)}   # its own roofline
 
     def run(self, ids: list[int], n: int) -> Timing:
         cmd = [str(self.bench), "-m", str(self.gguf), "-t", str(self.threads), "-p", str(len(ids)), "-n", str(n),

@@ -150,3 +150,28 @@ def test_factories_name_the_source_type(build, tmp_path, monkeypatch):
     _, factory = L.llama_factories(src, ["Q4_0"], 2, lambda s: None)[0]
     eng = factory()
     assert eng.threads == 2 and eng.gguf.name == "Q4_0.gguf"
+
+
+def test_gguf_weight_bytes_per_token(tmp_path):
+    """All tensors are read per token, less the embedding table when a separate output.weight is the head."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    def write(path, tensors):
+        w = GGUFWriter(str(path), "llama")
+        for name, a in tensors.items():
+            w.add_tensor(name, a)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return path
+    embd, layer, head = (np.zeros(s, np.float32) for s in ((100, 8), (8, 8), (100, 8)))
+    tied = write(tmp_path / "tied.gguf", {"token_embd.weight": embd, "blk.0.attn_q.weight": layer})
+    untied = write(tmp_path / "untied.gguf", {"token_embd.weight": embd, "blk.0.attn_q.weight": layer,
+                                              "output.weight": head})
+    assert L.gguf_weight_bytes(tied) == (800 + 64) * 4
+    assert L.gguf_weight_bytes(untied) == (64 + 800) * 4
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf" * 10)
+    assert L.gguf_weight_bytes(junk) == 100
