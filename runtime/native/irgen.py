@@ -23,6 +23,26 @@ PF16 = F16.as_pointer()
 PI8 = I8.as_pointer()
 PI64 = I64.as_pointer()
 FAST = ("fast",)
+NOVEC = "accelc.novec"
+
+
+def no_vectorize_metadata(ir_text: str) -> str:
+    """Turn the placeholder loop metadata into LLVM's self-referential loop ID that disables vectorization
+    (llvmlite's IR builder cannot write a distinct self-referencing node)."""
+    import re
+    out, extra = [], []
+    pat = re.compile(r'^!(\d+) = !\{ !"' + re.escape(NOVEC) + r'" \}$')
+    base = 1 + max([int(n) for n in re.findall(r"^!(\d+) =", ir_text, flags=re.M)] or [0])
+    for line in ir_text.splitlines():
+        m = pat.match(line.strip())
+        if m:
+            n = m.group(1)
+            out.append(f"!{n} = distinct !{{!{n}, !{base}, !{base + 1}}}")
+            extra = [f'!{base} = !{{!"llvm.loop.vectorize.enable", i1 false}}',
+                     f'!{base + 1} = !{{!"llvm.loop.interleave.count", i32 1}}']
+        else:
+            out.append(line)
+    return "\n".join(out + extra) + "\n"
 
 
 def c64(v: int) -> ir.Constant:
@@ -71,8 +91,9 @@ class Fn:
 
     # -- control flow --------------------------------------------------------------------------
     @contextmanager
-    def loop(self, lo, hi, step: int = 1):
-        """for (i = lo; i < hi; i += step) - yields i (i64)."""
+    def loop(self, lo, hi, step: int = 1, vectorize: bool = True):
+        """for (i = lo; i < hi; i += step) - yields i (i64). vectorize=False keeps LLVM's loop vectorizer off
+        this loop (e.g. table lookups it would turn into gathers, slow on AMD Zen): see no_vectorize_metadata."""
         b = self.b
         lo = c64(lo) if isinstance(lo, int) else lo
         hi = c64(hi) if isinstance(hi, int) else hi
@@ -87,7 +108,9 @@ class Fn:
         yield i
         nxt = b.add(i, c64(step))
         i.add_incoming(nxt, b.block)
-        b.branch(head)
+        br = b.branch(head)
+        if not vectorize:
+            br.set_metadata("llvm.loop", self.module.add_metadata([ir.MetaDataString(self.module, NOVEC)]))
         b.position_at_end(end)
 
     @contextmanager

@@ -116,7 +116,8 @@ def compile_ir(ir_text: str, names: list[str], opt: int = 3) -> Compiled:
     target = llvm.Target.from_default_triple()
     tm = target.create_target_machine(cpu=host.cpu, features=host.features, opt=opt, jit=True,
                                       reloc="default", codemodel="jitdefault")
-    mod = llvm.parse_assembly(ir_text)
+    from .irgen import no_vectorize_metadata
+    mod = llvm.parse_assembly(no_vectorize_metadata(ir_text))
     mod.verify()
     if obj is None:
         pto = llvm.create_pipeline_tuning_options(speed_level=opt)

@@ -99,6 +99,9 @@ def _dense_value(f: Fn, fmt: str, v):
     return f.to_f32(v)
 
 
+DECODE_CHAINS = 4        # vector accumulators of the decode-and-FMA codebook kernel
+
+
 def _codebook_row(f: Fn, row, xt, k: int, group: int, books: int):
     """One output of a codebook layer: per input group, the sum of the M selected codebook vectors (one
     G-wide vector load each, contiguous: codebooks are [M, 256, G] f32) times x's group, accumulated in two
@@ -111,9 +114,9 @@ def _codebook_row(f: Fn, row, xt, k: int, group: int, books: int):
     cbk = b.bitcast(f["w1"], PF32)
     scale = f.load(b.bitcast(f["w2"], PF32), row)
     zero = ir.Constant(vt, [0.0] * group)
-    accs = [f.var(vt, zero), f.var(vt, zero)]
+    accs = [f.var(vt, zero) for _ in range(DECODE_CHAINS)]
     ngroups = k // group
-    pairs = ngroups // 2
+    pairs = ngroups // DECODE_CHAINS
 
     def one(g, acc):
         xv = b.load(b.bitcast(f.at(xt, f.mul(g, group)), pv), align=4)
@@ -125,12 +128,16 @@ def _codebook_row(f: Fn, row, xt, k: int, group: int, books: int):
         b.store(b.fadd(b.load(acc), b.fmul(vec, xv, flags=FAST), flags=FAST), acc)
 
     with f.loop(0, pairs) as p:
-        g0 = f.mul(p, 2)
-        one(g0, accs[0])
-        one(f.add(g0, 1), accs[1])
-    if ngroups % 2:
-        one(c64(ngroups - 1), accs[0])
-    tot = b.fadd(b.load(accs[0]), b.load(accs[1]), flags=FAST)
+        g0 = f.mul(p, DECODE_CHAINS)
+        for j in range(DECODE_CHAINS):
+            one(f.add(g0, j), accs[j])
+    for g in range(pairs * DECODE_CHAINS, ngroups):
+        one(c64(g), accs[0])
+    vals = [b.load(a) for a in accs]
+    while len(vals) > 1:
+        vals = [b.fadd(vals[i], vals[i + 1], flags=FAST) if i + 1 < len(vals) else vals[i]
+                for i in range(0, len(vals), 2)]
+    tot = vals[0]
     total = b.extract_element(tot, ir.Constant(I32, 0))
     for i in range(1, group):
         total = f.fadd(total, b.extract_element(tot, ir.Constant(I32, i)))
@@ -486,6 +493,10 @@ def _hsum(f: Fn, v, lanes: int):
 
 
 # -- codebooks by table lookup ----------------------------------------------------------------------
+LUT_L1_BYTES = 24 << 10  # lookup tables per pass over the rows: within L1 (32 KB on Zen 4 / most x86 cores)
+LUT_CHAINS = 8           # independent accumulators in the lookup sequence
+
+
 def lut_bytes(k: int, group: int, books: int) -> int:
     return _align(4 * (k // group) * books * 256)
 
@@ -518,25 +529,29 @@ def linear_cb_lut(module: ir.Module, n: int, k: int, group: int, books: int, bia
                         v = f.fmul(f.load(cbt, (m * group + i) * 256, c), xs[i])
                         acc = v if acc is None else f.fadd(acc, v)
                     f.store(acc, row, c)
-        codes_all = f["w0"]
-        with f.loop(f["r0"], f["r1"]) as r:
-            codes = f.at(codes_all, f.mul(r, ng * books))
-            accs = [f.var(F32, cf(0)) for _ in range(4)]
-            quads = ng // 4
-
-            def lookups(g, acc):
-                for m in range(books):
-                    code = b.zext(f.load(codes, f.mul(g, books), m), I64)
-                    f.accumulate(acc, f.load(lut, f.mul(f.add(f.mul(g, books), m), 256), code))
-
-            with f.loop(0, quads) as q:
-                for j in range(4):
-                    lookups(f.add(f.mul(q, 4), j), accs[j])
-            for g in range(quads * 4, ng):
-                lookups(c64(g), accs[0])
-            total = f.fadd(f.fadd(b.load(accs[0]), b.load(accs[1])), f.fadd(b.load(accs[2]), b.load(accs[3])))
-            out = f.fmul(total, f.load(scales, r))
-            if bias:
-                out = f.fadd(out, f.load(f["bias"], r))
-            f.store(out, f["y"], f.mul(t, f["ldy"]), r)
+        # lookups in blocks of groups whose tables fit L1 (LUT_L1_BYTES): every row's partial sum for one block,
+        # then the next block (the partial sums accumulate in y, scaled once after the last block)
+        per_group = books * 256 * 4
+        bg = max(1, min(ng, LUT_L1_BYTES // per_group))
+        blocks = [(g0, min(ng, g0 + bg)) for g0 in range(0, ng, bg)]
+        yt = f.at(f["y"], f.mul(t, f["ldy"]))
+        for bi, (g0, g1) in enumerate(blocks):
+            with f.loop(f["r0"], f["r1"], vectorize=False) as r:
+                codes = f.at(f["w0"], f.mul(r, ng * books))
+                chains = min(LUT_CHAINS, (g1 - g0) * books)
+                accs = [f.var(F32, cf(0)) for _ in range(chains)]
+                for j, g in enumerate(range(g0, g1)):
+                    for m in range(books):
+                        code = b.zext(f.load(codes, (g * books + m)), I64)
+                        f.accumulate(accs[(j * books + m) % chains], f.load(lut, (g * books + m) * 256, code))
+                parts = [b.load(a) for a in accs]              # independent chains, summed pairwise
+                while len(parts) > 1:
+                    parts = [f.fadd(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                             for i in range(0, len(parts), 2)]
+                total = parts[0] if bi == 0 else f.fadd(f.load(yt, r), parts[0])
+                if bi == len(blocks) - 1:
+                    total = f.fmul(total, f.load(scales, r))
+                    if bias:
+                        total = f.fadd(total, f.load(f["bias"], r))
+                f.store(total, yt, r)
     return f.finish()

@@ -75,7 +75,7 @@ class NativeModel:
         self.sync = np.zeros(SYNC_WORDS, dtype=np.int64)
         self._set("sync", self.sync)
         self._set_int("nthreads", self.threads)
-        self._weights(tensors)
+        self._weights(tensors, prog.cb_kernel)
         self._scratch()
         self.qscratch = np.zeros(prog.scratch_stride * self.threads, dtype=np.uint8)
         self._set("qscratch", self.qscratch)
@@ -103,7 +103,7 @@ class NativeModel:
     def _set_int(self, name: str, v: int) -> None:
         self.ctx[self.slots.names.index(name)] = int(v)
 
-    def _weights(self, t: dict[str, np.ndarray]) -> None:
+    def _weights(self, t: dict[str, np.ndarray], prog_cb: str) -> None:
         cfg = self.cfg
         recs = [cfg["embed"], cfg["head"]] + [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
         for rec in recs:
@@ -116,7 +116,9 @@ class NativeModel:
             elif fmt == "q4s":
                 parts = [t[f"{n}.q"], t[f"{n}.scale"]]
             else:   # small tables the kernel reads as f32 (codebooks transposed to M x G x 256; scales: N)
-                books = np.asarray(t[f"{n}.codebooks"], dtype=np.float32).transpose(0, 2, 1)
+                books = np.asarray(t[f"{n}.codebooks"], dtype=np.float32)
+                if prog_cb == "lut":
+                    books = books.transpose(0, 2, 1)
                 parts = [t[f"{n}.codes"], np.ascontiguousarray(books),
                          np.ascontiguousarray(t[f"{n}.scales"], dtype=np.float32)]
             for i, a in enumerate(parts):

@@ -26,6 +26,17 @@ SPINS_BEFORE_YIELD = 1 << 11
 ROW_BLOCK = 16
 
 
+def cb_kernel() -> str:
+    """The codebook kernel: "lut" (table lookups) or "decode" (codebook vectors times x, FMA);
+    ACCELC_NATIVE_CB chooses (benchmarks); the default is the one measured faster (docs/runtime/native.md)."""
+    import os
+    v = os.environ.get("ACCELC_NATIVE_CB", CB_DEFAULT).strip().lower()
+    return v if v in ("lut", "decode") else CB_DEFAULT
+
+
+CB_DEFAULT = "lut"
+
+
 @dataclass
 class Slots:
     """Names of the ctx array's entries, in order (filled by the runtime: model.py)."""
@@ -44,6 +55,7 @@ class Program:
     def __init__(self, cfg: dict, tmax: int, int8_activations: bool = False):
         """int8_activations: run q8a/q4s linears with int8-quantized inputs and vpdpbusd (AVX512-VNNI hosts)."""
         self.cfg, self.tmax, self.int8_act = cfg, tmax, int8_activations
+        self.cb_kernel = cb_kernel()
         recs = [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
         ks = [r["shape"][1] for r in recs]
         luts = [kernels.lut_bytes(r["shape"][1], r["group"], r["codebooks"]) for r in recs if r["format"] == "cb"]
@@ -126,7 +138,7 @@ class Program:
     def _linear(self, f: Fn, tid, nth, rec: dict, x, ldx, y, ldy, T, col0: int = 0):
         fmt, (n, kk) = rec["format"], rec["shape"]
         vnni = self.int8_act and kernels.vnni_block(fmt, kk, rec.get("group", 0)) is not None
-        if fmt == "cb":                     # table lookups (codebooks stored transposed: model.py)
+        if fmt == "cb" and self.cb_kernel == "lut":   # table lookups (codebooks stored transposed: model.py)
             k = kernels.linear_cb_lut(self.module, n, kk, rec["group"], rec["codebooks"], bool(rec.get("bias")))
             vnni = True                     # takes the per-thread scratch
         elif vnni:
