@@ -38,7 +38,7 @@ def run(args) -> int:
     from ..runtime.backends import default_threads
     from .harness.bench import PROMPTS, read_bandwidth, run_engine, weight_bytes_per_token
     from .harness.bench_engines import (AccelcEngine, GenAIEngine, OptimumEngine, TransformersEngine, optimum_ir)
-    from .harness.bench_llama import llama_factories, parse_types
+    from .harness.bench_llama import find_llama_cpp, llama_factories, parse_types
     from .artifact import verify
 
     if not 1 <= args.prompts <= len(PROMPTS):
@@ -49,6 +49,7 @@ def run(args) -> int:
         raise InputError("--threads must be >= 1")
     against = _against(args.against)
     llama_types = parse_types(args.llama_types)
+    llama = find_llama_cpp() if "llama.cpp" in against else None     # a wrong ACCELC_LLAMA_CPP fails here, early
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -78,7 +79,7 @@ def run(args) -> int:
             if "openvino-genai" in against:
                 factories.append(("openvino-genai", lambda: GenAIEngine(ir, threads)))
     if "llama.cpp" in against:
-        factories += llama_factories(src, llama_types, threads, status)
+        factories += llama_factories(llama, src, llama_types, threads, status)
     results = []
     with bar(len(factories) * len(prompts), "bench") as pb:
         for name, factory in factories:

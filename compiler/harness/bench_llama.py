@@ -271,9 +271,9 @@ class LlamaCppEngine:
         return Timing(ttft, int(pp["n_prompt"]) if pp else 0, int(tg["n_gen"]), tg["avg_ns"] / 1e9, int(tg["n_gen"]))
 
 
-def llama_factories(source: dict, types: list[str], threads: int, say) -> list:
-    """[(name, factory)] for `accelc bench`, or [] with the skip line when there is no build."""
-    llama = find_llama_cpp()
+def llama_factories(llama: LlamaCpp | None, source: dict, types: list[str], threads: int, say) -> list:
+    """[(name, factory)] for `accelc bench` (llama from find_llama_cpp()), or [] with the skip line when there is
+    no build."""
     if llama is None:
         say(SKIP_LINE)
         return []

@@ -40,7 +40,7 @@ def test_no_build_skips_with_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv(L.ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     said = []
-    assert L.llama_factories(gguf_source(tmp_path), ["F16"], 2, said.append) == []
+    assert L.llama_factories(L.find_llama_cpp(), gguf_source(tmp_path), ["F16"], 2, said.append) == []
     assert said == [L.SKIP_LINE] and "ACCELC_LLAMA_CPP" in said[0] and "skipped" in said[0]
 
 
@@ -145,9 +145,9 @@ def test_transformers_folder_converted_to_f16_once(build, tmp_path, monkeypatch)
 def test_factories_name_the_source_type(build, tmp_path, monkeypatch):
     monkeypatch.setattr(L, "gguf_type", lambda p: "Q4_1")
     src = gguf_source(tmp_path)
-    names = [n for n, _ in L.llama_factories(src, ["source", "Q4_0"], 2, lambda s: None)]
+    names = [n for n, _ in L.llama_factories(L.find_llama_cpp(), src, ["source", "Q4_0"], 2, lambda s: None)]
     assert names == ["llama.cpp source Q4_1", "llama.cpp Q4_0"]
-    _, factory = L.llama_factories(src, ["Q4_0"], 2, lambda s: None)[0]
+    _, factory = L.llama_factories(L.find_llama_cpp(), src, ["Q4_0"], 2, lambda s: None)[0]
     eng = factory()
     assert eng.threads == 2 and eng.gguf.name == "Q4_0.gguf"
 

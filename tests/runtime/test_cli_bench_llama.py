@@ -3,6 +3,8 @@ without a build the rows are skipped with one line and the bench still succeeds.
 import json
 import os
 
+import pytest
+
 from cli_checks import error_line
 from fake_llama_cpp import calls, make_fake_build
 
@@ -47,6 +49,11 @@ def test_bench_without_llama_cpp_skips_with_one_line(tiny_artifact, tmp_path, mo
         "PATH; scripts/build_llama_cpp.sh builds one): llama.cpp rows skipped"]
 
 
-def test_bench_against_unknown_engine_is_input_error(tiny_artifact, capsys):
+def test_bench_against_bad_input_is_one_line_before_the_artifact_opens(tiny_artifact, tmp_path, monkeypatch, capsys):
+    import accelc.runtime.artifact as A
+    monkeypatch.setattr(A, "open_artifact", lambda *a, **k: pytest.fail("the artifact was opened"))
     assert main(["bench", str(tiny_artifact), "--against", "llama.cpp,vllm"]) == 2
     assert "--against takes 'all' or a comma list of" in error_line(capsys)
+    monkeypatch.setenv("ACCELC_LLAMA_CPP", str(tmp_path))
+    assert main(["bench", str(tiny_artifact), "--against", "llama.cpp"]) == 2
+    assert f"ACCELC_LLAMA_CPP={tmp_path} has no executable llama-bench" in error_line(capsys)
