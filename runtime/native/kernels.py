@@ -555,3 +555,80 @@ def linear_cb_lut(module: ir.Module, n: int, k: int, group: int, books: int, bia
                         total = f.fadd(total, f.load(f["bias"], r))
                 f.store(total, yt, r)
     return f.finish()
+
+
+def linear_cb_rows(module: ir.Module, n: int, k: int, group: int, books: int, bias: bool) -> ir.Function:
+    """Codebook linear, decode-and-FMA over two rows at a time (the default codebook kernel): per input group,
+    x's group is loaded once for both rows, each row's M codebook vectors (G floats, contiguous in the
+    [M, 256, G] f32 codebooks, L1-resident) are summed and FMA'd into that row's vector accumulators. The
+    codes of four groups of a row are read with one integer load (4M bytes) and split with shifts, so the
+    load ports serve the codebook vectors: about (2M + 1) / 2 + M / 4 loads per group and row."""
+    name = f"lincbr_{n}x{k}_g{group}_m{books}{'_b' if bias else ''}"
+    fn = _cached(module, name)
+    if fn is not None:
+        return fn
+    f = Fn(module, name, LINEAR_ARGS)
+    b = f.b
+    ng = k // group
+    vt = ir.VectorType(F32, group)
+    pv = vt.as_pointer()
+    cbk = b.bitcast(f["w1"], PF32)
+    scales = b.bitcast(f["w2"], PF32)
+    word = ir.IntType(32 * books)              # the codes of 4 groups of one row
+    zero = ir.Constant(vt, [0.0] * group)
+
+    def codes_of(row, quad):
+        """-> 4 lists of M code values (i64) for groups 4*quad .. 4*quad + 3 of `row`."""
+        p = f.at(f["w0"], f.mul(row, ng * books), f.mul(quad, 4 * books))
+        w = b.load(b.bitcast(p, word.as_pointer()), align=1)
+        vals = [b.zext(b.trunc(b.lshr(w, ir.Constant(word, 8 * i)), I8), I64) for i in range(4 * books)]
+        return [vals[j * books:(j + 1) * books] for j in range(4)]
+
+    def group_fma(g, xv, codes, acc):
+        vec = None
+        for m, code in enumerate(codes):
+            v = b.load(b.bitcast(f.at(cbk, f.mul(f.add(code, m * 256), group)), pv), align=4)
+            vec = v if vec is None else b.fadd(vec, v, flags=FAST)
+        b.store(b.fadd(b.load(acc), b.fmul(vec, xv, flags=FAST), flags=FAST), acc)
+
+    def finish(row, accs, t):
+        vals = [b.load(a) for a in accs]
+        tot = b.fadd(vals[0], vals[1], flags=FAST)
+        total = b.extract_element(tot, ir.Constant(I32, 0))
+        for i in range(1, group):
+            total = f.fadd(total, b.extract_element(tot, ir.Constant(I32, i)))
+        out = f.fmul(total, f.load(scales, row))
+        if bias:
+            out = f.fadd(out, f.load(f["bias"], row))
+        f.store(out, f["y"], f.mul(t, f["ldy"]), row)
+
+    quads = ng // 4
+    with f.loop(0, f["T"]) as t:
+        xt = f.at(f["x"], f.mul(t, f["ldx"]))
+        span = b.sub(f["r1"], f["r0"])
+        pairs_end = b.add(f["r0"], b.mul(b.sdiv(span, c64(2)), c64(2)))
+        with f.loop(f["r0"], pairs_end, 2) as ra:
+            rows = [ra, f.add(ra, 1)]
+            accs = [[f.var(vt, zero), f.var(vt, zero)] for _ in rows]
+            with f.loop(0, quads) as q:
+                cs = [codes_of(r, q) for r in rows]
+                for j in range(4):
+                    g = f.add(f.mul(q, 4), j)
+                    xv = b.load(b.bitcast(f.at(xt, f.mul(g, group)), pv), align=4)
+                    for i in range(2):
+                        group_fma(g, xv, cs[i][j], accs[i][j % 2])
+            for g in range(quads * 4, ng):                 # groups past the last whole quad
+                xv = b.load(b.bitcast(f.at(xt, g * group), pv), align=4)
+                for i, r in enumerate(rows):
+                    cds = [b.zext(f.load(f["w0"], f.mul(r, ng * books), g * books + m), I64) for m in range(books)]
+                    group_fma(c64(g), xv, cds, accs[i][0])
+            for i, r in enumerate(rows):
+                finish(r, accs[i], t)
+        with f.loop(pairs_end, f["r1"]) as r:              # an odd last row
+            accs = [f.var(vt, zero), f.var(vt, zero)]
+            with f.loop(0, ng) as g:
+                xv = b.load(b.bitcast(f.at(xt, f.mul(g, group)), pv), align=4)
+                cds = [b.zext(f.load(f["w0"], f.mul(r, ng * books), f.mul(g, books), m), I64) for m in range(books)]
+                group_fma(g, xv, cds, accs[0])
+            finish(r, accs, t)
+    return f.finish()

@@ -27,14 +27,15 @@ ROW_BLOCK = 16
 
 
 def cb_kernel() -> str:
-    """The codebook kernel: "lut" (table lookups) or "decode" (codebook vectors times x, FMA);
+    """The codebook kernel: "lut" (table lookups), "decode" (codebook vectors times x, FMA, one row at a time)
+    or "rows" (the same over two rows at a time, codes read four groups per load);
     ACCELC_NATIVE_CB chooses (benchmarks); the default is the one measured faster (docs/runtime/native.md)."""
     import os
     v = os.environ.get("ACCELC_NATIVE_CB", CB_DEFAULT).strip().lower()
-    return v if v in ("lut", "decode") else CB_DEFAULT
+    return v if v in ("lut", "decode", "rows") else CB_DEFAULT
 
 
-CB_DEFAULT = "lut"
+CB_DEFAULT = "rows"
 
 
 @dataclass
@@ -141,6 +142,8 @@ class Program:
         if fmt == "cb" and self.cb_kernel == "lut":   # table lookups (codebooks stored transposed: model.py)
             k = kernels.linear_cb_lut(self.module, n, kk, rec["group"], rec["codebooks"], bool(rec.get("bias")))
             vnni = True                     # takes the per-thread scratch
+        elif fmt == "cb" and self.cb_kernel == "rows":
+            k = kernels.linear_cb_rows(self.module, n, kk, rec["group"], rec["codebooks"], bool(rec.get("bias")))
         elif vnni:
             k = kernels.linear_vnni(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax)
         else:

@@ -128,3 +128,26 @@ def test_codebook_lookup_kernel_matches_numpy(n, k, group, books, bias):
     ref = x[:, :k] @ w.T + (b if bias else 0)
     np.testing.assert_allclose(y[:, 1:n], ref[:, 1:n], rtol=2e-5, atol=2e-4)
     assert (y[:, 0] == 7).all() and (y[:, n:] == 7).all()
+
+
+@pytest.mark.parametrize("n,k,group,books", [(19, 72, 8, 2), (23, 40, 8, 1), (9, 64, 16, 2), (11, 36, 4, 3), (8, 24, 8, 2)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_codebook_two_row_kernel_matches_numpy(n, k, group, books, bias):
+    m = ir.Module("t")
+    fn = kernels.linear_cb_rows(m, n, k, group, books, bias)
+    fn.linkage = "external"
+    c = compile_ir(str(m), [fn.name])
+    call = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5))(c.addresses[fn.name])
+    rng = np.random.default_rng(n * k + 1)
+    stored, parts = _stored("cb", n, k, rng, group, books)
+    w = decode(stored, "cb", group)
+    b = rng.standard_normal(n).astype(np.float32)
+    T, ldx, ldy = 2, k + 1, n + 2
+    x = rng.standard_normal((T, ldx)).astype(np.float32)
+    for r0, r1 in ((0, n), (1, n), (2, n - 1)):                 # even and odd row ranges
+        y = np.full((T, ldy), 7.0, dtype=np.float32)
+        call(*[p.ctypes.data for p in parts], b.ctypes.data if bias else None, x.ctypes.data, y.ctypes.data,
+             T, r0, r1, ldx, ldy)
+        ref = x[:, :k] @ w.T + (b if bias else 0)
+        np.testing.assert_allclose(y[:, r0:r1], ref[:, r0:r1], rtol=2e-5, atol=2e-4)
+        assert (y[:, :r0] == 7).all() and (y[:, r1:] == 7).all()
