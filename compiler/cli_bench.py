@@ -27,7 +27,7 @@ def add_parser(sub):
     p.add_argument("--prompts", type=int, default=5, help="how many of the fixed prompts to run (1-5, default 5)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
     p.add_argument("--threads", type=int, help="threads for every engine (default: all available cores)")
-    p.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], help="accelc backend")
+    p.add_argument("--backend", choices=["native", "openvino", "onnxruntime", "torch"], help="accelc backend")
     p.add_argument("--device", choices=["npu", "cuda", "cpu"], help="accelc device")
     p.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of decode tok/s (needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -85,16 +85,30 @@ def why_not(backend: str, device: str, manifest: dict, graph: dict) -> str | Non
     return f"unknown backend {backend}"
 
 
-# weight formats of the linears for which the native backend is the CPU default (docs/runtime/native.md: where it
-# measured faster than the OpenVINO backend, and codebooks, which OpenVINO expands to float32 at load)
-NATIVE_FIRST = {"cb"}
+def native_leads(formats: set, precision: str | None, features: list[str]) -> bool:
+    """Whether the native backend is the CPU default for linears in these formats on this CPU
+    (docs/runtime/native.md "Choosing the backend", from the measured table): codebooks always (OpenVINO
+    expands them to float32 at load); int8/int4 where AVX512-VNNI runs them as integer dot products. fp32
+    artifacts stay on OpenVINO at f32 by default (exact: greedy identical to transformers); the native
+    backend's bf16 policy for them is `--backend native`."""
+    if not formats:
+        return False
+    vnni = "+avx512vnni" in features
+    ok = {"cb"} | ({"q8a", "q4s"} if vnni else set())
+    return formats <= ok
 
 
-def cpu_order(manifest: dict) -> tuple[str, ...]:
-    """The CPU backends to try, in order: native first when the artifact's linears are in a format it leads."""
+def cpu_order(manifest: dict, features: list[str] | None = None) -> tuple[str, ...]:
+    """The CPU backends to try, in order: native first where it leads on this artifact's weights and this CPU."""
     rec = (manifest.get("records") or {}).get("native")
     formats = set(rec.get("linear_formats") or []) if isinstance(rec, dict) else set()
-    if formats and formats <= NATIVE_FIRST | {"f32", "f16", "q8a", "q4s"} and formats & NATIVE_FIRST:
+    if formats and features is None:
+        try:
+            from .native.jit import host_target
+            features = host_target().features.split(",")
+        except Exception:           # no llvmlite: native is not available anyway
+            features = []
+    if native_leads(formats, rec.get("precision") if isinstance(rec, dict) else None, features or []):
         return ("native", "openvino", "onnxruntime")
     return ("openvino", "onnxruntime", "native")
 

@@ -269,7 +269,12 @@ def test_bf16_policy_rounds_weights_and_stays_close():
 
 def test_native_is_chosen_first_only_where_it_leads():
     from accelc.runtime.device import cpu_order
-    rec = lambda *f: {"records": {"native": {"linear_formats": list(f)}}}
-    assert cpu_order(rec("cb"))[0] == "native"
-    assert cpu_order(rec("f32"))[0] == "openvino" and "native" in cpu_order(rec("f32"))
-    assert cpu_order({"records": {}})[0] == "openvino"
+    rec = lambda *f, **kw: {"records": {"native": {"linear_formats": list(f), **kw}}}
+    zen5 = ["+avx2", "+avx512f", "+avx512vnni", "+avx512bf16"]
+    zen2 = ["+avx2"]
+    assert cpu_order(rec("cb"), zen2)[0] == "native"                      # OpenVINO would expand codebooks
+    assert cpu_order(rec("q8a"), zen5)[0] == "native" and cpu_order(rec("q4s"), zen5)[0] == "native"
+    assert cpu_order(rec("q8a"), zen2)[0] == "openvino"                   # no VNNI: float kernels
+    assert cpu_order(rec("f32"), zen5)[0] == "openvino"                   # exact f32 stays the default
+    assert cpu_order(rec("f16"), zen5)[0] == "openvino" and "native" in cpu_order(rec("f16"), zen5)
+    assert cpu_order({"records": {}}, zen5)[0] == "openvino"
