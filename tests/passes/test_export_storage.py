@@ -116,7 +116,10 @@ def test_formats_onnx_writes_no_ir(tmp_path):
 def test_formats_option_is_checked():
     assert CompileOptions(formats="onnx, openvino").formats == ("openvino", "onnx")
     assert CompileOptions().formats is None
-    assert get_target("cpu").resolve(CompileOptions()).formats == ("openvino", "onnx", "genai")
+    assert get_target("cpu").resolve(CompileOptions()).formats == ("openvino", "onnx", "genai", "native")
+    cpu = [p.name for p in get_target("cpu").pipeline(CompileOptions())]
+    assert "export-native" in cpu and cpu.index("export-native") > cpu.index("export-openvino")
+    assert "export-native" not in [p.name for p in get_target("npu").pipeline(CompileOptions())]
     with pytest.raises(InputError, match="unknown graph format 'tflite'"):
         CompileOptions(formats="onnx,tflite")
     with pytest.raises(InputError, match="needs the openvino format"):
