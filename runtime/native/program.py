@@ -88,6 +88,17 @@ class Program:
                 self.module, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause")
             f.b.call(fn, [])
 
+    def _back_off(self, f: Fn, spins, limit: int, slow) -> None:
+        """One round of a wait loop: count it; below `limit` rounds pause, past it call slow() (yield, sleep)."""
+        b = f.b
+        n = b.add(b.load(spins), c64(1))
+        b.store(n, spins)
+        with b.if_else(b.icmp_signed("<", n, c64(limit))) as (fast, other):
+            with fast:
+                self._pause(f)
+            with other:
+                slow()
+
     def _sched_yield(self) -> ir.Function:
         return self.module.globals.get("sched_yield") or ir.Function(self.module, ir.FunctionType(I32, []),
                                                                      "sched_yield")
@@ -111,13 +122,7 @@ class Program:
                 out = b.append_basic_block("out")
                 b.branch(spin)
                 b.position_at_end(spin)
-                n = b.add(b.load(spins), c64(1))
-                b.store(n, spins)
-                with b.if_else(b.icmp_signed("<", n, c64(SPINS_BEFORE_YIELD))) as (fast, slow):
-                    with fast:
-                        self._pause(f)
-                    with slow:
-                        b.call(self._sched_yield(), [])
+                self._back_off(f, spins, SPINS_BEFORE_YIELD, lambda: b.call(self._sched_yield(), []))
                 now = b.load_atomic(gen_p, "acquire", 8)
                 b.cbranch(b.icmp_signed("==", now, gen), spin, out)
                 b.position_at_end(out)
@@ -261,13 +266,7 @@ class Program:
         now = b.load_atomic(job_p, "acquire", 8)
         b.cbranch(b.icmp_signed("!=", now, b.load(seen)), got, idle)
         b.position_at_end(idle)
-        n = b.add(b.load(spins), c64(1))
-        b.store(n, spins)
-        with b.if_else(b.icmp_signed("<", n, c64(SPINS_BEFORE_SLEEP))) as (then, other):
-            with then:
-                self._pause(w)
-            with other:
-                b.call(usleep, [ir.Constant(I32, 100)])
+        self._back_off(w, spins, SPINS_BEFORE_SLEEP, lambda: b.call(usleep, [ir.Constant(I32, 100)]))
         b.branch(wait)
         b.position_at_end(got)
         b.store(now, seen)
