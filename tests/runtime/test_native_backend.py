@@ -3,7 +3,6 @@ dequantized weights), generation equals transformers greedy, bad native files ar
 cache rebuilds what it cannot trust."""
 import json
 import logging
-import shutil
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from accelc.runtime.native import jit
 from accelc.runtime.native.config_check import check_config
 from accelc.runtime.native.model import NativeModel
 
+from test_artifact_trust import art  # noqa: F401  (a copy of the tiny artifact, private cache)
 from test_runtime_graphs import PROMPT
 
 
@@ -165,14 +165,6 @@ def test_rollback_and_explicit_cache_agree_with_onnxruntime(tiny_artifact):
                                 new_kv)
     ref = prefill(ort.new_state(40), PROMPT + [5], all_logits=True)
     np.testing.assert_allclose(logits2[0, -1], ref[-1], atol=1e-4)
-
-
-@pytest.fixture
-def art(tiny_artifact, tmp_path, monkeypatch):
-    monkeypatch.setenv("ACCELC_CACHE", str(tmp_path / "cache"))
-    dst = tmp_path / "art"
-    shutil.copytree(tiny_artifact, dst)
-    return dst
 
 
 def _rewrite_config(art, fn):
