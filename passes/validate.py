@@ -8,6 +8,12 @@ steps, and greedy agreement (the fraction of the 2 x (1 + steps) next-token argm
 Tolerances by weight precision (max |logit diff|, min greedy agreement), set from measurements on
 SmolLM2-135M (see TOLERANCES): fp32 is an exact rewrite; the others are lossy, and for them greedy
 agreement is the real check (a broken graph agrees near 0).
+
+An exact rewrite still differs by f32 rounding, and how much depends on the model: a badly pruned one
+carries larger activations and rounds more. So the fp32 limit is the larger of TOLERANCES' figure and
+NOISE_FACTOR x torch's own disagreement with itself (the cached step-by-step logits against one uncached
+forward of the same tokens); SmolLM2-135M: self-disagreement 5.7e-5, OpenVINO 1.1e-4 (2x); after
+channel-magnitude:0.2, 5.5e-4 and 1.5e-3 (3x).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ PROMPTS = ("The capital of France is", "def fibonacci(n):\n    ")
 # measured on SmolLM2-135M (2 prompts, 8 steps): fp32 6e-5 / 1.1e-4 (ORT / OV), greedy 1.0; int8 OV 1.71,
 # greedy 0.89; int4 14.7 / 13.7, greedy 0.78. fp16 is not measured on the real model yet (tiny: 3e-4).
 TOLERANCES = {"fp32": (1e-3, 1.0), "fp16": (0.5, 0.85), "int8": (3.0, 0.75), "int4": (25.0, 0.6)}
+NOISE_FACTOR = 8.0
 BACKENDS = ("onnxruntime", "openvino")
 FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}      # backend -> the graph format it runs
 
@@ -75,6 +82,18 @@ def torch_reference(model, ids: np.ndarray, steps: int) -> tuple[np.ndarray, np.
         logits.append(out.logits)
         past = out.past_key_values
     return seq.numpy(), torch.cat(logits, dim=1).float().numpy()
+
+
+@torch.no_grad()
+def self_noise(model, tokens: np.ndarray, ref_logits: np.ndarray) -> float:
+    """max |logit diff| between torch's cached step-by-step logits and one uncached forward of the same tokens."""
+    full = model(torch.from_numpy(tokens), use_cache=False).logits.float().numpy()
+    return float(np.abs(full - ref_logits).max())
+
+
+def noise_limit(limit: float, noise: float) -> float:
+    """An exact rewrite's max |logit diff| limit: the table's figure, or NOISE_FACTOR x torch's self-disagreement."""
+    return float(f"{max(limit, NOISE_FACTOR * noise):.3g}")
 
 
 def _bin(bundle, rec: dict, key: str) -> str | None:
@@ -142,6 +161,8 @@ class ValidatePass(Pass):
         prompts = prompt_ids(bundle)
         refs = [torch_reference(bundle.model, p, self.config.steps) for p in prompts]
         max_diff, agree = self.config_tolerance()
+        noise = max(self_noise(bundle.model, t, lg) for t, lg in refs) if self.config.weights == "fp32" else 0.0
+        max_diff = noise_limit(max_diff, noise)
         results, metrics = {}, {}
         for backend in self.config.backends:
             key = FORMAT_OF[backend]
@@ -161,7 +182,8 @@ class ValidatePass(Pass):
             metrics[f"{backend}_max_diff"] = float(f"{res['max_logit_diff']:.3g}")
             metrics[f"{backend}_greedy"] = res["greedy_agreement"]
         bundle.records["validation"] = {"weights": self.config.weights, "prompts": len(prompts),
-                                        "steps": self.config.steps, "tolerance": {"max_logit_diff": max_diff,
+                                        "steps": self.config.steps, "torch_self_noise": float(f"{noise:.3g}"),
+                                        "tolerance": {"max_logit_diff": max_diff,
                                                                                   "greedy_agreement": agree},
                                         "backends": results}
         bad = [f"{b}: max |logit diff| {r['max_logit_diff']:.3g} (limit {max_diff}), greedy agreement "

