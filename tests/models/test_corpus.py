@@ -54,3 +54,24 @@ def test_user_text_file_errors(tmp_path):
     short.write_text("too short")
     with pytest.raises(InputError, match="too little"):
         corpus.read_text_file(short)
+
+
+def test_second_text_is_off_brown_and_clean():
+    """The second evaluation text: the State of the Union addresses from 1990 on, in date order, without the
+    transcripts' bracketed audience notes, and sharing no paragraph with Brown."""
+    files = sorted(p.name for p in corpus.sotu_dir().glob("*.txt"))
+    assert files[0].startswith("1990_") and len(files) >= 30
+    assert all(int(f[:4]) >= corpus.SOTU_FROM for f in files)
+    text = corpus.load_text("sotu")
+    assert len(text) > 1_000_000 and "[Laughter]" not in text and "[Applause]" not in text
+    assert "State of the Union" in text
+    brown = corpus.split_text("calib") + corpus.split_text("eval")
+    paras = [p for p in text.split("\n") if len(p) > 200][:50]
+    assert paras and not any(p in brown for p in paras)
+
+
+def test_unknown_named_text_is_refused():
+    from accelc.compiler.protocol import Protocol
+    assert Protocol(text="sotu").text == "sotu"
+    with pytest.raises(ValueError, match="unknown evaluation text"):
+        Protocol(text="wikitext")

@@ -137,6 +137,17 @@ def test_validate_fails_on_a_wrong_graph(tmp_path):
     assert b.records["validation"]["backends"]["onnxruntime"]["max_logit_diff"] > 1e-2
 
 
+def test_fp32_limit_follows_torch_self_noise(tmp_path):
+    """The fp32 limit is 1e-3, or 8x torch's own cached-vs-uncached disagreement when that is larger (a model whose
+    activations round more); the wrong graph above still fails, its error is far past either."""
+    from accelc.passes.validate import NOISE_FACTOR, noise_limit
+    assert noise_limit(1e-3, 1e-5) == 1e-3 and noise_limit(1e-3, 5e-4) == pytest.approx(NOISE_FACTOR * 5e-4)
+    b = _bundle(tmp_path)
+    PassManager([ExportOnnxPass(), ExportOpenVINOPass(), ValidatePass()]).run(b)
+    v = b.records["validation"]
+    assert 0 <= v["torch_self_noise"] < 1e-4 and v["tolerance"]["max_logit_diff"] == 1e-3
+
+
 def test_preconditions_name_the_pass(tmp_path):
     b = _bundle(tmp_path)
     with pytest.raises(PassError, match="'validate' failed: precondition"):

@@ -65,6 +65,17 @@ def test_eval_artifact_matches_torch(tiny_artifact, tmp_path, capsys):
     assert abs(ours["perplexity"] - ref["perplexity"]) < 1e-3 * ref["perplexity"]
 
 
+def test_eval_second_text(tiny_artifact, capsys):
+    """`--text sotu` scores the second text: other windows than Brown's, so another perplexity."""
+    args = ["eval", str(tiny_artifact) + "-source", "--window", "64", "--max-tokens", "256", "--json", "--no-sample"]
+    assert main([*args, "--text", "sotu"]) == 0
+    sotu = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    brown = json.loads(capsys.readouterr().out)
+    assert sotu["protocol"]["text"] == "sotu" and brown["protocol"]["text"] == "brown-eval"
+    assert sotu["windows"] == brown["windows"] == 4 and sotu["perplexity"] != brown["perplexity"]
+
+
 def test_bench_json_on_tiny_artifact(tiny_artifact, capsys):
     assert main(["bench", str(tiny_artifact), "--prompts", "2", "--max-new-tokens", "6", "--json",
                  "--backend", "onnxruntime", "--threads", "1"]) == 0
