@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from .artifact import read_manifest
+from .graph import is_past, role_of
 
 
 def add_parser(sub):
@@ -59,11 +60,13 @@ def format_manifest(m: dict) -> str:
     lines.append(f"graphs    {len(graphs)}")
     for name, g in graphs.items():
         files = ", ".join(f"{k}: {g[k]}" for k in ("onnx", "openvino") if g.get(k))
-        extra = ", ".join(f"{k}={g[k]}" for k in ("weights", "layers") if k in g)
-        lines.append(f"  {name}: {'all static' if _is_static(g) else 'dynamic'}; {files}" + (f"; {extra}" if extra else ""))
+        extra = ", ".join(f"{k}={g[k]}" for k in ("weights", "layers", "cache") if k in g)
+        role = role_of(name, g)
+        label = name if role == name else f"{name} (role {role})"
+        lines.append(f"  {label}: {'all static' if _is_static(g) else 'dynamic'}; {files}" + (f"; {extra}" if extra else ""))
         inputs = g.get("inputs") or {}
-        shown = [k for k in inputs if not k.startswith(("past_key.", "past_value."))]
-        past = [k for k in inputs if k.startswith(("past_key.", "past_value."))]
+        shown = [k for k in inputs if not is_past(k)]
+        past = [k for k in inputs if is_past(k)]
         for k in shown:
             lines.append(f"      {k:<16} {_shape(inputs[k])}")
         if past:

@@ -79,7 +79,8 @@ def run(args) -> int:
     spec = None
     if not args.no_speculative:
         from ..runtime.spec_artifact import run_speculative
-        spec = run_speculative(art, ids, args, sampling)
+        spec = run_speculative(art, ids, args.max_new_tokens, sampling, k=args.draft_k, draft_mode=args.draft_mode,
+                               stop=args.stop, warn=lambda m: print(f"accelc: {m}", file=sys.stderr))
     if spec is not None:
         result, stats = spec
         if not args.json:

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from .errors import ArtifactError
+from .graph import CACHE_KINDS, ROLES, cache_dims, past_key, past_layers, role_of
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # keys of a graph record that name files in the artifact
@@ -66,13 +67,6 @@ def graph_files(graph: dict) -> list[str]:
     return out
 
 
-def _cache_dims(graph: dict) -> tuple | None:
-    shape = (graph.get("inputs") or {}).get("past_key.0")
-    if isinstance(shape, dict):
-        shape = shape.get("shape")
-    return tuple(shape) if isinstance(shape, (list, tuple)) and len(shape) == 4 else None
-
-
 def _check_graphs(graphs: Any, files: dict, model: dict) -> None:
     if not isinstance(graphs, dict) or not graphs:
         raise ArtifactError("manifest 'graphs' must be a non-empty object")
@@ -80,7 +74,12 @@ def _check_graphs(graphs: Any, files: dict, model: dict) -> None:
         if not isinstance(g, dict):
             raise ArtifactError(f"manifest graphs[{name!r}] must be an object")
         _typed(g, f"graphs[{name!r}]", {"inputs": (dict,), "outputs": (dict,), "static": (bool,), "role": (str,),
-                                        "layers": (list,), "weights": (str,)})
+                                        "cache": (str,), "layers": (list,), "weights": (str,)})
+        if "role" in g and g["role"] not in ROLES:
+            raise ArtifactError(f"manifest graphs[{name!r}].role {g['role']!r:.40} is not one of {', '.join(ROLES)}")
+        if "cache" in g and g["cache"] not in CACHE_KINDS:
+            raise ArtifactError(f"manifest graphs[{name!r}].cache {g['cache']!r:.40} is not one of "
+                                f"{', '.join(CACHE_KINDS)} (an artifact from a newer accelc?)")
         for io in ("inputs", "outputs"):
             for k, shape in (g.get(io) or {}).items():
                 dims = shape.get("shape") if isinstance(shape, dict) else shape
@@ -92,7 +91,8 @@ def _check_graphs(graphs: Any, files: dict, model: dict) -> None:
         for rel in graph_files(g):
             if rel not in files:
                 raise ArtifactError(f"manifest graphs[{name!r}] names {rel}, which 'files' does not list with a hash")
-        if g.get("role") in (None, "decoder"):
+        role = ROLES.get(role_of(name, g))
+        if role is None or role.whole:
             _check_decoder_graph(name, g, model)
 
 
@@ -102,21 +102,21 @@ def _check_decoder_graph(name: str, g: dict, model: dict) -> None:
         if key in g and not _is_int(g[key]):
             raise ArtifactError(f"manifest graphs[{name!r}].{key} must be an integer")
     pairs = [("num_layers", "layers"), ("kv_heads", "kv_heads"), ("head_dim", "head_dim"), ("vocab", "vocab")]
-    dims = _cache_dims(g)
+    dims = cache_dims(g)
     if dims is not None:
         pairs_dims = {"kv_heads": dims[2], "head_dim": dims[3]}
         for k, v in pairs_dims.items():
             if _is_int(v) and v != model[k]:
                 raise ArtifactError(f"manifest model.{k} = {model[k]} disagrees with graphs[{name!r}] "
-                                    f"past_key.0 shape {list(dims)}")
+                                    f"{past_key(0)} shape {list(dims)}")
     for gk, mk in pairs:
         if gk in g and mk in model and g[gk] != model[mk]:
             raise ArtifactError(f"manifest model.{mk} = {model[mk]} disagrees with graphs[{name!r}].{gk} = {g[gk]}")
     inputs = g.get("inputs")
     if isinstance(inputs, dict) and "num_layers" in g:
-        n = sum(1 for k in inputs if isinstance(k, str) and k.startswith("past_key."))
+        n = len(past_layers(inputs))
         if n != g["num_layers"]:
-            raise ArtifactError(f"manifest graphs[{name!r}] records {n} past_key inputs for {g['num_layers']} layers")
+            raise ArtifactError(f"manifest graphs[{name!r}] records {n} cache inputs for {g['num_layers']} layers")
 
 
 def _check_model(model: Any) -> dict:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..compiler import graph as contract
 from ..compiler.errors import UnsupportedArchitectureError
 from ..models.adapter import ArchAdapter
 
@@ -142,16 +143,10 @@ class DecoderGraph(nn.Module):
 
     # -- names (the ONNX input/output order follows these lists) ----------------------------------
     def input_names(self) -> list[str]:
-        names = ["input_ids" if self.input_kind == "ids" else "hidden_in", "position_ids", "attention_mask"]
-        for i in range(self.first, self.last):
-            names += [f"past_key.{i}", f"past_value.{i}"]
-        return names
+        return contract.input_names(self.last - self.first, self.first, self.input_kind)
 
     def output_names(self) -> list[str]:
-        names = ["logits" if self.output_kind == "logits" else "hidden_out"]
-        for i in range(self.first, self.last):
-            names += [f"new_key.{i}", f"new_value.{i}"]
-        return names
+        return contract.output_names(self.last - self.first, self.first, self.output_kind)
 
     # -- the graph --------------------------------------------------------------------------------
     def _mask(self, attention_mask: torch.Tensor, T: int, window: int | None) -> torch.Tensor:

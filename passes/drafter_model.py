@@ -89,11 +89,7 @@ def check_exit_layer(layer: int, num_layers: int) -> None:
 
 def fused_steps(model, adapter: ArchAdapter, drafter: FusedDrafter, capacity: int):
     """(target step, draft step) in torch over shared-trunk caches (runtime/spec_steps.py)."""
-    from ..runtime.spec_steps import (FusedDraftStep, FusedTargetStep, SharedTrunk, cache_for, torch_graph_fn)
-    trunk_g, head_g, tail_g = drafter.trunk_graph(model, adapter), drafter.head_graph(), drafter.tail_graph(model,
-                                                                                                            adapter)
-    trunk = SharedTrunk(torch_graph_fn(trunk_g), cache_for(trunk_g, capacity), adapter.hidden_size)
-    target = FusedTargetStep(trunk, torch_graph_fn(tail_g), cache_for(tail_g, capacity))
-    draft = FusedDraftStep(trunk, torch_graph_fn(head_g), cache_for(head_g, capacity), adapter.vocab_size,
-                           drafter.vocab_ids)
-    return target, draft
+    from ..runtime.spec_steps import cache_for, fused_steps, torch_graph_fn
+    graphs = (drafter.trunk_graph(model, adapter), drafter.head_graph(), drafter.tail_graph(model, adapter))
+    return fused_steps(*((torch_graph_fn(g), cache_for(g, capacity)) for g in graphs), adapter.hidden_size,
+                       adapter.vocab_size, drafter.vocab_ids)

@@ -27,10 +27,11 @@ import numpy as np
 from ..compiler.bundle import ModelBundle
 from ..compiler.errors import InputError, PreconditionError
 from ..compiler.pass_base import Pass, PassConfig, PassResult
+from ..runtime.backends import default_threads
+from ..runtime.spec_artifact import open_drafter
 from .drafter_model import FusedDrafter
 from .export_onnx import FORMATS, WEIGHTS, _scratch, check_formats, needs_scratch, write_graph
-from .graph_io import GraphCache
-from .validate import TOLERANCES, ValidateConfig, make_runner, prompt_ids, torch_reference
+from .validate import TOLERANCES, ValidateConfig, prompt_ids, torch_reference
 
 DYNAMIC = ("batch", "new", "past")
 ROLES = {"draft_trunk": "trunk", "draft_head": "draft_head", "verify_tail": "verify_tail"}
@@ -74,7 +75,6 @@ class ExportDrafterPass(Pass):
         cfg = self.config
         drafter: FusedDrafter = bundle.records["drafter_module"]
         records = bundle.records["graphs"]
-        records["decoder"].setdefault("role", "decoder")
         scratch = _scratch() if needs_scratch(cfg.weights, cfg.formats) else None
         vocab = None
         if drafter.vocab_ids is not None:
@@ -102,26 +102,18 @@ class ExportDrafterPass(Pass):
 
 
 # -- validation ------------------------------------------------------------------------------------
-def _call(run, cache: GraphCache, x: np.ndarray, name: str, out: str) -> np.ndarray:
-    T = x.shape[1]
-    pos = np.arange(cache.length, cache.length + T, dtype=np.int64)[None]
-    res = run(cache.feeds(x, pos, input_name=name))
-    cache.append(res, T)
-    return np.asarray(res[out])
-
-
-def run_split(runners: dict, recs: dict, tokens: np.ndarray, n_prompt: int) -> tuple[np.ndarray, np.ndarray]:
-    """Trunk, then tail and head on its hidden states; prefill n_prompt tokens then one at a time.
-    -> (target logits [1, N, V], draft logits [1, N, S])."""
-    caches = {n: GraphCache.allocate(r["num_layers"], 1, tokens.shape[1], r["kv_heads"], r["head_dim"],
-                                     r["layers"][0]) for n, r in recs.items()}
-    logits, draft = [], []
+def run_split(drafter, tokens: np.ndarray, n_prompt: int) -> tuple[np.ndarray, np.ndarray]:
+    """The runtime's shared-trunk steps (runtime/spec_artifact.py Drafter.steps): prefill n_prompt tokens, then
+    one at a time; the verifier and the drafter read the same trunk. -> (target logits [1, N, V], draft logits
+    [1, N, S] over the head's own vocabulary)."""
+    target, draft = drafter.steps(tokens.shape[1])
+    logits, out = [], []
     cuts = [0, n_prompt, *range(n_prompt + 1, tokens.shape[1] + 1)]
     for a, b in zip(cuts[:-1], cuts[1:]):
-        h = _call(runners["draft_trunk"], caches["draft_trunk"], tokens[:, a:b], "input_ids", "hidden_out")
-        logits.append(_call(runners["verify_tail"], caches["verify_tail"], h, "hidden_in", "logits"))
-        draft.append(_call(runners["draft_head"], caches["draft_head"], h, "hidden_in", "logits"))
-    return np.concatenate(logits, 1), np.concatenate(draft, 1)
+        logits.append(target.forward(tokens[0, a:b]))
+        d = draft.forward(tokens[0, a:b])
+        out.append(d if drafter.vocab_ids is None else d[:, drafter.vocab_ids])
+    return np.concatenate(logits)[None], np.concatenate(out)[None]
 
 
 def torch_draft_logits(bundle: ModelBundle, tokens: np.ndarray) -> np.ndarray:
@@ -162,12 +154,11 @@ class ValidateDrafterPass(Pass):
             refs.append((ids.shape[1], tokens, logits, torch_draft_logits(bundle, tokens)))
         results, metrics, bad = {}, {}, []
         for backend in self.config.backends:
-            key = "onnx" if backend == "onnxruntime" else "openvino"
-            runners = {n: make_runner(backend, str(bundle.workdir / r[key])) for n, r in recs.items()}
+            drafter = open_drafter(bundle.workdir, {"graphs": recs}, backend, default_threads())
             res = {"target_max_diff": 0.0, "draft_max_diff": 0.0, "target_greedy": 0, "draft_greedy": 0}
             total = 0
             for n_prompt, tokens, ref, ref_draft in refs:
-                logits, draft = run_split(runners, recs, tokens, n_prompt)
+                logits, draft = run_split(drafter, tokens, n_prompt)
                 res["target_max_diff"] = max(res["target_max_diff"], float(np.abs(logits - ref).max()))
                 res["draft_max_diff"] = max(res["draft_max_diff"], float(np.abs(draft - ref_draft).max()))
                 picks = slice(n_prompt - 1, None)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..compiler.bundle import ModelBundle
+from ..compiler.graph import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, past_key
 from ..compiler.errors import InputError, PreconditionError
 from ..compiler.pass_base import Pass, PassConfig, PassResult
 from .decoder_graph import DecoderGraph
@@ -79,7 +80,7 @@ def input_shapes(graph: DecoderGraph, spec: tuple) -> dict[str, list]:
     B, T, P = spec
     total = P + T if isinstance(P, int) and isinstance(T, int) else "total"
     first = [B, T] if graph.input_kind == "ids" else [B, T, graph.hidden_size]
-    shapes = {graph.input_names()[0]: first, "position_ids": [B, T], "attention_mask": [B, total]}
+    shapes = {graph.input_names()[0]: first, POSITION_IDS: [B, T], ATTENTION_MASK: [B, total]}
     for name in graph.input_names()[3:]:
         shapes[name] = [B, P, graph.kv_heads, graph.head_dim]
     return shapes
@@ -111,14 +112,14 @@ def export_graph(graph: DecoderGraph, path: Path, spec: tuple) -> None:
     ins, outs = input_shapes(graph, spec), output_shapes(graph, spec)
     example = {k: [2 if isinstance(d, str) else d for d in v] for k, v in ins.items()}  # symbolic dims: 2, not 0/1
     if isinstance(spec[2], str):
-        example["attention_mask"][1] = example["past_key.%d" % graph.first][1] + example["position_ids"][1]
+        example[ATTENTION_MASK][1] = example[past_key(graph.first)][1] + example[POSITION_IDS][1]
     args = []
     for name, shape in example.items():
-        if name in ("input_ids",):
+        if name == INPUT_IDS:
             args.append(torch.zeros(shape, dtype=torch.long))
-        elif name == "position_ids":
+        elif name == POSITION_IDS:
             args.append(torch.arange(shape[1]).repeat(shape[0], 1) + example[graph.input_names()[3]][1])
-        elif name == "attention_mask":
+        elif name == ATTENTION_MASK:
             args.append(torch.ones(shape, dtype=torch.long))
         else:
             args.append(torch.zeros(shape, dtype=torch.float32))
@@ -176,7 +177,8 @@ def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scrat
     bundle.records.setdefault("onnx_fp32", {})[name] = src
     rec = {"inputs": input_shapes(graph, spec), "outputs": output_shapes(graph, spec),
            "layers": [graph.first, graph.last], "num_layers": graph.last - graph.first,
-           "kv_heads": graph.kv_heads, "head_dim": graph.head_dim, "vocab": graph.vocab, "weights": weights}
+           "kv_heads": graph.kv_heads, "head_dim": graph.head_dim, "vocab": graph.vocab, "weights": weights,
+           "cache": "full"}
     if not emit:
         return rec
     if src != out:
@@ -209,7 +211,7 @@ class ExportOnnxPass(Pass):
         for name, spec in graph_specs(cfg).items():
             records[name] = write_graph(bundle, graph, name, spec, cfg.weights, scratch, metrics,
                                         emit="onnx" in cfg.formats)
-            records[name]["static"] = cfg.static
+            records[name].update(static=cfg.static, role=name)      # decoder, or prefill + decode
         bundle.records["formats"] = [f for f in FORMATS if f in cfg.formats]
         return PassResult(True, metrics)
 

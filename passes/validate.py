@@ -27,7 +27,6 @@ import torch
 from ..compiler.bundle import ModelBundle
 from ..compiler.errors import InputError, PreconditionError
 from ..compiler.pass_base import Pass, PassConfig, PassResult
-from .graph_io import GraphCache, run_chunk
 
 log = logging.getLogger(__name__)
 PROMPTS = ("The capital of France is", "def fibonacci(n):\n    ")
@@ -96,49 +95,22 @@ def noise_limit(limit: float, noise: float) -> float:
     return float(f"{max(limit, NOISE_FACTOR * noise):.3g}")
 
 
-def _bin(bundle, rec: dict, key: str) -> str | None:
-    return str(bundle.workdir / rec["openvino_bin"]) if key == "openvino" and rec.get("openvino_bin") else None
+def load_for_check(bundle: ModelBundle, backend: str, graphs: dict):
+    """The bundle's just-written whole-model graphs loaded by the runtime (runtime/graph_set.py) on the CPU, every
+    position's logits kept: validation runs the graphs on the code path an app runs them on."""
+    from ..runtime.graph_set import load_graphs
+    return load_graphs(bundle.workdir, graphs, backend, "cpu", full_logits=True)
 
 
-def make_runner(backend: str, path: str, weights: str | None = None):
-    """A function feeds -> {output name: array} for one graph file on the CPU, in f32 (weights: an OpenVINO IR's
-    .bin when it is not beside the .xml, the graph record's `openvino_bin`)."""
-    if backend == "onnxruntime":
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        return lambda feeds: dict(zip(names, sess.run(names, feeds)))
-    import openvino as ov
-    core = ov.Core()
-    model = core.read_model(path, weights) if weights else core.read_model(path)
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    req = compiled.create_infer_request()
-    names = [o.get_any_name() for o in compiled.outputs]
-
-    def run(feeds):
-        res = req.infer(feeds)
-        return {n: res[compiled.output(n)] for n in names}
-    return run
-
-
-def run_graphs(runners: dict, rec: dict, tokens: np.ndarray, n_prompt: int) -> np.ndarray:
-    """Prefill tokens[:, :n_prompt], then decode the rest one by one; logits [1, N, V]."""
-    static = rec["static"]
-    spec = rec["decode" if static else "decoder"]
-    max_len = spec["inputs"]["past_key.%d" % spec["layers"][0]][1] if static else tokens.shape[1]
-    cache = GraphCache.allocate(spec["num_layers"], 1, max_len, spec["kv_heads"], spec["head_dim"], spec["layers"][0])
-    if static:
-        chunk = rec["prefill"]["inputs"]["input_ids"][1]
-        out = [run_chunk(runners["prefill"], cache, tokens[:, :n_prompt], chunk=chunk, static=True)]
-        for t in range(n_prompt, tokens.shape[1]):
-            out.append(run_chunk(runners["decode"], cache, tokens[:, t:t + 1], chunk=1, static=True))
-    else:
-        out = [run_chunk(runners["decoder"], cache, tokens[:, :n_prompt])]
-        for t in range(n_prompt, tokens.shape[1]):
-            out.append(run_chunk(runners["decoder"], cache, tokens[:, t:t + 1]))
-    return np.concatenate(out, axis=1)
+def run_graphs(graphs, tokens: np.ndarray, n_prompt: int) -> np.ndarray:
+    """Prefill tokens[:, :n_prompt], then decode the rest one by one, with the runtime's decode functions
+    (runtime/decode.py); logits [1, N, V]."""
+    from ..runtime.decode import decode_one, prefill
+    state = graphs.new_state(tokens.shape[1])
+    rows = [prefill(state, tokens[0, :n_prompt], all_logits=True)]
+    for t in tokens[0, n_prompt:]:
+        rows.append(np.array(decode_one(state, int(t)))[None])
+    return np.concatenate(rows)[None]
 
 
 class ValidatePass(Pass):
@@ -156,8 +128,6 @@ class ValidatePass(Pass):
 
     def call(self, bundle: ModelBundle) -> PassResult:
         graphs = bundle.records["graphs"]
-        static = all(r["static"] for r in graphs.values())
-        rec = {"static": static, **graphs}
         prompts = prompt_ids(bundle)
         refs = [torch_reference(bundle.model, p, self.config.steps) for p in prompts]
         max_diff, agree = self.config_tolerance()
@@ -165,13 +135,11 @@ class ValidatePass(Pass):
         max_diff = noise_limit(max_diff, noise)
         results, metrics = {}, {}
         for backend in self.config.backends:
-            key = FORMAT_OF[backend]
             t0 = time.perf_counter()
-            runners = {name: make_runner(backend, str(bundle.workdir / r[key]), _bin(bundle, r, key))
-                       for name, r in graphs.items()}
+            loaded = load_for_check(bundle, backend, graphs)
             diffs, hits, total = [], 0, 0
             for ids, (tokens, ref_logits) in zip(prompts, refs):
-                logits = run_graphs(runners, rec, tokens, ids.shape[1])
+                logits = run_graphs(loaded, tokens, ids.shape[1])
                 diffs.append(float(np.abs(logits - ref_logits).max()))
                 picks = slice(ids.shape[1] - 1, None)    # the last prompt position and every decode step
                 hits += int((logits[0, picks].argmax(-1) == ref_logits[0, picks].argmax(-1)).sum())
@@ -183,8 +151,7 @@ class ValidatePass(Pass):
             metrics[f"{backend}_greedy"] = res["greedy_agreement"]
         bundle.records["validation"] = {"weights": self.config.weights, "prompts": len(prompts),
                                         "steps": self.config.steps, "torch_self_noise": float(f"{noise:.3g}"),
-                                        "tolerance": {"max_logit_diff": max_diff,
-                                                                                  "greedy_agreement": agree},
+                                        "tolerance": {"max_logit_diff": max_diff, "greedy_agreement": agree},
                                         "backends": results}
         bad = [f"{b}: max |logit diff| {r['max_logit_diff']:.3g} (limit {max_diff}), greedy agreement "
                f"{r['greedy_agreement']:.2f} (min {agree})" for b, r in results.items()

@@ -17,8 +17,10 @@ from typing import Any
 
 from ..compiler.artifact import artifact_file, verify
 from ..compiler.errors import ArtifactError, InputError
-from .backends import Backend, default_threads, load_backend
+from ..compiler.graph import decoder_roles
+from .backends import Backend, default_threads
 from .device import Choice, select
+from .graph_set import load_graphs, static_geometry
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +83,6 @@ def context_of(art) -> int | None:
 
 def context_name_of(art) -> str:
     return "the artifact's static KV cache" if art.static else "the model's context"
-
-
-def pick_graphs(graphs: dict[str, dict]) -> tuple[bool, dict[str, dict]]:
-    """-> (static, {role: graph record}) from manifest['graphs']."""
-    if "prefill" in graphs and "decode" in graphs:
-        return True, {"prefill": graphs["prefill"], "decode": graphs["decode"]}
-    if "decoder" in graphs:
-        return bool(graphs["decoder"].get("static")), {"decoder": graphs["decoder"]}
-    names = ", ".join(graphs) or "none"
-    raise ArtifactError(f"the artifact has no decoder graph (graphs: {names}; expected 'decoder' or 'prefill'+'decode')")
-
-
-def _dim(graph: dict, name: str, axis: int) -> int | None:
-    shape = (graph.get("inputs") or {}).get(name)
-    if isinstance(shape, dict):
-        shape = shape.get("shape")
-    if isinstance(shape, (list, tuple)) and len(shape) > axis and isinstance(shape[axis], int):
-        return shape[axis]
-    return None
 
 
 def load_tokenizer(path: Path):
@@ -171,14 +154,10 @@ def read_artifact(path, verify_all: bool = False) -> ArtifactFiles:
     not rehashed, compiler/verified.py) and read its manifest, tokenizer and generation config."""
     path = Path(path).expanduser()
     manifest = verify(path, full=verify_all)
-    static, roles = pick_graphs(manifest["graphs"])
+    static, roles = decoder_roles(manifest["graphs"])
     cache_len = chunk = None
     if static:
-        opts = manifest.get("options") or {}
-        cache_len = _dim(roles["decode"], "past_key.0", 1) or opts.get("cache_len")
-        chunk = _dim(roles["prefill"], "input_ids", 1) or opts.get("prefill_chunk")
-        if not isinstance(cache_len, int) or not isinstance(chunk, int) or cache_len < 1 or chunk < 1:
-            raise ArtifactError("static graphs without a recorded cache length / prefill chunk")
+        cache_len, chunk = static_geometry(roles, manifest.get("options"))
     return ArtifactFiles(path, manifest, static, roles, load_tokenizer(path), load_generation_config(path),
                          cache_len, chunk)
 
@@ -199,16 +178,10 @@ def open_artifact(path, backend: str | None = None, device: str | None = None, t
     if report:
         print(f"accelc: {choice.reason}", file=sys.stderr, flush=True)
     threads = threads or default_threads()
-    runners = {role: load_backend(choice.backend, files.path, g, choice.device, threads, manifest, full_logits,
-                                  precision)
-               for role, g in roles.items()}
-    layers = {r.layers for r in runners.values()}
-    if len(layers) != 1 or layers != {manifest["model"]["layers"]}:
-        raise ArtifactError(f"the artifact's graphs have {sorted(layers)} layers; the manifest says "
-                            f"{manifest['model']['layers']}")
-    model = manifest["model"]
+    graphs = load_graphs(files.path, manifest["graphs"], choice.backend, choice.device, threads, manifest,
+                         full_logits, precision)
     tok, gen = files.tokenizer, files.generation_config
     return Artifact(path=files.path, manifest=manifest, tokenizer=tok, generation_config=gen, choice=choice,
-                    threads=threads, static=files.static, runners=runners, layers=layers.pop(),
-                    kv_heads=model["kv_heads"], head_dim=model["head_dim"], cache_len=files.cache_len,
-                    prefill_chunk=files.prefill_chunk, eos_ids=eos_ids(tok, gen))
+                    threads=threads, static=graphs.static, runners=graphs.runners, layers=graphs.layers,
+                    kv_heads=graphs.kv_heads, head_dim=graphs.head_dim, cache_len=graphs.cache_len,
+                    prefill_chunk=graphs.prefill_chunk, eos_ids=eos_ids(tok, gen))

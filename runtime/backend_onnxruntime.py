@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..compiler.errors import ArtifactError
-from .backends import check_cache_dims, count_layers, graph_file, input_names, output_names
+from ..compiler.graph import count_layers, input_names, output_names, past_key
+from .backends import check_cache_dims, graph_file
 
 
 def available_providers() -> list[str]:
@@ -41,7 +42,7 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(onnx_path), so, providers=providers)
         names = [i.name for i in self.session.get_inputs()]
         self.layers = count_layers(names, onnx_path.name)
-        past = next(i for i in self.session.get_inputs() if i.name == "past_key.0")
+        past = next(i for i in self.session.get_inputs() if i.name == past_key(0))
         check_cache_dims(past.shape, manifest or {}, onnx_path.name)
         self._in = input_names(self.layers)
         self._out = output_names(self.layers)

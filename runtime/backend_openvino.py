@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ..compiler.errors import ArtifactError
-from .backends import check_cache_dims, count_layers, graph_file, input_names, output_names
+from ..compiler.graph import (ATTENTION_MASK, BEAM_IDX, INPUT_IDS, LOGITS, POSITION_IDS, count_layers, input_names,
+                              output_names, past_key)
+from .backends import check_cache_dims, graph_file
 from .ov_stateful import run_request
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class OpenVINOBackend:
         model = core.read_model(str(xml), str(weights)) if weights else core.read_model(str(xml))
         names = [n for p in model.inputs for n in p.get_names()]
         self.layers = count_layers(names, xml.name)
-        past = model.input("past_key.0").get_partial_shape()
+        past = model.input(past_key(0)).get_partial_shape()
         check_cache_dims([d.get_length() if d.is_static else None for d in past], manifest or {}, xml.name)
         props = {"PERFORMANCE_HINT": "LATENCY"}
         if ov_device == "CPU":
@@ -81,8 +83,8 @@ class OpenVINOBackend:
             self.held = 0                         # positions in the request's KV states
             self._beam = np.zeros(1, dtype=np.int32)
             self._s_in = [next(i for i, p in enumerate(self.compiled.inputs) if n in p.get_names())
-                          for n in ("input_ids", "position_ids", "attention_mask", "beam_idx")]
-            self._logits = next(i for i, p in enumerate(self.compiled.outputs) if "logits" in p.get_names())
+                          for n in (INPUT_IDS, POSITION_IDS, ATTENTION_MASK, BEAM_IDX)]
+            self._logits = next(i for i, p in enumerate(self.compiled.outputs) if LOGITS in p.get_names())
             self._explicit = None             # compiled on first forward() (explicit-cache callers)
             return
         self._bind_explicit(self.compiled)

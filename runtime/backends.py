@@ -5,7 +5,7 @@ A backend runs one exported decoder graph (docs/architecture.md, "The exported g
     forward(input_ids      int64 [1, T],
             position_ids   int64 [1, T],
             attention_mask int64 [1, P+T],
-            cache          list of float32 [1, P, H, D]: past_key.0, past_value.0, past_key.1, ...)
+            cache          list of float32 [1, P, H, D]: key and value of layer 0, of layer 1, ...)
         -> logits float32 [1, T, V], new_kv list of float32 [1, T, H, D] (same order as cache)
 
 Inputs are passed without copying where the library allows it. The returned arrays may be views of
@@ -22,6 +22,7 @@ import numpy as np
 
 from ..compiler.artifact import artifact_file
 from ..compiler.errors import ArtifactError
+from ..compiler.graph import past_key
 
 # backend name -> module (relative to accelc.runtime) with load(artifact_dir, graph, device, threads)
 BACKENDS = {
@@ -40,30 +41,6 @@ class Backend(Protocol):
                 cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]: ...
 
 
-def input_names(layers: int) -> list[str]:
-    names = ["input_ids", "position_ids", "attention_mask"]
-    for i in range(layers):
-        names += [f"past_key.{i}", f"past_value.{i}"]
-    return names
-
-
-def output_names(layers: int) -> list[str]:
-    names = ["logits"]
-    for i in range(layers):
-        names += [f"new_key.{i}", f"new_value.{i}"]
-    return names
-
-
-def count_layers(names: list[str], where: str) -> int:
-    """Number of layers from a graph's input names; checks the contract's names are all there."""
-    n = sum(1 for x in names if x.startswith("past_key."))
-    missing = sorted(set(input_names(n)) - set(names))
-    if n == 0 or missing:
-        raise ArtifactError(f"{where} does not follow the decoder graph contract (missing inputs: "
-                            f"{', '.join(missing[:4]) or 'past_key.*'})")
-    return n
-
-
 def graph_file(artifact_dir: Path, graph: dict, key: str, backend: str) -> Path:
     """The graph's file: confined to the artifact, a regular file (compiler/artifact.py artifact_file).
     ONNX external data is confined by ONNX Runtime itself (it refuses paths outside the graph's folder),
@@ -75,13 +52,13 @@ def graph_file(artifact_dir: Path, graph: dict, key: str, backend: str) -> Path:
 
 
 def check_cache_dims(dims, manifest: dict, where: str) -> None:
-    """The loaded graph's past_key.0 dims [B, P, H, D] agree with the manifest's kv_heads/head_dim."""
+    """The loaded graph's first cache input dims [B, P, H, D] agree with the manifest's kv_heads/head_dim."""
     model = manifest.get("model") or {}
     for axis, key in ((2, "kv_heads"), (3, "head_dim")):
         have = dims[axis] if dims is not None and len(dims) == 4 else None
         if isinstance(have, int) and key in model and have != model[key]:
             raise ArtifactError(f"the manifest says {key} = {model[key]} but {where} has {have} "
-                                f"(past_key.0 shape {list(dims)})")
+                                f"({past_key(0)} shape {list(dims)})")
 
 
 def default_threads() -> int:

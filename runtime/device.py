@@ -1,4 +1,5 @@
-"""Backend and device selection: NPU, then CUDA, then CPU, unless the user says otherwise.
+"""Backend and device selection: the devices the artifact's target recorded (manifest["target"]["devices"],
+e.g. npu then cpu for an npu artifact), else NPU, then CUDA, then CPU, unless the user says otherwise.
 
 Each candidate (device, backend) is checked for availability and for fitting the artifact (an NPU
 needs static graphs in OpenVINO IR; CUDA needs ONNX Runtime's CUDA provider). The torch backend (the
@@ -113,6 +114,13 @@ def cpu_order(manifest: dict, features: list[str] | None = None) -> tuple[str, .
     return ("openvino", "onnxruntime", "native")
 
 
+def target_devices(manifest: dict) -> list[str]:
+    """The device order the artifact's target recorded (known devices only), else DEVICE_ORDER."""
+    recorded = ((manifest.get("target") or {}).get("devices")) or []
+    known = [d for d in recorded if isinstance(d, str) and d in DEVICE_ORDER] if isinstance(recorded, list) else []
+    return known or list(DEVICE_ORDER)
+
+
 def select(manifest: dict, graph: dict, backend: str | None = None, device: str | None = None) -> Choice:
     if backend is not None and backend not in ALL_BACKENDS:
         raise InputError(f"unknown backend '{backend}' (choose from {', '.join(ALL_BACKENDS)})")
@@ -120,13 +128,13 @@ def select(manifest: dict, graph: dict, backend: str | None = None, device: str 
         device = device.lower()
         if device not in DEVICE_ORDER:
             raise InputError(f"unknown device '{device}' (choose from {', '.join(DEVICE_ORDER)})")
-    devices = [device] if device else list(DEVICE_ORDER)
+    devices = [device] if device else target_devices(manifest)
     skipped = []
     for d in devices:
         for b in ([backend] if backend else (cpu_order(manifest) if d == "cpu" else DEVICE_BACKENDS[d])):
             reason = why_not(b, d, manifest, graph)
             if reason is None:
-                how = "as asked" if (backend or device) else "first available in order npu, cuda, cpu"
+                how = "as asked" if (backend or device) else f"first available of {', '.join(devices)}"
                 if b == "native" and not backend:
                     how += "; native leads on this artifact's weight format"
                 tail = f"; skipped: {'; '.join(skipped)}" if skipped else ""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compiler.errors import ArtifactError
+from ..compiler.graph import BEAM_IDX, HIDDEN_IN, INPUT_IDS, LOGITS, PAST_KEY, is_new, past_key, past_layers, past_value
 
 ORDER = np.array([0, 2, 1, 3], np.int64)            # [B, S, H, D] <-> [B, H, S, D]
 
@@ -57,14 +58,14 @@ def make_stateful(model) -> int:
     params = {p.get_friendly_name(): p for p in model.get_parameters()}
     # layer numbers as named in the graph: 0..N-1 for the decoder, absolute ones for the drafter's
     # trunk (0..L-1) and verify tail (L..N-1) graphs (passes/export_drafter.py)
-    ids = sorted(int(n.split(".", 1)[1]) for n in params if n.startswith("past_key."))
-    if not ids or not ({"input_ids", "hidden_in"} & set(params)):
-        raise ArtifactError("stateful rewrite: the graph has no past_key.* inputs")
-    beam_idx = op.parameter(ov.PartialShape([-1]), ov.Type.i32, name="beam_idx")
-    beam_idx.output(0).get_tensor().set_names({"beam_idx"})
+    ids = past_layers(params)
+    if not ids or not ({INPUT_IDS, HIDDEN_IN} & set(params)):
+        raise ArtifactError(f"stateful rewrite: the graph has no {PAST_KEY}* inputs")
+    beam_idx = op.parameter(ov.PartialShape([-1]), ov.Type.i32, name=BEAM_IDX)
+    beam_idx.output(0).get_tensor().set_names({BEAM_IDX})
     order = op.constant(ORDER)
     for i in ids:
-        pk, pv = params[f"past_key.{i}"], params[f"past_value.{i}"]
+        pk, pv = params[past_key(i)], params[past_value(i)]
         ck, cv = _only(pk, "Concat"), _only(pv, "Concat")
         q_rope, scale, mask5, out = _layer_attention(ck)
         h_kv, d = pk.get_output_partial_shape(0)[2].get_length(), pk.get_output_partial_shape(0)[3].get_length()
@@ -101,7 +102,7 @@ def make_stateful(model) -> int:
             model.remove_parameter(p)
     for r in list(model.get_results()):
         names = r.output(0).get_names() | r.input(0).get_tensor().get_names()
-        if any(n.startswith(("new_key.", "new_value.")) for n in names):
+        if any(is_new(n) for n in names):
             model.remove_result(r)
     model.add_parameters([beam_idx])
     model.validate_nodes_and_infer_types()
@@ -115,7 +116,7 @@ def slice_last_logits(model) -> bool:
     sliced / unsliced: fp32 1.004, int8 1.000, int4 1.031 (docs/runtime.md, "Closing in on genai").
     -> False (model unchanged) when no MatMul feeds `logits`."""
     import openvino.opset13 as op
-    res = [r for r in model.get_results() if "logits" in r.output(0).get_names() | r.input_value(0).get_names()]
+    res = [r for r in model.get_results() if LOGITS in r.output(0).get_names() | r.input_value(0).get_names()]
     if len(res) != 1:
         return False
     node = res[0].input_value(0).get_node()

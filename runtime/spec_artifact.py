@@ -19,12 +19,13 @@ import numpy as np
 
 from ..compiler.artifact import artifact_file
 from ..compiler.errors import ArtifactError, InputError
+from ..compiler.graph import DRAFTER_ROLES, role_of
 from .kv_cache import KVCache
 from .sampling import Sampler, SamplingConfig
-from .spec_steps import FusedDraftStep, FusedTargetStep, GraphFn, SharedTrunk, is_stateful
+from .spec_steps import FusedDraftStep, FusedTargetStep, GraphFn, fused_steps, is_stateful
 from .speculative import SpecConfig, SpecStats, speculative_generate
 
-ROLES = ("trunk", "draft_head", "verify_tail")
+ROLES = DRAFTER_ROLES
 SPEC_BACKENDS = ("openvino", "onnxruntime")
 
 
@@ -43,15 +44,13 @@ class Drafter:
             r = self.records[role]
             return KVCache(r["num_layers"], capacity, r["kv_heads"], r["head_dim"],
                            allocate=not is_stateful(self.fns[role]))
-        trunk = SharedTrunk(self.fns["trunk"], cache("trunk"), self.hidden_size)
-        target = FusedTargetStep(trunk, self.fns["verify_tail"], cache("verify_tail"))
-        draft = FusedDraftStep(trunk, self.fns["draft_head"], cache("draft_head"), self.vocab_size, self.vocab_ids)
-        return target, draft
+        return fused_steps(*((self.fns[r], cache(r)) for r in ("trunk", "draft_head", "verify_tail")),
+                           self.hidden_size, self.vocab_size, self.vocab_ids)
 
 
 def drafter_records(manifest: dict) -> dict[str, dict] | None:
     """role -> graph record of the fused drafter's graphs, or None when the artifact has none."""
-    found = {r.get("role"): r for r in (manifest.get("graphs") or {}).values() if r.get("role") in ROLES}
+    found = {role_of(n, r): r for n, r in (manifest.get("graphs") or {}).items() if role_of(n, r) in ROLES}
     if not found:
         return None
     missing = [r for r in ROLES if r not in found]
@@ -76,10 +75,17 @@ def onnxruntime_graph_fn(path, input_names: Sequence[str], output_names: Sequenc
 
 def load_drafter(art, backend: str | None = None) -> Drafter | None:
     """The drafter's graph functions on the artifact's backend (openvino or onnxruntime); None without drafter."""
-    recs = drafter_records(art.manifest)
+    backend = backend or art.choice.backend
+    device = art.choice.device if art.choice.backend == "openvino" else "cpu"
+    return open_drafter(art.path, art.manifest, backend, art.threads, device)
+
+
+def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str = "cpu") -> Drafter | None:
+    """The drafter graphs of `manifest` (or {"graphs": ...}) in `folder` as graph functions on `backend`; None when
+    there are none. The compiler's drafter validation (passes/export_drafter.py) runs them this way too."""
+    recs = drafter_records(manifest)
     if recs is None:
         return None
-    backend = backend or art.choice.backend
     if backend not in SPEC_BACKENDS:
         raise InputError(f"speculative decoding runs on {' or '.join(SPEC_BACKENDS)}, not {backend} "
                          "(pass --no-speculative, or --backend openvino)")
@@ -88,16 +94,15 @@ def load_drafter(art, backend: str | None = None) -> Drafter | None:
         key = "openvino" if backend == "openvino" else "onnx"
         if not r.get(key):
             raise ArtifactError(f"the drafter graph '{role}' has no {key} file")
-        path = artifact_file(art.path, r[key], f"drafter graph {role}")
+        path = artifact_file(folder, r[key], f"drafter graph {role}")
         ins, outs = list(r["inputs"]), list(r["outputs"])
         if backend == "openvino":
             from .spec_openvino import openvino_graph_fn
-            device = art.choice.device if art.choice.backend == "openvino" else "cpu"
-            fns[role] = openvino_graph_fn(path, ins, outs, art.threads, device)
+            fns[role] = openvino_graph_fn(path, ins, outs, threads, device)
         else:
-            fns[role] = onnxruntime_graph_fn(path, ins, outs, art.threads)
+            fns[role] = onnxruntime_graph_fn(path, ins, outs, threads)
     vocab = recs["draft_head"].get("vocab_ids")
-    vocab_ids = np.asarray(json.loads(artifact_file(art.path, vocab).read_text()), dtype=np.int64) if vocab else None
+    vocab_ids = np.asarray(json.loads(artifact_file(folder, vocab).read_text()), dtype=np.int64) if vocab else None
     return Drafter(backend, fns, recs, vocab_ids, int(recs["trunk"]["hidden_size"]),
                    int(recs["verify_tail"]["vocab"]))
 
@@ -128,18 +133,21 @@ def generate_speculative(art, drafter: Drafter, prompt_ids: Sequence[int], max_n
     return result, stats
 
 
-def run_speculative(art, prompt_ids: Sequence[int], args, sampling: SamplingConfig):
-    """`accelc run`'s speculative branch: None when the artifact has no drafter graphs, else (result, stats)."""
-    import sys
+def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling: SamplingConfig, k: int = 3,
+                    draft_mode: str = "fixed", stop: Sequence[str] = (), warn=None):
+    """Speculative decoding when the artifact has drafter graphs and runs on a backend that can: None otherwise
+    (the caller decodes token by token; `warn(message)` hears why when the drafter exists but cannot run),
+    else (result, stats)."""
     if drafter_records(art.manifest) is None:
         return None
     if art.choice.backend not in SPEC_BACKENDS:
-        print(f"accelc: speculative decoding needs openvino or onnxruntime; decoding token by token on "
-              f"{art.choice.backend}", file=sys.stderr)
+        if warn:
+            warn(f"speculative decoding needs {' or '.join(SPEC_BACKENDS)}; decoding token by token on "
+                 f"{art.choice.backend}")
         return None
-    k = int(args.draft_k)
+    k = int(k)
     if k < 1:
         raise InputError(f"--draft-k must be >= 1, got {k}")
-    config = SpecConfig(k=k, draft_mode=args.draft_mode, k_max=max(k, 8) if args.draft_mode == "heuristic" else k)
+    config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode == "heuristic" else k)
     drafter = load_drafter(art)
-    return generate_speculative(art, drafter, prompt_ids, args.max_new_tokens, sampling, config, args.stop)
+    return generate_speculative(art, drafter, prompt_ids, max_new_tokens, sampling, config, stop)

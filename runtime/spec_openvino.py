@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..compiler.graph import ATTENTION_MASK, BEAM_IDX, POSITION_IDS
 from .ov_stateful import run_request
 from .spec_steps import GraphFn
 
@@ -83,8 +84,8 @@ class StatefulGraphFn:
         n = inputs.shape[1]
         past_len = attention_mask.shape[1] - n
         sync_states(req, self.held, past_len)
-        for name, arr in ((self._input, inputs), ("position_ids", position_ids),
-                          ("attention_mask", attention_mask), ("beam_idx", self._beam)):
+        for name, arr in ((self._input, inputs), (POSITION_IDS, position_ids),
+                          (ATTENTION_MASK, attention_mask), (BEAM_IDX, self._beam)):
             req.set_tensor(name, Tensor(np.ascontiguousarray(arr), shared_memory=True))
         self.held = -1
         run_request(req)

@@ -141,6 +141,15 @@ class FusedTargetStep:
         self.trunk.truncate(length)
 
 
+def fused_steps(trunk: tuple[GraphFn, KVCache], head: tuple[GraphFn, KVCache], tail: tuple[GraphFn, KVCache],
+                hidden_size: int, vocab_size: int, vocab_ids=None) -> tuple[FusedTargetStep, FusedDraftStep]:
+    """The fused drafter's (target step, draft step) over one shared trunk: each of trunk, head and tail is
+    (graph function, its cache). The one place these are wired (the artifact runtime, the drafter's torch
+    training and evaluation, the speculative benchmark all call it)."""
+    shared = SharedTrunk(trunk[0], trunk[1], hidden_size)
+    return FusedTargetStep(shared, *tail), FusedDraftStep(shared, head[0], head[1], vocab_size, vocab_ids)
+
+
 def torch_graph_fn(graph) -> GraphFn:
     """A graph function over a torch module with the contract's signature (e.g. passes.decoder_graph.DecoderGraph)."""
     import torch

@@ -45,12 +45,11 @@ def graph_fns(bundle, drafter, engine: str, threads: int, workdir: Path):
 
 
 def make_steps(fns, bundle, drafter, capacity: int):
-    from accelc.runtime.spec_steps import (FusedDraftStep, FusedTargetStep, GraphStep, SharedTrunk, cache_for)
+    from accelc.runtime.spec_steps import GraphStep, cache_for, fused_steps
     cache = {k: cache_for(g, capacity, fn) for k, (fn, g) in fns.items()}    # stateful fns: bookkeeping only
     plain = GraphStep(fns["full"][0], cache["full"])
-    trunk = SharedTrunk(fns["trunk"][0], cache["trunk"], bundle.adapter.hidden_size)
-    target = FusedTargetStep(trunk, fns["tail"][0], cache["tail"])
-    draft = FusedDraftStep(trunk, fns["head"][0], cache["head"], bundle.adapter.vocab_size, drafter.vocab_ids)
+    target, draft = fused_steps(*((fns[k][0], cache[k]) for k in ("trunk", "head", "tail")),
+                                bundle.adapter.hidden_size, bundle.adapter.vocab_size, drafter.vocab_ids)
     return plain, target, draft
 
 

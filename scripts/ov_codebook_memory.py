@@ -85,19 +85,18 @@ def inspect(out: Path, rec: dict) -> dict:
 def measure(backend: str, out: Path, rec: dict, tokens: int) -> dict:
     """In this (fresh) process: RSS before/after load+compile, then decode `tokens` greedy tokens after an 8-token prompt."""
     import numpy as np
-    from accelc.passes.graph_io import GraphCache, run_chunk
-    from accelc.passes.validate import make_runner
+    from accelc.runtime.decode import decode_one, prefill
+    from accelc.runtime.graph_set import load_graphs
     r0 = rss_mb()
     t0 = time.perf_counter()
-    run = make_runner(backend, str(out / rec["onnx" if backend == "onnxruntime" else "openvino"]))
+    graphs = load_graphs(out, {"decoder": rec}, backend, "cpu")
     load_s = time.perf_counter() - t0
     r1 = rss_mb()
-    cache = GraphCache.allocate(rec["num_layers"], 1, 8 + tokens, rec["kv_heads"], rec["head_dim"])
-    logits = run_chunk(run, cache, np.arange(1, 9)[None])
+    state = graphs.new_state(8 + tokens)
+    logits = prefill(state, np.arange(1, 9))
     t0 = time.perf_counter()
     for _ in range(tokens):
-        nxt = logits[:, -1].argmax(-1)[:, None]
-        logits = run_chunk(run, cache, nxt)
+        logits = decode_one(state, int(np.argmax(logits)))
     tps = tokens / (time.perf_counter() - t0)
     return {"backend": backend, "rss_before_mb": round(r0), "rss_after_load_mb": round(r1),
             "rss_after_decode_mb": round(rss_mb()), "load_compile_s": round(load_s, 1), "decode_tok_s": round(tps, 2)}

@@ -220,8 +220,8 @@ def test_project_export_stores_uint8_codes_and_fp16_codebooks(tmp_path):
     from accelc.passes.codebook_linear import set_module
     from accelc.passes.export_onnx import ExportOnnxConfig, ExportOnnxPass
     from accelc.passes.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
-    from accelc.passes.graph_io import GraphCache, run_chunk
-    from accelc.passes.validate import make_runner
+    from graph_runner import GraphCache, run_chunk
+    from graph_runner import make_runner
     b = _bundle()
     b.workdir = tmp_path
     path_of = {id(mod): n for n, mod in b.model.named_modules()}

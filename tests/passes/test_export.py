@@ -12,8 +12,9 @@ from accelc.models.tiny import tiny_model
 from accelc.passes.decoder_graph import DecoderGraph
 from accelc.passes.export_onnx import ExportOnnxConfig, ExportOnnxPass
 from accelc.passes.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
-from accelc.passes.graph_io import GraphCache, run_chunk
-from accelc.passes.validate import ValidateConfig, ValidatePass, make_runner
+from graph_runner import GraphCache, run_chunk
+from accelc.passes.validate import ValidateConfig, ValidatePass
+from graph_runner import make_runner
 
 TOL = 1e-4
 

@@ -2,7 +2,6 @@
 (ONNX + OpenVINO, roles in the manifest) that match torch, and the artifact runtime's speculative decoding gives
 the same greedy tokens as plain decoding."""
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,10 +16,10 @@ from accelc.models.corpus import split_text
 from accelc.models.sources import load_model
 from accelc.models.tiny import byte_tokenizer, tiny_model
 from accelc.passes.export_drafter import ExportDrafterConfig, ExportDrafterPass, run_split
-from accelc.passes.validate import make_runner
 from accelc.runtime.artifact import open_artifact
 from accelc.runtime.generate import generate
-from accelc.runtime.spec_artifact import drafter_records, generate_speculative, load_drafter, run_speculative
+from accelc.runtime.spec_artifact import (drafter_records, generate_speculative, load_drafter, open_drafter,
+                                          run_speculative)
 from accelc.runtime.speculative import SpecConfig
 from accelc.targets import CompileOptions, get_target
 
@@ -89,9 +88,9 @@ def test_split_graphs_match_full_model(compiled):
     out, bundle = compiled
     m = json.loads((out / "manifest.json").read_text())
     recs = {n: m["graphs"][n] for n in ("draft_trunk", "draft_head", "verify_tail")}
-    runners = {n: make_runner("onnxruntime", str(out / r["onnx"])) for n, r in recs.items()}
+    drafter = open_drafter(out, m, "onnxruntime", 2)
     tokens = np.array([[5, 17, 99, 3, 200, 41, 7, 7, 64]], dtype=np.int64)
-    logits, draft = run_split(runners, recs, tokens, 5)
+    logits, draft = run_split(drafter, tokens, 5)
     with torch.inference_mode():
         ref = bundle.model(torch.from_numpy(tokens)).logits.numpy()
     assert np.abs(logits - ref).max() < 1e-4
@@ -145,10 +144,9 @@ def test_run_speculative_off_without_drafter(compiled, tmp_path):
     """No drafter graphs -> None (plain decoding); the torch backend also falls back."""
     out, _ = compiled
     art = open_artifact(out, backend="onnxruntime", report=False)
-    args = SimpleNamespace(draft_k=2, draft_mode="fixed", max_new_tokens=4, stop=[])
     art.manifest = {**art.manifest, "graphs": {"decoder": art.manifest["graphs"]["decoder"]}}
     assert drafter_records(art.manifest) is None
-    assert run_speculative(art, [1, 2, 3], args, None) is None
+    assert run_speculative(art, [1, 2, 3], 4, None, k=2) is None
 
 
 def test_export_drafter_needs_a_drafter():

@@ -10,8 +10,8 @@ from accelc.compiler.errors import InputError
 from accelc.compiler.manager import PassManager
 from accelc.models.adapter import ArchAdapter
 from accelc.models.tiny import tiny_model
-from accelc.passes.graph_io import GraphCache, run_chunk
-from accelc.passes.validate import make_runner
+from graph_runner import GraphCache, run_chunk
+from graph_runner import make_runner
 from accelc.targets import CompileOptions, get_target
 
 GRAPH_FILES = {"onnx": {"decoder.onnx", "decoder.onnx.data"}, "openvino": {"decoder.xml", "decoder.bin"}}

@@ -11,8 +11,8 @@ from cli_checks import error_line, no_model_load
 
 
 def no_graphs(monkeypatch):
-    import accelc.runtime.artifact as A
-    monkeypatch.setattr(A, "load_backend", lambda *a, **k: pytest.fail("graphs were loaded"))
+    import accelc.runtime.graph_set as G
+    monkeypatch.setattr(G, "load_backend", lambda *a, **k: pytest.fail("graphs were loaded"))
 
 
 def test_prompt_past_the_context_is_refused_before_the_graphs_load(tiny_artifact, capsys, monkeypatch):

@@ -1,9 +1,6 @@
-"""Running an exported decoder graph with the explicit cache (numpy): feeds from a preallocated buffer.
-
-Shared by the validation pass and the runtime. The cache owns [L, B, Pmax, H, D] key/value buffers and
-a [B, Pmax] slot mask; a graph call reads a prefix (dynamic graphs) or the whole buffer (static graphs,
-unused slots masked) and the new keys/values are written at [length, length + n).
-"""
+"""Test-only: run an exported graph file directly (a raw ONNX Runtime / OpenVINO session and a batched explicit
+cache), to check the graph contract itself at batch sizes and chunkings the runtime does not use. The product runs
+graphs through the runtime only (runtime/graph_set.py, runtime/decode.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,3 +74,26 @@ def run_chunk(run, cache: GraphCache, tokens: np.ndarray, chunk: int | None = No
         cache.append(res, n)
         out.append(res["logits"][:, :n])
     return np.concatenate(out, axis=1)
+
+
+def make_runner(backend: str, path: str, weights: str | None = None):
+    """A function feeds -> {output name: array} for one graph file on the CPU, in f32 (weights: an OpenVINO IR's
+    .bin when it is not beside the .xml, the graph record's `openvino_bin`)."""
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        return lambda feeds: dict(zip(names, sess.run(names, feeds)))
+    import openvino as ov
+    core = ov.Core()
+    model = core.read_model(path, weights) if weights else core.read_model(path)
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    req = compiled.create_infer_request()
+    names = [o.get_any_name() for o in compiled.outputs]
+
+    def run(feeds):
+        res = req.infer(feeds)
+        return {n: res[compiled.output(n)] for n in names}
+    return run
