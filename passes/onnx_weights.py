@@ -91,6 +91,46 @@ def narrow_initializers(model, min_elements: int = 256):
     return len(nodes)
 
 
+SHIELD = ".shield"
+
+
+def shield_initializer_casts(model) -> int:
+    """Put an Identity between each initializer and the Cast that reads it (a codebook graph's narrowed codes,
+    narrow_initializers): NNCF's ONNX preprocessing (eliminate_nop_cast, nncf 2.x) reads `.type` from a Cast's
+    input and fails on an initializer, which has none. unshield_casts takes the Identities out again."""
+    from onnx import helper
+    inits = {i.name: i for i in model.graph.initializer}
+    added = []
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.input and node.input[0] in inits:
+            init = inits[node.input[0]]
+            shielded = init.name + SHIELD
+            if shielded not in added:
+                model.graph.value_info.append(helper.make_tensor_value_info(shielded, init.data_type, list(init.dims)))
+                added.append(shielded)
+            node.input[0] = shielded
+    for name in added:
+        model.graph.node.insert(0, helper.make_node("Identity", [name[:-len(SHIELD)]], [name], name=name))
+    return len(added)
+
+
+def unshield_casts(model) -> None:
+    """Undo shield_initializer_casts: consumers read the initializers again, the Identities and their infos go."""
+    shields = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity" and n.name.endswith(SHIELD)}
+    if not shields:
+        return
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in shields:
+                node.input[i] = shields[name]
+    keep = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in shields)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    infos = [v for v in model.graph.value_info if v.name not in shields]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(infos)
+
+
 def compress_onnx(src: Path, out: Path, weights: str, adapter) -> None:
     """Write `src` (an fp32 graph with external data) to `out` with the requested weight precision.
 
@@ -114,7 +154,9 @@ def compress_onnx(src: Path, out: Path, weights: str, adapter) -> None:
         model = onnx.load(str(src), load_external_data=False)
         adv = AdvancedCompressionParameters(backend_params={BackendParameters.EXTERNAL_DATA_DIR:
                                                             str(Path(src).resolve().parent)})
+        shield_initializer_casts(model)
         model = nncf.compress_weights(model, advanced_parameters=adv, **kw)
+        unshield_casts(model)
     elif weights == "fp32":
         model = onnx.load(str(src))
     else:

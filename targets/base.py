@@ -1,6 +1,7 @@
 """What a target is, and the options `accelc compile` passes to it."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -26,6 +27,12 @@ def parse_formats(value) -> tuple | None:
     if "genai" in items and "openvino" not in items:
         raise InputError("--formats genai needs openvino too (the genai folder shares the OpenVINO IR's weights)")
     return tuple(f for f in FORMATS if f in items)
+
+
+def codebook_bits(quantize: str | None) -> int | None:
+    """B of a codebook spec ("pv:2x8g8,..." -> 8); None for no spec, rtn or an unparsable one (its pass says why)."""
+    m = re.match(r"^(aqlm|pv|ste):\d+x(\d+)g\d+(,|$)", quantize or "")
+    return int(m.group(2)) if m else None
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,16 @@ class Target:
     needs: tuple[str, ...] = ()                          # formats this target cannot do without
 
     def resolve(self, options: CompileOptions) -> CompileOptions:
-        """`options` with formats filled in from the target's default, checked against what it needs."""
+        """`options` with formats filled in from the target's default, checked against what it needs. The native
+        backend runs 8-bit codebooks only: another codebook width leaves native out of the default formats, and
+        is refused here (before the model loads) when --formats asks for native."""
         formats = options.formats or self.formats
+        bits = codebook_bits(options.quantize)
+        if "native" in formats and bits not in (None, 8):
+            if options.formats:
+                raise InputError(f"the native format runs 8-bit codebooks (MxBgG with B = 8), not --quantize "
+                                 f"{options.quantize.split(',')[0]}: leave native out of --formats")
+            formats = tuple(f for f in formats if f != "native")
         if "genai" in formats and self.static_shapes:
             raise InputError(f"--target {self.name} makes static graphs; the genai folder holds a dynamic stateful "
                              "graph (use --target cpu, or leave genai out of --formats)")
