@@ -43,7 +43,7 @@ class LazyBar:
 
 
 def run(args) -> int:
-    from ..compiler.errors import InputError
+    from .errors import InputError
     from ..models.sources import load_model, resolve
     try:
         protocol = Protocol(text=args.text, window=args.window, max_tokens=args.max_tokens)

@@ -25,7 +25,7 @@ def add_parser(sub):
     add_generation_args(p)
     p.add_argument("--stop", action="append", default=[], metavar="S", help="stop before this string (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
-    # speculative decoding (artifacts compiled with --drafter fused; runtime/spec_artifact.py)
+    # speculative decoding (artifacts compiled with --drafter fused; runtime/speculative/artifact.py)
     p.add_argument("--no-speculative", action="store_true", help="decode token by token even when the artifact "
                    "has drafter graphs (speculative decoding is the default then)")
     p.add_argument("--draft-mode", choices=["confidence", "fixed", "heuristic"], default="confidence",
@@ -78,7 +78,7 @@ def run(args) -> int:
 
     spec = None
     if not args.no_speculative:
-        from ..runtime.spec_artifact import run_speculative
+        from ..runtime.speculative.artifact import run_speculative
         spec = run_speculative(art, ids, args.max_new_tokens, sampling, k=args.draft_k, draft_mode=args.draft_mode,
                                stop=args.stop, warn=lambda m: print(f"accelc: {m}", file=sys.stderr))
     if spec is not None:

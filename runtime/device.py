@@ -29,7 +29,7 @@ class Choice:
 
 def _ov_devices() -> list[str]:
     try:
-        from .backend_openvino import available_devices
+        from .backends.openvino import available_devices
         return available_devices()
     except Exception:
         return []
@@ -37,7 +37,7 @@ def _ov_devices() -> list[str]:
 
 def _ort_providers() -> list[str]:
     try:
-        from .backend_onnxruntime import available_providers
+        from .backends.onnxruntime import available_providers
         return available_providers()
     except Exception:
         return []
@@ -74,10 +74,10 @@ def why_not(backend: str, device: str, manifest: dict, graph: dict) -> str | Non
             return f"the native backend runs on cpu, not {device}"
         if graph.get("static"):
             return "the native backend runs dynamic-shape artifacts (--target cpu)"
-        from .backend_native import unavailable_reason as native_reason
+        from .backends.native import unavailable_reason as native_reason
         return native_reason(manifest)
     if backend == "torch":
-        from .backend_torch import unavailable_reason
+        from .backends.torch import unavailable_reason
         if device == "cuda" and not _torch_cuda():
             return "torch sees no CUDA device"
         if device not in ("cpu", "cuda"):

@@ -4,7 +4,7 @@
     state = DecodeState(graphs, capacity); logits = prefill(state, ids); logits = decode_one(state, tok)
 
 open_artifact builds its Artifact on this; the compiler's validation passes run the graphs they just wrote
-the same way (passes/validate.py), so the graphs are checked on the runtime's own code path.
+the same way (passes/export/validate.py), so the graphs are checked on the runtime's own code path.
 """
 from __future__ import annotations
 

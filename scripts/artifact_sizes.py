@@ -6,7 +6,7 @@
     .venv/bin/python scripts/artifact_sizes.py --checkout /tmp/before --out docs/results/artifact_sizes_before.json
 
 Writes raw JSON: per precision the artifact's total bytes, every file's bytes, the tensor bytes per
-graph format and duplicate tensors (passes/storage_report.py), the passes' seconds and peak RSS, plus
+graph format and duplicate tensors (passes/export/storage_report.py), the passes' seconds and peak RSS, plus
 the machine (CPU model, cores, ISA flags), date, git commit and the command line.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from provenance import ROOT, git_commit, machine, shim
 
 def storage(artifact: Path, manifest: dict) -> dict:
     try:
-        from accelc.passes.storage_report import report
+        from accelc.passes.export.storage_report import report
         rep = report(artifact, manifest["graphs"])
         return {"formats": rep["formats"], "stray": rep["stray"]}
     except Exception as e:           # an old artifact layout: sizes below still stand

@@ -34,7 +34,7 @@ def main() -> None:
     from accelc.compiler.manager import PassManager
     from accelc.models.adapter import ArchAdapter
     from accelc.models.tiny import byte_tokenizer
-    from accelc.passes.storage_report import report
+    from accelc.passes.export.storage_report import report
     from accelc.targets import CompileOptions, get_target
     from test_export_large import _params, qwen2_05b
     model = qwen2_05b()

@@ -85,7 +85,7 @@ def run_setting(spec: str, model: str, max_tokens: int, calib_extra: str, score_
     from accelc.models.sources import load_model
     from accelc.targets import CompileOptions
     from accelc.targets.phases import compression
-    from accelc.passes.prune_options import zero_count
+    from accelc.passes.pruning.prune_options import zero_count
 
     bundle = load_model(model)
     params_before = bundle.adapter.num_parameters()

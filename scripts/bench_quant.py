@@ -50,7 +50,7 @@ def load(model_name: str, args):
 
 def initialised(model_name: str, quant_pass, args, cache: dict):
     """(bundle copy, init seconds) after the codebook pass `quant_pass` (run once per initialisation)."""
-    from accelc.passes.codebook import TEACHER
+    from accelc.passes.quantization.codebook import TEACHER
     key = dataclasses.replace(quant_pass.config, method="aqlm", keep_teacher=True)
     if key not in cache:
         bundle = load(model_name, args)
@@ -68,7 +68,7 @@ def initialised(model_name: str, quant_pass, args, cache: dict):
 def run_one(model_name: str, spec: str | None, args, cache: dict) -> dict:
     from accelc.compiler.evaluate import Protocol, evaluate_torch
     from accelc.compiler.manager import PassManager
-    from accelc.passes.codebook import TEACHER, CodebookQuantPass
+    from accelc.passes.quantization.codebook import TEACHER, CodebookQuantPass
     from accelc.targets import phases
     from accelc.targets.base import CompileOptions
 

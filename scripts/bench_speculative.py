@@ -26,16 +26,16 @@ from provenance import provenance  # machine, date, commit, command line (script
 
 def graph_fns(bundle, drafter, engine: str, threads: int, workdir: Path):
     """-> {"full", "trunk", "head", "tail"}: (graph function, DecoderGraph) on the chosen engine."""
-    from accelc.passes.decoder_graph import DecoderGraph
-    from accelc.runtime.spec_steps import torch_graph_fn
+    from accelc.passes.export.decoder_graph import DecoderGraph
+    from accelc.runtime.speculative.steps import torch_graph_fn
     graphs = {"full": DecoderGraph(bundle.model, bundle.adapter).eval(),
               "trunk": drafter.trunk_graph(bundle.model, bundle.adapter), "head": drafter.head_graph(),
               "tail": drafter.tail_graph(bundle.model, bundle.adapter)}
     if engine == "torch":
         torch.set_num_threads(threads)
         return {k: (torch_graph_fn(g), g) for k, g in graphs.items()}
-    from accelc.passes.export_onnx import export_graph
-    from accelc.runtime.spec_openvino import openvino_graph_fn
+    from accelc.passes.export.export_onnx import export_graph
+    from accelc.runtime.speculative.openvino import openvino_graph_fn
     out = {}
     for name, g in graphs.items():
         path = workdir / f"{name}.onnx"
@@ -45,7 +45,7 @@ def graph_fns(bundle, drafter, engine: str, threads: int, workdir: Path):
 
 
 def make_steps(fns, bundle, drafter, capacity: int):
-    from accelc.runtime.spec_steps import GraphStep, cache_for, fused_steps
+    from accelc.runtime.speculative.steps import GraphStep, cache_for, fused_steps
     cache = {k: cache_for(g, capacity, fn) for k, (fn, g) in fns.items()}    # stateful fns: bookkeeping only
     plain = GraphStep(fns["full"][0], cache["full"])
     target, draft = fused_steps(*((fns[k][0], cache[k]) for k in ("trunk", "head", "tail")),
@@ -57,8 +57,8 @@ def artifact_steps(path: str, threads: int, capacity: int, backend: str | None):
     """(plain, target, draft) step models over a compiled artifact's graphs (accelc compile --drafter fused)."""
     from accelc.runtime.artifact import open_artifact
     from accelc.runtime.kv_cache import KVCache
-    from accelc.runtime.spec_artifact import load_drafter
-    from accelc.runtime.spec_steps import GraphStep
+    from accelc.runtime.speculative.artifact import load_drafter
+    from accelc.runtime.speculative.steps import GraphStep
     art = open_artifact(path, backend=backend, threads=threads, report=False)
     drafter = load_drafter(art)
     if drafter is None:
@@ -75,7 +75,7 @@ def eval_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
 
 
 def bench_ours(plain, target, draft, prompts, max_new: int, k: int) -> dict:
-    from accelc.runtime.speculative import SpecConfig, SpecStats, autoregressive_generate, speculative_generate
+    from accelc.runtime.speculative.loop import SpecConfig, SpecStats, autoregressive_generate, speculative_generate
     res = {}
     refs, t_ar, n_ar = [], 0.0, 0
     for p in prompts:
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     if args.artifact:
         return bench_artifact(args)
     from accelc.models.sources import load_model
-    from accelc.passes.drafter import FusedDrafterConfig, FusedDrafterPass
+    from accelc.passes.drafting.drafter import FusedDrafterConfig, FusedDrafterPass
     torch.manual_seed(0)
     bundle = load_model(args.model)
     t0 = time.perf_counter()

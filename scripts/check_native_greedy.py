@@ -52,7 +52,7 @@ def main() -> None:
         got = greedy(nat, ids, args.new)
         if args.against == "transformers":
             import numpy as np
-            from accelc.passes.validate import torch_reference      # plain greedy with the KV cache, no EOS rule
+            from accelc.passes.export.validate import torch_reference      # plain greedy with the KV cache, no EOS rule
             with torch.no_grad():
                 seq, _ = torch_reference(model, np.array([ids]), args.new)
             ref = seq[0, len(ids):].tolist()

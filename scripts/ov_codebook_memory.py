@@ -35,9 +35,9 @@ def build(args) -> dict:
     import torch
     from accelc.compiler.manager import PassManager
     from accelc.models.sources import load_model
-    from accelc.passes.codebook_linear import CodebookLinear, Scheme, set_module
-    from accelc.passes.export_onnx import ExportOnnxConfig, ExportOnnxPass
-    from accelc.passes.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
+    from accelc.passes.quantization.codebook_linear import CodebookLinear, Scheme, set_module
+    from accelc.passes.export.export_onnx import ExportOnnxConfig, ExportOnnxPass
+    from accelc.passes.export.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
     torch.set_num_threads(1)
     b = load_model(args.model)
     b.workdir = Path(args.out)

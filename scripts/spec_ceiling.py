@@ -1,7 +1,7 @@
 """Upper bound on the decode speedup of the fused (shared-trunk) drafter, from weight bytes alone.
 
 Decode of a small model on CPU is bound by reading the weights, so a graph call on one token costs about
-its share of the model's weight bytes. With the shared trunk (runtime/spec_steps.py), a round with k drafts
+its share of the model's weight bytes. With the shared trunk (runtime/speculative/steps.py), a round with k drafts
 runs the trunk (layers [0, L)) on k + 1 tokens one at a time, the exit layer and reduced head k times, and
 the verify tail (layers [L, N) and the full head) once. If each draft is accepted with probability a
 independently, a round emits 1 + a + ... + a^k tokens. The bound assumes verifying k + 1 positions costs

@@ -29,24 +29,24 @@ def _lazy(module: str, function: str, *head) -> Callable[[str, CompileOptions], 
 # unstructured / N:M masks (sparsity.py: magnitude, wanda; dsnot.py), e.g. cfsp:0.3,round=32  flap:0.3
 # wanda:2:4  dsnot:0.6,mlp=true
 PRUNE_METHODS.update({
-    "cfsp": _lazy("cfsp", "build", "cfsp"),
-    "cfsp-uniform": _lazy("cfsp", "build", "cfsp-uniform"),
-    "channel-magnitude": _lazy("cfsp", "build", "channel-magnitude"),
-    "wanda-sp": _lazy("wanda_sp", "build", "wanda-sp"),
-    "flap": _lazy("flap", "build", "flap"),
-    "magnitude": _lazy("sparsity", "build", "magnitude"),
-    "wanda": _lazy("sparsity", "build", "wanda"),
-    "dsnot": _lazy("dsnot", "build", "dsnot"),
+    "cfsp": _lazy("pruning.cfsp", "build", "cfsp"),
+    "cfsp-uniform": _lazy("pruning.cfsp", "build", "cfsp-uniform"),
+    "channel-magnitude": _lazy("pruning.cfsp", "build", "channel-magnitude"),
+    "wanda-sp": _lazy("pruning.wanda_sp", "build", "wanda-sp"),
+    "flap": _lazy("pruning.flap", "build", "flap"),
+    "magnitude": _lazy("pruning.sparsity", "build", "magnitude"),
+    "wanda": _lazy("pruning.sparsity", "build", "wanda"),
+    "dsnot": _lazy("pruning.dsnot", "build", "dsnot"),
 })
 
 # extreme quantization (docs/passes/quantization.md): codebooks (aqlm), + PV-Tuning (pv), + straight-through
 # tuning (ste), round-to-nearest baseline (rtn), e.g. pv:2x8g8,steps=200  aqlm:1x8g8  rtn:2g64
-QUANTIZE_METHODS.update({m: _lazy("quant_methods", "build", m) for m in ("aqlm", "pv", "ste", "rtn")})
+QUANTIZE_METHODS.update({m: _lazy("quantization.quant_methods", "build", m) for m in ("aqlm", "pv", "ste", "rtn")})
 CODEBOOK_METHODS = ("aqlm", "pv", "ste")      # their layers hold packed codes: nothing left to train by gradient
 
-# drafters (passes/drafter.py): fused self-speculative early exit ("fused", "fused:layers=8,steps=300,vocab=8192")
+# drafters (passes/drafting/drafter.py): fused self-speculative early exit ("fused", "fused:layers=8,steps=300,vocab=8192")
 # or an external draft model with the same tokenizer (--drafter PATH)
-DRAFTERS.update({"fused": _lazy("drafter", "build_fused"), "external": _lazy("drafter", "build_external")})
+DRAFTERS.update({"fused": _lazy("drafting.drafter", "build_fused"), "external": _lazy("drafting.drafter", "build_external")})
 
 
 def _lookup(kind: str, registry: dict, spec: str, options: CompileOptions) -> list:
@@ -95,15 +95,15 @@ def _formats(options: CompileOptions) -> tuple:
 def genai_folder(options: CompileOptions) -> list:
     if "genai" not in (options.formats or ()):
         return []
-    from ..passes.export_genai import ExportGenAIPass
+    from ..passes.export.export_genai import ExportGenAIPass
     return [ExportGenAIPass()]
 
 
 def export(options: CompileOptions, static: bool) -> list:
     # ONNX first, always: the OpenVINO IR is converted from the same ONNX graph (one source of truth);
     # without "onnx" in the formats that graph stays in a scratch dir and the artifact ships no .onnx
-    from ..passes.export_onnx import ExportOnnxPass, ExportOnnxConfig
-    from ..passes.export_openvino import ExportOpenVINOPass, ExportOpenVINOConfig
+    from ..passes.export.export_onnx import ExportOnnxPass, ExportOnnxConfig
+    from ..passes.export.export_openvino import ExportOpenVINOPass, ExportOpenVINOConfig
     formats = _formats(options)
     return [
         ExportOnnxPass(ExportOnnxConfig(static=static, cache_len=options.cache_len,
@@ -119,7 +119,7 @@ def native(options: CompileOptions, static: bool) -> list:
     """The native backend's weights (native/), checked against torch unless --no-validate."""
     if "native" not in (options.formats or ()) or static:
         return []
-    from ..passes.export_native import ExportNativePass, ExportNativeConfig
+    from ..passes.export.export_native import ExportNativePass, ExportNativeConfig
     return [ExportNativePass(ExportNativeConfig(weights=options.weights, validate=options.validate))]
 
 
@@ -130,17 +130,17 @@ def _fused_drafter(options: CompileOptions) -> bool:
 def _drafter_export(options: CompileOptions) -> list:
     if not _fused_drafter(options):
         return []
-    from ..passes.export_drafter import ExportDrafterPass, ExportDrafterConfig
+    from ..passes.drafting.export_drafter import ExportDrafterPass, ExportDrafterConfig
     return [ExportDrafterPass(ExportDrafterConfig(weights=options.weights, formats=_formats(options)))]
 
 
 def validation(options: CompileOptions) -> list:
     if not options.validate:
         return []
-    from ..passes.validate import ValidatePass, ValidateConfig, backends_for
+    from ..passes.export.validate import ValidatePass, ValidateConfig, backends_for
     backends = backends_for(_formats(options))     # validate exactly the formats that are written
     passes = [ValidatePass(ValidateConfig(weights=options.weights, backends=backends))]
     if _fused_drafter(options):
-        from ..passes.export_drafter import ValidateDrafterPass, ValidateDrafterConfig
+        from ..passes.drafting.export_drafter import ValidateDrafterPass, ValidateDrafterConfig
         passes.append(ValidateDrafterPass(ValidateDrafterConfig(weights=options.weights, backends=backends)))
     return passes

@@ -5,7 +5,7 @@ import pytest
 from accelc.compiler.cli import main
 from accelc.compiler.errors import InputError, PassBugError
 from accelc.models.tiny import save_tiny_model_folder
-from accelc.passes.export_onnx import ExportOnnxPass
+from accelc.passes.export.export_onnx import ExportOnnxPass
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch.nn as nn
 from accelc.models.adapter import ArchAdapter
 from accelc.models.tiny import random_ids as ids, tiny_bundle as bundle
 from accelc.compiler.errors import InputError
-from accelc.passes.cfsp import CfspConfig, CfspPass, allocate, fine_scores, kept_count, rounding_for
-from accelc.passes.lora_recovery import LoRALinear, lm_loss
+from accelc.passes.pruning.cfsp import CfspConfig, CfspPass, allocate, fine_scores, kept_count, rounding_for
+from accelc.passes.pruning.lora_recovery import LoRALinear, lm_loss
 
 torch.set_num_threads(1)
 
@@ -137,7 +137,7 @@ def test_recovery_lowers_loss_and_merges():
 
 def test_pruned_model_runs_through_the_export_graph():
     """Per-layer channel counts differ; the decoder graph the exporter builds uses the smaller modules as they are."""
-    dg = pytest.importorskip("accelc.passes.decoder_graph")
+    dg = pytest.importorskip("accelc.passes.export.decoder_graph")
     b = bundle()
     CfspPass(CfspConfig(ratio=0.4, a=200.0)).prune(b, ids())
     assert len(set(b.adapter.intermediate_sizes())) > 1

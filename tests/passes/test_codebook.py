@@ -6,11 +6,11 @@ from accelc.compiler.bundle import ModelBundle
 from accelc.compiler.errors import InputError, PassError
 from accelc.models.adapter import ArchAdapter
 from accelc.models.tiny import tiny_model
-from accelc.passes.codebook import CodebookQuantConfig, CodebookQuantPass
-from accelc.passes.codebook_linear import CodebookLinear, Scheme, codebook_layers, dequantize
-from accelc.passes.codebook_search import beam_search, init_codebooks, output_error, row_scales
-from accelc.passes.quant_bits import bits_summary
-from accelc.passes.rtn import GroupQuantLinear, RTNConfig, RTNQuantPass, rtn_quantize
+from accelc.passes.quantization.codebook import CodebookQuantConfig, CodebookQuantPass
+from accelc.passes.quantization.codebook_linear import CodebookLinear, Scheme, codebook_layers, dequantize
+from accelc.passes.quantization.codebook_search import beam_search, init_codebooks, output_error, row_scales
+from accelc.passes.quantization.quant_bits import bits_summary
+from accelc.passes.quantization.rtn import GroupQuantLinear, RTNConfig, RTNQuantPass, rtn_quantize
 from accelc.targets import phases
 from accelc.targets.base import CompileOptions
 
@@ -192,12 +192,12 @@ def test_onnx_export_keeps_codes_and_matches_torch(tmp_path):
 
 
 def test_project_export_of_a_codebook_model_validates(tmp_path):
-    """The export pipeline (passes/export_onnx.py, export_openvino.py, validate.py) on a 1x4g4 model."""
+    """The export pipeline (passes/export/export_onnx.py, export_openvino.py, validate.py) on a 1x4g4 model."""
     onnx = pytest.importorskip("onnx")
     from accelc.compiler.manager import PassManager
-    from accelc.passes.export_onnx import ExportOnnxConfig, ExportOnnxPass
-    from accelc.passes.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
-    from accelc.passes.validate import ValidateConfig, ValidatePass
+    from accelc.passes.export.export_onnx import ExportOnnxConfig, ExportOnnxPass
+    from accelc.passes.export.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
+    from accelc.passes.export.validate import ValidateConfig, ValidatePass
     b = _bundle()
     b.workdir = tmp_path
     CodebookQuantPass(CodebookQuantConfig(scheme="1x4g4", cb_steps=0))(b)
@@ -217,9 +217,9 @@ def test_project_export_stores_uint8_codes_and_fp16_codebooks(tmp_path):
     onnx = pytest.importorskip("onnx")
     import numpy as np
     from accelc.compiler.manager import PassManager
-    from accelc.passes.codebook_linear import set_module
-    from accelc.passes.export_onnx import ExportOnnxConfig, ExportOnnxPass
-    from accelc.passes.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
+    from accelc.passes.quantization.codebook_linear import set_module
+    from accelc.passes.export.export_onnx import ExportOnnxConfig, ExportOnnxPass
+    from accelc.passes.export.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
     from graph_runner import GraphCache, run_chunk
     from graph_runner import make_runner
     b = _bundle()
@@ -262,7 +262,7 @@ def test_narrow_initializers_is_lossless_and_selective():
     ort = pytest.importorskip("onnxruntime")
     import numpy as np
     from onnx import TensorProto as TP, helper, numpy_helper
-    from accelc.passes.onnx_weights import narrow_initializers
+    from accelc.passes.export.onnx_weights import narrow_initializers
     rng = np.random.default_rng(0)
     table = rng.standard_normal((300, 4)).astype(np.float16).astype(np.float32)      # fp16-exact: narrowed
     dense = rng.standard_normal((300, 4)).astype(np.float32)                         # not fp16-exact: kept

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from accelc.models.tiny import TINY_FAMILIES, tiny_model
-from accelc.passes.decoder_graph import DecoderGraph
+from accelc.passes.export.decoder_graph import DecoderGraph
 
 TOL = 1e-4
 

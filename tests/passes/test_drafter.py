@@ -11,13 +11,13 @@ from accelc.compiler.errors import InputError, PassError
 from accelc.models.adapter import ArchAdapter
 from accelc.models.corpus import split_text
 from accelc.models.tiny import byte_tokenizer, tiny_model
-from accelc.passes.decoder_graph import DecoderGraph
-from accelc.passes.drafter import (ExternalDrafterConfig, ExternalDrafterPass, FusedDrafterConfig, FusedDrafterPass,
+from accelc.passes.export.decoder_graph import DecoderGraph
+from accelc.passes.drafting.drafter import (ExternalDrafterConfig, ExternalDrafterPass, FusedDrafterConfig, FusedDrafterPass,
                                    check_same_tokenizer, parse_fused)
-from accelc.passes.drafter_model import fused_steps
+from accelc.passes.drafting.drafter_model import fused_steps
 from accelc.runtime.sampling import Sampler, SamplingConfig
-from accelc.runtime.spec_steps import GraphStep, cache_for, torch_graph_fn
-from accelc.runtime.speculative import SpecConfig, autoregressive_generate, speculative_generate
+from accelc.runtime.speculative.steps import GraphStep, cache_for, torch_graph_fn
+from accelc.runtime.speculative.loop import SpecConfig, autoregressive_generate, speculative_generate
 
 torch.set_num_threads(1)
 EOS = 256

@@ -6,8 +6,8 @@ import torch
 
 from accelc.models.tiny import random_ids as ids, tiny_bundle as bundle
 from accelc.compiler.errors import InputError
-from accelc.passes.dsnot import RULES, DsnotConfig, DsnotPass, cycles_for, dsnot_refine
-from accelc.passes.sparsity import SparsityConfig, WandaPruningPass, is_nm, keep_mask
+from accelc.passes.pruning.dsnot import RULES, DsnotConfig, DsnotPass, cycles_for, dsnot_refine
+from accelc.passes.pruning.sparsity import SparsityConfig, WandaPruningPass, is_nm, keep_mask
 
 torch.set_num_threads(1)
 
@@ -204,7 +204,7 @@ def test_window_variance_is_the_mean_of_per_window_variances():
 
 @pytest.mark.parametrize("var", ["tokens", "reference"])
 def test_var_option_chooses_the_variance_dsnot_sees(var, monkeypatch):
-    import accelc.passes.dsnot as D
+    import accelc.passes.pruning.dsnot as D
     seen = []
     real = D.dsnot_refine
     monkeypatch.setattr(D, "dsnot_refine", lambda w, keep, mean, v, *a, **k: seen.append(v) or real(w, keep, mean, v, *a, **k))

@@ -9,11 +9,11 @@ from accelc.compiler.errors import InputError, PassError
 from accelc.compiler.manager import PassManager
 from accelc.models.adapter import ArchAdapter
 from accelc.models.tiny import tiny_model
-from accelc.passes.decoder_graph import DecoderGraph
-from accelc.passes.export_onnx import ExportOnnxConfig, ExportOnnxPass
-from accelc.passes.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
+from accelc.passes.export.decoder_graph import DecoderGraph
+from accelc.passes.export.export_onnx import ExportOnnxConfig, ExportOnnxPass
+from accelc.passes.export.export_openvino import ExportOpenVINOConfig, ExportOpenVINOPass
 from graph_runner import GraphCache, run_chunk
-from accelc.passes.validate import ValidateConfig, ValidatePass
+from accelc.passes.export.validate import ValidateConfig, ValidatePass
 from graph_runner import make_runner
 
 TOL = 1e-4
@@ -141,7 +141,7 @@ def test_validate_fails_on_a_wrong_graph(tmp_path):
 def test_fp32_limit_follows_torch_self_noise(tmp_path):
     """The fp32 limit is 1e-3, or 8x torch's own cached-vs-uncached disagreement when that is larger (a model whose
     activations round more); the wrong graph above still fails, its error is far past either."""
-    from accelc.passes.validate import NOISE_FACTOR, noise_limit
+    from accelc.passes.export.validate import NOISE_FACTOR, noise_limit
     assert noise_limit(1e-3, 1e-5) == 1e-3 and noise_limit(1e-3, 5e-4) == pytest.approx(NOISE_FACTOR * 5e-4)
     b = _bundle(tmp_path)
     PassManager([ExportOnnxPass(), ExportOpenVINOPass(), ValidatePass()]).run(b)

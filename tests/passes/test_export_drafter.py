@@ -15,12 +15,12 @@ from accelc.models.adapter import ArchAdapter
 from accelc.models.corpus import split_text
 from accelc.models.sources import load_model
 from accelc.models.tiny import byte_tokenizer, tiny_model
-from accelc.passes.export_drafter import ExportDrafterConfig, ExportDrafterPass, run_split
+from accelc.passes.drafting.export_drafter import ExportDrafterConfig, ExportDrafterPass, run_split
 from accelc.runtime.artifact import open_artifact
 from accelc.runtime.generate import generate
-from accelc.runtime.spec_artifact import (drafter_records, generate_speculative, load_drafter, open_drafter,
+from accelc.runtime.speculative.artifact import (drafter_records, generate_speculative, load_drafter, open_drafter,
                                           run_speculative)
-from accelc.runtime.speculative import SpecConfig
+from accelc.runtime.speculative.loop import SpecConfig
 from accelc.targets import CompileOptions, get_target
 
 torch.set_num_threads(1)
@@ -118,7 +118,7 @@ def test_runtime_speculative_greedy_is_lossless(compiled, backend):
 def test_openvino_drafter_graphs_are_stateful_and_match_explicit(compiled, monkeypatch):
     """On OpenVINO CPU the trunk/head/tail run stateful (KV in the request's states, trimmed on rollback) and
     give the explicit-cache graphs' logits, through a rollback, within float tolerance."""
-    from accelc.runtime.spec_steps import is_stateful
+    from accelc.runtime.speculative.steps import is_stateful
     out, _ = compiled
     runs = {}
     for mode in ("stateful", "explicit"):

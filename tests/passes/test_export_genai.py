@@ -76,7 +76,7 @@ def test_genai_and_optimum_generate_what_accelc_runs(tiny_source, tmp_path, caps
 def test_moved_constants_read_the_same_bytes(tmp_path):
     import openvino as ov
     import openvino.opset13 as op
-    from accelc.passes.export_genai import share_weights
+    from accelc.passes.export.export_genai import share_weights
     x = op.parameter([1, 4], np.float32, name="x")
     w1, w2 = np.arange(16, dtype=np.float32).reshape(4, 4), np.full((4, 4), 3.0, np.float32)
     a = ov.Model([op.matmul(op.matmul(x, op.constant(w1), False, False), op.constant(w2), False, False)], [x])

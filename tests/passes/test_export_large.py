@@ -13,7 +13,7 @@ import torch
 from accelc.compiler.bundle import ModelBundle
 from accelc.compiler.manager import PassManager
 from accelc.models.adapter import ArchAdapter
-from accelc.passes.storage_report import report
+from accelc.passes.export.storage_report import report
 from accelc.targets import CompileOptions, get_target
 
 pytestmark = [pytest.mark.slow,
@@ -54,7 +54,7 @@ def test_half_billion_compiles_validates_and_stores_each_tensor_once(tmp_path, m
     lossy_random = weights == "int4"
     log = PassManager(get_target("cpu").pipeline(CompileOptions(weights=weights, validate=not lossy_random))).run(b)
     if lossy_random:
-        from accelc.passes.validate import ValidateConfig, ValidatePass
+        from accelc.passes.export.validate import ValidateConfig, ValidatePass
         with pytest.raises(Exception, match="greedy agreement"):
             ValidatePass(ValidateConfig(weights=weights))(b)
         log = [*log]

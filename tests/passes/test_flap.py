@@ -11,8 +11,8 @@ from accelc.compiler.errors import InputError
 from accelc.models.adapter import ArchAdapter
 from accelc.models.tiny import random_ids as ids, tiny_bundle as bundle
 from accelc.passes import calibration as cal
-from accelc.passes.flap import FlapConfig, FlapPass, flap_scores
-from accelc.passes.mlp_channels import global_counts, round_counts
+from accelc.passes.pruning.flap import FlapConfig, FlapPass, flap_scores
+from accelc.passes.pruning.mlp_channels import global_counts, round_counts
 from accelc.targets import CompileOptions
 from accelc.targets.phases import compression
 

@@ -9,10 +9,10 @@ from accelc.compiler.bundle import ModelBundle
 from accelc.compiler.errors import PassError
 from accelc.models.adapter import ArchAdapter
 from accelc.models.tiny import tiny_model
-from accelc.passes.codebook import TEACHER, CodebookQuantConfig, CodebookQuantPass
-from accelc.passes.codebook_linear import codebook_layers
-from accelc.passes.codebook_search import l2_encode
-from accelc.passes.pv_tuning import PVTrainer, PVTuningConfig, PVTuningPass, distill_loss, norm_parameters
+from accelc.passes.quantization.codebook import TEACHER, CodebookQuantConfig, CodebookQuantPass
+from accelc.passes.quantization.codebook_linear import codebook_layers
+from accelc.passes.quantization.codebook_search import l2_encode
+from accelc.passes.quantization.pv_tuning import PVTrainer, PVTuningConfig, PVTuningPass, distill_loss, norm_parameters
 from accelc.targets import phases
 from accelc.targets.base import CompileOptions
 

@@ -7,7 +7,7 @@ import torch
 from accelc.compiler.errors import InputError
 from accelc.models.tiny import random_ids as ids, tiny_bundle as bundle
 from accelc.passes import calibration as cal
-from accelc.passes.sparsity import (MagnitudePruningPass, SparsityConfig, WandaPruningPass, is_nm, keep_mask,
+from accelc.passes.pruning.sparsity import (MagnitudePruningPass, SparsityConfig, WandaPruningPass, is_nm, keep_mask,
                                     wanda_score)
 from accelc.targets import CompileOptions
 from accelc.targets.phases import compression

@@ -7,8 +7,8 @@ import torch
 from accelc.compiler.errors import InputError
 from accelc.models.adapter import ArchAdapter
 from accelc.models.tiny import random_ids as ids, tiny_bundle as bundle
-from accelc.passes.cfsp import kept_count
-from accelc.passes.wanda_sp import WandaSpConfig, WandaSpPass, wanda_sp_scores
+from accelc.passes.pruning.cfsp import kept_count
+from accelc.passes.pruning.wanda_sp import WandaSpConfig, WandaSpPass, wanda_sp_scores
 from accelc.targets import CompileOptions
 from accelc.targets.phases import compression
 

@@ -11,9 +11,9 @@ import torch
 from accelc.compiler.cli import main
 from accelc.models.adapter import ArchAdapter
 from accelc.models.tiny import TINY_FAMILIES, tiny_model
-from accelc.passes.codebook_linear import CodebookLinear, set_module
-from accelc.passes.decoder_graph import DecoderGraph
-from accelc.passes.export_native import decode, describe
+from accelc.passes.quantization.codebook_linear import CodebookLinear, set_module
+from accelc.passes.export.decoder_graph import DecoderGraph
+from accelc.passes.export.export_native import decode, describe
 from accelc.runtime.artifact import open_artifact
 from accelc.runtime.decode import decode_one, prefill
 from accelc.runtime.generate import generate

@@ -5,7 +5,7 @@ import llvmlite.ir as ir
 import numpy as np
 import pytest
 
-from accelc.passes.export_native import decode, encode
+from accelc.passes.export.export_native import decode, encode
 from accelc.runtime.native import kernels
 from accelc.runtime.native.jit import compile_ir
 

@@ -1,4 +1,4 @@
-"""The OpenVINO stateful rewrite (runtime/ov_stateful.py) and the backend's stateful KV cache."""
+"""The OpenVINO stateful rewrite (runtime/backends/ov_stateful.py) and the backend's stateful KV cache."""
 import numpy as np
 import openvino as ov
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from accelc.compiler.errors import ArtifactError, InputError
 from accelc.runtime.artifact import open_artifact
 from accelc.runtime.decode import decode_one, prefill
-from accelc.runtime.ov_stateful import make_stateful, run_request, slice_last_logits
+from accelc.runtime.backends.ov_stateful import make_stateful, run_request, slice_last_logits
 
 PROMPT = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33]
 

@@ -8,10 +8,10 @@ from scipy.stats import chisquare
 
 from accelc.compiler.errors import InputError
 from accelc.models.tiny import tiny_model
-from accelc.passes.decoder_graph import DecoderGraph
+from accelc.passes.export.decoder_graph import DecoderGraph
 from accelc.runtime.sampling import Sampler, SamplingConfig, probabilities
-from accelc.runtime.spec_steps import GraphStep, cache_for, torch_graph_fn
-from accelc.runtime.speculative import (SpecConfig, autoregressive_generate, divergence, speculative_generate)
+from accelc.runtime.speculative.steps import GraphStep, cache_for, torch_graph_fn
+from accelc.runtime.speculative.loop import (SpecConfig, autoregressive_generate, divergence, speculative_generate)
 
 
 class ToyLM:

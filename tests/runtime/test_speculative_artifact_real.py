@@ -8,8 +8,8 @@ import pytest
 from accelc.compiler.cli import main
 from accelc.runtime.artifact import open_artifact
 from accelc.runtime.generate import generate
-from accelc.runtime.spec_artifact import generate_speculative, load_drafter
-from accelc.runtime.speculative import SpecConfig, SpecStats
+from accelc.runtime.speculative.artifact import generate_speculative, load_drafter
+from accelc.runtime.speculative.loop import SpecConfig, SpecStats
 
 pytestmark = pytest.mark.real
 N_PROMPTS, PROMPT_LEN, NEW = 20, 24, 16

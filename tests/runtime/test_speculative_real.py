@@ -9,11 +9,11 @@ pytestmark = pytest.mark.real
 def test_greedy_speculative_identical_on_20_eval_prompts():
     from accelc.models.corpus import load_text, token_stream
     from accelc.models.sources import load_model
-    from accelc.passes.decoder_graph import DecoderGraph
-    from accelc.passes.drafter import FusedDrafterConfig, FusedDrafterPass
-    from accelc.passes.drafter_model import fused_steps
-    from accelc.runtime.spec_steps import GraphStep, cache_for, torch_graph_fn
-    from accelc.runtime.speculative import SpecConfig, SpecStats, autoregressive_generate, speculative_generate
+    from accelc.passes.export.decoder_graph import DecoderGraph
+    from accelc.passes.drafting.drafter import FusedDrafterConfig, FusedDrafterPass
+    from accelc.passes.drafting.drafter_model import fused_steps
+    from accelc.runtime.speculative.steps import GraphStep, cache_for, torch_graph_fn
+    from accelc.runtime.speculative.loop import SpecConfig, SpecStats, autoregressive_generate, speculative_generate
     torch.set_num_threads(1)
     b = load_model("smollm2-135m")
     FusedDrafterPass(FusedDrafterConfig(layers=8, steps=3, windows=2, holdout=1, seq_len=64))(b)

@@ -1,0 +1,248 @@
+"""PV-Tuning (and the straight-through baseline) of a codebook-quantized model by distillation.
+
+The loss is KL(teacher || student) of the next-token distributions on calibration windows, with
+the uncompressed model (kept by the codebook pass) as teacher. Two kinds of steps:
+
+  P step  codes fixed: Adam on the continuous parameters - codebooks, scales, norms (and biases).
+  V step  the linearised discrete update (the reference's straight-through code update): the
+          gradient w.r.t. each dequantized weight moves a float buffer T by an Adam-normalised
+          (scale-free) step of lr_v (betas 0 / 0.95, the reference's code_betas); the fraction
+          `tau` of weight groups where T is farthest from the current quantized weight are
+          re-encoded towards T / scale, forcing a code change along T - Ŵ where l2 re-encoding
+          would keep the old codes; with `trust` > 0 (default 0.01) the changes are then truncated, largest
+          first, so that ||Ŵ_new - Ŵ_old|| <= trust * ||Ŵ_old|| (plus one group). All other codes
+          stay (subspace descent). T is not reset to Ŵ (`decay` pulls it back, delta_decay).
+
+mode "pv": every step is a P step; every `v_every`-th step (default: every step) also is a V step
+on the same gradients, as the reference's optimizer updates codebooks, scales and codes in one step.
+mode "ste": the straight-through baseline: every step updates the continuous parameters and
+re-encodes *all* groups to the buffer (tau = 1), as plain STE fine-tuning does.
+The embedding / LM head stay frozen (fp32).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...compiler.errors import InputError, PreconditionError
+from ...compiler.pass_base import Pass, PassConfig, PassResult
+from ...compiler.progress import bar
+from ..calibration import calibration_ids
+from .codebook import TEACHER
+from .codebook_linear import CodebookLinear, codebook_layers
+from .codebook_search import directional_encode, l2_encode
+from .quant_bits import bits_summary
+
+log = logging.getLogger(__name__)
+MODES = ("pv", "ste")
+V_BETAS = (0.0, 0.95)          # Adam betas of the V step's buffer update (AQLM's pv-tuning code_betas)
+
+
+@dataclass(frozen=True)
+class PVTuningConfig(PassConfig):
+    mode: str = "pv"
+    steps: int = 100
+    batch: int = 4                 # windows per step
+    samples: int = 32              # calibration windows cycled through
+    seqlen: int = 256
+    lr: float = 1e-4               # P step: Adam on codebooks, scales, norms
+    lr_v: float = 1e-3             # V step: Adam step on the dequantized-weight buffers
+    tau: float = 0.01              # pv: fraction of groups a V step may re-encode
+    v_every: int = 1               # pv: every v_every-th step also updates codes (V step)
+    decay: float = 0.0             # pull of the buffers back to the quantized weights after a V step
+    trust: float = 0.01            # pv: trust ratio on the relative weight change of a V step (0: off;
+                                   # 1e-2 is the reference's code_trust_ratio in its PV-Tuning commands)
+    seed: int = 1
+    calib: str | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise InputError(f"tuning mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        for name in ("steps", "batch", "samples", "seqlen", "v_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.tau <= 1:
+            raise InputError(f"tau must be in (0, 1], got {self.tau}")
+        if not (self.lr > 0 and self.lr_v > 0):
+            raise InputError("lr and lr_v must be > 0")
+        if self.trust < 0:
+            raise InputError(f"trust must be >= 0, got {self.trust}")
+        if not 0 <= self.decay <= 1:
+            raise InputError(f"decay must be in [0, 1], got {self.decay}")
+
+
+def distill_loss(student, teacher, ids: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(teacher || student) of the next-token distributions."""
+    with torch.no_grad():
+        t = F.log_softmax(teacher(input_ids=ids, use_cache=False).logits.float(), -1).flatten(0, 1)
+    s = F.log_softmax(student(input_ids=ids, use_cache=False).logits.float(), -1).flatten(0, 1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
+class PVTrainer:
+    """P and V steps on a model whose decoder Linears are CodebookLinear (unpacked while training)."""
+
+    def __init__(self, model, teacher, norms: list[torch.nn.Parameter], lr: float, lr_v: float,
+                 decay: float = 0.0, trust: float = 0.0):
+        self.model, self.teacher, self.lr_v, self.decay, self.trust = model, teacher, lr_v, decay, trust
+        self.layers = codebook_layers(model)
+        if not self.layers:
+            raise PreconditionError("the model has no CodebookLinear layers")
+        self._frozen = [(p, p.requires_grad) for p in model.parameters()]
+        model.requires_grad_(False)
+        params = []
+        for q in self.layers.values():
+            q.unpack()
+            params += [q.codebooks, q.scales] + ([q.bias] if q.bias is not None else [])
+        params += list(norms)
+        for p in params:
+            p.requires_grad_(True)
+        self.opt = torch.optim.Adam(params, lr=lr)
+        self.buffers: dict[str, list] = {}    # name -> [T, m, v, t] of the V step's Adam on T
+
+    def _backward(self, ids: torch.Tensor, tap: bool) -> float:
+        for q in self.layers.values():
+            q.tap = tap
+        self.opt.zero_grad(set_to_none=True)
+        loss = distill_loss(self.model, self.teacher, ids)
+        loss.backward()
+        return float(loss.detach())
+
+    def p_step(self, ids: torch.Tensor) -> float:
+        loss = self._backward(ids, tap=False)
+        self.opt.step()
+        return loss
+
+    def v_step(self, ids: torch.Tensor, tau: float, also_p: bool = False) -> tuple[float, float]:
+        """-> (loss, fraction of groups whose codes changed)."""
+        loss = self._backward(ids, tap=True)
+        grads = {n: q.tapped.grad.detach() for n, q in self.layers.items()}
+        for q in self.layers.values():
+            q.tap, q.tapped = False, None
+        if also_p:
+            self.opt.step()
+        changed = total = 0
+        with torch.no_grad():
+            for name, q in self.layers.items():
+                c, n = self._update_codes(name, q, grads[name], tau)
+                changed, total = changed + c, total + n
+        self.opt.zero_grad(set_to_none=True)
+        return loss, changed / max(total, 1)
+
+    def _update_codes(self, name: str, q: CodebookLinear, grad: torch.Tensor, tau: float) -> tuple[int, int]:
+        w_hat = q.dequantize()
+        st = self.buffers.setdefault(name, [w_hat.clone(), torch.zeros_like(grad), torch.zeros_like(grad), 0])
+        target, m, v, _ = st
+        st[3] += 1
+        b1, b2 = V_BETAS
+        m.mul_(b1).add_(grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        step = self.lr_v * math.sqrt(1 - b2 ** st[3]) / (1 - b1 ** st[3])
+        target.addcdiv_(m, v.sqrt().add_(1e-8), value=-step)
+        out_f, ng, nc = q.codes.shape
+        g = q.scheme.group
+        far = (target - w_hat).square().reshape(out_f, ng, g).sum(-1).flatten()      # [out * ng]
+        n_sel = far.numel() if tau >= 1 else int(math.ceil(tau * far.numel()))
+        sel = far.topk(n_sel).indices if n_sel < far.numel() else torch.arange(far.numel())   # farthest first
+        flat_codes = q.codes.reshape(-1, nc)
+        old = flat_codes[sel].long()
+        goal = (target / q.scales).reshape(out_f * ng, g)[sel]
+        books = q.codebooks.detach()
+        new = directional_encode(goal, old, books) if tau < 1 else l2_encode(goal, old, books)
+        if self.trust > 0 and tau < 1:
+            rows = sel // ng
+            delta = (books.gather(1, new.T.unsqueeze(-1).expand(-1, -1, g)).sum(0)
+                     - books.gather(1, old.T.unsqueeze(-1).expand(-1, -1, g)).sum(0)) * q.scales[rows]
+            cum = delta.square().sum(-1).cumsum(0).sqrt()
+            keep = 1 + int(torch.searchsorted(cum, self.trust * w_hat.norm()))
+            new[keep:] = old[keep:]
+        flat_codes[sel] = new.to(flat_codes.dtype)
+        if self.decay:
+            target.lerp_(q.dequantize(), self.decay)
+        return int((new != old).any(-1).sum()), far.numel()
+
+    def finish(self) -> None:
+        for q in self.layers.values():
+            q.tap, q.tapped = False, None
+            q.pack()
+        for p, req in self._frozen:
+            p.requires_grad_(req)
+        self.buffers.clear()
+
+
+def norm_parameters(adapter) -> list[torch.nn.Parameter]:
+    out = [adapter.final_norm.weight]
+    for i in range(adapter.num_layers):
+        out += [n.weight for n in adapter.norms(i).values() if getattr(n, "weight", None) is not None]
+    return out
+
+
+class PVTuningPass(Pass):
+    name = "tune-pv"
+    config_class = PVTuningConfig
+
+    def requires(self, bundle) -> None:
+        if not codebook_layers(bundle.model):
+            raise PreconditionError("no CodebookLinear layers: run codebook quantization first")
+        if bundle.records.get(TEACHER) is None:
+            raise PreconditionError("no teacher model: run codebook quantization with keep_teacher=True first")
+
+    def call(self, bundle) -> PassResult:
+        cfg = self.config
+        teacher = bundle.records.pop(TEACHER)
+        ids = bundle.records.get("calibration_ids")
+        if not isinstance(ids, torch.Tensor):
+            ids = calibration_ids(bundle, cfg.samples, cfg.seqlen, cfg.seed, cfg.calib)
+        if ids.shape[0] > cfg.batch:            # the last windows are held out for the before/after KL
+            ids, held = ids[: -cfg.batch], ids[-cfg.batch:]
+        else:
+            held = ids
+        t0 = time.perf_counter()
+        model = bundle.model
+        model.eval()                            # no dropout: the loss is deterministic per batch
+        trainer = PVTrainer(model, teacher, norm_parameters(bundle.adapter), cfg.lr, cfg.lr_v, cfg.decay,
+                            cfg.trust)
+        losses, changes = [], []
+        try:
+            with torch.no_grad():
+                kl_before = float(distill_loss(model, teacher, held))
+            order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+            with bar(cfg.steps, f"{cfg.mode}-tuning") as pb:
+                for step in range(cfg.steps):
+                    pick = order[(torch.arange(cfg.batch) + step * cfg.batch) % ids.shape[0]]
+                    batch = ids[pick]
+                    if cfg.mode == "ste":
+                        loss, frac = trainer.v_step(batch, tau=1.0, also_p=True)
+                        changes.append(frac)
+                    elif (step + 1) % cfg.v_every == 0:
+                        loss, frac = trainer.v_step(batch, tau=cfg.tau, also_p=True)
+                        changes.append(frac)
+                    else:
+                        loss = trainer.p_step(batch)
+                    losses.append(round(loss, 5))
+                    pb.set_postfix_str(f"kl {loss:.4f}")
+                    pb.update(1)
+        finally:
+            trainer.finish()
+        with torch.no_grad():
+            kl_after = float(distill_loss(model, teacher, held))
+        del teacher
+        seconds = time.perf_counter() - t0
+        rec = bundle.records.setdefault("quantization", {})
+        rec["method"] = cfg.mode
+        rec.update(bits_summary(bundle.adapter))
+        rec["tuning"] = {"mode": cfg.mode, "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr, "lr_v": cfg.lr_v,
+                         "tau": 1.0 if cfg.mode == "ste" else cfg.tau, "v_every": cfg.v_every,
+                         "trust": cfg.trust,
+                         "kl_heldout_before": round(kl_before, 5), "kl_heldout_after": round(kl_after, 5),
+                         "losses": losses, "code_change_fraction": [round(c, 6) for c in changes]}
+        rec.setdefault("seconds", {})["pv_tuning"] = round(seconds, 1)
+        log.info("%s tuning: %d steps, held-out KL %.4f -> %.4f, %.1fs", cfg.mode, cfg.steps, kl_before, kl_after,
+                 seconds)
+        return PassResult(True, {"mode": cfg.mode, "steps": cfg.steps, "kl_before": round(kl_before, 5),
+                                 "kl_after": round(kl_after, 5)})

@@ -1,0 +1,66 @@
+"""`--quantize` specs -> quantization passes (docs/passes/quantization.md).
+
+    aqlm:MxBgG[,key=value...]   codebook quantization, no tuning           e.g. aqlm:2x8g8
+    pv:MxBgG[,key=value...]     codebooks + PV-Tuning                       e.g. pv:2x8g8,steps=200,tau=0.01
+    ste:MxBgG[,key=value...]    codebooks + straight-through tuning         e.g. ste:1x8g8,steps=200
+    rtn:BgS                     round-to-nearest B-bit, groups of S         e.g. rtn:2g64
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ...compiler.errors import InputError
+from ..spec_options import convert
+from .codebook import CodebookQuantConfig, CodebookQuantPass
+from .codebook_linear import Scheme
+from .pv_tuning import PVTuningConfig, PVTuningPass
+from .rtn import RTNConfig, RTNQuantPass, parse_rtn
+
+# option name on the command line -> (config field, type)
+QUANT_KEYS = {"samples": ("samples", int), "seqlen": ("seqlen", int), "kmeans": ("kmeans_iters", int),
+              "weighted": ("weighted_init", bool), "beam": ("beam", int), "rounds": ("rounds", int),
+              "cb_steps": ("cb_steps", int), "cb_lr": ("cb_lr", float), "seed": ("seed", int)}
+TUNE_KEYS = {"steps": ("steps", int), "batch": ("batch", int), "lr": ("lr", float), "lr_v": ("lr_v", float),
+             "tau": ("tau", float), "v_every": ("v_every", int), "decay": ("decay", float),
+             "trust": ("trust", float)}
+METHODS = ("aqlm", "pv", "ste", "rtn")
+
+
+def parse_options(method: str, items: list[str], keys: dict[str, tuple[str, type]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, val = item.partition("=")
+        key, val = key.strip(), val.strip()
+        if not eq or key not in keys:
+            raise InputError(f"--quantize {method}: unknown option '{item}' (options: {', '.join(sorted(keys)) or 'none'})")
+        field, typ = keys[key]
+        out[field] = convert("--quantize", method, key, val, typ)
+    return out
+
+
+def build(method: str, arg: str, options) -> list:
+    """The passes for `--quantize method:arg` (arg = scheme[,key=value...])."""
+    if method not in METHODS:
+        raise InputError(f"unknown quantization method '{method}' (known: {', '.join(METHODS)})")
+    head, *items = [p.strip() for p in (arg or "").split(",")]
+    calib = getattr(options, "calib", None)
+    if method == "rtn":
+        if items:
+            raise InputError(f"--quantize rtn takes no options, got '{','.join(items)}'")
+        parse_rtn(head)
+        return [RTNQuantPass(RTNConfig(scheme=head))]
+    if not head:
+        raise InputError(f"--quantize {method}: give a scheme MxBgG, e.g. {method}:2x8g8")
+    Scheme.parse(head)
+    keys = dict(QUANT_KEYS, **(TUNE_KEYS if method in ("pv", "ste") else {}))
+    opts = parse_options(method, items, keys)
+    quant = {k: v for k, v in opts.items() if k in CodebookQuantConfig.__dataclass_fields__}
+    passes = [CodebookQuantPass(CodebookQuantConfig(scheme=head, calib=calib, keep_teacher=method != "aqlm",
+                                                     method=method, **quant))]
+    if method in ("pv", "ste"):
+        tune = {k: v for k, v in opts.items() if k in PVTuningConfig.__dataclass_fields__ and k not in quant}
+        for k in ("samples", "seqlen"):
+            if k in quant:
+                tune[k] = quant[k]
+        passes.append(PVTuningPass(PVTuningConfig(mode=method, calib=calib, **tune)))
+    return passes
