@@ -14,12 +14,39 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..compiler.errors import InputError
+from ..compiler.pass_base import Pass, PassConfig
 from ..compiler.progress import bar
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES = 32    # 32 x 256 tokens: the real model's pass stays within minutes on 2 cores
 DEFAULT_SEQLEN = 256
+
+
+@dataclass(frozen=True)
+class CalibrationConfig(PassConfig):
+    """The calibration options every calibrated pass shares: spec keys samples, seqlen, seed; --calib."""
+    samples: int = DEFAULT_SAMPLES
+    seqlen: int = DEFAULT_SEQLEN
+    seed: int = 0
+    calib: str | None = None
+
+    def check_calibration(self, who: str) -> None:
+        if self.samples < 1 or self.seqlen < 2:
+            raise InputError(f"{who}: samples >= 1 and seqlen >= 2 are required, got {self.samples}, {self.seqlen}")
+
+
+class CalibratedPass(Pass):
+    """A pass that draws its calibration windows (when `needs_data()`) and hands them to `prune(bundle, ids)`."""
+
+    def needs_data(self) -> bool:
+        return self.config.ratio > 0
+
+    def call(self, bundle):
+        c = self.config
+        ids = calibration_ids(bundle, c.samples, c.seqlen, c.seed, c.calib) if self.needs_data() else None
+        return self.prune(bundle, ids)
 
 
 def calibration_ids(bundle, samples: int = DEFAULT_SAMPLES, seqlen: int = DEFAULT_SEQLEN, seed: int = 0,

@@ -11,7 +11,7 @@ new shape: measured about 18% of a SmolLM2-135M decode step), for attention over
 masked slots.
 Static graphs (NPU) always get the whole fixed-length cache and a mask of its valid slots; prefill
 runs in fixed chunks (the last one padded, its padding masked out and never written to the cache).
-Stateful OpenVINO graphs (the CPU default, backend_openvino.py) keep the cache in the infer request: the
+Stateful OpenVINO graphs (the CPU default, backends/openvino.py) keep the cache in the infer request: the
 runtime's KVCache only counts positions, every call passes the past length (the backend trims its
 states after a rollback) and an all-ones mask of the visible length; no buckets are needed.
 Returned logits may be views of backend buffers, valid until the next call.

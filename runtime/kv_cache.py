@@ -7,7 +7,7 @@ whole buffer (P = capacity) and an attention mask that marks the valid slots.
 Rolling back (after speculative verification) only sets the length.
 
 With allocate=False the cache is bookkeeping only (length, capacity, rollback): the OpenVINO backend's
-stateful graphs keep the keys and values in the infer request's states (backend_openvino.py) and
+stateful graphs keep the keys and values in the infer request's states (backends/openvino.py) and
 `advance(n)` records the n positions the graph appended there.
 """
 from __future__ import annotations

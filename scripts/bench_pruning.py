@@ -213,6 +213,37 @@ def update_doc(rows: list[dict], table_name: str, max_tokens: int, threads: int)
     DOC.write_text(head + begin + note + table(rows) + "\n" + end + tail)
 
 
+def redecode(path: Path, args) -> int:
+    """Re-measure the decode column of saved rows (e.g. rows first measured while other work shared the cores)."""
+    saved = json.loads(path.read_text())
+    want = set(args.only or [r["setting"] for r in saved["rows"] if r["setting"] != "dense"])
+    unknown = want - {r["setting"] for r in saved["rows"]}
+    if unknown:
+        raise SystemExit(f"{path} has no rows {sorted(unknown)}")
+    d = saved.get("decode") or {}
+    decoder = DenseDecode(saved["model"], saved["threads"], d.get("rounds", args.decode_rounds),
+                          d.get("new", args.decode_new), d.get("prompt", args.decode_prompt), args.keep_artifacts)
+    run = provenance()
+    for row in saved["rows"]:
+        if row["setting"] in want:
+            first = row.get("decode")
+            decoder.measure(row)
+            row["decode"]["remeasured"] = run["date"] if "date" in run else True
+            if first:
+                row["decode"]["first_measurement"] = first
+            path.write_text(json.dumps(saved, indent=1))
+    dense_rows = [r for r in saved["rows"] if r["setting"] == "dense"]
+    for r in dense_rows:       # the dense figure: all comparisons of both runs
+        r.setdefault("decode", {})["median_tok_s_redecode"] = (round(statistics.median(decoder.dense_tps), 2)
+                                                               if decoder.dense_tps else None)
+    saved.setdefault("redecode_runs", []).append({**run, "settings": sorted(want)})
+    if not args.keep_artifacts:
+        shutil.rmtree(decoder.work, ignore_errors=True)
+    path.write_text(json.dumps(saved, indent=1))
+    print(table(saved["rows"]))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -234,6 +265,9 @@ def main(argv=None) -> int:
     ap.add_argument("--decode-new", type=int, default=96, help="tokens decoded per round (default 96)")
     ap.add_argument("--decode-prompt", type=int, default=3, help="index into compiler/harness/bench.py PROMPTS")
     ap.add_argument("--from-json", metavar="FILE", help="only render FILE's rows (with --update-doc, into the doc)")
+    ap.add_argument("--redecode", metavar="FILE", help="measure again the decode speed of FILE's rows named by --only "
+                    "(against a dense artifact compiled in this run), keep their perplexities, record this run's "
+                    "provenance beside the first; FILE is rewritten")
     ap.add_argument("--keep-artifacts", metavar="DIR", help="compile into DIR and keep the artifacts (default: a "
                     "temporary folder, each pruned artifact removed after its comparison)")
     args = ap.parse_args(argv)
@@ -244,6 +278,8 @@ def main(argv=None) -> int:
             update_doc(saved["rows"], saved.get("table", args.table), saved["max_tokens"], saved["threads"])
         return 0
     torch.set_num_threads(args.threads)
+    if args.redecode:
+        return redecode(Path(args.redecode), args)
     todo = args.only or TABLES[args.table]()
     result = {**provenance(), "model": args.model, "max_tokens": args.max_tokens, "threads": args.threads,
               "calib": args.calib, "table": args.table, "texts": ["brown-eval", "sotu"],

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ...compiler.errors import InputError
-from ...compiler.pass_base import Pass, PassConfig, PassResult
+from ...compiler.pass_base import PassResult
 from .. import calibration as cal
 from .prune_options import check_ratio, parse_spec
 
@@ -117,7 +117,7 @@ def shrink_mlp(mlp: nn.Module, keep: torch.Tensor) -> None:
 
 
 @dataclass(frozen=True)
-class CfspConfig(PassConfig):
+class CfspConfig(cal.CalibrationConfig):
     ratio: float = 0.3                # fraction of all MLP intermediate channels removed
     method: str = "cfsp"              # cfsp | cfsp-uniform | channel-magnitude
     round: int = 0                    # kept channels per block rounded to a multiple of this (0: auto, rounding_for)
@@ -130,10 +130,6 @@ class CfspConfig(PassConfig):
     rank: int = 8                     # LoRA base rank (per block: scaled by importance)
     lr: float = 2e-4
     batch: int = 2                    # calibration windows per recovery step
-    samples: int = cal.DEFAULT_SAMPLES
-    seqlen: int = cal.DEFAULT_SEQLEN
-    seed: int = 0
-    calib: str | None = None
 
     def __post_init__(self):
         check_ratio(self.ratio)
@@ -147,17 +143,15 @@ class CfspConfig(PassConfig):
             raise InputError("cfsp: samples >= 1, seqlen >= 2 and lr > 0 are required")
 
 
-class CfspPass(Pass):
+class CfspPass(cal.CalibratedPass):
     """Remove MLP channels per block (CFSP allocation and score, or a baseline), optionally LoRA-recover."""
 
     name = "prune-cfsp"
     config_class = CfspConfig
 
-    def call(self, bundle) -> PassResult:
+    def needs_data(self) -> bool:
         c = self.config
-        needs_data = c.ratio > 0 and (c.method != "channel-magnitude" or c.recover > 0)
-        ids = cal.calibration_ids(bundle, c.samples, c.seqlen, c.seed, c.calib) if needs_data else None
-        return self.prune(bundle, ids)
+        return c.ratio > 0 and (c.method != "channel-magnitude" or c.recover > 0)
 
     def measure(self, bundle, ids) -> tuple[list[float], list[torch.Tensor]]:
         """One layer-by-layer pass: block importance (mean angular distance) and ||h_j|| of each MLP."""

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from ...compiler.errors import InputError
-from ...compiler.pass_base import Pass, PassConfig, PassResult
+from ...compiler.pass_base import PassResult
 from .. import calibration as cal
 from .prune_options import check_nm, check_ratio, decoder_linears, parse_spec
 from .sparsity import initial_score, keep_mask, record_sparsity, wanda_score
@@ -160,7 +160,7 @@ def cycles_for(cols: int, max_cycles: int | None) -> int:
 
 
 @dataclass(frozen=True)
-class DsnotConfig(PassConfig):
+class DsnotConfig(cal.CalibrationConfig):
     ratio: float = 0.6                # fraction of weights masked in every row
     n: int = 0                        # N:M pattern (n kept of every m); m = 0: unstructured
     m: int = 0
@@ -170,12 +170,8 @@ class DsnotConfig(PassConfig):
     threshold: float = 5e-5
     var_power: float = 1.0
     rule: str = "descent"             # which swaps are taken: reference, descent, variance or exact (module docstring)
-    samples: int = cal.DEFAULT_SAMPLES
-    seqlen: int = cal.DEFAULT_SEQLEN
-    seed: int = 0
     skip: int = 0                     # leading positions of every window left out of the statistics
     var: str = "tokens"               # Var[x]: over all calibration tokens, or "reference": mean per-window variance
-    calib: str | None = None
 
     def __post_init__(self):
         check_ratio(self.ratio, "sparsity")
@@ -187,24 +183,18 @@ class DsnotConfig(PassConfig):
             raise InputError(f"dsnot: rule must be one of {', '.join(RULES)}, got '{self.rule}'")
         if (self.max_cycles is not None and self.max_cycles < 0) or self.threshold < 0 or self.var_power < 0:
             raise InputError("dsnot: max_cycles, threshold and var_power must be >= 0")
-        if self.samples < 1 or self.seqlen < 2:
-            raise InputError(f"calibration needs samples >= 1 and seqlen >= 2, got {self.samples}, {self.seqlen}")
+        self.check_calibration("dsnot")
         if self.var not in VARIANCES:
             raise InputError(f"dsnot: var must be one of {', '.join(VARIANCES)}, got '{self.var}'")
         if not 0 <= self.skip < self.seqlen:
             raise InputError(f"dsnot: skip must be in [0, seqlen), got {self.skip} with seqlen {self.seqlen}")
 
 
-class DsnotPass(Pass):
+class DsnotPass(cal.CalibratedPass):
     """Wanda/magnitude masks refined by DSnoT prune-and-grow, sequentially layer by layer."""
 
     name = "prune-dsnot"
     config_class = DsnotConfig
-
-    def call(self, bundle) -> PassResult:
-        c = self.config
-        ids = cal.calibration_ids(bundle, c.samples, c.seqlen, c.seed, c.calib) if c.ratio > 0 else None
-        return self.prune(bundle, ids)
 
     @torch.no_grad()
     def prune(self, bundle, ids) -> PassResult:

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ...compiler.errors import InputError
-from ...compiler.pass_base import Pass, PassConfig, PassResult
+from ...compiler.pass_base import PassResult
 from .. import calibration as cal
 from .cfsp import shrink_mlp
 from .mlp_channels import (base_record, finish, global_counts, round_counts, standardise, top_channels,
@@ -72,16 +72,12 @@ def add_bias(lin: nn.Linear, b: torch.Tensor) -> None:
 
 
 @dataclass(frozen=True)
-class FlapConfig(PassConfig):
+class FlapConfig(cal.CalibrationConfig):
     ratio: float = 0.3                # fraction of all MLP channels removed
     metric: str = "wifv"              # wifv (the paper's), ifv, wifn
     alloc: str = "adaptive"           # adaptive: global threshold on standardised scores; uniform: ratio per block
     bias: bool = True                 # compensate the removed channels' mean output in down_proj's bias
     round: int = 0                    # kept channels per block rounded to a multiple (0: auto, as cfsp)
-    samples: int = cal.DEFAULT_SAMPLES
-    seqlen: int = cal.DEFAULT_SEQLEN
-    seed: int = 0
-    calib: str | None = None
 
     def __post_init__(self):
         check_ratio(self.ratio)
@@ -91,20 +87,14 @@ class FlapConfig(PassConfig):
             raise InputError(f"flap: alloc must be adaptive or uniform, got '{self.alloc}'")
         if self.round < 0:
             raise InputError("flap: round >= 0 (0: auto)")
-        if self.samples < 1 or self.seqlen < 2:
-            raise InputError(f"flap: samples >= 1 and seqlen >= 2 are required, got {self.samples}, {self.seqlen}")
+        self.check_calibration("flap")
 
 
-class FlapPass(Pass):
+class FlapPass(cal.CalibratedPass):
     """Remove MLP channels by fluctuation, adaptively across blocks, and compensate them with a bias."""
 
     name = "prune-flap"
     config_class = FlapConfig
-
-    def call(self, bundle) -> PassResult:
-        c = self.config
-        ids = cal.calibration_ids(bundle, c.samples, c.seqlen, c.seed, c.calib) if c.ratio > 0 else None
-        return self.prune(bundle, ids)
 
     def measure(self, bundle, ids) -> list[cal.InputStats]:
         """Statistics of every block's down_proj input, on the dense model."""

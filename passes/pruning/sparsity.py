@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ...compiler.errors import InputError, PreconditionError
-from ...compiler.pass_base import Pass, PassConfig, PassResult
+from ...compiler.pass_base import Pass, PassResult
 from .. import calibration as cal
 from .prune_options import check_nm, check_ratio, decoder_linears, parse_spec, zero_count
 
@@ -66,15 +66,11 @@ def is_nm(keep: torch.Tensor, n: int, m: int) -> bool:
 
 # -- passes -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SparsityConfig(PassConfig):
+class SparsityConfig(cal.CalibrationConfig):
     method: str = "wanda"             # "magnitude" or "wanda"
     ratio: float = 0.5                # fraction of weights zeroed in every row
     n: int = 0                        # N:M pattern (n kept of every m); m = 0: unstructured
     m: int = 0
-    samples: int = cal.DEFAULT_SAMPLES
-    seqlen: int = cal.DEFAULT_SEQLEN
-    seed: int = 0
-    calib: str | None = None
 
     def __post_init__(self):
         if self.method not in ("magnitude", "wanda"):
@@ -82,8 +78,7 @@ class SparsityConfig(PassConfig):
         check_ratio(self.ratio, "sparsity")
         if self.m:
             check_nm(self.n, self.m)
-        if self.samples < 1 or self.seqlen < 2:
-            raise InputError(f"calibration needs samples >= 1 and seqlen >= 2, got {self.samples}, {self.seqlen}")
+        self.check_calibration(self.method)
 
 
 def record_sparsity(bundle, method: str, cfg, per_layer: dict, params_before: int, extra: dict | None = None) -> dict:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ...compiler.errors import InputError
-from ...compiler.pass_base import Pass, PassConfig, PassResult
+from ...compiler.pass_base import PassResult
 from .. import calibration as cal
 from .cfsp import shrink_mlp
 from .mlp_channels import base_record, finish, top_channels, uniform_counts, unchanged
@@ -38,14 +38,10 @@ def wanda_sp_scores(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, x_
 
 
 @dataclass(frozen=True)
-class WandaSpConfig(PassConfig):
+class WandaSpConfig(cal.CalibrationConfig):
     ratio: float = 0.3                # fraction of every block's MLP channels removed
     weights: str = "all"              # "all": gate, up and down weights of a channel; "down": down_proj only
     round: int = 0                    # kept channels per block rounded to a multiple (0: auto, as cfsp)
-    samples: int = cal.DEFAULT_SAMPLES
-    seqlen: int = cal.DEFAULT_SEQLEN
-    seed: int = 0
-    calib: str | None = None
 
     def __post_init__(self):
         check_ratio(self.ratio)
@@ -53,20 +49,14 @@ class WandaSpConfig(PassConfig):
             raise InputError(f"wanda-sp: weights must be all or down, got '{self.weights}'")
         if self.round < 0:
             raise InputError("wanda-sp: round >= 0 (0: auto)")
-        if self.samples < 1 or self.seqlen < 2:
-            raise InputError(f"wanda-sp: samples >= 1 and seqlen >= 2 are required, got {self.samples}, {self.seqlen}")
+        self.check_calibration("wanda-sp")
 
 
-class WandaSpPass(Pass):
+class WandaSpPass(cal.CalibratedPass):
     """Remove the same fraction of MLP channels in every block by Wanda-SP score, block by block."""
 
     name = "prune-wanda-sp"
     config_class = WandaSpConfig
-
-    def call(self, bundle) -> PassResult:
-        c = self.config
-        ids = cal.calibration_ids(bundle, c.samples, c.seqlen, c.seed, c.calib) if c.ratio > 0 else None
-        return self.prune(bundle, ids)
 
     @torch.no_grad()
     def prune(self, bundle, ids) -> PassResult:

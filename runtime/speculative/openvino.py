@@ -2,13 +2,13 @@
 
 The drafter's graphs (trunk: ids -> hidden, draft head: hidden -> logits, verify tail: hidden -> logits)
 name their inputs and outputs by absolute layer (past_key.8 ...) and carry hidden states, so they are run
-here by name rather than through the decoder-only backends. Same CPU settings as backend_openvino:
+here by name rather than through the decoder-only backends. Same CPU settings as backends/openvino.py:
 f32 precision hint, pinned threads, one stream; inputs are shared (no copy).
 
 On CPU each graph is rewritten at load time into a stateful one (runtime/backends/ov_stateful.py, as the decoder
 backend does): its KV cache lives in the infer request's states, the CPU plugin appends new rows in place,
 and rolling back trims the states. The caller's KVCache is then bookkeeping only (`stateful` attribute of
-the function; spec_steps._run). The past length of each call is read from the attention mask, so a
+the function; steps._run). The past length of each call is read from the attention mask, so a
 rollback of the caller's cache is applied to the states on the next call. ACCELC_OV_KV=explicit keeps the
 explicit-cache graphs (the caller's buffers passed in, new rows copied out).
 """

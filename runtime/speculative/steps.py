@@ -36,7 +36,7 @@ def _run(fn: GraphFn, cache: KVCache, inputs: np.ndarray) -> np.ndarray:
     cache.check_room(n)
     pos, mask = _positions(cache.length, n)
     out, new_kv = fn(inputs, pos, mask, cache.views())
-    if new_kv is None:                   # a stateful graph appended to its own states (spec_openvino.py)
+    if new_kv is None:                   # a stateful graph appended to its own states (speculative/openvino.py)
         cache.advance(n)
     else:
         cache.append(list(new_kv), n)
