@@ -25,12 +25,17 @@ def add_parser(sub):
     add_generation_args(p)
     p.add_argument("--stop", action="append", default=[], metavar="S", help="stop before this string (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
-    # speculative decoding (artifacts compiled with --drafter fused; runtime/speculative/artifact.py)
+    # speculative decoding (drafter graphs from --drafter fused, or prompt lookup; runtime/speculative/artifact.py)
     p.add_argument("--no-speculative", action="store_true", help="decode token by token even when the artifact "
                    "has drafter graphs (speculative decoding is the default then)")
-    p.add_argument("--draft-mode", choices=["confidence", "fixed", "heuristic"], default="confidence",
-                   help="draft length: confidence-based stopping (default), fixed k, or grow/shrink")
-    p.add_argument("--draft-k", type=int, default=4, help="draft tokens per round (fixed) or start/cap (default 4)")
+    p.add_argument("--draft-mode", choices=["confidence", "fixed", "heuristic", "lookup", "combined"],
+                   default="confidence",
+                   help="with drafter graphs: confidence-based stopping (default), fixed k, or grow/shrink; "
+                   "lookup: prompt lookup (drafts what followed the text's last n-gram earlier in the prompt or "
+                   "output; any artifact, no training); combined: lookup, and the drafter where lookup finds "
+                   "nothing. The lookup modes choose each round's draft length from measured costs")
+    p.add_argument("--draft-k", type=int, help="draft tokens per round (fixed), start/cap (confidence, heuristic; "
+                   "default 4) or cap (lookup, combined; default 8)")
     p.set_defaults(func=run)
 
 
@@ -69,8 +74,10 @@ def run(args) -> int:
     files = read_artifact(args.artifact, verify_all=args.verify)   # manifest + tokenizer; no graphs yet
     ids = fit_context(encode_prompt(files.tokenizer, prompt, raw=args.raw), args.max_new_tokens, files.context,
                       truncate=args.truncate, what=files.context_name)
+    from ..runtime.speculative.artifact import wants_full_logits
     art = open_artifact(files, backend=args.backend, device=args.device, threads=args.threads,
-                        precision=args.precision)
+                        precision=args.precision,
+                        full_logits=wants_full_logits(args.draft_mode, not args.no_speculative))
 
     def show(piece: str) -> None:
         sys.stdout.write(piece)

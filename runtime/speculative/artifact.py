@@ -1,7 +1,9 @@
-"""Speculative decoding over an artifact's fused-drafter graphs (passes/drafting/export_drafter.py).
+"""Speculative decoding over an artifact: its fused-drafter graphs (passes/drafting/export_drafter.py), prompt
+lookup on its own decoder (any artifact, any backend), or both.
 
     spec = load_drafter(art)                       # None when the artifact has no drafter graphs
     result, stats = generate_speculative(art, spec, prompt_ids, 64)
+    result, stats = run_speculative(art, prompt_ids, 64, SamplingConfig(), draft_mode="lookup")
 
 The trunk graph (layers [0, L)) runs once per token; its KV cache and hidden states are shared by the
 draft head and the verify tail (runtime/speculative/steps.py). Greedy decoding is lossless (same tokens as
@@ -20,10 +22,12 @@ import numpy as np
 from ...compiler.artifact import artifact_file
 from ...compiler.errors import ArtifactError, InputError
 from ...compiler.graph import DRAFTER_ROLES, role_of
+from ..decode import prefill
 from ..kv_cache import KVCache
 from ..sampling import Sampler, SamplingConfig
+from .loop import SpecConfig, speculative_generate
+from .proposers import CombinedProposer, LookupProposer, ModelProposer
 from .steps import FusedDraftStep, FusedTargetStep, GraphFn, fused_steps, is_stateful
-from .loop import SpecConfig, SpecStats, speculative_generate
 
 ROLES = DRAFTER_ROLES
 SPEC_BACKENDS = ("openvino", "onnxruntime")
@@ -107,17 +111,52 @@ def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str
                    int(recs["verify_tail"]["vocab"]))
 
 
-def generate_speculative(art, drafter: Drafter, prompt_ids: Sequence[int], max_new_tokens: int,
+class DecoderStep:
+    """The artifact's own decoder as the target step model, on whatever backend opened it (decode.py's prefill
+    over a DecodeState; the artifact must be opened with full_logits=True). Prompt lookup needs no drafter
+    graphs, so it verifies on every backend this way."""
+
+    def __init__(self, art, capacity: int):
+        self.state = art.new_state(capacity)
+
+    @property
+    def length(self) -> int:
+        return self.state.cache.length
+
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        return prefill(self.state, list(tokens), all_logits=True)
+
+    def forward_last(self, tokens: Sequence[int], n: int) -> np.ndarray:
+        """Logits of the last n tokens only (a long prompt's other rows are never copied out)."""
+        tokens = list(tokens)
+        if len(tokens) > n:
+            prefill(self.state, tokens[:-n])
+        return prefill(self.state, tokens[-n:], all_logits=True)
+
+    def truncate(self, length: int) -> None:
+        self.state.cache.rollback(min(length, self.length))
+
+
+def generate_speculative(art, drafter: Drafter | None, prompt_ids: Sequence[int], max_new_tokens: int,
                          sampling: SamplingConfig = SamplingConfig(), config: SpecConfig = SpecConfig(),
-                         stop: Sequence[str] = ()):
-    """-> (GenerationResult, SpecStats). EOS ends generation (not included in tokens, as in generate());
-    stop strings cut the text (decoding itself runs to EOS or the token budget)."""
+                         stop: Sequence[str] = (), lookup: LookupProposer | None = None):
+    """-> (GenerationResult, SpecStats). Drafts come from the fused drafter's graphs (`drafter`), prompt lookup
+    (`lookup`, on the artifact's own decoder when there is no drafter), or both (lookup first). EOS ends
+    generation (not included in tokens, as in generate()); stop strings cut the text (decoding itself runs to
+    EOS or the token budget)."""
     from ..generate import GenerationResult
     if max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    target, draft = drafter.steps(len(prompt_ids) + max_new_tokens + config.k_max + 2)
+    if drafter is None and lookup is None:
+        raise InputError("speculative decoding needs drafter graphs or prompt lookup")
+    capacity = len(prompt_ids) + max_new_tokens + config.k_max + 2
+    if drafter is not None:
+        target, draft = drafter.steps(capacity)
+        proposer = ModelProposer(draft) if lookup is None else CombinedProposer(lookup, ModelProposer(draft))
+    else:
+        target, proposer = DecoderStep(art, capacity), lookup
     t0 = time.perf_counter()
-    tokens, stats = speculative_generate(target, draft, list(prompt_ids), max_new_tokens, config, sampling,
+    tokens, stats = speculative_generate(target, proposer, list(prompt_ids), max_new_tokens, config, sampling,
                                          eos_ids=sorted(art.eos_ids), sampler=Sampler(sampling))
     wall = time.perf_counter() - t0
     reason = "length"
@@ -133,21 +172,44 @@ def generate_speculative(art, drafter: Drafter, prompt_ids: Sequence[int], max_n
     return result, stats
 
 
-def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling: SamplingConfig, k: int = 3,
-                    draft_mode: str = "fixed", stop: Sequence[str] = (), warn=None):
-    """Speculative decoding when the artifact has drafter graphs and runs on a backend that can: None otherwise
-    (the caller decodes token by token; `warn(message)` hears why when the drafter exists but cannot run),
-    else (result, stats)."""
-    if drafter_records(art.manifest) is None:
+MODEL_MODES = ("confidence", "fixed", "heuristic")      # the fused drafter's draft-length rules
+LOOKUP_MODES = ("lookup", "combined")                    # prompt lookup; combined adds the drafter where it has none
+RUN_MODES = MODEL_MODES + LOOKUP_MODES
+LOOKUP_K = 8                                             # draft cap of the lookup modes
+
+
+def wants_full_logits(draft_mode: str, speculative: bool = True) -> bool:
+    """Whether `accelc run` must open the artifact with full logits (lookup verifies on its decoder)."""
+    return speculative and draft_mode in LOOKUP_MODES
+
+
+def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling: SamplingConfig,
+                    k: int | None = None, draft_mode: str = "fixed", stop: Sequence[str] = (), warn=None):
+    """Speculative decoding when the artifact has drafter graphs on a backend that can run them, or when a
+    lookup mode asks for it (every artifact; open it with full_logits=True): None otherwise (the caller
+    decodes token by token; `warn(message)` hears why when the drafter exists but cannot run),
+    else (result, stats). k: draft length (fixed), start/cap (confidence, heuristic) or cap (lookup modes:
+    the cost model picks the length each round; default LOOKUP_K)."""
+    if draft_mode not in RUN_MODES:
+        raise InputError(f"unknown draft mode '{draft_mode}' (choose from {', '.join(RUN_MODES)})")
+    k = int(k if k is not None else (LOOKUP_K if draft_mode in LOOKUP_MODES else 4))
+    if k < 1:
+        raise InputError(f"--draft-k must be >= 1, got {k}")
+    has_drafter = drafter_records(art.manifest) is not None
+    if draft_mode == "lookup" or (draft_mode == "combined" and not has_drafter):
+        if draft_mode == "combined" and warn:
+            warn("the artifact has no drafter graphs: prompt lookup only")
+        return generate_speculative(art, None, prompt_ids, max_new_tokens, sampling,
+                                    SpecConfig(k=k, draft_mode="cost", k_max=k), stop, LookupProposer())
+    if not has_drafter:
         return None
     if art.choice.backend not in SPEC_BACKENDS:
         if warn:
             warn(f"speculative decoding needs {' or '.join(SPEC_BACKENDS)}; decoding token by token on "
                  f"{art.choice.backend}")
         return None
-    k = int(k)
-    if k < 1:
-        raise InputError(f"--draft-k must be >= 1, got {k}")
+    if draft_mode == "combined":
+        return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling,
+                                    SpecConfig(k=k, draft_mode="cost", k_max=k), stop, LookupProposer())
     config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode == "heuristic" else k)
-    drafter = load_drafter(art)
-    return generate_speculative(art, drafter, prompt_ids, max_new_tokens, sampling, config, stop)
+    return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling, config, stop)

@@ -17,11 +17,18 @@ Acceptance (Leviathan et al. 2023; Chen et al. 2023):
 - fuzzy (Holsman et al. 2025, "Fuzzy Speculative Decoding"), off by default: also accept d when the
   divergence (JS or TV) between q and p at that position is below `fuzzy_threshold`; this trades exactness
   for speed. Here it is an extra acceptance path on top of the exact rule, so threshold 0 is exact SD.
+Drafts come from a proposer (runtime/speculative/proposers.py): a drafter step model (its logits rows are q),
+prompt lookup (the continuation of the latest earlier match of the text's last n-gram; deterministic, so
+q is one-hot on the drafted token and the sampling rule above stays exact), or lookup with a model
+drafter where lookup finds nothing. A plain StepModel passed as `draft` is a model proposer.
 Draft length:
 - "fixed": k every round.
 - "confidence" (SpecDec++ stopping rule, with the drafter's own probabilities as the acceptance estimate):
   stop drafting once the product of the drafter's probabilities of its drafted tokens < `stop_threshold`.
 - "heuristic" (the grow/shrink baseline): k += 2 after a fully accepted round, k -= 1 otherwise.
+- "cost": the draft length (0 = no speculation this round) that maximises expected tokens per second
+  from the measured verify cost per width, draft cost per token and acceptance per draft position of
+  the round's draft source (runtime/speculative/cost.py).
 """
 from __future__ import annotations
 
@@ -34,7 +41,7 @@ import numpy as np
 from ...compiler.errors import InputError
 from ..sampling import Sampler, SamplingConfig, probabilities
 
-DRAFT_MODES = ("fixed", "confidence", "heuristic")
+DRAFT_MODES = ("fixed", "confidence", "heuristic", "cost")
 DIVERGENCES = ("js", "tv")
 
 
@@ -85,6 +92,23 @@ class SpecStats:
     prefill_s: float = 0.0
     other_s: float = 0.0             # acceptance maths, bookkeeping
     k_history: list[int] = field(default_factory=list)
+    position_drafted: list[int] = field(default_factory=list)    # [i]: rounds that drafted an (i+1)-th token
+    position_accepted: list[int] = field(default_factory=list)   # [i]: ... and had it accepted
+    sources: dict = field(default_factory=dict)                  # draft source -> rounds it drafted
+
+    def record(self, drafted: int, accepted: int, source: str | None) -> None:
+        self.rounds += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        self.k_history.append(drafted)
+        for i in range(drafted):
+            if i == len(self.position_drafted):
+                self.position_drafted.append(0)
+                self.position_accepted.append(0)
+            self.position_drafted[i] += 1
+            self.position_accepted[i] += i < accepted
+        if drafted:
+            self.sources[source] = self.sources.get(source, 0) + 1
 
     @property
     def acceptance_rate(self) -> float:
@@ -102,7 +126,10 @@ class SpecStats:
                 "mean_k": round(float(np.mean(self.k_history)), 3) if self.k_history else 0.0,
                 "draft_share": round(self.draft_s / decode, 4) if decode else 0.0,
                 "verify_share": round(self.verify_s / decode, 4) if decode else 0.0,
-                "prefill_s": round(self.prefill_s, 4), "decode_s": round(decode, 4)}
+                "prefill_s": round(self.prefill_s, 4), "decode_s": round(decode, 4),
+                "acceptance_by_position": [round(a / d, 4) for a, d in zip(self.position_accepted,
+                                                                           self.position_drafted)],
+                "drafted_by_position": list(self.position_drafted), "rounds_by_source": dict(self.sources)}
 
 
 def divergence(p: np.ndarray, q: np.ndarray, kind: str) -> float:
@@ -116,12 +143,16 @@ def divergence(p: np.ndarray, q: np.ndarray, kind: str) -> float:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
-def _feed(model: StepModel, seq: list[int], extra: Sequence[int] = ()) -> np.ndarray:
-    """Give the model every token of `seq` it has not cached yet (plus `extra`); -> their logits."""
+def _feed(model: StepModel, seq: list[int], extra: Sequence[int] = (), rows: int | None = None) -> np.ndarray:
+    """Give the model every token of `seq` it has not cached yet (plus `extra`); -> their logits, or only the
+    last `rows` of them (a model with `forward_last(tokens, n)` then computes no more than it must)."""
     pending = seq[model.length:] + list(extra)
     if not pending:
         raise ValueError("nothing to feed: the model already holds the whole sequence")
-    return model.forward(pending)
+    if rows is not None and hasattr(model, "forward_last"):
+        return model.forward_last(pending, rows)
+    out = model.forward(pending)
+    return out if rows is None else out[-rows:]
 
 
 def _done(tokens: list[int], n_new: int, max_new: int, eos: set[int]) -> bool:
@@ -138,45 +169,58 @@ def autoregressive_generate(target: StepModel, prompt: Sequence[int], max_new_to
     target.truncate(0)
     out: list[int] = []
     while True:
-        logits = _feed(target, seq)
+        logits = _feed(target, seq, rows=1)
         out.append(sampler(logits[-1]))
         seq.append(out[-1])
         if _done(out, len(out), max_new_tokens, eos):
             return out
 
 
-def speculative_generate(target: StepModel, draft: StepModel, prompt: Sequence[int], max_new_tokens: int,
+def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_new_tokens: int,
                          config: SpecConfig = SpecConfig(), sampling: SamplingConfig = SamplingConfig(),
                          eos_ids: Sequence[int] = (), sampler: Sampler | None = None,
-                         stats: SpecStats | None = None) -> tuple[list[int], SpecStats]:
-    """Generate up to `max_new_tokens` tokens after `prompt` with draft-then-verify rounds.
+                         stats: SpecStats | None = None, cost=None) -> tuple[list[int], SpecStats]:
+    """Generate up to `max_new_tokens` tokens after `prompt` with draft-then-verify rounds. `draft`: a proposer
+    (proposers.py) or a drafter StepModel; `cost`: the CostModel of draft_mode "cost" (a fresh one if None).
 
     Invariant between rounds: `seq` = prompt + emitted tokens; the target has cached all of `seq`
-    but its last token; the drafter has cached a prefix of `seq` (it is fed what it lacks).
+    but its last token; a model drafter has cached a prefix of `seq` (it is fed what it lacks).
     """
+    from .proposers import as_proposer
     if max_new_tokens < 1 or not prompt:
         raise InputError("need a non-empty prompt and max_new_tokens >= 1")
     sampler = sampler or Sampler(sampling)
     stats = stats or SpecStats()
+    proposer = as_proposer(draft)
+    if config.draft_mode == "cost" and cost is None:
+        from .cost import CostModel
+        cost = CostModel(config.k_max)
     eos = set(eos_ids)
     seq = list(prompt)
     out: list[int] = []
     target.truncate(0)
-    draft.truncate(0)
+    proposer.start()
     t0 = time.perf_counter()
-    out.append(sampler(_feed(target, seq)[-1]))      # prefill: the target's first token
+    out.append(sampler(_feed(target, seq, rows=1)[-1]))      # prefill: the target's first token
     seq.append(out[-1])
     stats.prefill_s += time.perf_counter() - t0
     k = config.first_k()
     while not _done(out, len(out), max_new_tokens, eos):
-        k_round = max(0, min(k, max_new_tokens - len(out) - 1))   # never draft past the token budget
+        budget = max(0, max_new_tokens - len(out) - 1)            # never draft past the token budget
         # -- draft ----------------------------------------------------------------------------
         t0 = time.perf_counter()
-        drafts, rows = _draft(draft, seq, k_round, config, sampling, sampler)
+        source = proposer.source(seq)                              # None: nothing to draft from this round
+        if source is None:
+            k_round = 0
+        elif config.draft_mode == "cost":
+            k_round = min(cost.best_k(source, config.k_max), budget)
+        else:
+            k_round = min(k, budget)
+        drafts, rows = proposer.propose(seq, k_round, config, sampling, sampler) if k_round else ([], [])
         t1 = time.perf_counter()
         stats.draft_s += t1 - t0
         # -- verify: one target pass over [last, d1..dk] -> k+1 distributions ---------------------
-        logits = _feed(target, seq, drafts)[-(len(drafts) + 1):]
+        logits = _feed(target, seq, drafts, rows=len(drafts) + 1)
         t2 = time.perf_counter()
         stats.verify_s += t2 - t1
         accepted, nxt = _accept(drafts, rows, logits, config, sampling, sampler)
@@ -188,11 +232,10 @@ def speculative_generate(target: StepModel, draft: StepModel, prompt: Sequence[i
         out += new
         # -- roll back: the target keeps everything but the new last token --------------------
         target.truncate(len(seq) - 1)
-        draft.truncate(min(draft.length, len(seq) - 1))
-        stats.rounds += 1
-        stats.drafted += len(drafts)
-        stats.accepted += accepted
-        stats.k_history.append(len(drafts))
+        proposer.rolled_back(len(seq) - 1)
+        stats.record(len(drafts), accepted, source if drafts else None)
+        if cost is not None:
+            cost.observe(source, len(drafts), accepted, t1 - t0, t2 - t1)
         if config.draft_mode == "heuristic" and drafts:
             k = min(config.k_max, k + 2) if accepted == len(drafts) else max(config.k_min, k - 1)
         stats.other_s += time.perf_counter() - t2
@@ -219,25 +262,35 @@ def _draft(draft: StepModel, seq: list[int], k: int, config: SpecConfig, samplin
     return drafts, rows
 
 
+def _q(row, token: int, vocab: int, sampling: SamplingConfig) -> np.ndarray:
+    """The drafter's distribution for one draft: its sampling distribution, or one-hot for a deterministic draft."""
+    if row is not None:
+        return _soft(row, sampling)
+    q = np.zeros(vocab, dtype=np.float64)
+    q[token] = 1.0
+    return q
+
+
 def _soft(logits: np.ndarray, sampling: SamplingConfig) -> np.ndarray:
     """The sampling distribution, or the temperature-1 softmax when greedy (for confidences and divergences)."""
     return probabilities(logits, SamplingConfig(temperature=1.0) if sampling.greedy else sampling)
 
 
-def _accept(drafts: list[int], rows: list[np.ndarray], logits: np.ndarray, config: SpecConfig,
+def _accept(drafts: list[int], rows: list, logits: np.ndarray, config: SpecConfig,
             sampling: SamplingConfig, sampler: Sampler) -> tuple[int, int]:
-    """-> (number of accepted drafts, the token that follows them). logits: target rows [len(drafts)+1, V]."""
+    """-> (number of accepted drafts, the token that follows them). logits: target rows [len(drafts)+1, V].
+    rows[i]: the drafter's logits for draft i, or None for a deterministic draft (q one-hot on it)."""
     fuzzy = config.fuzzy is not None and config.fuzzy_threshold > 0
     for i, d in enumerate(drafts):
-        if fuzzy and divergence(_soft(logits[i], sampling), _soft(rows[i], sampling), config.fuzzy) \
-                < config.fuzzy_threshold:
+        if fuzzy and divergence(_soft(logits[i], sampling), _q(rows[i], d, logits.shape[1], sampling),
+                                config.fuzzy) < config.fuzzy_threshold:
             continue
         if sampling.greedy:
             best = int(np.argmax(logits[i]))
             if best == d:
                 continue
             return i, best
-        p, q = probabilities(logits[i], sampling), probabilities(rows[i], sampling)
+        p, q = probabilities(logits[i], sampling), _q(rows[i], d, logits.shape[1], sampling)
         if q[d] > 0 and sampler.rng.random() * q[d] < p[d]:     # u < p(d) / q(d)
             continue
         residual = np.maximum(p - q, 0.0)

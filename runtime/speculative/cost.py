@@ -1,0 +1,91 @@
+"""The cost model of draft_mode "cost": how many tokens to draft this round, 0 meaning no speculation.
+
+A round with k drafts costs   verify(k + 1) + k * draft_per_token(source)
+and emits on average          1 + sum_{j=1..k} prod_{i<=j} a_i(source)
+where a_i is the running rate at which the i-th draft of that source was accepted given the (i-1)-th was
+(a Beta(1, 1) prior, so an untried position counts 0.5). The model picks the k in [0, k_max] with the most
+tokens per second. Everything is measured in the running generation on the backend in use:
+- verify(n): the mean time of the target's passes over n positions, an exponential moving average per width.
+  Widths not seen yet come from a least-squares line through the seen widths' means (with one width seen, a
+  slope of SLOPE_PRIOR of its time per extra position, optimistic so that longer drafts get tried) and are
+  never below a narrower width's cost.
+- draft_per_token: the mean draft time per drafted token of that source (about 0 for prompt lookup).
+k = 0 is a plain decoding step, so speculation happens only when the measurements say it pays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+EMA = 0.2
+SLOPE_PRIOR = 0.05
+
+
+class CostModel:
+    def __init__(self, k_max: int = 8):
+        self.k_max = int(k_max)
+        self.verify: dict[int, tuple[float, int]] = {}       # width -> (ema seconds, passes)
+        self.draft: dict[str, tuple[float, int]] = {}        # source -> (seconds, tokens drafted)
+        self.tried: dict[str, np.ndarray] = {}               # source -> [k_max] drafts at position i
+        self.accepted: dict[str, np.ndarray] = {}            # source -> [k_max] accepted at position i
+
+    # -- measurements -------------------------------------------------------------------------------
+    def observe(self, source: str | None, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        w = drafted + 1
+        t, n = self.verify.get(w, (verify_s, 0))
+        self.verify[w] = (verify_s if n == 0 else (1 - EMA) * t + EMA * verify_s, n + 1)
+        if source is None or drafted == 0:
+            return
+        s, d = self.draft.get(source, (0.0, 0))
+        self.draft[source] = (s + draft_s, d + drafted)
+        tried, acc = self._counts(source)
+        tried[:min(drafted, self.k_max)] += 1
+        acc[:min(accepted, self.k_max)] += 1
+
+    def _counts(self, source: str) -> tuple[np.ndarray, np.ndarray]:
+        if source not in self.tried:
+            self.tried[source] = np.zeros(self.k_max, dtype=np.int64)
+            self.accepted[source] = np.zeros(self.k_max, dtype=np.int64)
+        return self.tried[source], self.accepted[source]
+
+    # -- estimates -------------------------------------------------------------------------------
+    def verify_cost(self, width: int) -> float | None:
+        """Estimated seconds of one target pass over `width` positions (None before any measurement)."""
+        if not self.verify:
+            return None
+        if width in self.verify:
+            return self.verify[width][0]
+        ws = np.array(sorted(self.verify), dtype=np.float64)
+        ts = np.array([self.verify[int(w)][0] for w in ws])
+        if len(ws) >= 2:
+            slope, icept = np.polyfit(ws, ts, 1)
+            slope = max(float(slope), 0.0)
+            est = icept + slope * width if slope > 0 else float(ts.mean())
+        else:
+            est = ts[0] * (1 + SLOPE_PRIOR * (width - ws[0]))
+        below = [self.verify[int(w)][0] for w in ws if w < width]
+        return max(float(est), max(below) if below else 0.0, 1e-9)
+
+    def acceptance(self, source: str) -> np.ndarray:
+        """a_i for i = 1..k_max: P(draft i accepted | draft i-1 accepted), Beta(1, 1) prior."""
+        tried, acc = self._counts(source)
+        return (acc + 1.0) / (tried + 2.0)
+
+    def draft_cost(self, source: str) -> float:
+        s, d = self.draft.get(source, (0.0, 0))
+        return s / d if d else 0.0
+
+    def expected_rate(self, source: str, k: int) -> float:
+        """Expected tokens per second of a round with k drafts from `source`."""
+        c = self.verify_cost(k + 1)
+        if c is None:
+            return 0.0
+        emitted = 1.0 + float(np.cumprod(self.acceptance(source)[:k]).sum())
+        return emitted / (c + k * self.draft_cost(source))
+
+    def best_k(self, source: str, cap: int | None = None) -> int:
+        """The draft length with the highest expected rate (the cap's length before any measurement)."""
+        cap = self.k_max if cap is None else min(int(cap), self.k_max)
+        if not self.verify:
+            return cap
+        rates = [self.expected_rate(source, k) for k in range(cap + 1)]
+        return int(np.argmax(rates))

@@ -1,0 +1,199 @@
+"""Benchmark prompt-lookup speculative decoding (`accelc run --draft-mode lookup`) against our plain decoding and
+openvino-genai's LLMPipeline, plain and with its prompt_lookup mode, in one run, alternating engines per prompt.
+
+    .venv/bin/python scripts/bench_lookup.py --json docs/passes/results/lookup_DATE.json
+    .venv/bin/python scripts/bench_lookup.py --general 2 --grounded 2 --max-new 32      # smoke
+
+Two prompt sets, both from Brown's evaluation split (never calibration text):
+- general: --general windows of --prompt-len tokens, continued as raw text (no chat template);
+- grounded: --grounded passages (the split's paragraphs of 80-200 tokens, spread over the split) inside an
+  instruction that asks to repeat, copy, quote or rewrite them (chat template), so the answer restates the input.
+Engines (greedy, --threads threads, the same token ids; ours stop at EOS, and so does genai):
+- accelc plain:       runtime/generate.py on the artifact (--backend, default its choice), as `accelc run`
+- accelc lookup:      runtime/speculative/artifact.py run_speculative(draft_mode="lookup") on the same backend
+- genai plain:        openvino_genai.LLMPipeline on the artifact's genai folder (openvino/), prefix caching off
+- genai lookup k=N:   the same with prompt_lookup=True, num_assistant_tokens=N, max_ngram_size=3
+Every lookup output is checked token for token against our plain output. Decode tok/s = (new tokens - 1) /
+(time after the first token), summed over a set's prompts. Writes raw JSON with the machine (scripts/provenance.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from provenance import provenance
+
+TEMPLATES = ("Repeat the following text exactly, word for word.\n\n{p}",
+             "Copy this passage without changing anything:\n\n{p}",
+             "Quote the text below in full, from its first word to its last.\n\n{p}",
+             "Rewrite the following text, keeping its wording where you can:\n\n{p}")
+
+
+def general_prompts(tok, n: int, length: int) -> list[list[int]]:
+    from accelc.models.corpus import load_text, token_stream
+    ids = token_stream(tok, load_text("eval"))
+    step = max(length, (ids.numel() - length) // max(n, 1))
+    return [ids[i * step:i * step + length].tolist() for i in range(n)]
+
+
+def grounded_prompts(tok, n: int) -> list[list[int]]:
+    from accelc.models.corpus import load_text
+    from accelc.runtime.generate import encode_prompt
+    paras = [p.strip() for p in load_text("eval").split("\n\n")]
+    paras = [p for p in paras if 80 <= len(tok(p, add_special_tokens=False)["input_ids"]) <= 200]
+    if len(paras) < n:
+        raise SystemExit(f"only {len(paras)} paragraphs of 80-200 tokens in the evaluation split")
+    pick = [paras[i * len(paras) // n] for i in range(n)]
+    return [encode_prompt(tok, TEMPLATES[i % len(TEMPLATES)].format(p=p)) for i, p in enumerate(pick)]
+
+
+class Ours:
+    def __init__(self, path, backend, threads, lookup: bool, k: int):
+        from accelc.runtime.artifact import open_artifact
+        self.art = open_artifact(path, backend=backend, threads=threads, full_logits=lookup, report=False)
+        self.lookup, self.k = lookup, k
+        self.name = f"accelc {'lookup' if lookup else 'plain'} ({self.art.choice.backend})"
+
+    def run(self, ids, n):
+        from accelc.runtime.generate import generate
+        from accelc.runtime.sampling import SamplingConfig
+        from accelc.runtime.speculative.artifact import run_speculative
+        if not self.lookup:
+            r = generate(self.art, ids, n)
+            return r.tokens, r.decode_s, r.decode_steps, None
+        r, stats = run_speculative(self.art, ids, n, SamplingConfig(), k=self.k, draft_mode="lookup")
+        return r.tokens, r.decode_s, r.decode_steps, stats
+
+
+class GenAI:
+    def __init__(self, folder: Path, threads: int, lookup_k: int | None):
+        import openvino_genai as g
+        from accelc.compiler.harness.bench_engines import ov_cpu_config
+        self.g, self.k = g, lookup_k
+        sched = g.SchedulerConfig()
+        sched.enable_prefix_caching = False
+        kw = {"prompt_lookup": True} if lookup_k else {}
+        self.pipe = g.LLMPipeline(str(folder), "CPU", scheduler_config=sched, **kw, **ov_cpu_config(threads))
+        self.name = f"genai lookup k={lookup_k}" if lookup_k else "genai plain"
+
+    def run(self, ids, n):
+        import numpy as np
+        import openvino as ov
+        cfg = self.g.GenerationConfig(max_new_tokens=n, do_sample=False)
+        if self.k:
+            cfg.num_assistant_tokens = self.k
+            cfg.max_ngram_size = 3
+        x = np.array([ids], dtype=np.int64)
+        res = self.pipe.generate(self.g.TokenizedInputs(ov.Tensor(x), ov.Tensor(np.ones_like(x))), cfg)
+        pm = res.perf_metrics
+        new = int(pm.get_num_generated_tokens())
+        decode_s = pm.get_generate_duration().mean / 1000 - pm.get_ttft().mean / 1000
+        return list(res.tokens[0]) if hasattr(res, "tokens") else [], decode_s, new - 1, None
+
+
+def run_set(engines, prompts, max_new: int) -> dict:
+    """Each prompt through every engine, the order rotated per prompt; -> per-engine sums and checks."""
+    from accelc.runtime.speculative.loop import SpecStats
+    acc = {e.name: {"steps": 0, "secs": 0.0, "tokens": 0} for e in engines}
+    merged = SpecStats()
+    identical, plain_name = True, engines[0].name
+    for i, ids in enumerate(prompts):
+        order = engines[i % len(engines):] + engines[:i % len(engines)]
+        outs = {}
+        for e in order:
+            toks, secs, steps, stats = e.run(ids, max_new)
+            a = acc[e.name]
+            a["steps"] += steps
+            a["secs"] += secs
+            a["tokens"] += len(toks)
+            outs[e.name] = toks
+            if stats is not None:
+                _merge(merged, stats)
+        for name, toks in outs.items():
+            if name.startswith("accelc lookup"):
+                identical &= toks == outs[plain_name]
+        print(f"  prompt {i + 1}/{len(prompts)} ({len(ids)} tokens): " + ", ".join(
+            f"{n.split(' (')[0]} {len(t)}" for n, t in outs.items()), file=sys.stderr, flush=True)
+    res = {n: {"decode_tok_s": round(a["steps"] / a["secs"], 2) if a["secs"] else None, "new_tokens": a["tokens"],
+               "decode_s": round(a["secs"], 3)} for n, a in acc.items()}
+    base = res[plain_name]["decode_tok_s"]
+    for n in res:
+        res[n]["vs_accelc_plain"] = round(res[n]["decode_tok_s"] / base, 3) if base and res[n]["decode_tok_s"] else None
+    res["lookup_stats"] = merged.to_json()
+    res["lookup_identical_to_plain"] = bool(identical)
+    return res
+
+
+def _merge(into, s) -> None:
+    into.draft_s += s.draft_s
+    into.verify_s += s.verify_s
+    into.other_s += s.other_s
+    into.prefill_s += s.prefill_s
+    into.emitted += s.emitted
+    into.rounds += s.rounds
+    into.drafted += s.drafted
+    into.accepted += s.accepted
+    into.k_history += s.k_history
+    for i, (d, a) in enumerate(zip(s.position_drafted, s.position_accepted)):
+        if i == len(into.position_drafted):
+            into.position_drafted.append(0)
+            into.position_accepted.append(0)
+        into.position_drafted[i] += d
+        into.position_accepted[i] += a
+    for k, v in s.sources.items():
+        into.sources[k] = into.sources.get(k, 0) + v
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--artifact", help="a compiled cpu artifact with a genai folder (default: compile the packaged "
+                    "model into --workdir)")
+    ap.add_argument("--workdir", default="out/bench-lookup", help="where the default artifact is compiled")
+    ap.add_argument("--backend", help="our backend (default: the artifact's choice)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--general", type=int, default=40)
+    ap.add_argument("--grounded", type=int, default=20)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("-k", type=int, default=8, help="our lookup draft cap (the cost model picks each round's length)")
+    ap.add_argument("--genai-k", type=int, nargs="*", default=[5, 8], help="genai num_assistant_tokens values")
+    ap.add_argument("--no-genai", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+
+    import accelc
+    path = Path(args.artifact) if args.artifact else Path(args.workdir) / "smollm2-cpu"
+    if not args.artifact and not (path / "manifest.json").is_file():
+        print(f"compiling the packaged model into {path}", file=sys.stderr)
+        accelc.compile("smollm2-135m", "cpu", path, force=True)
+    engines = [Ours(path, args.backend, args.threads, False, args.k), Ours(path, args.backend, args.threads, True,
+                                                                          args.k)]
+    if not args.no_genai:
+        folder = path / "openvino"
+        if not (folder / "openvino_model.xml").is_file():
+            raise SystemExit(f"{path} has no genai folder (compile with --formats ...,genai)")
+        engines += [GenAI(folder, args.threads, None)] + [GenAI(folder, args.threads, k) for k in args.genai_k]
+    tok = engines[0].art.tokenizer
+    sets = {"general": general_prompts(tok, args.general, args.prompt_len),
+            "grounded": grounded_prompts(tok, args.grounded)}
+    t0 = time.perf_counter()
+    result = {"artifact": str(path), "backend": engines[0].art.choice.backend, "threads": args.threads,
+              "max_new": args.max_new, "k": args.k, "genai_k": [] if args.no_genai else args.genai_k,
+              "prompt_tokens": {k: [len(p) for p in v] for k, v in sets.items()}, "sets": {}}
+    for name, prompts in sets.items():
+        if prompts:
+            print(f"{name}: {len(prompts)} prompts", file=sys.stderr, flush=True)
+            result["sets"][name] = run_set(engines, prompts, args.max_new)
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps({**provenance(), **result}, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

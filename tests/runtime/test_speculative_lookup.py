@@ -1,0 +1,181 @@
+"""Prompt lookup drafting, the combined proposer and the cost model: lossless greedy, exact sampling with
+deterministic drafts, the n-gram index, the cost model's choices, and lookup on tiny artifacts through every
+backend and `accelc run --draft-mode lookup`."""
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from accelc.compiler.cli import main
+from accelc.compiler.errors import InputError
+from accelc.runtime.artifact import open_artifact
+from accelc.runtime.generate import generate
+from accelc.runtime.sampling import Sampler, SamplingConfig
+from accelc.runtime.speculative.artifact import run_speculative
+from accelc.runtime.speculative.cost import CostModel
+from accelc.runtime.speculative.loop import SpecConfig, autoregressive_generate, speculative_generate
+from accelc.runtime.speculative.proposers import CombinedProposer, LookupProposer, ModelProposer
+
+from test_speculative import ToyLM, _exact_joint
+
+
+def test_lookup_index_finds_the_longest_latest_match():
+    lk = LookupProposer(max_ngram=3)
+    seq = [1, 2, 3, 9, 8, 1, 2, 3, 7, 5, 2, 3]
+    assert lk.match(seq) == (2, 8)             # "2 3" last continued by 7 (at 8); "1 2 3"... ends differently
+    assert lk.propose(seq, 3, None, None, None) == ([7, 5, 2], [None] * 3)
+    seq += [7]                                 # now "2 3 7" occurred before (positions 6..8)
+    assert lk.source(seq) == "lookup:3" and lk.propose(seq, 2, None, None, None)[0] == [5, 2]
+    fresh = LookupProposer()
+    assert fresh.source([4, 5, 6]) is None     # nothing repeats: nothing to draft
+    assert fresh.source([4, 5, 6, 5]) == "lookup:1" and fresh.propose([4, 5, 6, 5], 4, None, None, None)[0] == [6, 5]
+    with pytest.raises(ValueError):
+        fresh.match([4])                       # a shorter sequence needs start()
+    fresh.start()
+    assert fresh.match([4]) is None
+    with pytest.raises(InputError):
+        LookupProposer(max_ngram=1, min_ngram=2)
+
+
+class Cyclic(ToyLM):
+    """Greedy output that falls into repeats (logits from the last token only), so lookup has matches."""
+
+    def logits_after(self, ctx):
+        return super().logits_after([0, ctx[-1]])
+
+
+class Bound(Cyclic):
+    """A target whose pass costs about the same for 1..5 tokens (like a memory-bound decoder step)."""
+
+    def forward(self, tokens):
+        import time
+        time.sleep(0.002)
+        return super().forward(tokens)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "cost"])
+def test_greedy_lookup_equals_greedy(mode):
+    accepted = 0
+    for seed in range(10):
+        target = Bound(12, seed)
+        prompt = [seed % 12, 3, 5, seed % 7]
+        ref = autoregressive_generate(target, prompt, 40, eos_ids=[11])
+        out, stats = speculative_generate(target, LookupProposer(), prompt, 40,
+                                          SpecConfig(k=4, k_max=4, draft_mode=mode), eos_ids=[11])
+        assert out == ref
+        accepted += stats.accepted
+        assert (stats.position_drafted or [0])[0] == sum(stats.sources.values())     # rounds that drafted
+    assert accepted > 50                       # the repeats were drafted and accepted
+
+
+def test_greedy_lookup_on_a_tiny_torch_decoder():
+    from test_speculative import tiny_step
+    target, _ = tiny_step(0, capacity=160)
+    prompt = [5, 9, 17, 30, 5, 9, 17, 30, 5, 9]
+    ref = autoregressive_generate(target, prompt, 40)
+    out, stats = speculative_generate(target, LookupProposer(), prompt, 40, SpecConfig(k=4, k_max=4,
+                                                                                       draft_mode="cost"))
+    assert out == ref and stats.rounds <= 40
+
+
+@pytest.mark.parametrize("cfg", [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.8, top_k=3)])
+def test_sampling_with_deterministic_drafts_matches_the_target(cfg):
+    """Lookup drafts have q one-hot: accept with p(d), else draw from p without d. The joint law of the output
+    stays the target's (prompt [0, 1, 0, 1] always has a match, so every round drafts)."""
+    V, n, runs = 3, 3, 3000
+    target = ToyLM(V, 21, scale=1.5)
+    prompt = [0, 1, 0, 1]
+    exact = _exact_joint(target, prompt, n, cfg)
+    keys = list(exact)
+
+    def histogram(spec):
+        counts, drafted = dict.fromkeys(keys, 0), 0
+        for seed in range(runs):
+            out, st = speculative_generate(target, LookupProposer(), prompt, n, spec, cfg,
+                                           sampler=Sampler(SamplingConfig(cfg.temperature, cfg.top_k, seed=seed)))
+            counts[tuple(out)] += 1
+            drafted += st.drafted
+        return np.array([counts[k] for k in keys], dtype=float), drafted
+
+    obs, drafted = histogram(SpecConfig(k=3, draft_mode="fixed"))
+    assert drafted > 0.8 * runs                # almost every generation drafted from the prompt
+    expected = np.array([exact[k] for k in keys]) * runs
+    keep = expected > 0
+    assert obs[~keep].sum() == 0
+    assert chisquare(obs[keep], expected[keep]).pvalue > 1e-3
+    assert 0.5 * np.abs(obs - expected).sum() / runs < 0.08
+    # the test has teeth: accepting every lookup draft (fuzzy, huge threshold) copies the prompt instead
+    broken, _ = histogram(SpecConfig(k=3, draft_mode="fixed", fuzzy="tv", fuzzy_threshold=2.0))
+    assert chisquare(broken[keep], expected[keep] * broken[keep].sum() / expected[keep].sum()).pvalue < 1e-6
+
+
+def test_combined_uses_lookup_when_it_matches_and_the_model_otherwise():
+    used = {}
+    for seed in range(6):
+        target = Cyclic(12, seed)
+        draft = Cyclic(12, seed + 50, base=target, noise=0.3)
+        prompt = [seed % 12, 4]
+        ref = autoregressive_generate(target, prompt, 40)
+        proposer = CombinedProposer(LookupProposer(min_ngram=2), ModelProposer(draft))
+        out, stats = speculative_generate(target, proposer, prompt, 40, SpecConfig(k=3, k_max=3, draft_mode="fixed"))
+        assert out == ref
+        for s, n in stats.sources.items():
+            used[s.split(":")[0]] = used.get(s.split(":")[0], 0) + n
+    assert used.get("model", 0) >= 3 and used.get("lookup", 0) >= 3
+
+
+def test_cost_model_speculates_only_when_it_pays():
+    cm = CostModel(k_max=6)
+    assert cm.best_k("lookup:3") == 6                       # nothing measured: try the cap
+    cm.observe(None, 0, 0, 0.0, 0.010)                      # a plain step: 10 ms
+    assert cm.verify_cost(3) == pytest.approx(0.010 * (1 + 0.05 * 2))
+    assert cm.best_k("lookup:3") > 0                        # optimistic prior: speculation is tried
+    for _ in range(40):                                     # drafts never accepted, verify of 7 costs 16 ms
+        cm.observe("lookup:1", 6, 0, 0.0, 0.016)
+    assert cm.verify_cost(4) == pytest.approx(0.010 + 0.001 * 3, rel=1e-3)    # the line through widths 1 and 7
+    assert cm.best_k("lookup:1") == 0                       # never accepted: plain decoding pays best
+    for _ in range(40):                                     # always accepted: the cap pays
+        cm.observe("lookup:3", 6, 6, 0.0, 0.016)
+    assert cm.best_k("lookup:3") == 6
+    cm.observe("model", 2, 2, 0.040, 0.011)                 # a drafter costing 20 ms per token never pays
+    assert cm.best_k("model") == 0
+    assert cm.verify_cost(2) >= cm.verify_cost(1)
+
+
+# -- artifacts ------------------------------------------------------------------------------------------------
+PROMPT = [72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 46, 32, 72, 101, 108, 108, 111, 32]   # "Hello world. Hello "
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "native"])
+def test_lookup_on_artifacts_equals_plain_decoding(backend, tiny_artifact, tiny_static_artifact):
+    art = open_artifact(tiny_artifact, backend=backend, full_logits=True, report=False)
+    ref = generate(open_artifact(tiny_artifact, backend=backend, report=False), PROMPT, 30).tokens
+    res, stats = run_speculative(art, PROMPT, 30, SamplingConfig(), draft_mode="lookup")
+    assert res.tokens == ref and stats.rounds < 30 and stats.drafted > 0
+    if backend == "openvino":                  # the static (NPU) graphs verify in their fixed chunks
+        st = open_artifact(tiny_static_artifact, backend="openvino", full_logits=True, report=False)
+        res, _ = run_speculative(st, PROMPT, 20, SamplingConfig(), k=4, draft_mode="lookup")
+        assert res.tokens == ref[:20]
+
+
+def test_combined_without_drafter_warns_and_runs_lookup(tiny_artifact):
+    art = open_artifact(tiny_artifact, backend="onnxruntime", full_logits=True, report=False)
+    said = []
+    res, stats = run_speculative(art, PROMPT, 12, SamplingConfig(), draft_mode="combined", warn=said.append)
+    assert said and "lookup only" in said[0] and len(res.tokens) == 12
+    with pytest.raises(InputError):
+        run_speculative(art, PROMPT, 12, SamplingConfig(), draft_mode="sometimes")
+
+
+def test_cli_run_lookup_json(tiny_artifact, capsys):
+    args = ["run", str(tiny_artifact), "--prompt", "Hello world. Hello ", "--raw", "--max-new-tokens", "16", "--json",
+            "--backend", "openvino"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(args + ["--draft-mode", "lookup"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["tokens"] == plain["tokens"] and "speculative" not in plain
+    s = spec["speculative"]
+    assert s["rounds"] + s["accepted"] == 15 and len(s["acceptance_by_position"]) == len(s["drafted_by_position"])
+    assert main(args + ["--draft-mode", "lookup", "--draft-k", "0"]) == 2
