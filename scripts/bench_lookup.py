@@ -6,8 +6,8 @@ openvino-genai's LLMPipeline, plain and with its prompt_lookup mode, in one run,
 
 Two prompt sets, both from Brown's evaluation split (never calibration text):
 - general: --general windows of --prompt-len tokens, continued as raw text (no chat template);
-- grounded: --grounded passages (the split's paragraphs of 80-200 tokens, spread over the split) inside an
-  instruction that asks to repeat, copy, quote or rewrite them (chat template), so the answer restates the input.
+- grounded: --grounded passages (consecutive sentences, 100-200 tokens, one from each of --grounded files spread
+  over the split) inside an instruction that asks to repeat, copy, quote or rewrite them (chat template), so the answer restates the input.
 Engines (greedy, --threads threads, the same token ids; ours stop at EOS, and so does genai):
 - accelc plain:       runtime/generate.py on the artifact (--backend, default its choice), as `accelc run`
 - accelc lookup:      runtime/speculative/artifact.py run_speculative(draft_mode="lookup") on the same backend
@@ -39,15 +39,30 @@ def general_prompts(tok, n: int, length: int) -> list[list[int]]:
     return [ids[i * step:i * step + length].tolist() for i in range(n)]
 
 
-def grounded_prompts(tok, n: int) -> list[list[int]]:
+def grounded_prompts(tok, n: int, least: int = 100, most: int = 200) -> list[list[int]]:
+    """n passages (consecutive sentences of one evaluation file, least..most tokens) spread over the split's files,
+    each inside one of TEMPLATES (chat template applied)."""
     from accelc.models.corpus import load_text
     from accelc.runtime.generate import encode_prompt
-    paras = [p.strip() for p in load_text("eval").split("\n\n")]
-    paras = [p for p in paras if 80 <= len(tok(p, add_special_tokens=False)["input_ids"]) <= 200]
-    if len(paras) < n:
-        raise SystemExit(f"only {len(paras)} paragraphs of 80-200 tokens in the evaluation split")
-    pick = [paras[i * len(paras) // n] for i in range(n)]
-    return [encode_prompt(tok, TEMPLATES[i % len(TEMPLATES)].format(p=p)) for i, p in enumerate(pick)]
+    files = [f.split("\n") for f in load_text("eval").split("\n\n") if f.strip()]
+    out = []
+    for i in range(n):
+        sents = files[i * len(files) // n]
+        start = (i * 7919) % max(len(sents) - 20, 1)          # a spread of starting sentences within the file
+        passage, count = [], 0
+        for sent in sents[start:] + sents[:start]:
+            c = len(tok(sent, add_special_tokens=False)["input_ids"])
+            if count + c > most:                             # too long to add: start again after it
+                passage, count = [], 0
+                continue
+            passage.append(sent)
+            count += c
+            if count >= least:
+                break
+        if count < least:
+            raise SystemExit(f"no passage of {least}-{most} tokens in evaluation file {i * len(files) // n}")
+        out.append(encode_prompt(tok, TEMPLATES[i % len(TEMPLATES)].format(p=" ".join(passage))))
+    return out
 
 
 class Ours:
