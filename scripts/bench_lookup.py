@@ -19,12 +19,11 @@ Every lookup output is checked token for token against our plain output. Decode 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from provenance import provenance
+from provenance import emit
 
 TEMPLATES = ("Repeat the following text exactly, word for word.\n\n{p}",
              "Copy this passage without changing anything:\n\n{p}",
@@ -126,7 +125,7 @@ def run_set(engines, prompts, max_new: int) -> dict:
             a["tokens"] += len(toks)
             outs[e.name] = toks
             if stats is not None:
-                _merge(merged, stats)
+                merged.add(stats)
         for name, toks in outs.items():
             if name.startswith("accelc lookup"):
                 identical &= toks == outs[plain_name]
@@ -140,26 +139,6 @@ def run_set(engines, prompts, max_new: int) -> dict:
     res["lookup_stats"] = merged.to_json()
     res["lookup_identical_to_plain"] = bool(identical)
     return res
-
-
-def _merge(into, s) -> None:
-    into.draft_s += s.draft_s
-    into.verify_s += s.verify_s
-    into.other_s += s.other_s
-    into.prefill_s += s.prefill_s
-    into.emitted += s.emitted
-    into.rounds += s.rounds
-    into.drafted += s.drafted
-    into.accepted += s.accepted
-    into.k_history += s.k_history
-    for i, (d, a) in enumerate(zip(s.position_drafted, s.position_accepted)):
-        if i == len(into.position_drafted):
-            into.position_drafted.append(0)
-            into.position_accepted.append(0)
-        into.position_drafted[i] += d
-        into.position_accepted[i] += a
-    for k, v in s.sources.items():
-        into.sources[k] = into.sources.get(k, 0) + v
 
 
 def main(argv=None) -> int:
@@ -203,10 +182,7 @@ def main(argv=None) -> int:
             print(f"{name}: {len(prompts)} prompts", file=sys.stderr, flush=True)
             result["sets"][name] = run_set(engines, prompts, args.max_new)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps({**provenance(), **result}, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    emit(result, args.json)
     return 0
 
 

@@ -12,7 +12,6 @@ Prints one JSON object (and writes it to --json FILE if given).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from provenance import provenance  # machine, date, commit, command line (scripts/provenance.py)
+from provenance import emit  # machine, date, commit, command line (scripts/provenance.py)
 
 
 def graph_fns(bundle, drafter, engine: str, threads: int, workdir: Path):
@@ -212,10 +211,7 @@ def main(argv=None) -> int:
             texts = [bundle.tokenizer.decode(p) for p in prompts]
             result["genai"] = bench_genai(packaged_checkpoint(args.model), args.layers, texts, args.max_new, args.k,
                                           args.threads, Path(tmp))
-    text = json.dumps({**provenance(), **result}, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    emit(result, args.json)
     return 0
 
 
@@ -235,10 +231,7 @@ def bench_artifact(args) -> int:
         with tempfile.TemporaryDirectory(prefix="accelc-bench-spec-") as tmp:
             result["genai"] = bench_genai(packaged_checkpoint(args.model), int(rec.get("exit_layer", args.layers)),
                                           texts, args.max_new, args.k, args.threads, Path(tmp))
-    text = json.dumps({**provenance(), **result}, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    emit(result, args.json)
     return 0
 
 

@@ -56,3 +56,13 @@ def shim(checkout: Path) -> Path:
 def provenance() -> dict:
     return {"machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": git_commit(), "command": " ".join([sys.executable, *sys.argv])}
+
+
+def emit(result: dict, path: str | None = None) -> str:
+    """Print the result with the provenance in front, as JSON, and write it to `path` when given."""
+    import json
+    text = json.dumps({**provenance(), **result}, indent=1)
+    print(text)
+    if path:
+        Path(path).write_text(text)
+    return text

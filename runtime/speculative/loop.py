@@ -110,6 +110,20 @@ class SpecStats:
         if drafted:
             self.sources[source] = self.sources.get(source, 0) + 1
 
+    def add(self, other: "SpecStats") -> None:
+        """Sum another generation's statistics into these (a benchmark over several prompts)."""
+        for name in ("draft_s", "verify_s", "other_s", "prefill_s", "emitted", "rounds", "drafted", "accepted"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.k_history += other.k_history
+        for i, (d, a) in enumerate(zip(other.position_drafted, other.position_accepted)):
+            if i == len(self.position_drafted):
+                self.position_drafted.append(0)
+                self.position_accepted.append(0)
+            self.position_drafted[i] += d
+            self.position_accepted[i] += a
+        for k, v in other.sources.items():
+            self.sources[k] = self.sources.get(k, 0) + v
+
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0

@@ -74,9 +74,8 @@ def test_greedy_lookup_on_a_tiny_torch_decoder():
     target, _ = tiny_step(0, capacity=160)
     prompt = [5, 9, 17, 30, 5, 9, 17, 30, 5, 9]
     ref = autoregressive_generate(target, prompt, 40)
-    out, stats = speculative_generate(target, LookupProposer(), prompt, 40, SpecConfig(k=4, k_max=4,
-                                                                                       draft_mode="cost"))
-    assert out == ref and stats.rounds <= 40
+    out, stats = speculative_generate(target, LookupProposer(), prompt, 40, SpecConfig(k=4, draft_mode="fixed"))
+    assert out == ref and stats.drafted > 0
 
 
 @pytest.mark.parametrize("cfg", [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.8, top_k=3)])
