@@ -17,8 +17,9 @@ def add_parser(sub):
     p.add_argument("--prune", metavar="METHOD:ARGS", help="pruning, e.g. cfsp:0.3 or dsnot:0.6 (docs/passes/pruning.md)")
     p.add_argument("--quantize", metavar="METHOD:ARGS", help="extreme quantization, e.g. pv:2x8g8 "
                    "(docs/passes/quantization.md)")
-    p.add_argument("--drafter", metavar="fused|PATH", help="build a fused self-speculative drafter, or package a "
-                   "draft model from PATH")
+    p.add_argument("--drafter", metavar="eagle|fused|PATH", help="train an EAGLE drafter (one layer on the target's "
+                   "hidden states; eagle:seconds=1800,vocab=8192,...), build a fused self-speculative drafter, or "
+                   "package a draft model from PATH (docs/passes/drafter.md)")
     p.add_argument("--calib", metavar="FILE", help="calibration text file (default: Brown calibration split)")
     p.add_argument("--cache-len", type=int, default=1024, help="static KV-cache length for --target npu (default 1024)")
     p.add_argument("--prefill-chunk", type=int, default=64, help="static prefill chunk for --target npu (default 64)")

@@ -25,12 +25,13 @@ def add_parser(sub):
     add_generation_args(p)
     p.add_argument("--stop", action="append", default=[], metavar="S", help="stop before this string (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
-    # speculative decoding (drafter graphs from --drafter fused, or prompt lookup; runtime/speculative/artifact.py)
+    # speculative decoding (drafter graphs from --drafter eagle|fused, or prompt lookup; runtime/speculative/artifact.py)
     p.add_argument("--no-speculative", action="store_true", help="decode token by token even when the artifact "
                    "has drafter graphs (speculative decoding is the default then)")
-    p.add_argument("--draft-mode", choices=["confidence", "fixed", "heuristic", "lookup", "combined"],
+    p.add_argument("--draft-mode", choices=["confidence", "fixed", "heuristic", "cost", "lookup", "combined"],
                    default="confidence",
-                   help="with drafter graphs: confidence-based stopping (default), fixed k, or grow/shrink; "
+                   help="with drafter graphs: confidence-based stopping (default), fixed k, grow/shrink, or cost "
+                   "(each round's draft length from measured draft/verify costs and acceptance); "
                    "lookup: prompt lookup (drafts what followed the text's last n-gram earlier in the prompt or "
                    "output; any artifact, no training); combined: lookup, and the drafter where lookup finds "
                    "nothing. The lookup modes choose each round's draft length from measured costs")

@@ -24,8 +24,11 @@ ATTENTION_MASK = "attention_mask"  # int64 [B, P+T]
 LOGITS = "logits"                # float32 [B, T, V]
 HIDDEN_OUT = "hidden_out"        # float32 [B, T, C]: a graph that ends mid-model
 BEAM_IDX = "beam_idx"            # int32 [B]: added by OpenVINO's stateful rewrite (runtime/backends/ov_stateful.py)
-FIRST_INPUTS = {"ids": INPUT_IDS, "hidden": HIDDEN_IN}
-OUTPUTS = {"logits": LOGITS, "hidden": HIDDEN_OUT}
+# input / output kinds -> the graph's leading input / output names (before position_ids / the new KV)
+FIRST_INPUTS = {"ids": (INPUT_IDS,), "hidden": (HIDDEN_IN,),
+                "ids+hidden": (INPUT_IDS, HIDDEN_IN)}   # EAGLE drafter: token t+1 and the target's state at t
+OUTPUTS = {"logits": (LOGITS,), "hidden": (HIDDEN_OUT,),
+           "both": (LOGITS, HIDDEN_OUT)}                # logits and the state before the final norm
 PAST_KEY, PAST_VALUE, NEW_KEY, NEW_VALUE = "past_key.", "past_value.", "new_key.", "new_value."
 
 
@@ -61,15 +64,15 @@ def past_layers(names) -> list[int]:
 
 def input_names(layers: int, first: int = 0, input: str = "ids") -> list[str]:
     """Inputs in order: the first input, position_ids, attention_mask, then past_key/past_value per layer."""
-    names = [FIRST_INPUTS[input], POSITION_IDS, ATTENTION_MASK]
+    names = [*FIRST_INPUTS[input], POSITION_IDS, ATTENTION_MASK]
     for i in range(first, first + layers):
         names += [past_key(i), past_value(i)]
     return names
 
 
 def output_names(layers: int, first: int = 0, output: str = "logits") -> list[str]:
-    """Outputs in order: logits (or hidden_out), then new_key/new_value per layer."""
-    names = [OUTPUTS[output]]
+    """Outputs in order: logits (or hidden_out, or both), then new_key/new_value per layer."""
+    names = list(OUTPUTS[output])
     for i in range(first, first + layers):
         names += [new_key(i), new_value(i)]
     return names
@@ -119,11 +122,14 @@ ROLES = {
     "trunk": Role("ids", "hidden", False, "fused drafter: layers [0, exit) shared by drafter and verifier"),
     "draft_head": Role("hidden", "logits", False, "fused drafter: exit layer, norm and (reduced) head"),
     "verify_tail": Role("hidden", "logits", False, "fused drafter: layers [exit, N), norm and head"),
+    "eagle_target": Role("ids", "both", True, "EAGLE drafter: the whole model, logits and its last hidden state"),
+    "eagle_draft": Role("ids+hidden", "both", False, "EAGLE drafter: fc(token, state) -> one layer, norm, head"),
 }
 # ways a runtime decodes with an artifact's whole-model graphs: the roles it needs -> static shapes or not
 # (None: the graph record's own `static` flag). Checked in order; the first whose roles are all present wins.
 DECODER_STATES = ((("prefill", "decode"), True), (("decoder",), None))
 DRAFTER_ROLES = ("trunk", "draft_head", "verify_tail")
+EAGLE_ROLES = ("eagle_target", "eagle_draft")
 CACHE_KINDS = ("full",)     # full: every past position's keys/values, [B, P, H, D] per layer
 
 

@@ -1,4 +1,4 @@
-"""Benchmark prompt-lookup speculative decoding (`accelc run --draft-mode lookup`) against our plain decoding and
+"""Benchmark speculative decoding (`accelc run --draft-mode lookup|cost|combined`) against our plain decoding and
 openvino-genai's LLMPipeline, plain and with its prompt_lookup mode, in one run, alternating engines per prompt.
 
     .venv/bin/python scripts/bench_lookup.py --json docs/passes/results/lookup_DATE.json
@@ -11,14 +11,18 @@ Two prompt sets, both from Brown's evaluation split (never calibration text):
 Engines (greedy, --threads threads, the same token ids; ours stop at EOS, and so does genai):
 - accelc plain:       runtime/generate.py on the artifact (--backend, default its choice), as `accelc run`
 - accelc lookup:      runtime/speculative/artifact.py run_speculative(draft_mode="lookup") on the same backend
+- accelc drafter:     the artifact's drafter graphs (an EAGLE or fused drafter; --artifact compiled with
+                      --drafter) under the cost model (draft_mode="cost"); only when the artifact has them
+- accelc drafter+lookup: draft_mode="combined": lookup where the text has a match, the drafter elsewhere
 - genai plain:        openvino_genai.LLMPipeline on the artifact's genai folder (openvino/), prefix caching off
 - genai lookup k=N:   the same with prompt_lookup=True, num_assistant_tokens=N, max_ngram_size=3
-Every lookup output is checked token for token against our plain output. Decode tok/s = (new tokens - 1) /
+Every speculative output of ours is checked token for token against our plain output. Decode tok/s = (new tokens - 1) /
 (time after the first token), summed over a set's prompts. Writes raw JSON with the machine (scripts/provenance.py).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -65,20 +69,26 @@ def grounded_prompts(tok, n: int, least: int = 100, most: int = 200) -> list[lis
 
 
 class Ours:
-    def __init__(self, path, backend, threads, lookup: bool, k: int):
+    """Our runtime on the artifact: plain decoding, or speculative with a draft mode (runtime/speculative/artifact.py
+    RUN_MODES: "lookup", "combined" = lookup + the artifact's drafter, "cost" = the drafter under the cost model)."""
+
+    def __init__(self, path, backend, threads, mode: str, k: int):
         from accelc.runtime.artifact import open_artifact
-        self.art = open_artifact(path, backend=backend, threads=threads, full_logits=lookup, report=False)
-        self.lookup, self.k = lookup, k
-        self.name = f"accelc {'lookup' if lookup else 'plain'} ({self.art.choice.backend})"
+        from accelc.runtime.speculative.artifact import wants_full_logits
+        self.art = open_artifact(path, backend=backend, threads=threads, full_logits=wants_full_logits(mode),
+                                 report=False)
+        self.mode, self.k = mode, k
+        label = {"plain": "plain", "lookup": "lookup", "cost": "drafter", "combined": "drafter+lookup"}[mode]
+        self.name = f"accelc {label} ({self.art.choice.backend})"
 
     def run(self, ids, n):
         from accelc.runtime.generate import generate
         from accelc.runtime.sampling import SamplingConfig
         from accelc.runtime.speculative.artifact import run_speculative
-        if not self.lookup:
+        if self.mode == "plain":
             r = generate(self.art, ids, n)
             return r.tokens, r.decode_s, r.decode_steps, None
-        r, stats = run_speculative(self.art, ids, n, SamplingConfig(), k=self.k, draft_mode="lookup")
+        r, stats = run_speculative(self.art, ids, n, SamplingConfig(), k=self.k, draft_mode=self.mode)
         return r.tokens, r.decode_s, r.decode_steps, stats
 
 
@@ -112,8 +122,8 @@ def run_set(engines, prompts, max_new: int) -> dict:
     """Each prompt through every engine, the order rotated per prompt; -> per-engine sums and checks."""
     from accelc.runtime.speculative.loop import SpecStats
     acc = {e.name: {"steps": 0, "secs": 0.0, "tokens": 0} for e in engines}
-    merged = SpecStats()
-    identical, plain_name = True, engines[0].name
+    merged = {}
+    identical, plain_name = {}, engines[0].name
     for i, ids in enumerate(prompts):
         order = engines[i % len(engines):] + engines[:i % len(engines)]
         outs = {}
@@ -125,10 +135,10 @@ def run_set(engines, prompts, max_new: int) -> dict:
             a["tokens"] += len(toks)
             outs[e.name] = toks
             if stats is not None:
-                merged.add(stats)
+                merged.setdefault(e.name, SpecStats()).add(stats)
         for name, toks in outs.items():
-            if name.startswith("accelc lookup"):
-                identical &= toks == outs[plain_name]
+            if name.startswith("accelc") and name != plain_name:
+                identical[name] = identical.get(name, True) and toks == outs[plain_name]
         print(f"  prompt {i + 1}/{len(prompts)} ({len(ids)} tokens): " + ", ".join(
             f"{n.split(' (')[0]} {len(t)}" for n, t in outs.items()), file=sys.stderr, flush=True)
     res = {n: {"decode_tok_s": round(a["steps"] / a["secs"], 2) if a["secs"] else None, "new_tokens": a["tokens"],
@@ -136,8 +146,8 @@ def run_set(engines, prompts, max_new: int) -> dict:
     base = res[plain_name]["decode_tok_s"]
     for n in res:
         res[n]["vs_accelc_plain"] = round(res[n]["decode_tok_s"] / base, 3) if base and res[n]["decode_tok_s"] else None
-    res["lookup_stats"] = merged.to_json()
-    res["lookup_identical_to_plain"] = bool(identical)
+    res["speculative_stats"] = {n: st.to_json() for n, st in merged.items()}
+    res["identical_to_plain"] = identical
     return res
 
 
@@ -155,6 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("-k", type=int, default=8, help="our lookup draft cap (the cost model picks each round's length)")
     ap.add_argument("--genai-k", type=int, nargs="*", default=[5, 8], help="genai num_assistant_tokens values")
     ap.add_argument("--no-genai", action="store_true")
+    ap.add_argument("--no-drafter", action="store_true", help="skip the artifact's drafter engines")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -163,8 +174,10 @@ def main(argv=None) -> int:
     if not args.artifact and not (path / "manifest.json").is_file():
         print(f"compiling the packaged model into {path}", file=sys.stderr)
         accelc.compile("smollm2-135m", "cpu", path, force=True)
-    engines = [Ours(path, args.backend, args.threads, False, args.k), Ours(path, args.backend, args.threads, True,
-                                                                          args.k)]
+    from accelc.runtime.speculative.artifact import drafter_records
+    has_drafter = drafter_records(json.loads((path / "manifest.json").read_text())) is not None
+    modes = ["plain", "lookup"] + (["cost", "combined"] if has_drafter and not args.no_drafter else [])
+    engines = [Ours(path, args.backend, args.threads, m, args.k) for m in modes]
     if not args.no_genai:
         folder = path / "openvino"
         if not (folder / "openvino_model.xml").is_file():

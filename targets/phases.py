@@ -47,6 +47,8 @@ CODEBOOK_METHODS = ("aqlm", "pv", "ste")      # their layers hold packed codes: 
 # drafters (passes/drafting/drafter.py): fused self-speculative early exit ("fused", "fused:layers=8,steps=300,vocab=8192")
 # or an external draft model with the same tokenizer (--drafter PATH)
 DRAFTERS.update({"fused": _lazy("drafting.drafter", "build_fused"), "external": _lazy("drafting.drafter", "build_external")})
+# EAGLE (passes/drafting/eagle.py): a one-layer drafter on the target's own hidden states ("eagle", "eagle:seconds=600")
+DRAFTERS.update({"eagle": _lazy("drafting.eagle", "build_eagle")})
 
 
 def _lookup(kind: str, registry: dict, spec: str, options: CompileOptions) -> list:
@@ -73,13 +75,13 @@ def drafting(options: CompileOptions) -> list:
         return []
     name, _, arg = options.drafter.partition(":")
     quant = (options.quantize or "").partition(":")[0]
-    if name == "fused" and quant in CODEBOOK_METHODS:
+    if name in ("fused", "eagle") and quant in CODEBOOK_METHODS:
         # after packing, a codebook layer's codebooks and scales are buffers: the fused drafter's exit layer
         # would train only its two norm weights, so the combination is refused until it can train them
-        raise InputError(f"--drafter fused cannot follow --quantize {quant}: the drafter's exit layer would be "
+        raise InputError(f"--drafter {name} cannot follow --quantize {quant}: the drafter's layer would be "
                          "codebook layers with frozen codes, codebooks and scales (only its norms would train); "
                          "use --weights int8/int4 with the drafter, or a draft model path")
-    if name in DRAFTERS and name != "external":      # "fused" or "fused:layers=8,steps=300"
+    if name in DRAFTERS and name != "external":      # "fused", "fused:layers=8,steps=300", "eagle:seconds=600"
         return DRAFTERS[name](arg, options)
     if "external" not in DRAFTERS:
         raise InputError(f"drafters are not available (asked for '{options.drafter}')")
@@ -123,15 +125,23 @@ def native(options: CompileOptions, static: bool) -> list:
     return [ExportNativePass(ExportNativeConfig(weights=options.weights, validate=options.validate))]
 
 
-def _fused_drafter(options: CompileOptions) -> bool:
-    return bool(options.drafter) and options.drafter.partition(":")[0] == "fused"
+def _drafter_kind(options: CompileOptions) -> str | None:
+    """"fused" or "eagle" (drafters exported as graphs of the artifact), else None."""
+    kind = (options.drafter or "").partition(":")[0]
+    return kind if kind in ("fused", "eagle") else None
 
 
 def _drafter_export(options: CompileOptions) -> list:
-    if not _fused_drafter(options):
+    kind = _drafter_kind(options)
+    if kind is None:
         return []
-    from ..passes.drafting.export_drafter import ExportDrafterPass, ExportDrafterConfig
-    return [ExportDrafterPass(ExportDrafterConfig(weights=options.weights, formats=_formats(options)))]
+    from ..passes.drafting.export_drafter import ExportDrafterConfig
+    cfg = ExportDrafterConfig(weights=options.weights, formats=_formats(options))
+    if kind == "eagle":
+        from ..passes.drafting.export_eagle import ExportEaglePass
+        return [ExportEaglePass(cfg)]
+    from ..passes.drafting.export_drafter import ExportDrafterPass
+    return [ExportDrafterPass(cfg)]
 
 
 def validation(options: CompileOptions) -> list:
@@ -140,7 +150,13 @@ def validation(options: CompileOptions) -> list:
     from ..passes.export.validate import ValidatePass, ValidateConfig, backends_for
     backends = backends_for(_formats(options))     # validate exactly the formats that are written
     passes = [ValidatePass(ValidateConfig(weights=options.weights, backends=backends))]
-    if _fused_drafter(options):
+    kind = _drafter_kind(options)
+    if kind is not None:
         from ..passes.drafting.export_drafter import ValidateDrafterPass, ValidateDrafterConfig
-        passes.append(ValidateDrafterPass(ValidateDrafterConfig(weights=options.weights, backends=backends)))
+        cfg = ValidateDrafterConfig(weights=options.weights, backends=backends)
+        if kind == "eagle":
+            from ..passes.drafting.export_eagle import ValidateEaglePass
+            passes.append(ValidateEaglePass(cfg))
+        else:
+            passes.append(ValidateDrafterPass(cfg))
     return passes

@@ -168,23 +168,26 @@ def check_same_tokenizer(target, draft, where: str) -> None:
 
 
 # -- registration (targets/phases.py DRAFTERS) ---------------------------------------------------
-_TYPES = {f.name: f.type for f in dataclasses.fields(FusedDrafterConfig)}
+def parse_options(arg: str, config_class, name: str, example: str):
+    """'key=value,...' -> config_class(**options) (values typed by its fields); `calib` comes from --calib only."""
+    types = {f.name: f.type for f in dataclasses.fields(config_class)}
+    kw = {}
+    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+        key, eq, val = item.partition("=")
+        if not eq or key not in types or key == "calib":
+            known = ", ".join(k for k in types if k != "calib")
+            raise InputError(f"--drafter {name}: bad option '{item}' (options: {known}; e.g. {example})")
+        typ = {"int": int, "float": float}.get(str(types[key]), str)
+        try:
+            kw[key] = typ(val)
+        except ValueError:
+            raise InputError(f"--drafter {name}: option {key} needs a number, got '{val}'") from None
+    return config_class(**kw)
 
 
 def parse_fused(arg: str) -> FusedDrafterConfig:
     """'layers=8,steps=300' -> FusedDrafterConfig(layers=8, steps=300)."""
-    kw = {}
-    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
-        key, eq, val = item.partition("=")
-        if not eq or key not in _TYPES or key == "calib":
-            known = ", ".join(k for k in _TYPES if k != "calib")
-            raise InputError(f"--drafter fused: bad option '{item}' (options: {known}; e.g. fused:layers=8,steps=300)")
-        typ = {"int": int, "float": float}.get(str(_TYPES[key]), str)
-        try:
-            kw[key] = typ(val)
-        except ValueError:
-            raise InputError(f"--drafter fused: option {key} needs a number, got '{val}'") from None
-    return FusedDrafterConfig(**kw)
+    return parse_options(arg, FusedDrafterConfig, "fused", "fused:layers=8,steps=300")
 
 
 def build_fused(arg: str, options) -> list:

@@ -58,44 +58,59 @@ class ExportDrafterConfig(PassConfig):
         check_formats(self.formats)
 
 
+def write_vocab(bundle: ModelBundle, vocab_ids) -> str | None:
+    """The reduced head's token ids as graphs/draft_vocab.json in the artifact; -> its path (None: full head)."""
+    if vocab_ids is None:
+        return None
+    (bundle.workdir / "graphs").mkdir(parents=True, exist_ok=True)
+    (bundle.workdir / VOCAB_FILE).write_text(json.dumps([int(i) for i in vocab_ids]))
+    bundle.add_file(VOCAB_FILE, bundle.workdir / VOCAB_FILE)
+    return VOCAB_FILE
+
+
 class ExportDrafterPass(Pass):
+    """Writes the drafter's graphs beside the decoder graph. Subclasses (export_eagle.py) give their graphs,
+    roles and record fields through `graphs`, `roles` and `fields`."""
+
     name = "export-drafter"
     config_class = ExportDrafterConfig
+    roles = ROLES
+    what = "the fused drafter's graphs"
+
+    def graphs(self, bundle: ModelBundle) -> dict:
+        return drafter_graphs(bundle)
+
+    def fields(self, name: str, graph, bundle: ModelBundle, vocab: str | None) -> dict:
+        rec = {"exit_layer": bundle.records["drafter_module"].exit_layer}
+        if name == "draft_head":
+            return {**rec, "vocab_ids": vocab,          # None: the head covers the full vocabulary
+                    "weight_storage": "own copy of the exit layer and of the kept head rows"}
+        return {**rec, "weight_storage": "second copy of the target's layers (the decoder graph holds the first)"}
 
     def requires(self, bundle: ModelBundle) -> None:
         graphs = bundle.records.get("graphs") or {}
         if "decoder" not in graphs:
             if graphs:
-                raise PreconditionError("the fused drafter's graphs need dynamic shapes: use --target cpu or cuda "
+                raise PreconditionError(f"{self.what} need dynamic shapes: use --target cpu or cuda "
                                         "(static npu graphs have no drafter export yet)")
             raise PreconditionError("no decoder graph exported (run export-onnx first)")
-        drafter_graphs(bundle)
+        self.graphs(bundle)
 
     def call(self, bundle: ModelBundle) -> PassResult:
         cfg = self.config
-        drafter: FusedDrafter = bundle.records["drafter_module"]
         records = bundle.records["graphs"]
         scratch = _scratch() if needs_scratch(cfg.weights, cfg.formats) else None
-        vocab = None
-        if drafter.vocab_ids is not None:
-            vocab = VOCAB_FILE
-            (bundle.workdir / "graphs").mkdir(parents=True, exist_ok=True)
-            (bundle.workdir / vocab).write_text(json.dumps([int(i) for i in drafter.vocab_ids]))
-            bundle.add_file(vocab, bundle.workdir / vocab)
+        vocab = write_vocab(bundle, bundle.records["drafter_module"].vocab_ids)
         metrics = {}
-        for name, graph in drafter_graphs(bundle).items():
+        for name, graph in self.graphs(bundle).items():
             rec = write_graph(bundle, graph, name, DYNAMIC, cfg.weights, scratch, metrics, emit="onnx" in cfg.formats)
-            rec.update(static=False, role=ROLES[name], hidden_size=graph.hidden_size, exit_layer=drafter.exit_layer)
-            if name == "draft_head":
-                rec["vocab_ids"] = vocab           # None: the head covers the full vocabulary
-                rec["weight_storage"] = "own copy of the exit layer and of the kept head rows"
-            else:
-                rec["weight_storage"] = "second copy of the target's layers (the decoder graph holds the first)"
+            rec.update(static=False, role=self.roles[name], hidden_size=graph.hidden_size,
+                       **self.fields(name, graph, bundle, vocab))
             records[name] = rec
         return PassResult(True, metrics)
 
     def ensures(self, bundle: ModelBundle, result: PassResult) -> None:
-        for name in ROLES:
+        for name in self.roles:
             rec = bundle.records["graphs"].get(name)
             if rec is None or ("onnx" in self.config.formats and not (bundle.workdir / rec["onnx"]).is_file()):
                 raise PreconditionError(f"drafter graph {name} was not written")

@@ -6,7 +6,7 @@ transformers mask or cache code is traced. Inputs and outputs follow the graph c
 
     input_ids [B,T] int64 (or hidden_in [B,T,C] for a graph that starts mid-model), position_ids [B,T],
     attention_mask [B,P+T] int64, past_key.{i} / past_value.{i} [B,P,H,D]
- -> logits [B,T,V] (or hidden_out [B,T,C]), new_key.{i} / new_value.{i} [B,T,H,D]
+ -> logits [B,T,V] (or hidden_out [B,T,C], or both), new_key.{i} / new_value.{i} [B,T,H,D]
 
 Layer indices i are absolute model layers, also for a layer range [first, last).
 Sliding-window layers count attended slots: a query sees the `window` most recent slots whose
@@ -85,7 +85,8 @@ class DecoderGraph(nn.Module):
     """Layers [first, last) of a decoder-only model as an explicit-cache graph.
 
     input:  "ids" (token ids, embedded here) or "hidden" (a residual-stream state from layer `first`)
-    output: "logits" (final norm, head, softcapping) or "hidden" (the residual stream after `last - 1`)
+    output: "logits" (final norm, head, softcapping), "hidden" (the residual stream after `last - 1`) or "both"
+            (logits, then that hidden state: what an EAGLE drafter reads from its target)
     Defaults: the whole model, ids in, logits out.
     """
 
@@ -101,8 +102,8 @@ class DecoderGraph(nn.Module):
         self.first, self.last = first, last
         self.input_kind = input or ("ids" if first == 0 else "hidden")
         self.output_kind = output or ("logits" if last == n else "hidden")
-        if self.input_kind not in ("ids", "hidden") or self.output_kind not in ("logits", "hidden"):
-            raise ValueError(f"input must be ids|hidden and output logits|hidden, got {input!r}, {output!r}")
+        if self.input_kind not in ("ids", "hidden") or self.output_kind not in ("logits", "hidden", "both"):
+            raise ValueError(f"input must be ids|hidden and output logits|hidden|both, got {input!r}, {output!r}")
         if getattr(cfg, "use_bidirectional_attention", False):
             raise UnsupportedArchitectureError("bidirectional attention models are not causal decoders")
         self.num_heads, self.kv_heads, self.head_dim = ad.num_heads, ad.num_kv_heads, ad.head_dim
@@ -113,7 +114,7 @@ class DecoderGraph(nn.Module):
             # Gemma's scaled embedding module scales itself; a plain Embedding on a Gemma model needs it here
             self.embed_scale = (math.sqrt(ad.hidden_size) if fam.embed_scale and not hasattr(ad.embed, "embed_scale")
                                 else None)
-        if self.output_kind == "logits":
+        if self.output_kind != "hidden":
             self.final_norm = _RMSNorm(ad.final_norm, fam.norm_plus_one)
             self.head = ad.head
             self.final_softcap = getattr(cfg, "final_logit_softcapping", None)
@@ -222,6 +223,8 @@ class DecoderGraph(nn.Module):
         logits = self.head(self.final_norm(h))
         if self.final_softcap:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        if self.output_kind == "both":
+            return (_cast(logits, torch.float32), h, *new)
         return (_cast(logits, torch.float32), *new)
 
     def empty_cache(self, batch: int, length: int = 0, dtype=torch.float32) -> list[torch.Tensor]:

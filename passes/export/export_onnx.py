@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ...compiler.bundle import ModelBundle
-from ...compiler.graph import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, past_key
+from ...compiler.graph import ATTENTION_MASK, HIDDEN_IN, HIDDEN_OUT, INPUT_IDS, LOGITS, POSITION_IDS, past_key
 from ...compiler.errors import InputError, PreconditionError
 from ...compiler.pass_base import Pass, PassConfig, PassResult
 from .decoder_graph import DecoderGraph
@@ -79,20 +79,14 @@ def graph_specs(cfg: ExportOnnxConfig) -> dict[str, tuple]:
 def input_shapes(graph: DecoderGraph, spec: tuple) -> dict[str, list]:
     B, T, P = spec
     total = P + T if isinstance(P, int) and isinstance(T, int) else "total"
-    first = [B, T] if graph.input_kind == "ids" else [B, T, graph.hidden_size]
-    shapes = {graph.input_names()[0]: first, POSITION_IDS: [B, T], ATTENTION_MASK: [B, total]}
-    for name in graph.input_names()[3:]:
-        shapes[name] = [B, P, graph.kv_heads, graph.head_dim]
-    return shapes
+    known = {INPUT_IDS: [B, T], HIDDEN_IN: [B, T, graph.hidden_size], POSITION_IDS: [B, T], ATTENTION_MASK: [B, total]}
+    return {n: known.get(n, [B, P, graph.kv_heads, graph.head_dim]) for n in graph.input_names()}
 
 
 def output_shapes(graph: DecoderGraph, spec: tuple) -> dict[str, list]:
     B, T, _ = spec
-    last = graph.vocab if graph.output_kind == "logits" else graph.hidden_size
-    shapes = {graph.output_names()[0]: [B, T, last]}
-    for name in graph.output_names()[1:]:
-        shapes[name] = [B, T, graph.kv_heads, graph.head_dim]
-    return shapes
+    known = {LOGITS: [B, T, graph.vocab], HIDDEN_OUT: [B, T, graph.hidden_size]}
+    return {n: known.get(n, [B, T, graph.kv_heads, graph.head_dim]) for n in graph.output_names()}
 
 
 def tied_embedding(graph: DecoderGraph):
@@ -118,7 +112,7 @@ def export_graph(graph: DecoderGraph, path: Path, spec: tuple) -> None:
         if name == INPUT_IDS:
             args.append(torch.zeros(shape, dtype=torch.long))
         elif name == POSITION_IDS:
-            args.append(torch.arange(shape[1]).repeat(shape[0], 1) + example[graph.input_names()[3]][1])
+            args.append(torch.arange(shape[1]).repeat(shape[0], 1) + example[past_key(graph.first)][1])
         elif name == ATTENTION_MASK:
             args.append(torch.ones(shape, dtype=torch.long))
         else:

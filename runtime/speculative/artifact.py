@@ -21,13 +21,15 @@ import numpy as np
 
 from ...compiler.artifact import artifact_file
 from ...compiler.errors import ArtifactError, InputError
-from ...compiler.graph import DRAFTER_ROLES, role_of
+from ...compiler.graph import DRAFTER_ROLES, EAGLE_ROLES, is_new, role_of
 from ..decode import prefill
 from ..kv_cache import KVCache
 from ..sampling import Sampler, SamplingConfig
+from .cost import CostModel, measure_verify
 from .loop import SpecConfig, speculative_generate
-from .proposers import CombinedProposer, LookupProposer, ModelProposer
-from .steps import FusedDraftStep, FusedTargetStep, GraphFn, fused_steps, is_stateful
+from .proposers import CombinedProposer, LookupProposer, as_proposer
+from .eagle import eagle_steps
+from .steps import GraphFn, fused_steps, is_stateful
 
 ROLES = DRAFTER_ROLES
 SPEC_BACKENDS = ("openvino", "onnxruntime")
@@ -42,25 +44,35 @@ class Drafter:
     hidden_size: int
     vocab_size: int
 
-    def steps(self, capacity: int) -> tuple[FusedTargetStep, FusedDraftStep]:
-        """Fresh shared-trunk step models with caches of `capacity` tokens."""
+    @property
+    def kind(self) -> str:
+        return "eagle" if "eagle_draft" in self.records else "fused"
+
+    def steps(self, capacity: int):
+        """Fresh (target step, draft) with caches of `capacity` tokens: the fused drafter's shared-trunk step
+        models, or EAGLE's feature-keeping target and its proposer (runtime/speculative/eagle.py)."""
         def cache(role):
             r = self.records[role]
             return KVCache(r["num_layers"], capacity, r["kv_heads"], r["head_dim"],
                            allocate=not is_stateful(self.fns[role]))
+        if self.kind == "eagle":
+            return eagle_steps(*((self.fns[r], cache(r)) for r in EAGLE_ROLES), self.hidden_size, self.vocab_size,
+                               self.vocab_ids)
         return fused_steps(*((self.fns[r], cache(r)) for r in ("trunk", "draft_head", "verify_tail")),
                            self.hidden_size, self.vocab_size, self.vocab_ids)
 
 
 def drafter_records(manifest: dict) -> dict[str, dict] | None:
-    """role -> graph record of the fused drafter's graphs, or None when the artifact has none."""
-    found = {role_of(n, r): r for n, r in (manifest.get("graphs") or {}).items() if role_of(n, r) in ROLES}
+    """role -> graph record of the drafter's graphs (fused or EAGLE), or None when the artifact has none."""
+    found = {role_of(n, r): r for n, r in (manifest.get("graphs") or {}).items()
+             if role_of(n, r) in ROLES + EAGLE_ROLES}
     if not found:
         return None
-    missing = [r for r in ROLES if r not in found]
+    roles = EAGLE_ROLES if any(r in EAGLE_ROLES for r in found) else ROLES
+    missing = [r for r in roles if r not in found]
     if missing:
         raise ArtifactError(f"the artifact's drafter graphs are incomplete (missing roles: {', '.join(missing)})")
-    return found
+    return {r: found[r] for r in roles}
 
 
 def onnxruntime_graph_fn(path, input_names: Sequence[str], output_names: Sequence[str], threads: int) -> GraphFn:
@@ -70,10 +82,12 @@ def onnxruntime_graph_fn(path, input_names: Sequence[str], output_names: Sequenc
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     ins, outs = list(input_names), list(output_names)
+    main = sum(1 for n in outs if not is_new(n))
 
     def fn(inputs, position_ids, attention_mask, past):
-        res = sess.run(outs, dict(zip(ins, (inputs, position_ids, attention_mask, *past))))
-        return res[0], res[1:]
+        xs = inputs if isinstance(inputs, tuple) else (inputs,)
+        res = sess.run(outs, dict(zip(ins, (*xs, position_ids, attention_mask, *past))))
+        return (tuple(res[:main]) if main > 1 else res[0]), res[main:]
     return fn
 
 
@@ -105,10 +119,12 @@ def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str
             fns[role] = openvino_graph_fn(path, ins, outs, threads, device)
         else:
             fns[role] = onnxruntime_graph_fn(path, ins, outs, threads)
-    vocab = recs["draft_head"].get("vocab_ids")
+    eagle = "eagle_draft" in recs
+    draft, target = ("eagle_draft", "eagle_target") if eagle else ("draft_head", "verify_tail")
+    vocab = recs[draft].get("vocab_ids")
     vocab_ids = np.asarray(json.loads(artifact_file(folder, vocab).read_text()), dtype=np.int64) if vocab else None
-    return Drafter(backend, fns, recs, vocab_ids, int(recs["trunk"]["hidden_size"]),
-                   int(recs["verify_tail"]["vocab"]))
+    return Drafter(backend, fns, recs, vocab_ids, int(recs[draft if eagle else "trunk"]["hidden_size"]),
+                   int(recs[target]["vocab"]))
 
 
 class DecoderStep:
@@ -149,15 +165,24 @@ def generate_speculative(art, drafter: Drafter | None, prompt_ids: Sequence[int]
         raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if drafter is None and lookup is None:
         raise InputError("speculative decoding needs drafter graphs or prompt lookup")
-    capacity = len(prompt_ids) + max_new_tokens + config.k_max + 2
+    capacity = max(len(prompt_ids) + max_new_tokens, COST_CONTEXT) + config.k_max + 2
     if drafter is not None:
         target, draft = drafter.steps(capacity)
-        proposer = ModelProposer(draft) if lookup is None else CombinedProposer(lookup, ModelProposer(draft))
+        model = as_proposer(draft)
+        proposer = model if lookup is None else CombinedProposer(lookup, model)
     else:
         target, proposer = DecoderStep(art, capacity), lookup
+    cost = None
+    if config.draft_mode == "cost":      # one cost model per artifact, drafter and cap: it learns across prompts
+        key = (drafter.kind if drafter is not None else None, lookup is not None, config.k_max)
+        models = art.__dict__.setdefault("_spec_costs", {})
+        if key not in models:
+            models[key] = CostModel(config.k_max)
+            measure_verify(models[key], target, COST_CONTEXT)
+        cost = models[key]
     t0 = time.perf_counter()
     tokens, stats = speculative_generate(target, proposer, list(prompt_ids), max_new_tokens, config, sampling,
-                                         eos_ids=sorted(art.eos_ids), sampler=Sampler(sampling))
+                                         eos_ids=sorted(art.eos_ids), sampler=Sampler(sampling), cost=cost)
     wall = time.perf_counter() - t0
     reason = "length"
     if tokens and tokens[-1] in art.eos_ids:
@@ -172,10 +197,11 @@ def generate_speculative(art, drafter: Drafter | None, prompt_ids: Sequence[int]
     return result, stats
 
 
-MODEL_MODES = ("confidence", "fixed", "heuristic")      # the fused drafter's draft-length rules
+MODEL_MODES = ("confidence", "fixed", "heuristic", "cost")   # the drafter's draft-length rules
 LOOKUP_MODES = ("lookup", "combined")                    # prompt lookup; combined adds the drafter where it has none
 RUN_MODES = MODEL_MODES + LOOKUP_MODES
 LOOKUP_K = 8                                             # draft cap of the lookup modes
+COST_CONTEXT = 32                                        # cached positions while the cost model times verify passes
 
 
 def wants_full_logits(draft_mode: str, speculative: bool = True) -> bool:
@@ -211,5 +237,5 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
     if draft_mode == "combined":
         return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling,
                                     SpecConfig(k=k, draft_mode="cost", k_max=k), stop, LookupProposer())
-    config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode == "heuristic" else k)
+    config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode in ("heuristic", "cost") else k)
     return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling, config, stop)

@@ -11,8 +11,14 @@ tokens per second. Everything is measured in the running generation on the backe
   never below a narrower width's cost.
 - draft_per_token: the mean draft time per drafted token of that source (about 0 for prompt lookup).
 k = 0 is a plain decoding step, so speculation happens only when the measurements say it pays.
+
+`measure_verify` times the target's passes over 1..k_max+1 positions once, before the first generation, so the
+first rounds do not guess; the artifact runtime keeps one model per loaded artifact and drafter
+(runtime/speculative/artifact.py), so acceptance learned on one prompt carries to the next.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -89,3 +95,19 @@ class CostModel:
             return cap
         rates = [self.expected_rate(source, k) for k in range(cap + 1)]
         return int(np.argmax(rates))
+
+
+def measure_verify(cost: CostModel, target, context: int = 32, reps: int = 2) -> float:
+    """Time the target's passes over 1..k_max+1 new positions after `context` cached ones (token id 0 throughout;
+    the target is truncated to 0 afterwards) into `cost`; -> seconds spent."""
+    t0 = time.perf_counter()
+    target.truncate(0)
+    target.forward([0] * context)
+    for _ in range(reps):
+        for w in range(1, cost.k_max + 2):
+            t = time.perf_counter()
+            target.forward([0] * w)
+            cost.observe(None, w - 1, 0, 0.0, time.perf_counter() - t)
+            target.truncate(context)
+    target.truncate(0)
+    return time.perf_counter() - t0

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ...compiler.graph import ATTENTION_MASK, BEAM_IDX, POSITION_IDS
+from ...compiler.graph import ATTENTION_MASK, BEAM_IDX, POSITION_IDS, is_new, is_past
 from ..backends.ov_stateful import run_request
 from .steps import GraphFn
 
@@ -53,15 +53,18 @@ def openvino_graph_fn(path: str | Path, input_names: Sequence[str], output_names
     compiled = core.compile_model(model, device.upper(), props)
     request = compiled.create_infer_request()
     if stateful:
-        return StatefulGraphFn(request, input_names[0], output_names[0])
+        return StatefulGraphFn(request, [n for n in input_names if n not in (POSITION_IDS, ATTENTION_MASK)
+                                         and not is_past(n)], [n for n in output_names if not is_new(n)])
     ins, outs = list(input_names), list(output_names)
+    main = sum(1 for n in outs if not is_new(n))
 
     def fn(inputs, position_ids, attention_mask, past):
-        for name, arr in zip(ins, (inputs, position_ids, attention_mask, *past)):
+        xs = inputs if isinstance(inputs, tuple) else (inputs,)
+        for name, arr in zip(ins, (*xs, position_ids, attention_mask, *past)):
             request.set_tensor(name, ov.Tensor(np.ascontiguousarray(arr), shared_memory=True))
         run_request(request)
         res = [request.get_tensor(n).data for n in outs]
-        return res[0], res[1:]
+        return (tuple(res[:main]) if main > 1 else res[0]), res[main:]
     return fn
 
 
@@ -71,23 +74,26 @@ class StatefulGraphFn:
 
     stateful = True
 
-    def __init__(self, request, input_name: str, output_name: str):
+    def __init__(self, request, input_names, output_names):
         import openvino as ov
         self.request, self._Tensor = request, ov.Tensor
-        self._input, self._output = input_name, output_name
+        self._inputs = [input_names] if isinstance(input_names, str) else list(input_names)
+        self._outputs = [output_names] if isinstance(output_names, str) else list(output_names)
         self._beam = np.zeros(1, dtype=np.int32)
         self.held = 0                            # positions in the request's states; -1: unknown
 
     def __call__(self, inputs, position_ids, attention_mask, past=()):
         from ..backends.ov_stateful import sync_states
         req, Tensor = self.request, self._Tensor
-        n = inputs.shape[1]
+        xs = inputs if isinstance(inputs, tuple) else (inputs,)
+        n = xs[0].shape[1]
         past_len = attention_mask.shape[1] - n
         sync_states(req, self.held, past_len)
-        for name, arr in ((self._input, inputs), (POSITION_IDS, position_ids),
+        for name, arr in (*zip(self._inputs, xs), (POSITION_IDS, position_ids),
                           (ATTENTION_MASK, attention_mask), (BEAM_IDX, self._beam)):
             req.set_tensor(name, Tensor(np.ascontiguousarray(arr), shared_memory=True))
         self.held = -1
         run_request(req)
         self.held = past_len + n
-        return req.get_tensor(self._output).data, None
+        outs = tuple(req.get_tensor(o).data for o in self._outputs)
+        return (outs if len(outs) > 1 else outs[0]), None

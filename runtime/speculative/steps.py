@@ -3,6 +3,8 @@
 A graph function follows the graph contract (docs/architecture.md), on numpy arrays:
     fn(inputs [1,T] ids or [1,T,C] hidden, position_ids [1,T], attention_mask [1,P+T], past list of [1,P,H,D])
         -> (logits [1,T,V] or hidden [1,T,C], list of new key/value [1,T,H,D])
+A graph with several leading inputs or outputs (EAGLE's: ids and hidden in, logits and hidden out) takes and
+returns tuples in their place.
 or, for a stateful graph (`fn.stateful` true; runtime/speculative/openvino.py), (output, None): the graph keeps its
 own cache, reads the past length from the mask, and the caller's KVCache (allocate=False) only counts.
 Backends (ONNX Runtime, OpenVINO) and torch DecoderGraph modules (`torch_graph_fn`) both provide one.
@@ -30,9 +32,10 @@ def _positions(start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return pos, mask
 
 
-def _run(fn: GraphFn, cache: KVCache, inputs: np.ndarray) -> np.ndarray:
-    """Run fn on inputs [1, T, ...] after the cache's content; append the new KV; -> out[0]."""
-    n = inputs.shape[1]
+def _run(fn: GraphFn, cache: KVCache, inputs):
+    """Run fn on inputs [1, T, ...] (or a tuple of them) after the cache's content; append the new KV; -> out[0]
+    (or a tuple of the outputs' [0])."""
+    n = (inputs[0] if isinstance(inputs, tuple) else inputs).shape[1]
     cache.check_room(n)
     pos, mask = _positions(cache.length, n)
     out, new_kv = fn(inputs, pos, mask, cache.views())
@@ -40,6 +43,8 @@ def _run(fn: GraphFn, cache: KVCache, inputs: np.ndarray) -> np.ndarray:
         cache.advance(n)
     else:
         cache.append(list(new_kv), n)
+    if isinstance(out, tuple):
+        return tuple(np.array(o[0]) for o in out)
     return np.array(out[0])              # a copy: backends may reuse their output buffers
 
 
@@ -154,12 +159,15 @@ def torch_graph_fn(graph) -> GraphFn:
     """A graph function over a torch module with the contract's signature (e.g. passes.decoder_graph.DecoderGraph)."""
     import torch
 
+    main = len(graph.output_names()) - 2 * (graph.last - graph.first)
+
     def fn(inputs, position_ids, attention_mask, past):
+        xs = inputs if isinstance(inputs, tuple) else (inputs,)
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(inputs))
-            outs = graph(x, torch.from_numpy(position_ids), torch.from_numpy(attention_mask),
-                         *[torch.from_numpy(np.ascontiguousarray(p)) for p in past])
-        return outs[0].numpy(), [o.numpy() for o in outs[1:]]
+            outs = graph(*[torch.from_numpy(np.ascontiguousarray(x)) for x in xs], torch.from_numpy(position_ids),
+                         torch.from_numpy(attention_mask), *[torch.from_numpy(np.ascontiguousarray(p)) for p in past])
+        first = tuple(o.numpy() for o in outs[:main])
+        return (first if main > 1 else first[0]), [o.numpy() for o in outs[main:]]
     return fn
 
 

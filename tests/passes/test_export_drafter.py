@@ -7,14 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from accelc.compiler.artifact import publish, staging, write_manifest
 from accelc.compiler.bundle import ModelBundle
 from accelc.compiler.errors import PassError
-from accelc.compiler.manager import PassManager
 from accelc.models.adapter import ArchAdapter
-from accelc.models.corpus import split_text
-from accelc.models.sources import load_model
-from accelc.models.tiny import byte_tokenizer, tiny_model
+from accelc.models.tiny import tiny_model
 from accelc.passes.drafting.export_drafter import ExportDrafterConfig, ExportDrafterPass, run_split
 from accelc.runtime.artifact import open_artifact
 from accelc.runtime.generate import generate
@@ -22,36 +18,16 @@ from accelc.runtime.speculative.artifact import (drafter_records, generate_specu
                                           run_speculative)
 from accelc.runtime.speculative.loop import SpecConfig
 from accelc.targets import CompileOptions, get_target
+from tiny_compile import EOS, compile_tiny
 
 torch.set_num_threads(1)
-EOS = 256
 SPEC = "fused:layers=1,steps=20,seq_len=32,windows=8,holdout=1,batch=2,vocab=96"
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """(artifact dir, bundle) of a tiny 3-layer Llama compiled for cpu with a fused drafter, as `accelc compile`."""
-    d = tmp_path_factory.mktemp("drafter-art")
-    calib = d / "calib.txt"
-    calib.write_text(split_text("eval")[:20000])
-    src = d / "source"
-    tiny_model("llama", seed=0, vocab_size=EOS + 1, initializer_range=0.25).save_pretrained(src)
-    byte_tokenizer().save_pretrained(src)
-    bundle = load_model(str(src))
-    options = CompileOptions(drafter=SPEC, calib=str(calib))
-    target = get_target("cpu")
-    out = d / "art"
-    with staging(out) as stage:
-        bundle.workdir = stage
-        log = PassManager(target.pipeline(options)).run(bundle)
-        bundle.tokenizer.save_pretrained(stage / "tokenizer")
-        write_manifest(stage, {"source": bundle.source, "target": {"name": "cpu", "static_shapes": False,
-                                                                   "devices": ["cpu"]},
-                               "options": {"weights": "fp32"}, "model": bundle.adapter.describe(),
-                               "graphs": bundle.records["graphs"], "records": {},
-                               "passes": [r.to_json() for r in log]})
-        publish(stage, out, force=False)
-    return out, bundle
+    return compile_tiny(tmp_path_factory.mktemp("drafter-art"), lambda calib: CompileOptions(drafter=SPEC, calib=calib))
 
 
 def test_pipeline_has_drafter_passes():

@@ -1,0 +1,222 @@
+"""Training the EAGLE drafter (eagle_model.py) by distillation on the frozen target's own hidden states.
+
+The target's last hidden states f (before its final norm) over the calibration windows are computed once and
+cached as safetensors under $ACCELC_CACHE/eagle/ (keyed by the target's weights and the windows). Each step
+feeds pairs (f_t + noise, token t+1) and trains on
+    loss = reg + cls_weight * cls        (EAGLE's weighting: 1 and 0.1)
+    reg  = SmoothL1(f^_{t+1} / rms, f_{t+1} / rms)        the state's direction (what its readers see)
+    cls  = KL(p_S || q)   p_S: the target's next-token distribution renormalised over the drafter's head S
+With unroll=2 a second pass feeds the drafter's own estimates back (inputs f^_t instead of f_t, every position
+at once) and adds the same losses for the next position: a cheap form of EAGLE-3's training-time test, whose
+context is all estimated rather than true-then-estimated (named as a departure in docs/passes/drafter.md).
+Resumable: the trainable weights, AdamW's moments and the step are saved every `save_s` seconds beside the
+features, and a rerun with the same configuration continues from there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...compiler.progress import bar
+from ..export.decoder_graph import DecoderGraph
+from .drafter_train import _summary
+from .eagle_model import EagleGraph
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(model: torch.nn.Module, windows: torch.Tensor) -> str:
+    """A key for the target's features: its weights and the token windows."""
+    h = hashlib.sha256()
+    h.update(windows.numpy().tobytes())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:24]
+
+
+def cache_root() -> Path:
+    from ...models.sources import cache_dir
+    return cache_dir() / "eagle"
+
+
+@torch.no_grad()
+def target_features(model, adapter, windows: torch.Tensor, key: str | None = None, chunk: int = 4) -> torch.Tensor:
+    """The target's last hidden states [n, T, C] (float16 on disk and in memory), computed once per key."""
+    from safetensors.torch import load_file, save_file
+    path = cache_root() / f"features-{key}.safetensors" if key else None
+    if path is not None and path.is_file():
+        try:
+            return load_file(str(path))["features"]
+        except Exception as e:           # a damaged cache entry is recomputed
+            log.warning("recomputing the EAGLE features (%s: %s)", path.name, e)
+    graph = DecoderGraph(model, adapter, output="hidden").eval()
+    out = []
+    with bar(len(windows), "eagle: target states") as pb:
+        for i in range(0, len(windows), chunk):
+            x = windows[i:i + chunk]
+            B, T = x.shape
+            h = graph(x, torch.arange(T)[None].expand(B, T), torch.ones(B, T, dtype=torch.long),
+                      *graph.empty_cache(B, 0))[0]
+            out.append(h.to(torch.float16))
+            pb.update(len(x))
+    feats = torch.cat(out)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"features": feats.contiguous()}, str(tmp))
+        tmp.replace(path)
+    return feats
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def _head_logits(drafter: EagleGraph, h: torch.Tensor) -> torch.Tensor:
+    g = drafter.layer
+    z = g.head(g.final_norm(h))
+    return torch.tanh(z / g.final_softcap) * g.final_softcap if g.final_softcap else z
+
+
+def _losses(drafter: EagleGraph, ids, f_in, f_next, p_log):
+    """One drafter pass over pairs (f_in[t], ids[t]) -> (reg, cls, its estimates)."""
+    B, T = ids.shape
+    pos = torch.arange(T)[None].expand(B, T)
+    logits, h, *_ = drafter(ids, f_in, pos, torch.ones(B, T, dtype=torch.long), *drafter.empty_cache(B, 0))
+    reg = F.smooth_l1_loss(_unit(h), _unit(f_next))
+    cls = F.kl_div(F.log_softmax(logits, -1), p_log, log_target=True, reduction="none").sum(-1).mean()
+    return reg, cls, h
+
+
+def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor, steps: int, seconds: float,
+                batch: int, lr: float, seed: int, cls_weight: float = 0.1, noise: float = 0.1, unroll: int = 1,
+                resume: Path | None = None, save_s: float = 60.0) -> dict:
+    """AdamW on the drafter's trainable weights (the rest frozen); -> {"steps", "seconds", "loss", "resumed_at"}."""
+    params = drafter.trainable()
+    ids_p = {id(p) for p in params}
+    saved = {p: p.requires_grad for p in drafter.parameters()}
+    for p in drafter.parameters():
+        p.requires_grad_(id(p) in ids_p)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    start, losses, spent = 0, [], 0.0
+    if resume is not None and resume.is_file():
+        start, losses, spent = _load(resume, params, opt)
+        log.info("EAGLE training resumes at step %d (%s)", start, resume.name)
+
+    def rate(step: int, elapsed: float) -> float:
+        """Warm-up over the first 5% then cosine decay, over whichever of steps / seconds runs out first."""
+        frac = min(1.0, max(step / steps, elapsed / seconds))
+        return lr * min(1.0, (frac + 1e-9) / 0.05) * 0.5 * (1 + math.cos(math.pi * frac))
+    g = torch.Generator().manual_seed(seed + start)
+    t0, last_save = time.perf_counter(), time.perf_counter()
+    drafter.train()
+    step = start
+    try:
+        with bar(steps, "eagle: training") as pb:
+            pb.update(start)
+            for step in range(start, steps):
+                if spent + time.perf_counter() - t0 > seconds:
+                    log.info("EAGLE training stopped by its time budget after %d steps", step)
+                    break
+                idx = torch.randint(0, len(windows), (min(batch, len(windows)),), generator=g)
+                ids, f = windows[idx], feats[idx].float()
+                with torch.no_grad():
+                    p_log = F.log_softmax(_head_logits(drafter, f[:, 1:]), dim=-1)
+                    f_in = f[:, :-1]
+                    if noise:   # EAGLE's uniform feature noise, relative to each state's scale
+                        f_in = f_in + noise * f_in.pow(2).mean(-1, keepdim=True).sqrt() * \
+                            (2 * torch.rand(f_in.shape, generator=g) - 1)
+                reg, cls, h = _losses(drafter, ids[:, 1:], f_in, f[:, 1:], p_log)
+                loss = reg + cls_weight * cls
+                if unroll >= 2:
+                    reg2, cls2, _ = _losses(drafter, ids[:, 2:], h[:, :-1], f[:, 2:], p_log[:, 1:])
+                    loss = loss + reg2 + cls_weight * cls2
+                for group in opt.param_groups:
+                    group["lr"] = rate(step, spent + time.perf_counter() - t0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                losses.append(float(loss.detach()))
+                pb.update(1)
+                if resume is not None and time.perf_counter() - last_save > save_s:
+                    _save(resume, params, opt, step + 1, losses, spent + time.perf_counter() - t0)
+                    last_save = time.perf_counter()
+            else:
+                step = steps
+    finally:
+        drafter.eval()
+        for p, r in saved.items():          # the target's shared modules as they were; the drafter frozen
+            p.requires_grad_(r and id(p) not in ids_p)
+    total = spent + time.perf_counter() - t0
+    if resume is not None:
+        _save(resume, params, opt, step, losses, total)
+    return {"steps": step, "seconds": round(total, 2), "resumed_at": start, "loss": _summary(losses)}
+
+
+def _save(path: Path, params, opt, step: int, losses: list[float], seconds: float) -> None:
+    from safetensors.torch import save_file
+    t = {}
+    for i, p in enumerate(params):
+        t[f"p{i}"] = p.detach().contiguous()
+        st = opt.state.get(p, {})
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in st:
+                t[f"{k}{i}"] = st[k].contiguous()
+    meta = {"step": str(step), "seconds": str(seconds), "losses": json.dumps([round(x, 5) for x in losses])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(t, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def _load(path: Path, params, opt) -> tuple[int, list[float], float]:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    step = int(meta["step"])
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(t[f"p{i}"])
+            if f"exp_avg{i}" in t:
+                opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": t[f"exp_avg{i}"].clone(),
+                                "exp_avg_sq": t[f"exp_avg_sq{i}"].clone()}
+    return step, json.loads(meta.get("losses", "[]")), float(meta.get("seconds", 0.0))
+
+
+def run_key(feature_key: str, config: dict) -> str:
+    """The resume file's key: the features' key and every option that changes training."""
+    blob = json.dumps({"features": feature_key, **config}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def held_out_acceptance(model, adapter, drafter: EagleGraph, prompts: list[list[int]], new_tokens: int,
+                        k: int = 6) -> dict:
+    """Per-position acceptance in greedy generation (torch, fixed k drafts per round) on held-out prompts."""
+    from ...runtime.speculative.eagle import eagle_steps
+    from ...runtime.speculative.loop import SpecConfig, SpecStats, speculative_generate
+    from ...runtime.speculative.steps import cache_for, torch_graph_fn
+    from .eagle_model import target_graph
+    tg = target_graph(model, adapter)
+    stats = SpecStats()
+    for ids in prompts:
+        cap = len(ids) + new_tokens + k + 2
+        target, proposer = eagle_steps((torch_graph_fn(tg), cache_for(tg, cap)),
+                                       (torch_graph_fn(drafter), cache_for(drafter, cap)), adapter.hidden_size,
+                                       adapter.vocab_size, drafter.vocab_ids)
+        speculative_generate(target, proposer, ids, new_tokens, SpecConfig(k=k, draft_mode="fixed", k_max=k),
+                             stats=stats)
+    j = stats.to_json()
+    return {"prompts": len(prompts), "new_tokens": new_tokens, "k": k,
+            "acceptance_by_position": j.get("acceptance_by_position"),
+            "tokens_per_round": round(j["mean_accepted"] + 1, 3), "acceptance_rate": j["acceptance_rate"]}

@@ -1,0 +1,134 @@
+"""Export the EAGLE drafter's graphs (passes/drafting/eagle.py) and validate them against torch.
+
+Two graphs join the artifact's `decoder` graph (docs/passes/drafter.md):
+
+    eagle_target  role "eagle_target"  the whole model    input_ids -> logits [.., V], hidden_out [.., C] (+ KV)
+    eagle_draft   role "eagle_draft"   fc + one layer     input_ids, hidden_in -> logits [.., S], hidden_out (+ KV)
+
+The runtime (runtime/speculative/eagle.py) verifies with eagle_target, which also hands the drafter the target's
+last hidden state of every position. The head's token ids go to graphs/draft_vocab.json. Weights: eagle_target
+holds the target's weights a second time (the `decoder` graph keeps the first copy for plain decoding); eagle_draft
+holds its layer, fc, the kept head rows and a copy of the embedding table.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...compiler.bundle import ModelBundle
+from ...compiler.errors import InputError, PreconditionError
+from ...compiler.pass_base import Pass, PassResult
+from ...runtime.backends import default_threads
+from ...runtime.speculative.artifact import open_drafter
+from ..export.validate import TOLERANCES, prompt_ids, torch_reference
+from .eagle import EagleDrafter
+from .eagle_model import target_graph
+from .export_drafter import ExportDrafterPass, ValidateDrafterConfig
+
+ROLES = {"eagle_target": "eagle_target", "eagle_draft": "eagle_draft"}
+
+
+def eagle_graphs(bundle: ModelBundle) -> dict:
+    d = bundle.records.get("drafter_module")
+    if not isinstance(d, EagleDrafter):
+        raise PreconditionError("no EAGLE drafter attached (run drafter-eagle first)")
+    return {"eagle_target": target_graph(bundle.model, bundle.adapter), "eagle_draft": d.graph.eval()}
+
+
+class ExportEaglePass(ExportDrafterPass):
+    name = "export-eagle"
+    roles = ROLES
+    what = "the EAGLE drafter's graphs"
+
+    def graphs(self, bundle: ModelBundle) -> dict:
+        return eagle_graphs(bundle)
+
+    def fields(self, name: str, graph, bundle: ModelBundle, vocab: str | None) -> dict:
+        if name == "eagle_draft":
+            return {"vocab_ids": vocab,
+                    "weight_storage": "own fc, layer, kept head rows and a copy of the embedding table"}
+        return {"weight_storage": "second copy of the target (the decoder graph holds the first)"}
+
+
+# -- validation ------------------------------------------------------------------------------------
+def run_eagle(drafter, tokens: np.ndarray, n_prompt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runtime's EAGLE steps, teacher-forced: the target prefills n_prompt tokens then takes one at a time; the
+    drafter reads pairs (f_t, token t+1) with the target's states. -> (target logits [N, V], states [N, C],
+    draft logits [N-1, S] over the head's own vocabulary)."""
+    from ...runtime.speculative.steps import _run
+    target, prop = drafter.steps(tokens.shape[1])
+    cuts = [0, n_prompt, *range(n_prompt + 1, tokens.shape[1] + 1)]
+    logits = np.concatenate([target.forward(tokens[0, a:b]) for a, b in zip(cuts[:-1], cuts[1:])])
+    feats = target.features[:tokens.shape[1]]
+    out = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        b = min(b, tokens.shape[1] - 1)
+        if b > a:
+            lo, _ = _run(prop.fn, prop.cache, (tokens[:, a + 1:b + 1], feats[None, a:b]))
+            out.append(lo)
+    return logits, feats.copy(), np.concatenate(out)
+
+
+def torch_eagle(bundle: ModelBundle, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Torch reference: the target's states [N, C] and the drafter's logits [N-1, S] on them."""
+    import torch
+    graphs = eagle_graphs(bundle)
+    tg, dg = graphs["eagle_target"], graphs["eagle_draft"]
+    ids = torch.from_numpy(tokens)
+    N = ids.shape[1]
+    with torch.inference_mode():
+        _, h, *_ = tg(ids, torch.arange(N)[None], torch.ones_like(ids), *tg.empty_cache(1))
+        lo = dg(ids[:, 1:], h[:, :-1], torch.arange(N - 1)[None], torch.ones(1, N - 1, dtype=torch.long),
+                *dg.empty_cache(1))[0]
+    return h[0].float().numpy(), lo[0].float().numpy()
+
+
+class ValidateEaglePass(Pass):
+    name = "validate-eagle"
+    config_class = ValidateDrafterConfig
+
+    def requires(self, bundle: ModelBundle) -> None:
+        graphs = bundle.records.get("graphs") or {}
+        for name in ROLES:
+            if name not in graphs:
+                raise PreconditionError(f"no {name} graph to validate (run export-eagle first)")
+        eagle_graphs(bundle)
+
+    def call(self, bundle: ModelBundle) -> PassResult:
+        recs = {n: bundle.records["graphs"][n] for n in ROLES}
+        max_diff, agree = TOLERANCES[self.config.weights]
+        refs = []
+        for ids in prompt_ids(bundle):
+            tokens, logits = torch_reference(bundle.model, ids, self.config.steps)
+            refs.append((ids.shape[1], tokens, logits[0], *torch_eagle(bundle, tokens)))
+        results, metrics, bad = {}, {}, []
+        for backend in self.config.backends:
+            drafter = open_drafter(bundle.workdir, {"graphs": recs}, backend, default_threads())
+            res = {"target_max_diff": 0.0, "draft_max_diff": 0.0, "target_greedy": 0, "draft_greedy": 0,
+                   "state_rel_diff": 0.0}
+            total, total_draft = 0, 0
+            for n_prompt, tokens, ref, ref_h, ref_draft in refs:
+                logits, feats, draft = run_eagle(drafter, tokens, n_prompt)
+                res["target_max_diff"] = max(res["target_max_diff"], float(np.abs(logits - ref).max()))
+                res["draft_max_diff"] = max(res["draft_max_diff"], float(np.abs(draft - ref_draft).max()))
+                res["state_rel_diff"] = max(res["state_rel_diff"], float(np.abs(feats - ref_h).max()
+                                                                         / max(np.abs(ref_h).max(), 1e-6)))
+                picks = slice(n_prompt - 1, None)
+                res["target_greedy"] += int((logits[picks].argmax(-1) == ref[picks].argmax(-1)).sum())
+                res["draft_greedy"] += int((draft[picks].argmax(-1) == ref_draft[picks].argmax(-1)).sum())
+                total += ref.shape[0] - n_prompt + 1
+                total_draft += draft.shape[0] - n_prompt + 1
+            res["target_greedy"] = round(res["target_greedy"] / total, 4)
+            res["draft_greedy"] = round(res["draft_greedy"] / max(total_draft, 1), 4)
+            results[backend] = res
+            metrics.update({f"{backend}_{k}": float(f"{v:.3g}") for k, v in res.items()})
+            for part in ("target", "draft"):
+                if res[f"{part}_max_diff"] > max_diff or res[f"{part}_greedy"] < agree:
+                    bad.append(f"{backend} {part}: max |logit diff| {res[part + '_max_diff']:.3g} (limit "
+                               f"{max_diff}), greedy agreement {res[part + '_greedy']:.2f} (min {agree})")
+        bundle.records["drafter_validation"] = {"weights": self.config.weights, "steps": self.config.steps,
+                                                "tolerance": {"max_logit_diff": max_diff, "greedy_agreement": agree},
+                                                "backends": results}
+        if bad:
+            raise InputError("exported EAGLE graphs differ from torch: " + "; ".join(bad))
+        return PassResult(False, metrics)
+

@@ -1,0 +1,101 @@
+"""EAGLE drafting (passes/drafting/eagle_model.py): a one-layer drafter that reads the target's last hidden state.
+
+- FeatureTarget: the target graph (role "eagle_target": ids -> logits and hidden) as the loop's target step
+  model; it keeps the hidden state f_p of every position p it has processed (rows past a rollback go stale and
+  are overwritten when the position is processed again).
+- EagleProposer: the loop's proposer. Its graph's cache holds pairs (f_t, token t+1) at position t. Each round it
+  first feeds, in one pass, the pairs whose f_t the target computed since the last round (all true states: the
+  target holds every token of the sequence but the last), which yields the first draft; further drafts feed back
+  the drafter's own estimate of the next state. Drafted pairs are dropped from its cache at the next round.
+Greedy drafts are the argmax of the drafter's logits (rows expanded to the full vocabulary, -inf outside its
+reduced head), so the loop's acceptance rules apply unchanged.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..kv_cache import KVCache
+from .steps import GraphFn, _run
+
+
+class FeatureTarget:
+    """The target step model that also records its hidden states (features[p] for position p)."""
+
+    def __init__(self, fn: GraphFn, cache: KVCache, hidden_size: int):
+        self.fn, self.cache = fn, cache
+        self.features = np.zeros((cache.capacity, hidden_size), dtype=np.float32)
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        start = self.cache.length
+        logits, hidden = _run(self.fn, self.cache, np.asarray([list(tokens)], dtype=np.int64))
+        self.features[start:start + len(hidden)] = hidden
+        return logits
+
+    def truncate(self, length: int) -> None:
+        self.cache.rollback(min(length, self.length))
+
+
+class EagleProposer:
+    def __init__(self, target: FeatureTarget, fn: GraphFn, cache: KVCache, vocab_size: int,
+                 vocab_ids: np.ndarray | None = None):
+        self.target, self.fn, self.cache = target, fn, cache
+        self.vocab_size = vocab_size
+        self.vocab_ids = None if vocab_ids is None else np.asarray(vocab_ids, dtype=np.int64)
+        self.true = 0           # pairs (f_t, token t+1) in the cache computed from the target's own f_t
+
+    def start(self) -> None:
+        self.cache.rollback(0)
+        self.true = 0
+
+    def source(self, seq) -> str:
+        return "eagle"
+
+    def _full(self, row: np.ndarray) -> np.ndarray:
+        if self.vocab_ids is None:
+            return row
+        full = np.full(self.vocab_size, -np.inf, dtype=np.float32)
+        full[self.vocab_ids] = row
+        return full
+
+    def _step(self, ids: Sequence[int], feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, hidden = _run(self.fn, self.cache, (np.asarray([list(ids)], dtype=np.int64), feats[None]))
+        return self._full(logits[-1]), hidden[-1]
+
+    def propose(self, seq, k, config, sampling, sampler):
+        from .loop import _soft
+        n = len(seq) - 1                      # the target holds seq[:n]: f_0 .. f_{n-1} are known
+        if self.target.length < n:
+            raise ValueError(f"the target holds {self.target.length} tokens, the drafter needs {n}")
+        self.cache.rollback(min(self.true, self.cache.length))
+        row, h = self._step(seq[self.true + 1:n + 1], self.target.features[self.true:n])
+        self.true = n
+        drafts, rows, confidence = [], [], 1.0
+        while True:
+            tok = sampler(row)
+            drafts.append(tok)
+            rows.append(row)
+            if len(drafts) >= k:
+                break
+            if config.draft_mode == "confidence" and len(drafts) >= config.k_min:
+                confidence *= float(_soft(row, sampling)[tok])
+                if confidence < config.stop_threshold:
+                    break
+            row, h = self._step([tok], h[None])
+        return drafts, rows
+
+    def rolled_back(self, length: int) -> None:
+        self.true = min(self.true, length)
+
+
+def eagle_steps(target: tuple[GraphFn, KVCache], draft: tuple[GraphFn, KVCache], hidden_size: int,
+                vocab_size: int, vocab_ids=None) -> tuple[FeatureTarget, EagleProposer]:
+    """(target step, proposer) of an EAGLE drafter: each of target and draft is (graph function, its cache). The
+    one place they are wired (the artifact runtime, the drafter's torch evaluation and the tests call it)."""
+    t = FeatureTarget(target[0], target[1], hidden_size)
+    return t, EagleProposer(t, draft[0], draft[1], vocab_size, vocab_ids)

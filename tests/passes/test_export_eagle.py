@@ -1,0 +1,107 @@
+"""EAGLE export: a tiny model compiled with `--drafter eagle:...` gets eagle_target / eagle_draft graphs (ONNX +
+OpenVINO, roles in the manifest) that match torch, and the artifact runtime's speculative decoding with them gives
+the same greedy tokens as plain decoding on both backends, stateful or not."""
+import json
+import os
+
+import pytest
+import torch
+
+from accelc.models.sources import cache_dir
+from accelc.runtime.artifact import open_artifact
+from accelc.runtime.generate import generate
+from accelc.runtime.speculative.artifact import generate_speculative, load_drafter
+from accelc.runtime.speculative.loop import SpecConfig
+from accelc.runtime.speculative.proposers import LookupProposer
+from accelc.targets import CompileOptions, get_target
+from tiny_compile import EOS, compile_tiny
+
+torch.set_num_threads(1)
+SPEC = "eagle:steps=20,seq_len=32,windows=8,batch=2,vocab=96,eval_prompts=1,eval_tokens=8"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eagle-art")
+    (d / "cache").mkdir()
+    (d / "cache" / "corpus").symlink_to(cache_dir() / "corpus")      # a fresh cache for the drafter, same corpus
+    old = os.environ.get("ACCELC_CACHE")
+    os.environ["ACCELC_CACHE"] = str(d / "cache")
+    try:
+        out, bundle = compile_tiny(d, lambda calib: CompileOptions(drafter=SPEC, calib=calib))
+        yield out, bundle, d / "cache"
+    finally:
+        if old is None:
+            os.environ.pop("ACCELC_CACHE", None)
+        else:
+            os.environ["ACCELC_CACHE"] = old
+
+
+def test_pipeline_has_eagle_passes():
+    names = [p.name for p in get_target("cpu").pipeline(CompileOptions(drafter="eagle"))]
+    assert names.index("drafter-eagle") < names.index("export-onnx") < names.index("export-eagle") \
+        < names.index("export-openvino") < names.index("validate-eagle")
+
+
+def test_artifact_has_eagle_graphs_that_match_torch(compiled):
+    out, bundle, cache = compiled
+    m = json.loads((out / "manifest.json").read_text())
+    g = m["graphs"]
+    assert {n: r.get("role") for n, r in g.items()} == {"decoder": "decoder", "eagle_target": "eagle_target",
+                                                         "eagle_draft": "eagle_draft"}
+    assert list(g["eagle_target"]["outputs"])[:2] == ["logits", "hidden_out"]
+    assert list(g["eagle_draft"]["inputs"])[:4] == ["input_ids", "hidden_in", "position_ids", "attention_mask"]
+    assert g["eagle_draft"]["outputs"]["logits"][2] == 96 and g["eagle_draft"]["layers"] == [0, 1]
+    for rec in g.values():
+        assert (out / rec["onnx"]).is_file() and (out / rec["openvino"]).is_file()
+    val = next(p for p in m["passes"] if p["name"] == "validate-eagle")["metrics"]
+    for b in ("onnxruntime", "openvino"):
+        assert val[f"{b}_target_max_diff"] < 1e-3 and val[f"{b}_draft_max_diff"] < 1e-3
+        assert val[f"{b}_target_greedy"] == 1.0 and val[f"{b}_draft_greedy"] == 1.0
+    # the target's states were cached once, and the training run can resume
+    assert len(list(cache.glob("eagle/features-*.safetensors"))) == 1
+    assert len(list(cache.glob("eagle/train-*.safetensors"))) == 1
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_runtime_eagle_greedy_is_lossless(compiled, backend):
+    out, *_ = compiled
+    art = open_artifact(out, backend=backend, report=False)
+    art.eos_ids = frozenset()
+    drafter = load_drafter(art)
+    assert drafter.kind == "eagle" and len(drafter.vocab_ids) == 96
+    prompts = [[(7 * i + s) % EOS for i in range(5 + s)] for s in range(5)]
+    for mode in ("fixed", "confidence", "cost"):
+        for p in prompts:
+            ref = generate(art, p, 20).tokens
+            res, stats = generate_speculative(art, drafter, p, 20, config=SpecConfig(k=3, draft_mode=mode))
+            assert res.tokens == ref, (mode, p)
+            assert stats.rounds > 0
+    res, stats = generate_speculative(art, drafter, [1, 2, 3, 1, 2, 3, 1, 2], 20,
+                                      config=SpecConfig(k=4, draft_mode="cost", k_max=4), lookup=LookupProposer())
+    assert res.tokens == generate(art, [1, 2, 3, 1, 2, 3, 1, 2], 20).tokens
+
+
+def test_openvino_stateful_eagle_matches_explicit(compiled, monkeypatch):
+    out, *_ = compiled
+    runs = {}
+    for mode in ("stateful", "explicit"):
+        monkeypatch.setenv("ACCELC_OV_KV", mode)
+        art = open_artifact(out, backend="openvino", report=False)
+        art.eos_ids = frozenset()
+        res, _ = generate_speculative(art, load_drafter(art), [5, 17, 99, 3, 200], 16,
+                                      config=SpecConfig(k=3, draft_mode="fixed"))
+        runs[mode] = res.tokens
+    assert runs["stateful"] == runs["explicit"]
+
+
+def test_cli_run_with_eagle(compiled, capsys):
+    from accelc.compiler.cli import main
+    out, *_ = compiled
+    assert main(["run", str(out), "--prompt", "abc", "--raw", "--max-new-tokens", "12", "--json",
+                 "--draft-mode", "cost"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["speculative"]["rounds"] >= 1
+    assert main(["run", str(out), "--prompt", "abc", "--raw", "--max-new-tokens", "12", "--json",
+                 "--no-speculative"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == spec["tokens"]
