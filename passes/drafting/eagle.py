@@ -29,11 +29,12 @@ class EagleConfig(PassConfig):
     batch: int = 8             # windows per step
     seq_len: int = 128
     windows: int = 1024        # training windows (the target's states: windows x seq_len x C in float16)
-    lr: float = 5e-4
-    cls: float = 0.1           # weight of the distribution loss beside the state regression (EAGLE: 0.1)
+    lr: float = 2e-3
+    cls: float = 1.0           # weight of the distribution loss beside the state regression (EAGLE: 0.1)
     noise: float = 0.1         # uniform noise on the input states, relative to their RMS (EAGLE: 0.1)
     unroll: int = 1            # 2: also train on the drafter's own estimated states (training-time test)
     seed: int = 0
+    precision: str = "auto"    # training matmuls: bf16 (autocast) where the CPU has bf16 instructions, else f32
     eval_prompts: int = 8      # held-out prompts (evaluation split) for the acceptance measurement
     eval_tokens: int = 64
     calib: str | None = None   # calibration text file (default: Brown calibration split)
@@ -46,6 +47,8 @@ class EagleConfig(PassConfig):
             raise InputError("eagle options: seq_len must be >= 3 and unroll 1 or 2")
         if self.vocab < 0 or self.eval_prompts < 0 or self.eval_tokens < 1:
             raise InputError("eagle options vocab and eval_prompts must be >= 0, eval_tokens >= 1")
+        if self.precision not in ("auto", "bf16", "f32"):
+            raise InputError(f"eagle option precision must be auto, bf16 or f32, got {self.precision!r}")
         if not self.seconds > 0 or not self.lr > 0 or self.cls < 0 or self.noise < 0:
             raise InputError("eagle options seconds and lr must be > 0, cls and noise >= 0")
 
@@ -85,7 +88,7 @@ class EagleDrafterPass(Pass):
         from ...models.corpus import load_text, token_stream
         from .drafter import _coverage
         from .drafter_train import frequent_tokens, token_windows
-        from .eagle_train import cache_root, fingerprint, held_out_acceptance, run_key, target_features, train_eagle
+        from .eagle_train import bf16_supported, cache_root, fingerprint, held_out_acceptance, run_key, target_features, train_eagle
         cfg, model, ad = self.config, bundle.model, bundle.adapter
         stream = token_stream(bundle.tokenizer, load_text("calib", cfg.calib))
         V = ad.vocab_size
@@ -99,8 +102,9 @@ class EagleDrafterPass(Pass):
         init_from = default_init_layer(ad.num_layers)
         graph = EagleGraph(model, ad, vocab_ids, init_from)
         resume = cache_root() / f"train-{run_key(key, cfg.training_options())}.safetensors"
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
         train = train_eagle(graph, windows, feats, cfg.steps, cfg.seconds, cfg.batch, cfg.lr, cfg.seed,
-                            cfg.cls, cfg.noise, cfg.unroll, resume=resume)
+                            cfg.cls, cfg.noise, cfg.unroll, resume=resume, bf16=bf16)
         graph.eval()
         prompts = held_out_prompts(bundle.tokenizer, cfg.eval_prompts)
         accept = (held_out_acceptance(model, ad, graph, prompts, cfg.eval_tokens) if prompts else None)
@@ -109,7 +113,8 @@ class EagleDrafterPass(Pass):
                   "vocab_size": len(vocab_ids) if vocab_ids is not None else V, "full_vocab": V,
                   "vocab_coverage": _coverage(stream, vocab_ids),
                   "train": {**train, "windows": cfg.windows, "seq_len": cfg.seq_len, "batch": cfg.batch,
-                            "lr": cfg.lr, "cls": cfg.cls, "noise": cfg.noise, "unroll": cfg.unroll},
+                            "lr": cfg.lr, "cls": cfg.cls, "noise": cfg.noise, "unroll": cfg.unroll,
+                            "precision": "bf16" if bf16 else "f32"},
                   "acceptance_held_out": accept, "trainable_parameters": n_train,
                   "head_parameters": graph.body.lm_head.weight.numel()}
         bundle.records["drafter"] = record

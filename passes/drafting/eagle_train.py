@@ -87,20 +87,32 @@ def _head_logits(drafter: EagleGraph, h: torch.Tensor) -> torch.Tensor:
     return torch.tanh(z / g.final_softcap) * g.final_softcap if g.final_softcap else z
 
 
-def _losses(drafter: EagleGraph, ids, f_in, f_next, p_log):
-    """One drafter pass over pairs (f_in[t], ids[t]) -> (reg, cls, its estimates)."""
+def bf16_supported() -> bool:
+    """Whether this CPU has native bfloat16 matrix instructions (AVX-512 BF16 or AMX), where autocast pays."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _losses(drafter: EagleGraph, ids, f_in, f_next, p_log, bf16: bool):
+    """One drafter pass over pairs (f_in[t], ids[t]) -> (reg, cls, its estimates); matmuls in bfloat16 when asked,
+    losses in float32."""
     B, T = ids.shape
     pos = torch.arange(T)[None].expand(B, T)
-    logits, h, *_ = drafter(ids, f_in, pos, torch.ones(B, T, dtype=torch.long), *drafter.empty_cache(B, 0))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits, h, *_ = drafter(ids, f_in, pos, torch.ones(B, T, dtype=torch.long), *drafter.empty_cache(B, 0))
+    h = h.float()
     reg = F.smooth_l1_loss(_unit(h), _unit(f_next))
-    cls = F.kl_div(F.log_softmax(logits, -1), p_log, log_target=True, reduction="none").sum(-1).mean()
+    cls = F.kl_div(F.log_softmax(logits.float(), -1), p_log, log_target=True, reduction="none").sum(-1).mean()
     return reg, cls, h
 
 
 def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor, steps: int, seconds: float,
                 batch: int, lr: float, seed: int, cls_weight: float = 0.1, noise: float = 0.1, unroll: int = 1,
-                resume: Path | None = None, save_s: float = 60.0) -> dict:
-    """AdamW on the drafter's trainable weights (the rest frozen); -> {"steps", "seconds", "loss", "resumed_at"}."""
+                resume: Path | None = None, save_s: float = 60.0, bf16: bool = False) -> dict:
+    """AdamW on the drafter's trainable weights (the rest frozen, master weights float32; bf16: bfloat16 autocast
+    for the matmuls); -> {"steps", "seconds", "loss", "resumed_at"}."""
     params = drafter.trainable()
     ids_p = {id(p) for p in params}
     saved = {p: p.requires_grad for p in drafter.parameters()}
@@ -129,16 +141,16 @@ def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor,
                     break
                 idx = torch.randint(0, len(windows), (min(batch, len(windows)),), generator=g)
                 ids, f = windows[idx], feats[idx].float()
-                with torch.no_grad():
-                    p_log = F.log_softmax(_head_logits(drafter, f[:, 1:]), dim=-1)
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    p_log = F.log_softmax(_head_logits(drafter, f[:, 1:]).float(), dim=-1)
                     f_in = f[:, :-1]
                     if noise:   # EAGLE's uniform feature noise, relative to each state's scale
                         f_in = f_in + noise * f_in.pow(2).mean(-1, keepdim=True).sqrt() * \
                             (2 * torch.rand(f_in.shape, generator=g) - 1)
-                reg, cls, h = _losses(drafter, ids[:, 1:], f_in, f[:, 1:], p_log)
+                reg, cls, h = _losses(drafter, ids[:, 1:], f_in, f[:, 1:], p_log, bf16)
                 loss = reg + cls_weight * cls
                 if unroll >= 2:
-                    reg2, cls2, _ = _losses(drafter, ids[:, 2:], h[:, :-1], f[:, 2:], p_log[:, 1:])
+                    reg2, cls2, _ = _losses(drafter, ids[:, 2:], h[:, :-1], f[:, 2:], p_log[:, 1:], bf16)
                     loss = loss + reg2 + cls_weight * cls2
                 for group in opt.param_groups:
                     group["lr"] = rate(step, spent + time.perf_counter() - t0)

@@ -118,3 +118,13 @@ def test_sampled_eagle_runs_with_rejection_rule(model):
     drafter = EagleGraph(m, ad, None, init_from=2).eval()
     out, stats = _generate(m, ad, drafter, [1, 2, 3, 4], 20, 3, sampling=SamplingConfig(temperature=0.8, seed=3))
     assert len(out) == 20 and all(0 <= t < V for t in out) and stats.drafted > 0
+
+
+def test_bf16_training_lowers_the_loss(model):
+    m, ad = model
+    windows = token_windows(_stream(seed=1), 24, 33, seed=1)
+    feats = target_features(m, ad, windows)
+    drafter = EagleGraph(m, ad, None, init_from=2)
+    r = train_eagle(drafter, windows, feats, steps=40, seconds=1e9, batch=4, lr=3e-3, seed=0, bf16=True)
+    assert r["steps"] == 40 and r["loss"]["last"] < 0.8 * r["loss"]["first"]
+    assert all(p.dtype == torch.float32 for p in drafter.trainable())
