@@ -60,7 +60,7 @@ def compile(model: str = "smollm2-135m", target: str = "cpu", out: str | Path | 
     kind, _ = resolve(model)
     if kind == "artifact":
         raise InputError(f"{model} is already an artifact; compile takes a model source")
-    if drafter and drafter.partition(":")[0] != "fused":
+    if drafter and drafter.partition(":")[0] not in ("fused", "eagle"):
         dkind, _ = resolve(drafter)               # a draft model path: checked before the slow load
         if dkind == "artifact":
             raise InputError(f"--drafter {drafter} is an accelc artifact; give the draft model's source")

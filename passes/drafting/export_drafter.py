@@ -162,12 +162,11 @@ class ValidateDrafterPass(Pass):
 
     def call(self, bundle: ModelBundle) -> PassResult:
         recs = {n: bundle.records["graphs"][n] for n in ROLES}
-        max_diff, agree = TOLERANCES[self.config.weights]
         refs = []
         for ids in prompt_ids(bundle):
             tokens, logits = torch_reference(bundle.model, ids, self.config.steps)
             refs.append((ids.shape[1], tokens, logits, torch_draft_logits(bundle, tokens)))
-        results, metrics, bad = {}, {}, []
+        results = {}
         for backend in self.config.backends:
             drafter = open_drafter(bundle.workdir, {"graphs": recs}, backend, default_threads())
             res = {"target_max_diff": 0.0, "draft_max_diff": 0.0, "target_greedy": 0, "draft_greedy": 0}
@@ -183,14 +182,23 @@ class ValidateDrafterPass(Pass):
             for k in ("target_greedy", "draft_greedy"):
                 res[k] = round(res[k] / total, 4)
             results[backend] = res
-            metrics.update({f"{backend}_{k}": float(f"{v:.3g}") for k, v in res.items()})
-            for part in ("target", "draft"):
-                if res[f"{part}_max_diff"] > max_diff or res[f"{part}_greedy"] < agree:
-                    bad.append(f"{backend} {part}: max |logit diff| {res[part + '_max_diff']:.3g} (limit "
-                               f"{max_diff}), greedy agreement {res[part + '_greedy']:.2f} (min {agree})")
-        bundle.records["drafter_validation"] = {"weights": self.config.weights, "steps": self.config.steps,
-                                                "tolerance": {"max_logit_diff": max_diff, "greedy_agreement": agree},
-                                                "backends": results}
-        if bad:
-            raise InputError(f"exported drafter graphs differ from torch: " + "; ".join(bad))
-        return PassResult(False, metrics)
+        return judge(bundle, self.config, results, "drafter")
+
+
+def judge(bundle: ModelBundle, config: ValidateConfig, results: dict, what: str) -> PassResult:
+    """Record {backend: {target_/draft_ max_diff, greedy}} as bundle.records["drafter_validation"]; InputError when
+    a backend is outside the precision's tolerance."""
+    max_diff, agree = TOLERANCES[config.weights]
+    metrics, bad = {}, []
+    for backend, res in results.items():
+        metrics.update({f"{backend}_{k}": float(f"{v:.3g}") for k, v in res.items()})
+        for part in ("target", "draft"):
+            if res[f"{part}_max_diff"] > max_diff or res[f"{part}_greedy"] < agree:
+                bad.append(f"{backend} {part}: max |logit diff| {res[part + '_max_diff']:.3g} (limit "
+                           f"{max_diff}), greedy agreement {res[part + '_greedy']:.2f} (min {agree})")
+    bundle.records["drafter_validation"] = {"weights": config.weights, "steps": config.steps,
+                                            "tolerance": {"max_logit_diff": max_diff, "greedy_agreement": agree},
+                                            "backends": results}
+    if bad:
+        raise InputError(f"exported {what} graphs differ from torch: " + "; ".join(bad))
+    return PassResult(False, metrics)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import numpy as np
 
 from ...compiler.bundle import ModelBundle
-from ...compiler.errors import InputError, PreconditionError
+from ...compiler.errors import PreconditionError
 from ...compiler.pass_base import Pass, PassResult
 from ...runtime.backends import default_threads
 from ...runtime.speculative.artifact import open_drafter
-from ..export.validate import TOLERANCES, prompt_ids, torch_reference
+from ..export.validate import prompt_ids, torch_reference
 from .eagle import EagleDrafter
 from .eagle_model import target_graph
-from .export_drafter import ExportDrafterPass, ValidateDrafterConfig
+from .export_drafter import ExportDrafterPass, ValidateDrafterConfig, judge
 
 ROLES = {"eagle_target": "eagle_target", "eagle_draft": "eagle_draft"}
 
@@ -95,12 +95,11 @@ class ValidateEaglePass(Pass):
 
     def call(self, bundle: ModelBundle) -> PassResult:
         recs = {n: bundle.records["graphs"][n] for n in ROLES}
-        max_diff, agree = TOLERANCES[self.config.weights]
         refs = []
         for ids in prompt_ids(bundle):
             tokens, logits = torch_reference(bundle.model, ids, self.config.steps)
             refs.append((ids.shape[1], tokens, logits[0], *torch_eagle(bundle, tokens)))
-        results, metrics, bad = {}, {}, []
+        results = {}
         for backend in self.config.backends:
             drafter = open_drafter(bundle.workdir, {"graphs": recs}, backend, default_threads())
             res = {"target_max_diff": 0.0, "draft_max_diff": 0.0, "target_greedy": 0, "draft_greedy": 0,
@@ -120,15 +119,5 @@ class ValidateEaglePass(Pass):
             res["target_greedy"] = round(res["target_greedy"] / total, 4)
             res["draft_greedy"] = round(res["draft_greedy"] / max(total_draft, 1), 4)
             results[backend] = res
-            metrics.update({f"{backend}_{k}": float(f"{v:.3g}") for k, v in res.items()})
-            for part in ("target", "draft"):
-                if res[f"{part}_max_diff"] > max_diff or res[f"{part}_greedy"] < agree:
-                    bad.append(f"{backend} {part}: max |logit diff| {res[part + '_max_diff']:.3g} (limit "
-                               f"{max_diff}), greedy agreement {res[part + '_greedy']:.2f} (min {agree})")
-        bundle.records["drafter_validation"] = {"weights": self.config.weights, "steps": self.config.steps,
-                                                "tolerance": {"max_logit_diff": max_diff, "greedy_agreement": agree},
-                                                "backends": results}
-        if bad:
-            raise InputError("exported EAGLE graphs differ from torch: " + "; ".join(bad))
-        return PassResult(False, metrics)
+        return judge(bundle, self.config, results, "EAGLE")
 

@@ -214,11 +214,11 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
     """Speculative decoding when the artifact has drafter graphs on a backend that can run them, or when a
     lookup mode asks for it (every artifact; open it with full_logits=True): None otherwise (the caller
     decodes token by token; `warn(message)` hears why when the drafter exists but cannot run),
-    else (result, stats). k: draft length (fixed), start/cap (confidence, heuristic) or cap (lookup modes:
-    the cost model picks the length each round; default LOOKUP_K)."""
+    else (result, stats). k: draft length (fixed), start/cap (confidence, heuristic) or cap (cost and the lookup
+    modes: the cost model picks the length each round; default LOOKUP_K)."""
     if draft_mode not in RUN_MODES:
         raise InputError(f"unknown draft mode '{draft_mode}' (choose from {', '.join(RUN_MODES)})")
-    k = int(k if k is not None else (LOOKUP_K if draft_mode in LOOKUP_MODES else 4))
+    k = int(k if k is not None else (LOOKUP_K if draft_mode in LOOKUP_MODES + ("cost",) else 4))
     if k < 1:
         raise InputError(f"--draft-k must be >= 1, got {k}")
     has_drafter = drafter_records(art.manifest) is not None
@@ -237,5 +237,5 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
     if draft_mode == "combined":
         return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling,
                                     SpecConfig(k=k, draft_mode="cost", k_max=k), stop, LookupProposer())
-    config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode in ("heuristic", "cost") else k)
+    config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode == "heuristic" else k)
     return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling, config, stop)

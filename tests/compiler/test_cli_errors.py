@@ -176,3 +176,23 @@ def test_fused_drafter_after_codebooks_is_refused_before_the_load(capsys, tmp_pa
                            "--drafter", "fused")
     assert_one_line_error(code, err, "--drafter fused cannot follow", quant.split(":")[0])
     assert no_leftovers(tmp_path, "o")
+
+
+@pytest.mark.parametrize("spec, words", [("eagle:bogus=1", ["--drafter eagle: bad option 'bogus=1'"]),
+                                         ("eagle:lr=fast", ["--drafter eagle: option lr needs a number"]),
+                                         ("eagle:precision=fp8", ["precision must be auto, bf16 or f32"]),
+                                         ("eagle:unroll=3", ["unroll 1 or 2"])])
+def test_bad_eagle_options_are_refused_before_the_load(capsys, tmp_path, tiny_folder, monkeypatch, spec, words):
+    import accelc.models.sources as S
+    monkeypatch.setattr(S, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(tmp_path / "o"), "--drafter", spec)
+    assert_one_line_error(code, err, *words)
+    assert no_leftovers(tmp_path, "o")
+
+
+def test_eagle_after_codebooks_is_refused_before_the_load(capsys, tmp_path, tiny_folder, monkeypatch):
+    import accelc.models.sources as S
+    monkeypatch.setattr(S, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(tmp_path / "o"), "--quantize", "pv:2x8g8",
+                           "--drafter", "eagle")
+    assert_one_line_error(code, err, "--drafter eagle cannot follow", "pv")

@@ -128,3 +128,44 @@ def test_bf16_training_lowers_the_loss(model):
     r = train_eagle(drafter, windows, feats, steps=40, seconds=1e9, batch=4, lr=3e-3, seed=0, bf16=True)
     assert r["steps"] == 40 and r["loss"]["last"] < 0.8 * r["loss"]["first"]
     assert all(p.dtype == torch.float32 for p in drafter.trainable())
+
+
+def test_sampling_with_eagle_keeps_the_target_distribution():
+    """Three sampled tokens with EAGLE drafts (the first comes from the prefill, the next two are drafted and checked
+    by the rejection rule) follow the target's joint distribution (chi-square)."""
+    import itertools
+    from scipy.stats import chisquare
+    from accelc.runtime.sampling import Sampler, probabilities
+    V = 4
+    m = tiny_model("llama", seed=3, vocab_size=V, num_hidden_layers=2, initializer_range=0.1)
+    ad = ArchAdapter(m)
+    drafter = EagleGraph(m, ad, None, init_from=1).eval()
+    with torch.no_grad():                 # a drafter whose proposals differ from the target's
+        torch.manual_seed(0)
+        drafter.fc.weight.normal_(0.0, 1.0)
+    cfg, prompt, runs = SamplingConfig(temperature=1.0), [1, 2], 2000
+    g = DecoderGraph(m, ad)
+
+    def p_after(ctx):
+        return probabilities(GraphStep(torch_graph_fn(g), cache_for(g, 8)).forward(ctx)[-1], cfg)
+    keys = list(itertools.product(range(V), repeat=3))
+    exact = {k: p_after(prompt)[k[0]] * p_after(prompt + [k[0]])[k[1]] * p_after(prompt + list(k[:2]))[k[2]]
+             for k in keys}
+    tg = target_graph(m, ad)
+
+    def histogram(spec):
+        counts = dict.fromkeys(keys, 0)
+        for seed in range(runs):
+            target, prop = eagle_steps((torch_graph_fn(tg), cache_for(tg, 16)), (torch_graph_fn(drafter),
+                                       cache_for(drafter, 16)), ad.hidden_size, V)
+            out, stats = speculative_generate(target, prop, prompt, 3, spec, cfg,
+                                              sampler=Sampler(SamplingConfig(1.0, seed=seed)))
+            assert stats.drafted > 0
+            counts[tuple(out)] += 1
+        return np.array([counts[k] for k in keys], dtype=float)
+    expected = np.array([exact[k] for k in keys]) * runs
+    obs = histogram(SpecConfig(k=2, draft_mode="fixed"))
+    assert chisquare(obs, expected * obs.sum() / expected.sum()).pvalue > 1e-3
+    # the test has teeth: accepting every draft (fuzzy, huge threshold) samples the drafter instead
+    broken = histogram(SpecConfig(k=2, draft_mode="fixed", fuzzy="tv", fuzzy_threshold=2.0))
+    assert chisquare(broken, expected * broken.sum() / expected.sum()).pvalue < 1e-6
