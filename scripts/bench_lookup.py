@@ -151,6 +151,22 @@ def run_set(engines, prompts, max_new: int) -> dict:
     return res
 
 
+def drafter_info(path: Path) -> dict | None:
+    """The artifact's drafter: its training record (steps, time, held-out acceptance) and its graph files' sizes."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    rec = (manifest.get("records") or {}).get("drafter")
+    if not rec:
+        return None
+    sizes = {}
+    for name, g in (manifest.get("graphs") or {}).items():
+        if name != "decoder":
+            files = [g.get("openvino"), g.get("onnx")]
+            sizes[name] = {f: round(sum((path / x).stat().st_size for x in (f, f[:-4] + ".bin" if f.endswith(".xml")
+                                                                                else f + ".data")
+                                        if (path / x).is_file()) / 1e6, 1) for f in files if f}
+    return {"record": rec, "graph_mb": sizes}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", help="a compiled cpu artifact with a genai folder (default: compile the packaged "
@@ -195,6 +211,7 @@ def main(argv=None) -> int:
             print(f"{name}: {len(prompts)} prompts", file=sys.stderr, flush=True)
             result["sets"][name] = run_set(engines, prompts, args.max_new)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
+    result["drafter"] = drafter_info(path)
     emit(result, args.json)
     return 0
 
