@@ -3,12 +3,14 @@
 A round with k drafts costs   verify(k + 1) + k * draft_per_token(source)
 and emits on average          1 + sum_{j=1..k} prod_{i<=j} a_i(source)
 where a_i is the running rate at which the i-th draft of that source was accepted given the (i-1)-th was
-(a Beta(1, 1) prior, so an untried position counts 0.5). The model picks the k in [0, k_max] with the most
+(a Beta(1, 1) prior, so an untried position counts 0.5; counts decay by DECAY per round of the source, so the
+rate follows the prompt at hand rather than every prompt seen since the artifact was opened). The model picks the k in [0, k_max] with the most
 tokens per second. Everything is measured in the running generation on the backend in use:
 - verify(n): the mean time of the target's passes over n positions, an exponential moving average per width.
   Widths not seen yet come from a least-squares line through the seen widths' means (with one width seen, a
   slope of SLOPE_PRIOR of its time per extra position, optimistic so that longer drafts get tried) and are
-  never below a narrower width's cost.
+  never below a narrower width's cost; no width costs more than a wider measured one (a stale or noisy figure
+  for one position must not lock plain steps out).
 - draft_per_token: the mean draft time per drafted token of that source (about 0 for prompt lookup).
 k = 0 is a plain decoding step, so speculation happens only when the measurements say it pays.
 
@@ -24,6 +26,7 @@ import numpy as np
 
 EMA = 0.2
 SLOPE_PRIOR = 0.05
+DECAY = 0.97          # per round of a source: its acceptance counts cover about the last 30 rounds
 
 
 class CostModel:
@@ -44,13 +47,15 @@ class CostModel:
         s, d = self.draft.get(source, (0.0, 0))
         self.draft[source] = (s + draft_s, d + drafted)
         tried, acc = self._counts(source)
+        tried *= DECAY                    # recent rounds weigh more: acceptance changes with the prompt
+        acc *= DECAY
         tried[:min(drafted, self.k_max)] += 1
         acc[:min(accepted, self.k_max)] += 1
 
     def _counts(self, source: str) -> tuple[np.ndarray, np.ndarray]:
         if source not in self.tried:
-            self.tried[source] = np.zeros(self.k_max, dtype=np.int64)
-            self.accepted[source] = np.zeros(self.k_max, dtype=np.int64)
+            self.tried[source] = np.zeros(self.k_max, dtype=np.float64)
+            self.accepted[source] = np.zeros(self.k_max, dtype=np.float64)
         return self.tried[source], self.accepted[source]
 
     # -- estimates -------------------------------------------------------------------------------
@@ -58,8 +63,9 @@ class CostModel:
         """Estimated seconds of one target pass over `width` positions (None before any measurement)."""
         if not self.verify:
             return None
-        if width in self.verify:
-            return self.verify[width][0]
+        wider = [t for w, (t, _) in self.verify.items() if w >= width]
+        if width in self.verify:      # a pass over fewer positions never costs more than one over more (a noisy
+            return min(wider)         # or stale narrow figure must not lock k = 0 out, or in)
         ws = np.array(sorted(self.verify), dtype=np.float64)
         ts = np.array([self.verify[int(w)][0] for w in ws])
         if len(ws) >= 2:
@@ -69,7 +75,8 @@ class CostModel:
         else:
             est = ts[0] * (1 + SLOPE_PRIOR * (width - ws[0]))
         below = [self.verify[int(w)][0] for w in ws if w < width]
-        return max(float(est), max(below) if below else 0.0, 1e-9)
+        est = max(float(est), max(below) if below else 0.0, 1e-9)
+        return min([est, *wider])
 
     def acceptance(self, source: str) -> np.ndarray:
         """a_i for i = 1..k_max: P(draft i accepted | draft i-1 accepted), Beta(1, 1) prior."""
@@ -97,17 +104,23 @@ class CostModel:
         return int(np.argmax(rates))
 
 
-def measure_verify(cost: CostModel, target, context: int = 32, reps: int = 2) -> float:
+def measure_verify(cost: CostModel, target, context: int = 32, reps: int = 3) -> float:
     """Time the target's passes over 1..k_max+1 new positions after `context` cached ones (token id 0 throughout;
-    the target is truncated to 0 afterwards) into `cost`; -> seconds spent."""
+    the target is truncated to 0 afterwards) into `cost`: the median of `reps` passes per width, after one untimed
+    pass per width (a backend's first pass at a new shape pays one-time costs: 3x a normal step seen on OpenVINO,
+    which kept k = 0 from ever being chosen). -> seconds spent."""
     t0 = time.perf_counter()
     target.truncate(0)
     target.forward([0] * context)
-    for _ in range(reps):
-        for w in range(1, cost.k_max + 2):
+    times: dict[int, list[float]] = {w: [] for w in range(1, cost.k_max + 2)}
+    for rep in range(reps + 1):
+        for w in times:
             t = time.perf_counter()
             target.forward([0] * w)
-            cost.observe(None, w - 1, 0, 0.0, time.perf_counter() - t)
+            if rep:
+                times[w].append(time.perf_counter() - t)
             target.truncate(context)
     target.truncate(0)
+    for w, ts in times.items():
+        cost.verify[w] = (float(np.median(ts)), len(ts))
     return time.perf_counter() - t0

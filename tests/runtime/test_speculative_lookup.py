@@ -13,7 +13,7 @@ from accelc.runtime.artifact import open_artifact
 from accelc.runtime.generate import generate
 from accelc.runtime.sampling import Sampler, SamplingConfig
 from accelc.runtime.speculative.artifact import run_speculative
-from accelc.runtime.speculative.cost import CostModel
+from accelc.runtime.speculative.cost import CostModel, measure_verify
 from accelc.runtime.speculative.loop import SpecConfig, autoregressive_generate, speculative_generate
 from accelc.runtime.speculative.proposers import CombinedProposer, LookupProposer, ModelProposer
 
@@ -140,6 +140,43 @@ def test_cost_model_speculates_only_when_it_pays():
     cm.observe("model", 2, 2, 0.040, 0.011)                 # a drafter costing 20 ms per token never pays
     assert cm.best_k("model") == 0
     assert cm.verify_cost(2) >= cm.verify_cost(1)
+
+
+def test_cost_model_follows_the_prompt_at_hand():
+    """Acceptance counts decay: after a run of accepted drafts, a run of rejected ones turns speculation off within
+    tens of rounds (cumulative counts would need as many rejections as there were acceptances)."""
+    cm = CostModel(k_max=4)
+    for w in range(1, 6):
+        cm.verify[w] = (0.010 * (1 + 0.1 * (w - 1)), 1)
+    for _ in range(500):
+        cm.observe("eagle", 4, 4, 0.004, 0.013)
+    assert cm.best_k("eagle") == 4
+    for _ in range(60):
+        cm.observe("eagle", 1, 0, 0.001, 0.011)
+    assert cm.best_k("eagle") == 0
+    cm.verify[1] = (0.080, 1)                   # a stale or noisy figure for one position (a first pass at a shape)
+    assert cm.verify_cost(1) == pytest.approx(cm.verify_cost(2)) and cm.best_k("eagle") == 0
+
+
+def test_measure_verify_skips_each_width_first_pass():
+    """A backend's first pass at a new width pays one-time costs: the timings are taken after one untimed pass."""
+    import time as _time
+
+    class Slow:
+        length, seen = 0, set()
+
+        def forward(self, toks):
+            if len(toks) not in self.seen:       # first pass at this width: 50 ms of set-up
+                self.seen.add(len(toks))
+                _time.sleep(0.05)
+            self.length += len(toks)
+
+        def truncate(self, n):
+            self.length = n
+    cm = CostModel(k_max=3)
+    measure_verify(cm, Slow(), context=4)
+    assert all(cm.verify[w][0] < 0.01 for w in range(1, 5))
+    assert cm.best_k("lookup:3") == 3
 
 
 # -- artifacts ------------------------------------------------------------------------------------------------
