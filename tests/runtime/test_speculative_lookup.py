@@ -157,8 +157,8 @@ def test_cost_model_follows_the_prompt_at_hand():
     cm.verify[1] = (0.080, 1)                   # a stale or noisy figure for one position (a first pass at a shape)
     assert cm.verify_cost(1) == pytest.approx(cm.verify_cost(2))
     for _ in range(40):
-        cm.observe("lookup:1", 1, 0, 0.0, 0.011)
-    assert cm.best_k("lookup:1") == 0          # plain steps stay reachable
+        cm.observe("model", 1, 0, 0.005, 0.011)
+    assert cm.best_k("model") == 0             # plain steps stay reachable
 
 
 def test_measure_verify_skips_each_width_first_pass():
