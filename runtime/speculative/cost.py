@@ -9,8 +9,10 @@ tokens per second. Everything is measured in the running generation on the backe
 - verify(n): the mean time of the target's passes over n positions, an exponential moving average per width.
   Widths not seen yet come from a least-squares line through the seen widths' means (with one width seen, a
   slope of SLOPE_PRIOR of its time per extra position, optimistic so that longer drafts get tried) and are
-  never below a narrower width's cost; no width costs more than a wider measured one (a stale or noisy figure
-  for one position must not lock plain steps out).
+  never below a narrower width's cost.
+- A plain step's cost is only measured when k = 0 is chosen, so a stale figure could keep k = 0 from ever being
+  chosen again: when it is more than REFRESH rounds old, the round is a plain step (never slower than plain
+  decoding) and refreshes it.
 - draft_per_token: the mean draft time per drafted token of that source (about 0 for prompt lookup).
 k = 0 is a plain decoding step, so speculation happens only when the measurements say it pays.
 
@@ -27,6 +29,7 @@ import numpy as np
 EMA = 0.2
 SLOPE_PRIOR = 0.05
 DECAY = 0.97          # per round of a source: its acceptance counts cover about the last 30 rounds
+REFRESH = 32          # rounds after which the one-position (plain step) cost is measured again
 
 
 class CostModel:
@@ -36,10 +39,14 @@ class CostModel:
         self.draft: dict[str, tuple[float, int]] = {}        # source -> (seconds, tokens drafted)
         self.tried: dict[str, np.ndarray] = {}               # source -> [k_max] drafts at position i
         self.accepted: dict[str, np.ndarray] = {}            # source -> [k_max] accepted at position i
+        self.rounds = 0                                      # rounds observed
+        self.seen: dict[int, int] = {}                       # width -> the round it was last observed
 
     # -- measurements -------------------------------------------------------------------------------
     def observe(self, source: str | None, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
         w = drafted + 1
+        self.rounds += 1
+        self.seen[w] = self.rounds
         t, n = self.verify.get(w, (verify_s, 0))
         self.verify[w] = (verify_s if n == 0 else (1 - EMA) * t + EMA * verify_s, n + 1)
         if source is None or drafted == 0:
@@ -63,9 +70,8 @@ class CostModel:
         """Estimated seconds of one target pass over `width` positions (None before any measurement)."""
         if not self.verify:
             return None
-        wider = [t for w, (t, _) in self.verify.items() if w >= width]
-        if width in self.verify:      # a pass over fewer positions never costs more than one over more (a noisy
-            return min(wider)         # or stale narrow figure must not lock k = 0 out, or in)
+        if width in self.verify:
+            return self.verify[width][0]
         ws = np.array(sorted(self.verify), dtype=np.float64)
         ts = np.array([self.verify[int(w)][0] for w in ws])
         if len(ws) >= 2:
@@ -75,8 +81,7 @@ class CostModel:
         else:
             est = ts[0] * (1 + SLOPE_PRIOR * (width - ws[0]))
         below = [self.verify[int(w)][0] for w in ws if w < width]
-        est = max(float(est), max(below) if below else 0.0, 1e-9)
-        return min([est, *wider])
+        return max(float(est), max(below) if below else 0.0, 1e-9)
 
     def acceptance(self, source: str) -> np.ndarray:
         """a_i for i = 1..k_max: P(draft i accepted | draft i-1 accepted), Beta(1, 1) prior."""
@@ -100,6 +105,8 @@ class CostModel:
         cap = self.k_max if cap is None else min(int(cap), self.k_max)
         if not self.verify:
             return cap
+        if self.rounds - self.seen.get(1, 0) > REFRESH:
+            return 0
         rates = [self.expected_rate(source, k) for k in range(cap + 1)]
         return int(np.argmax(rates))
 
@@ -123,4 +130,5 @@ def measure_verify(cost: CostModel, target, context: int = 32, reps: int = 3) ->
     target.truncate(0)
     for w, ts in times.items():
         cost.verify[w] = (float(np.median(ts)), len(ts))
+        cost.seen[w] = cost.rounds
     return time.perf_counter() - t0
