@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 INITS = ("layer", "last")
 
 
+def positive_ints(cfg, keys, what: str) -> None:
+    """InputError unless every option in `keys` of `cfg` is an int >= 1."""
+    for k in keys:
+        if not isinstance(getattr(cfg, k), int) or getattr(cfg, k) < 1:
+            raise InputError(f"{what} {k} must be a positive integer, got {getattr(cfg, k)!r}")
+
+
 @dataclass(frozen=True)
 class FusedDrafterConfig(PassConfig):
     layers: int = 0            # exit point L (0: a quarter of the model's layers, e.g. 8 of 30)
@@ -43,9 +50,7 @@ class FusedDrafterConfig(PassConfig):
     calib: str | None = None   # calibration text file (default: Brown calibration split)
 
     def __post_init__(self):
-        for k in ("steps", "batch", "seq_len", "windows", "holdout"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
-                raise InputError(f"drafter option {k} must be a positive integer, got {getattr(self, k)!r}")
+        positive_ints(self, ("steps", "batch", "seq_len", "windows", "holdout"), "drafter option")
         if self.layers < 0 or self.vocab < 0:
             raise InputError("drafter options layers and vocab must be >= 0")
         if self.seq_len < 2:

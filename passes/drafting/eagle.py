@@ -40,9 +40,8 @@ class EagleConfig(PassConfig):
     calib: str | None = None   # calibration text file (default: Brown calibration split)
 
     def __post_init__(self):
-        for k in ("steps", "batch", "seq_len", "windows", "unroll"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
-                raise InputError(f"eagle option {k} must be a positive integer, got {getattr(self, k)!r}")
+        from .drafter import positive_ints
+        positive_ints(self, ("steps", "batch", "seq_len", "windows", "unroll"), "eagle option")
         if self.seq_len < 3 or self.unroll > 2:
             raise InputError("eagle options: seq_len must be >= 3 and unroll 1 or 2")
         if self.vocab < 0 or self.eval_prompts < 0 or self.eval_tokens < 1:
