@@ -41,8 +41,10 @@ PRUNE_METHODS.update({
 
 # extreme quantization (docs/passes/quantization.md): codebooks (aqlm), + PV-Tuning (pv), + straight-through
 # tuning (ste), round-to-nearest baseline (rtn), e.g. pv:2x8g8,steps=200  aqlm:1x8g8  rtn:2g64
-QUANTIZE_METHODS.update({m: _lazy("quantization.quant_methods", "build", m) for m in ("aqlm", "pv", "ste", "rtn")})
+QUANTIZE_METHODS.update({m: _lazy("quantization.quant_methods", "build", m)
+                         for m in ("aqlm", "pv", "ste", "rtn", "gptq-int", "pv-int")})
 CODEBOOK_METHODS = ("aqlm", "pv", "ste")      # their layers hold packed codes: nothing left to train by gradient
+INT_METHODS = ("gptq-int", "pv-int")          # integer codes and fp16 scales as buffers: the same
 
 # drafters (passes/drafting/drafter.py): fused self-speculative early exit ("fused", "fused:layers=8,steps=300,vocab=8192")
 # or an external draft model with the same tokenizer (--drafter PATH)
@@ -75,11 +77,11 @@ def drafting(options: CompileOptions) -> list:
         return []
     name, _, arg = options.drafter.partition(":")
     quant = (options.quantize or "").partition(":")[0]
-    if name in ("fused", "eagle") and quant in CODEBOOK_METHODS:
+    if name in ("fused", "eagle") and quant in CODEBOOK_METHODS + INT_METHODS:
         # after packing, a codebook layer's codebooks and scales are buffers: the fused drafter's exit layer
         # would train only its two norm weights, so the combination is refused until it can train them
         raise InputError(f"--drafter {name} cannot follow --quantize {quant}: the drafter's layer would be "
-                         "codebook layers with frozen codes, codebooks and scales (only its norms would train); "
+                         "quantized layers with frozen codes and scales (only its norms would train); "
                          "use --weights int8/int4 with the drafter, or a draft model path")
     if name in DRAFTERS and name != "external":      # "fused", "fused:layers=8,steps=300", "eagle:seconds=600"
         return DRAFTERS[name](arg, options)
@@ -120,6 +122,12 @@ def export(options: CompileOptions, static: bool) -> list:
 def native(options: CompileOptions, static: bool) -> list:
     """The native backend's weights (native/), checked against torch unless --no-validate."""
     if "native" not in (options.formats or ()) or static:
+        return []
+    quant, _, arg = (options.quantize or "").partition(":")
+    if quant in INT_METHODS and arg.partition(",")[0].strip() in ("2", "3"):
+        import logging
+        logging.getLogger(__name__).warning("no native/ folder: the native backend runs 4-bit integer groups, not "
+                                            "int%s (the OpenVINO graphs run it compressed)", arg.partition(",")[0])
         return []
     from ..passes.export.export_native import ExportNativePass, ExportNativeConfig
     return [ExportNativePass(ExportNativeConfig(weights=options.weights, validate=options.validate))]

@@ -31,6 +31,7 @@ from ...compiler.bundle import ModelBundle
 from ...compiler.errors import InputError
 from ...compiler.pass_base import Pass, PassConfig, PassResult
 from ..quantization.codebook_linear import CodebookLinear
+from ..quantization.int_linear import IntGroupLinear
 from .decoder_graph import DecoderGraph
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,16 @@ def dequantize_q4s(t: dict[str, np.ndarray], group: int) -> np.ndarray:
     q = np.concatenate([(p & 15), (p >> 4)], axis=2).astype(np.float32) - 8           # [n, groups, group]
     s = t["scale"].astype(np.float32)
     return (q * s[:, :, None]).reshape(n, -1)
+
+
+def pack_q4s(codes: np.ndarray, scales: np.ndarray) -> dict[str, np.ndarray]:
+    """Signed 4-bit codes [n, groups, group] in [-8, 7] and scales [n, groups] -> the q4s tensors (a gptq-int /
+    pv-int layer's own codes, stored as they are)."""
+    n, ng, group = codes.shape
+    q = codes.astype(np.int16) + 8
+    half = group // 2
+    packed = (q[:, :, :half] | (q[:, :, half:] << 4)).astype(np.uint8).reshape(n, ng * group // 2)
+    return {"q": packed, "scale": np.ascontiguousarray(scales.reshape(n, ng), dtype=np.float16)}
 
 
 def encode(w: np.ndarray, fmt: str, group: int | None = None) -> dict[str, np.ndarray]:
@@ -148,6 +159,12 @@ class _Writer:
                       "scales": _np(module.scales).reshape(-1).astype(np.float16)}
             rec = {"format": "cb", "shape": [module.out_features, module.in_features],
                    "codebooks": module.scheme.codebooks, "group": module.scheme.group}
+        elif isinstance(module, IntGroupLinear):
+            if module.nbits != 4:
+                raise InputError(f"the native backend runs 4-bit integer groups, not int{module.nbits} "
+                                 "(use the OpenVINO backend: --formats openvino)")
+            stored = pack_q4s(module.codes.numpy(), module.scales.detach().float().numpy())
+            rec = {"format": "q4s", "shape": [module.out_features, module.in_features], "group": module.group}
         else:
             w = module.weight if isinstance(module.weight, torch.Tensor) else None
             if w is None or w.dim() != 2:
@@ -183,7 +200,7 @@ def describe(graph: DecoderGraph, family, weights: str, embed_format: str | None
     fmt = LINEAR_FORMAT[weights]
     linears = [graph.attn[j][p] for j in range(len(graph.attn)) for p in ("q", "k", "v", "o")]
     linears += [graph.mlp[j][p] for j in range(len(graph.mlp)) for p in ("gate", "up", "down")]
-    low_bit = any(isinstance(m, CodebookLinear) for m in linears)
+    low_bit = any(isinstance(m, (CodebookLinear, IntGroupLinear)) for m in linears)
     efmt = embed_format or ("q8a" if low_bit else EMBED_FORMAT[weights])
     group = int4_group({m.in_features for m in linears} | {graph.hidden_size}) if fmt == "q4s" else None
     w = _Writer()
@@ -298,7 +315,7 @@ def validate_native(bundle: ModelBundle, cfg: dict, weights: Path) -> dict:
     from ...runtime.native.config_check import check_config
     from ...runtime.native.model import NativeModel
     from ...runtime.native.weights import map_safetensors
-    from .validate import TOLERANCES, noise_limit, prompt_ids, self_noise, torch_reference
+    from .validate import INT_CODES, TOLERANCES, noise_limit, prompt_ids, self_noise, torch_reference
     tensors = map_safetensors(weights)
     check_config(cfg, tensors)
     precision = {"f32": "fp32", "f16": "fp16", "q8a": "int8", "q4s": "int4"}
@@ -341,6 +358,9 @@ def validate_native(bundle: ModelBundle, cfg: dict, weights: Path) -> dict:
 
     diff, agree, _ = measure("f32")
     max_diff, agree_min = TOLERANCES[worst]
+    if "int" in (bundle.records.get("quantization") or {}):
+        worst = "int-codes"             # gptq-int / pv-int: the torch model holds the very codes stored here
+        max_diff, agree_min = INT_CODES
     max_diff = noise_limit(max_diff, noise)
     out = {"native_max_abs_diff": round(diff, 6), "native_greedy_agreement": round(agree, 4), "native_tolerance": worst,
            "reference_embedding": "int8 (as stored)" if swap else "the model's"}

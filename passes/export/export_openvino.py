@@ -42,6 +42,25 @@ def compress_ov(model, weights: str, adapter):
                                  ratio=1.0)
 
 
+def compress_int(model, bundle):
+    """`gptq-int` / `pv-int` models: NNCF's layout with the model's own codes (passes/export/ov_int.py)."""
+    from ..quantization.int_linear import int_layers
+    from .ov_int import compress_int_ov
+    layers = int_layers(bundle.model)
+    spec = bundle.records["quantization"]["int"]
+    ad = bundle.adapter
+    extra = {}
+    for key, mod in (("<embedding>", ad.embed), ("<head>", None if ad.tied_embeddings else ad.head)):
+        if mod is not None and getattr(mod, "int8", None) is not None:
+            extra[key] = {"weight": mod.weight.detach().float().numpy(),
+                          **{k: v.numpy() for k, v in mod.int8.items()}}
+    return compress_int_ov(model, layers, extra, spec["bits"], spec["group"])
+
+
+def has_int_layers(bundle) -> bool:
+    return "int" in (bundle.records.get("quantization") or {})
+
+
 class ExportOpenVINOPass(Pass):
     name = "export-openvino"
     config_class = ExportOpenVINOConfig
@@ -65,7 +84,10 @@ class ExportOpenVINOPass(Pass):
             src = bundle.records["onnx_fp32"][name]
             t0 = time.perf_counter()
             model = convert_onnx(str(src))       # keeps codebook decompression (passes/export/ov_decompression.py)
-            model = compress_ov(model, self.config.weights, bundle.adapter)
+            if has_int_layers(bundle):
+                model = compress_int(model, bundle)
+            else:
+                model = compress_ov(model, self.config.weights, bundle.adapter)
             rel = f"graphs/{name}.xml"
             out = bundle.workdir / rel
             ov.save_model(model, str(out), compress_to_fp16=self.config.weights == "fp16")

@@ -90,20 +90,29 @@ class PVTrainer:
     def __init__(self, model, teacher, norms: list[torch.nn.Parameter], lr: float, lr_v: float,
                  decay: float = 0.0, trust: float = 0.0):
         self.model, self.teacher, self.lr_v, self.decay, self.trust = model, teacher, lr_v, decay, trust
-        self.layers = codebook_layers(model)
+        self.layers = self.find_layers(model)
         if not self.layers:
-            raise PreconditionError("the model has no CodebookLinear layers")
+            raise PreconditionError("the model has no quantized layers to tune")
         self._frozen = [(p, p.requires_grad) for p in model.parameters()]
         model.requires_grad_(False)
         params = []
         for q in self.layers.values():
             q.unpack()
-            params += [q.codebooks, q.scales] + ([q.bias] if q.bias is not None else [])
+            params += self.continuous(q) + ([q.bias] if q.bias is not None else [])
         params += list(norms)
         for p in params:
             p.requires_grad_(True)
         self.opt = torch.optim.Adam(params, lr=lr)
         self.buffers: dict[str, list] = {}    # name -> [T, m, v, t] of the V step's Adam on T
+
+    @staticmethod
+    def find_layers(model) -> dict:
+        return codebook_layers(model)
+
+    @staticmethod
+    def continuous(q) -> list:
+        """The layer's continuous parameters the P step trains."""
+        return [q.codebooks, q.scales]
 
     def _backward(self, ids: torch.Tensor, tap: bool) -> float:
         for q in self.layers.values():
@@ -134,8 +143,8 @@ class PVTrainer:
         self.opt.zero_grad(set_to_none=True)
         return loss, changed / max(total, 1)
 
-    def _update_codes(self, name: str, q: CodebookLinear, grad: torch.Tensor, tau: float) -> tuple[int, int]:
-        w_hat = q.dequantize()
+    def move_target(self, name: str, w_hat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """One Adam-normalised step of the layer's float buffer T against the gradient; -> T."""
         st = self.buffers.setdefault(name, [w_hat.clone(), torch.zeros_like(grad), torch.zeros_like(grad), 0])
         target, m, v, _ = st
         st[3] += 1
@@ -143,7 +152,11 @@ class PVTrainer:
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         step = self.lr_v * math.sqrt(1 - b2 ** st[3]) / (1 - b1 ** st[3])
-        target.addcdiv_(m, v.sqrt().add_(1e-8), value=-step)
+        return target.addcdiv_(m, v.sqrt().add_(1e-8), value=-step)
+
+    def _update_codes(self, name: str, q: CodebookLinear, grad: torch.Tensor, tau: float) -> tuple[int, int]:
+        w_hat = q.dequantize()
+        target = self.move_target(name, w_hat, grad)
         out_f, ng, nc = q.codes.shape
         g = q.scheme.group
         far = (target - w_hat).square().reshape(out_f, ng, g).sum(-1).flatten()      # [out * ng]
@@ -185,6 +198,8 @@ def norm_parameters(adapter) -> list[torch.nn.Parameter]:
 class PVTuningPass(Pass):
     name = "tune-pv"
     config_class = PVTuningConfig
+    trainer_class = PVTrainer
+    label = None                  # the method recorded in records["quantization"] (default: the mode)
 
     def requires(self, bundle) -> None:
         if not codebook_layers(bundle.model):
@@ -205,7 +220,7 @@ class PVTuningPass(Pass):
         t0 = time.perf_counter()
         model = bundle.model
         model.eval()                            # no dropout: the loss is deterministic per batch
-        trainer = PVTrainer(model, teacher, norm_parameters(bundle.adapter), cfg.lr, cfg.lr_v, cfg.decay,
+        trainer = self.trainer_class(model, teacher, norm_parameters(bundle.adapter), cfg.lr, cfg.lr_v, cfg.decay,
                             cfg.trust)
         losses, changes = [], []
         try:
@@ -234,7 +249,7 @@ class PVTuningPass(Pass):
         del teacher
         seconds = time.perf_counter() - t0
         rec = bundle.records.setdefault("quantization", {})
-        rec["method"] = cfg.mode
+        rec["method"] = self.label or cfg.mode
         rec.update(bits_summary(bundle.adapter))
         rec["tuning"] = {"mode": cfg.mode, "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr, "lr_v": cfg.lr_v,
                          "tau": 1.0 if cfg.mode == "ste" else cfg.tau, "v_every": cfg.v_every,

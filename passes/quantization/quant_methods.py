@@ -4,6 +4,8 @@
     pv:MxBgG[,key=value...]     codebooks + PV-Tuning                       e.g. pv:2x8g8,steps=200,tau=0.01
     ste:MxBgG[,key=value...]    codebooks + straight-through tuning         e.g. ste:1x8g8,steps=200
     rtn:BgS                     round-to-nearest B-bit, groups of S         e.g. rtn:2g64
+    gptq-int:B[,key=value...]   GPTQ into NNCF's INT{B}_SYM groups          e.g. gptq-int:4,group=64
+    pv-int:B[,key=value...]     GPTQ init + PV-Tuning of codes and scales   e.g. pv-int:2,group=64,steps=200
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ QUANT_KEYS = {"samples": ("samples", int), "seqlen": ("seqlen", int), "kmeans": 
 TUNE_KEYS = {"steps": ("steps", int), "batch": ("batch", int), "lr": ("lr", float), "lr_v": ("lr_v", float),
              "tau": ("tau", float), "v_every": ("v_every", int), "decay": ("decay", float),
              "trust": ("trust", float)}
-METHODS = ("aqlm", "pv", "ste", "rtn")
+INT_KEYS = {"group": ("group", int), "samples": ("samples", int), "seqlen": ("seqlen", int),
+            "damp": ("damp", float), "clip": ("clip", bool), "seed": ("seed", int)}
+METHODS = ("aqlm", "pv", "ste", "rtn", "gptq-int", "pv-int")
 
 
 def parse_options(method: str, items: list[str], keys: dict[str, tuple[str, type]]) -> dict[str, Any]:
@@ -44,6 +48,8 @@ def build(method: str, arg: str, options) -> list:
         raise InputError(f"unknown quantization method '{method}' (known: {', '.join(METHODS)})")
     head, *items = [p.strip() for p in (arg or "").split(",")]
     calib = getattr(options, "calib", None)
+    if method in ("gptq-int", "pv-int"):
+        return build_int(method, head, items, calib, options)
     if method == "rtn":
         if items:
             raise InputError(f"--quantize rtn takes no options, got '{','.join(items)}'")
@@ -63,4 +69,27 @@ def build(method: str, arg: str, options) -> list:
             if k in quant:
                 tune[k] = quant[k]
         passes.append(PVTuningPass(PVTuningConfig(mode=method, calib=calib, **tune)))
+    return passes
+
+
+def build_int(method: str, head: str, items: list[str], calib, options=None) -> list:
+    """`gptq-int:B[,group=G,...]` and `pv-int:B[,group=G,steps=N,...]` (passes/quantization/int_quant.py)."""
+    from .int_quant import IntPVTuningPass, IntQuantConfig, IntQuantPass
+    weights = getattr(options, "weights", "fp32")
+    if weights != "fp32":
+        raise InputError(f"--quantize {method} sets the graph weights itself (int codes, int8 embedding); "
+                         f"drop --weights {weights}")
+    if not head.isdigit():
+        raise InputError(f"--quantize {method}: give the bits first, e.g. {method}:4,group=64 (bits 2, 3 or 4)")
+    keys = dict(INT_KEYS, **(TUNE_KEYS if method == "pv-int" else {}))
+    opts = parse_options(method, items, keys)
+    quant = {k: v for k, v in opts.items() if k in IntQuantConfig.__dataclass_fields__}
+    passes = [IntQuantPass(IntQuantConfig(bits=int(head), calib=calib, keep_teacher=method == "pv-int",
+                                          method=method, **quant))]
+    if method == "pv-int":
+        tune = {k: v for k, v in opts.items() if k in PVTuningConfig.__dataclass_fields__ and k in TUNE_KEYS}
+        for k in ("samples", "seqlen", "seed"):
+            if k in quant:
+                tune[k] = quant[k]
+        passes.append(IntPVTuningPass(PVTuningConfig(mode="pv", calib=calib, **tune)))
     return passes

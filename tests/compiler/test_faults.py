@@ -104,11 +104,11 @@ SLOW_COMPILE = textwrap.dedent("""
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_signals_clean_up_the_staging_dir(tmp_path, tiny_folder, sig):
     out = tmp_path / "out"
-    # the child starts with default dispositions: under `nohup` SIGHUP is inherited as ignored, and accelc
-    # rightly leaves an ignored SIGHUP alone
+    # the child starts with default dispositions: under `nohup` SIGHUP is inherited as ignored, a background
+    # job of a non-interactive shell inherits SIGINT ignored, and accelc rightly leaves ignored signals alone
     p = subprocess.Popen([sys.executable, "-c", SLOW_COMPILE, "compile", str(tiny_folder), "-o", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+                         preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGINT)])
     deadline = time.time() + 120
     while time.time() < deadline and "STAGED" not in p.stdout.readline():
         pass

@@ -1,0 +1,124 @@
+"""gptq-int / pv-int: codes in range, GPTQ beats round-to-nearest on the output error, V steps stay in
+their trust region, PV steps lower the distillation loss, the specs."""
+import copy
+import math
+
+import pytest
+import torch
+
+from accelc.compiler.bundle import ModelBundle
+from accelc.compiler.errors import InputError
+from accelc.models.adapter import ArchAdapter
+from accelc.models.tiny import tiny_model
+from accelc.passes.quantization.codebook import TEACHER
+from accelc.passes.quantization.codebook_search import output_error
+from accelc.passes.quantization.int_gptq import gptq_int
+from accelc.passes.quantization.int_linear import IntGroupLinear, code_range, encode, int_layers, sym_scales
+from accelc.passes.quantization.int_quant import IntPVTrainer, IntPVTuningPass, IntQuantConfig, IntQuantPass
+from accelc.passes.quantization.pv_tuning import PVTuningConfig, distill_loss, norm_parameters
+from accelc.passes.quantization.quant_methods import build
+
+
+@pytest.fixture(scope="module", params=[2, 4])
+def quantized(request):
+    torch.manual_seed(0)
+    model = tiny_model("llama", seed=0, initializer_range=0.25)     # peaked next-token distributions
+    b = ModelBundle(model=model, tokenizer=None, adapter=ArchAdapter(model))
+    b.records["calibration_ids"] = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    IntQuantPass(IntQuantConfig(bits=request.param, group=32, keep_teacher=True))(b)
+    return b
+
+
+def _fresh(quantized):
+    b = copy.deepcopy(quantized)
+    b.records[TEACHER] = quantized.records[TEACHER]
+    return b
+
+
+def _correlated(n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(512, k, generator=g) @ (torch.eye(k) + 0.3 * torch.randn(k, k, generator=g))
+    return torch.randn(n, k, generator=g) * 0.05, x.T @ x / 512
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_gptq_codes_in_range_and_better_than_rounding(bits):
+    w, h = _correlated(24, 128)
+    codes, scales = gptq_int(w, h, bits, 32)
+    lo, hi = code_range(bits)
+    assert codes.dtype == torch.int8 and int(codes.min()) >= lo and int(codes.max()) <= hi
+    assert torch.equal(scales, scales.half().float())                   # stored as fp16 exactly
+    q = IntGroupLinear(codes, scales, bits)
+    wg = w.reshape(24, 4, 32)
+    s = sym_scales(wg, bits).half().float()
+    rtn = (encode(wg, s, bits).float() * s).reshape(24, 128)
+    assert output_error(q.dequantize(), w, h).sum() < 0.8 * output_error(rtn, w, h).sum()
+
+
+def test_layout_round_trips_exactly():
+    codes = torch.randint(-4, 4, (6, 2, 16), dtype=torch.int8)
+    scales = torch.rand(6, 2, 1) + 0.1
+    q = IntGroupLinear(codes, scales, 3)
+    w = q.dequantize().reshape(6, 2, 16)
+    s = q.scales.float()
+    assert torch.equal(encode(w, s, 3), codes)                           # decode -> encode is the identity
+    assert q.bits()["total"] == 6 * 32 * 3 + 12 * 16
+    with pytest.raises(ValueError):
+        IntGroupLinear(torch.full((1, 1, 4), 4, dtype=torch.int8), torch.ones(1, 1, 1), 3)
+
+
+def test_quant_pass_replaces_every_linear(quantized):
+    layers = int_layers(quantized.model)
+    assert len(layers) == len(quantized.adapter.linears())
+    rec = quantized.records["quantization"]
+    bits = rec["int"]["bits"]
+    assert abs(rec["bits_per_weight"] - (bits + 16 / 32)) < 1e-6
+    assert all(q.scales.dtype == torch.float16 for q in layers.values())
+
+
+def test_v_step_moves_codes_within_range_and_trust(quantized):
+    b = _fresh(quantized)
+    before = {n: (q.codes.clone(), q.dequantize().clone()) for n, q in int_layers(b.model).items()}
+    tr = IntPVTrainer(b.model, b.records[TEACHER], norm_parameters(b.adapter), lr=1e-3, lr_v=5e-2, trust=0.02)
+    tau = 0.05
+    _, frac = tr.v_step(b.records["calibration_ids"][:4], tau=tau)
+    scales = {n: q.scales.detach().clone() for n, q in tr.layers.items()}
+    tr.finish()
+    assert 0 < frac <= tau
+    for n, q in int_layers(b.model).items():
+        old_codes, old_w = before[n]
+        lo, hi = code_range(q.nbits)
+        assert int(q.codes.min()) >= lo and int(q.codes.max()) <= hi
+        assert (q.codes != old_codes).sum() <= math.ceil(tau * old_codes.numel())
+        moved = (q.codes.float() - old_codes.float()) * scales[n].float()
+        step = moved.abs().amax().item()
+        # the trust region, plus the one change that crosses it
+        assert moved.norm() <= 0.02 * old_w.norm() + step + 1e-6
+
+
+def test_pv_lowers_the_distillation_loss(quantized):
+    b = _fresh(quantized)
+    ids = b.records["calibration_ids"][:4]        # the pass trains on these (it holds out the last batch)
+    with torch.no_grad():
+        before = float(distill_loss(b.model, b.records[TEACHER], ids))
+    IntPVTuningPass(PVTuningConfig(steps=12, batch=4, lr=3e-3, lr_v=1e-2, tau=0.01))(b)
+    with torch.no_grad():
+        after = float(distill_loss(b.model, quantized.records[TEACHER], ids))
+    assert after < 0.8 * before
+    rec = b.records["quantization"]
+    assert rec["method"] == "pv-int" and rec["tuning"]["steps"] == 12
+    for q in int_layers(b.model).values():
+        lo, hi = code_range(q.nbits)
+        assert q.scales.dtype == torch.float16 and int(q.codes.min()) >= lo and int(q.codes.max()) <= hi
+
+
+def test_specs():
+    passes = build("pv-int", "3,group=64,steps=7,tau=0.02", None)
+    assert [p.name for p in passes] == ["quantize-int", "tune-pv-int"]
+    assert passes[0].config.bits == 3 and passes[0].config.group == 64 and passes[1].config.steps == 7
+    assert [p.name for p in build("gptq-int", "4", None)] == ["quantize-int"]
+    for bad in ("5", "x", "4,group=48", "4,steps=3"):
+        with pytest.raises(InputError):
+            build("gptq-int", bad, None)
+    with pytest.raises(InputError):
+        build("pv-int", "2,wat=1", None)
