@@ -4,10 +4,13 @@ Layers are quantized in order, each on the calibration inputs produced by the al
 layers before it (passes/calibration.run_layerwise), with the input Gram matrix H = E[x x^T] of each
 Linear. GPTQ (Frantar et al. 2023) quantizes one input column at a time and spreads the column's
 rounding error over the columns not yet quantized through the Cholesky factor of H^-1 (blocks of
-columns, lazy updates). A group's scale is fixed when GPTQ reaches its first column, from the
-weights as they are then (error feedback of earlier groups included), by a clip search: the clip
-ratio c in `CLIPS` minimising the diag(H)-weighted rounding error of the group, scale =
-max|w| * c / 2^(B-1) (c = 1 is NNCF's data-free scale), rounded to fp16 before the codes are taken.
+columns, lazy updates). A group's scale comes from a clip search: the clip ratio c in `CLIPS`
+minimising the diag(H)-weighted rounding error of the group, scale = max|w| * c / 2^(B-1) (c = 1 is
+NNCF's data-free scale), rounded to fp16 before the codes are taken. In natural column order
+(`act_order=False`) the scale is fixed when GPTQ reaches the group's first column, from the weights as
+they are then (error feedback of earlier groups included); with `act_order` the columns are taken in
+decreasing diag(H) and every group's scale is fixed up front from the original weights (GPTQ's
+"static groups", which act order needs: a group's columns are no longer contiguous in time).
 """
 from __future__ import annotations
 
@@ -37,21 +40,30 @@ def best_scales(wg: torch.Tensor, d: torch.Tensor, bits: int, clips=CLIPS) -> to
 
 @torch.no_grad()
 def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: float = 0.01,
-             clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+             clip: bool = True, act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K], h [K, K] -> (codes int8 [N, K/G, G], scales fp32 (fp16-exact) [N, K/G, 1])."""
     n, k = w.shape
     lo, hi = code_range(bits)
+    clips = CLIPS if clip else (1.0,)
     W = w.detach().float().clone()
     H = h.detach().float().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
+    d = torch.diag(h).float().clamp_min(0)
+    scales = torch.zeros(n, k // group)
+    if act_order:
+        for g in range(k // group):
+            scales[:, g] = best_scales(W[:, g * group:(g + 1) * group], d[g * group:(g + 1) * group], bits,
+                                       clips).squeeze(-1)
+        perm = torch.argsort(torch.diag(H), descending=True)
+    else:
+        perm = torch.arange(k)
+    W, H = W[:, perm], H[perm][:, perm]
     H += torch.eye(k) * (damp * torch.diag(H).mean())
     L = torch.linalg.cholesky(H)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-    d = torch.diag(h).float().clamp_min(0)
     codes = torch.zeros(n, k, dtype=torch.int8)
-    scales = torch.zeros(n, k // group)
     block = group * max(1, 128 // group)
     s = None
     for i1 in range(0, k, block):
@@ -61,14 +73,15 @@ def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: floa
         Hb = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if col % group == 0:
-                g = col // group
-                wg = W1[:, i:i + group]
-                s = best_scales(wg, d[col:col + group], bits, CLIPS if clip else (1.0,)).squeeze(-1)
-                scales[:, g] = s
+            orig = int(perm[col])
+            if act_order:
+                s = scales[:, orig // group]
+            elif col % group == 0:
+                s = best_scales(W1[:, i:i + group], d[col:col + group], bits, clips).squeeze(-1)
+                scales[:, col // group] = s
             x = W1[:, i]
             q = torch.clamp(torch.round(x / s), lo, hi)
-            codes[:, col] = q.to(torch.int8)
+            codes[:, orig] = q.to(torch.int8)
             err = (x - q * s) / Hb[i, i]
             W1[:, i:] -= err.unsqueeze(1) * Hb[i, i:].unsqueeze(0)
             E1[:, i] = err

@@ -26,7 +26,8 @@ TUNE_KEYS = {"steps": ("steps", int), "batch": ("batch", int), "lr": ("lr", floa
              "tau": ("tau", float), "v_every": ("v_every", int), "decay": ("decay", float),
              "trust": ("trust", float)}
 INT_KEYS = {"group": ("group", int), "samples": ("samples", int), "seqlen": ("seqlen", int),
-            "damp": ("damp", float), "clip": ("clip", bool), "seed": ("seed", int)}
+            "damp": ("damp", float), "clip": ("clip", bool), "act_order": ("act_order", bool),
+            "seed": ("seed", int)}
 METHODS = ("aqlm", "pv", "ste", "rtn", "gptq-int", "pv-int")
 
 

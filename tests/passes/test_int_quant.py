@@ -41,10 +41,11 @@ def _correlated(n, k, seed=0):
     return torch.randn(n, k, generator=g) * 0.05, x.T @ x / 512
 
 
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_gptq_codes_in_range_and_better_than_rounding(bits):
+def test_gptq_codes_in_range_and_better_than_rounding(bits, act_order):
     w, h = _correlated(24, 128)
-    codes, scales = gptq_int(w, h, bits, 32)
+    codes, scales = gptq_int(w, h, bits, 32, act_order=act_order)
     lo, hi = code_range(bits)
     assert codes.dtype == torch.int8 and int(codes.min()) >= lo and int(codes.max()) <= hi
     assert torch.equal(scales, scales.half().float())                   # stored as fp16 exactly
