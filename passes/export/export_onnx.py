@@ -154,7 +154,7 @@ def _scratch() -> Path:
 
 
 def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scratch: Path | None,
-                metrics: dict, emit: bool = True) -> dict:
+                metrics: dict, emit: bool = True, int4: dict | None = None) -> dict:
     """Export `graph` and return its graph record. The fp32 graph (the OpenVINO pass's source) goes to
     `scratch` when given, else straight to graphs/<name>.onnx in the bundle's workdir. With `emit`, the
     artifact gets graphs/<name>.onnx (+ .data) at the requested weight precision; without it, the
@@ -175,7 +175,13 @@ def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scrat
            "cache": "full"}
     if not emit:
         return rec
-    if src != out:
+    if int4 is not None:        # gptq-int:4 / pv-int:4: MatMulNBits with the layers' own codes (passes/export/onnx_int.py)
+        from .onnx_int import match_initializers, swap_codes
+        t0 = time.perf_counter()
+        edit = swap_codes(match_initializers(src, int4["layers"]), int4["layers"])
+        compress_onnx(src, out, "int4", bundle.adapter, group=int4["group"], edit=edit)
+        metrics[f"{name}_compress_s"] = round(time.perf_counter() - t0, 2)
+    elif src != out:
         t0 = time.perf_counter()
         compress_onnx(src, out, weights, bundle.adapter)
         metrics[f"{name}_compress_s"] = round(time.perf_counter() - t0, 2)
@@ -184,6 +190,15 @@ def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scrat
     bundle.add_file(rel + ".data", data)
     metrics[f"{name}_mb"] = round((out.stat().st_size + data.stat().st_size) / 1e6, 1)
     return {"onnx": rel, **rec}
+
+
+def int4_layers(bundle: ModelBundle) -> dict | None:
+    """{"layers", "group"} of a gptq-int:4 / pv-int:4 model (its ONNX graph gets MatMulNBits), else None."""
+    spec = (bundle.records.get("quantization") or {}).get("int")
+    if not spec or spec["bits"] != 4:
+        return None
+    from ..quantization.int_linear import int_layers
+    return {"layers": int_layers(bundle.model), "group": spec["group"]}
 
 
 class ExportOnnxPass(Pass):
@@ -200,11 +215,12 @@ class ExportOnnxPass(Pass):
             group_size_for(ad)   # InputError before the (slow) export when no int4 group size fits
         graph = DecoderGraph(bundle.model, ad).eval()
         records = bundle.records.setdefault("graphs", {})
-        scratch = _scratch() if needs_scratch(cfg.weights, cfg.formats) else None
+        int4 = int4_layers(bundle)
+        scratch = _scratch() if needs_scratch(cfg.weights, cfg.formats) or int4 else None
         metrics = {}
         for name, spec in graph_specs(cfg).items():
             records[name] = write_graph(bundle, graph, name, spec, cfg.weights, scratch, metrics,
-                                        emit="onnx" in cfg.formats)
+                                        emit="onnx" in cfg.formats, int4=int4)
             records[name].update(static=cfg.static, role=name)      # decoder, or prefill + decode
         bundle.records["formats"] = [f for f in FORMATS if f in cfg.formats]
         return PassResult(True, metrics)

@@ -131,7 +131,7 @@ def unshield_casts(model) -> None:
     model.graph.value_info.extend(infos)
 
 
-def compress_onnx(src: Path, out: Path, weights: str, adapter) -> None:
+def compress_onnx(src: Path, out: Path, weights: str, adapter, group: int | None = None, edit=None) -> None:
     """Write `src` (an fp32 graph with external data) to `out` with the requested weight precision.
 
     NNCF gets the graph without its tensors (load_external_data=False, the data folder as its
@@ -150,13 +150,15 @@ def compress_onnx(src: Path, out: Path, weights: str, adapter) -> None:
         if weights == "int8":
             kw = dict(mode=CompressWeightsMode.INT8_ASYM)
         else:
-            kw = dict(mode=CompressWeightsMode.INT4_SYM, group_size=group_size_for(adapter), ratio=1.0)
+            kw = dict(mode=CompressWeightsMode.INT4_SYM, group_size=group or group_size_for(adapter), ratio=1.0)
         model = onnx.load(str(src), load_external_data=False)
         adv = AdvancedCompressionParameters(backend_params={BackendParameters.EXTERNAL_DATA_DIR:
                                                             str(Path(src).resolve().parent)})
         shield_initializer_casts(model)
         model = nncf.compress_weights(model, advanced_parameters=adv, **kw)
         unshield_casts(model)
+        if edit is not None:
+            edit(model)
     elif weights == "fp32":
         model = onnx.load(str(src))
     else:

@@ -196,3 +196,18 @@ def test_eagle_after_codebooks_is_refused_before_the_load(capsys, tmp_path, tiny
     code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(tmp_path / "o"), "--quantize", "pv:2x8g8",
                            "--drafter", "eagle")
     assert_one_line_error(code, err, "--drafter eagle cannot follow", "pv")
+
+
+@pytest.mark.parametrize("args, words", [(["--quantize", "pv-int:5"], ["bits must be one of 2, 3, 4"]),
+                                         (["--quantize", "pv-int:4,group=48"], ["group must be one of 32, 64, 128"]),
+                                         (["--quantize", "gptq-int:4,steps=3"], ["unknown option 'steps=3'"]),
+                                         (["--quantize", "pv-int:x"], ["give the bits first"]),
+                                         (["--quantize", "pv-int:4", "--weights", "int8"], ["drop --weights int8"]),
+                                         (["--quantize", "pv-int:2", "--drafter", "fused"],
+                                          ["--drafter fused cannot follow", "pv-int"])])
+def test_bad_int_quantization_is_refused_before_the_load(capsys, tmp_path, tiny_folder, monkeypatch, args, words):
+    import accelc.models.sources as S
+    monkeypatch.setattr(S, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(tmp_path / "o"), *args)
+    assert_one_line_error(code, err, *words)
+    assert no_leftovers(tmp_path, "o")

@@ -71,10 +71,22 @@ def test_native_q4s_holds_the_layer_codes():
                                   "gptq-int:4,group=32,samples=4,seqlen=32"])
 def test_compiled_artifact_validates(tmp_path, spec):
     out, bundle = compile_tiny(tmp_path, lambda calib: CompileOptions(quantize=spec, calib=calib, formats=(
-        "openvino", "native")))
+        "openvino", "native", "onnx")))
     manifest = json.loads((out / "manifest.json").read_text())
     val = next(p for p in manifest["passes"] if p["name"] == "validate")["metrics"]
-    assert val["openvino_greedy"] >= 0.85
+    assert val["openvino_greedy"] >= 0.85 and val["onnxruntime_greedy"] >= 0.85
+    import onnx
+    from onnx import numpy_helper
+    graph = onnx.load(str(out / "graphs" / "decoder.onnx")).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == (7 * bundle.adapter.num_layers if spec.startswith("gptq-int:4") else 0)
+    if nbits:       # the first layer's q projection: its own codes, not NNCF's
+        from accelc.passes.export.onnx_int import pack_matmulnbits
+        from accelc.passes.quantization.int_linear import int_layers
+        q = int_layers(bundle.model)["model.layers.0.self_attn.q_proj"]
+        inits = {t.name: t for t in graph.initializer}
+        packed = pack_matmulnbits(q.codes.numpy())
+        assert any(np.array_equal(numpy_helper.to_array(inits[n.input[1]]), packed) for n in nbits)
     xml = (out / "graphs" / "decoder.xml").read_text()
     assert f'element_type="{TYPES[int(spec.split(":")[1][0])]}"' in xml
     assert (out / "native").is_dir() == spec.startswith("gptq-int:4")

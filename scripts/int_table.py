@@ -1,0 +1,48 @@
+"""Markdown table of a scripts/bench_int.py JSON file (the pv-int table in docs/passes/quantization.md).
+
+    .venv/bin/python scripts/int_table.py docs/passes/results/pv_int_DATE.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def fmt(x, nd=2):
+    return "–" if x is None else f"{x:,.{nd}f}"
+
+
+def main(path: str) -> None:
+    d = json.load(open(path))
+    rows, speed = d["rows"], d.get("speed", {})
+    ref = rows.get("fp32", {}).get("perplexity", {})
+    texts = d["protocol"]["texts"]
+    m = d["machine"] if "machine" in d else {}
+    print(f"Measured {d.get('date', '?')} on {m.get('cpu', '?')} ({m.get('cores', '?')} cores), "
+          f"{d['protocol']['threads']} threads; perplexity on {d['protocol']['max_tokens']:,} tokens per text "
+          f"(512-token windows); speed: greedy, {d['protocol']['new_tokens']} new tokens, median of "
+          f"{d['protocol']['rounds']} alternating rounds, each in a fresh process. Raw: `{path}`.\n")
+    head = ["row", "method", "bits/weight linears", "bits/weight embedding"]
+    head += [f"ppl {t}" for t in texts] + [f"x fp32 {t}" for t in texts]
+    head += ["artifact MB", "resident MB (openvino)", "decode tok/s (openvino)", "resident MB (native)",
+             "decode tok/s (native)", "compile s"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + " --- |" * len(head))
+    for label, r in rows.items():
+        ppl = r.get("perplexity", {})
+        vals = [ppl.get(t, {}).get("perplexity") for t in texts]
+        ratios = [None if v is None or not ref.get(t, {}).get("perplexity") else v / ref[t]["perplexity"]
+                  for v, t in zip(vals, texts)]
+        ov_s, nat = speed.get(f"{label}/openvino", {}), speed.get(f"{label}/native", {})
+        cells = [label, r["method"], fmt(r["linear_bits_per_weight"], 3), fmt(r["embedding_bits_per_weight"], 3)]
+        cells += [fmt(v) for v in vals] + [("–" if x is None else f"{x:.3f}x") for x in ratios]
+        cells += [fmt(r["artifact_mb"], 1), fmt(ov_s.get("peak_rss_mb"), 0), fmt(ov_s.get("decode_tok_s"), 1),
+                  fmt(nat.get("peak_rss_mb"), 0), fmt(nat.get("decode_tok_s"), 1), fmt(r["compile"]["passes_s"], 0)]
+        print("| " + " | ".join(cells) + " |")
+    if "empty/openvino" in speed:
+        e = speed["empty/openvino"]
+        print(f"\nRuntime fixed overhead (a 2-layer random model, same probe): resident {fmt(e.get('peak_rss_mb'), 0)} MB.")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
