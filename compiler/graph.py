@@ -30,6 +30,13 @@ FIRST_INPUTS = {"ids": (INPUT_IDS,), "hidden": (HIDDEN_IN,),
 OUTPUTS = {"logits": (LOGITS,), "hidden": (HIDDEN_OUT,),
            "both": (LOGITS, HIDDEN_OUT)}                # logits and the state before the final norm
 PAST_KEY, PAST_VALUE, NEW_KEY, NEW_VALUE = "past_key.", "past_value.", "new_key.", "new_value."
+# fixed-size caches (H2O, LoCoCo): per layer, the attention each cache slot received in this call, summed over the
+# call's queries and the query heads of its KV group: float32 [B, H, P+T]
+ATTN_SCORES = "attn_scores."
+
+
+def attn_scores(i: int) -> str:
+    return f"{ATTN_SCORES}{i}"
 
 
 def past_key(i: int) -> str:
@@ -70,11 +77,14 @@ def input_names(layers: int, first: int = 0, input: str = "ids") -> list[str]:
     return names
 
 
-def output_names(layers: int, first: int = 0, output: str = "logits") -> list[str]:
-    """Outputs in order: logits (or hidden_out, or both), then new_key/new_value per layer."""
+def output_names(layers: int, first: int = 0, output: str = "logits", scores: bool = False) -> list[str]:
+    """Outputs in order: logits (or hidden_out, or both), then new_key/new_value per layer, then (with `scores`)
+    attn_scores per layer."""
     names = list(OUTPUTS[output])
     for i in range(first, first + layers):
         names += [new_key(i), new_value(i)]
+    if scores:
+        names += [attn_scores(i) for i in range(first, first + layers)]
     return names
 
 

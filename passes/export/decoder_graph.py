@@ -7,6 +7,8 @@ transformers mask or cache code is traced. Inputs and outputs follow the graph c
     input_ids [B,T] int64 (or hidden_in [B,T,C] for a graph that starts mid-model), position_ids [B,T],
     attention_mask [B,P+T] int64, past_key.{i} / past_value.{i} [B,P,H,D]
  -> logits [B,T,V] (or hidden_out [B,T,C], or both), new_key.{i} / new_value.{i} [B,T,H,D]
+    [, attn_scores.{i} [B,H,P+T]: with `scores`, the attention probability each slot received, summed over the
+       call's queries and the query heads sharing KV head h (what H2O and LoCoCo rank cache slots by)]
 
 Layer indices i are absolute model layers, also for a layer range [first, last).
 Sliding-window layers count attended slots: a query sees the `window` most recent slots whose
@@ -91,8 +93,9 @@ class DecoderGraph(nn.Module):
     """
 
     def __init__(self, model: nn.Module, adapter: ArchAdapter | None = None, layers: tuple[int, int] | None = None,
-                 input: str | None = None, output: str | None = None):
+                 input: str | None = None, output: str | None = None, scores: bool = False):
         super().__init__()
+        self.scores = scores
         ad = adapter or ArchAdapter(model)
         cfg, fam = ad.config, ad.family
         n = ad.num_layers
@@ -147,7 +150,7 @@ class DecoderGraph(nn.Module):
         return contract.input_names(self.last - self.first, self.first, self.input_kind)
 
     def output_names(self) -> list[str]:
-        return contract.output_names(self.last - self.first, self.first, self.output_kind)
+        return contract.output_names(self.last - self.first, self.first, self.output_kind, self.scores)
 
     # -- the graph --------------------------------------------------------------------------------
     def _mask(self, attention_mask: torch.Tensor, T: int, window: int | None) -> torch.Tensor:
@@ -193,7 +196,8 @@ class DecoderGraph(nn.Module):
             scores = torch.tanh(scores / self.attn_softcap) * self.attn_softcap
         probs = _cast(torch.softmax(_cast(scores, torch.float32) + bias, dim=-1), q.dtype)
         out = torch.matmul(probs, vh).permute(0, 3, 1, 2, 4).reshape(B, T, H * G * D)     # [B,T,C']
-        return p["o"](out), k, v
+        col = _cast(probs, torch.float32).sum(dim=(2, 3)) if self.scores else None          # [B,H,S]
+        return p["o"](out), k, v, col
 
     def forward(self, inputs: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 *past: torch.Tensor):
@@ -208,24 +212,26 @@ class DecoderGraph(nn.Module):
         T = h.shape[1]
         ropes = {name: self._rope(position_ids, name) for name in sorted(set(self.layer_rope))}
         biases = {w: self._mask(attention_mask, T, w) for w in sorted(set(self.layer_window), key=str)}
-        new = []
+        new, cols = [], []
         for j in range(self.last - self.first):
             norms, mlp = self.norms[j], self.mlp[j]
-            a, k, v = self._attention(j, norms["input"](h), ropes[self.layer_rope[j]],
-                                      biases[self.layer_window[j]], past[2 * j], past[2 * j + 1])
+            a, k, v, col = self._attention(j, norms["input"](h), ropes[self.layer_rope[j]],
+                                           biases[self.layer_window[j]], past[2 * j], past[2 * j + 1])
             new += [_cast(k, past[2 * j].dtype), _cast(v, past[2 * j + 1].dtype)]
+            if col is not None:
+                cols.append(col)
             h = h + (norms["post_attn"](a) if self.sandwich else a)
             x = norms["pre_ffn"](h)
             m = mlp["down"](mlp["act"](mlp["gate"](x)) * mlp["up"](x))
             h = h + (norms["post_ffn"](m) if self.sandwich else m)
         if self.output_kind == "hidden":
-            return (h, *new)
+            return (h, *new, *cols)
         logits = self.head(self.final_norm(h))
         if self.final_softcap:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         if self.output_kind == "both":
-            return (_cast(logits, torch.float32), h, *new)
-        return (_cast(logits, torch.float32), *new)
+            return (_cast(logits, torch.float32), h, *new, *cols)
+        return (_cast(logits, torch.float32), *new, *cols)
 
     def empty_cache(self, batch: int, length: int = 0, dtype=torch.float32) -> list[torch.Tensor]:
         """Zero cache tensors [batch, length, H, D] for every layer (key, value interleaved)."""

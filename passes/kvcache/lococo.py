@@ -1,0 +1,59 @@
+"""LoCoCo's cache compressor ("LoCoCo: Dropping In Convolutions for Long Context Compression", arXiv 2406.05317):
+S > M cache slots of one layer -> exactly M.
+
+Per KV head h (grouped heads: scores are summed over the query heads that share h, passes/kvcache/policies.py):
+  1. the `keep` = round(M * keep_rate) slots with the highest scores are kept verbatim (slot order);
+  2. the other F = M - keep slots are mixtures of the R = S - keep remaining slots: a 1-D convolution over the slots
+     of the stacked features [K; V] (2 x head_dim channels in, F channels out, kernel 21, same padding), ReLU,
+     softmax over the R slots gives a mixing matrix A [F, R]; it is blended with the one-hot selection O [F, R] of
+     the F remaining slots with the highest scores (in slot order) by a learned lambda (init 0.5):
+     W = (1 - lambda) O + lambda A, and K' = W K_R, V' = W V_R;
+  3. the cut cache is [kept ; fused] (M slots). One compressor per layer, shared by its KV heads.
+With keep_rate 1, or lambda 0, the result is exactly H2O's top-M selection (tested). Keys are mixed after RoPE.
+The reference initialises the convolution with a standard normal; here with PyTorch's default (fan-in) init, so
+the softmax starts near uniform rather than near one-hot (named in docs as a departure; lambda starts at 0.5 as there).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .policies import keep_order
+
+KERNEL = 21
+KEEP_RATE = 0.5
+LAMBDA_INIT = 0.5
+
+
+class Compressor(nn.Module):
+    def __init__(self, head_dim: int, slots: int, keep_rate: float = KEEP_RATE, kernel: int = KERNEL):
+        super().__init__()
+        self.slots = slots
+        self.keep = min(slots, max(0, round(slots * keep_rate)))
+        self.fused = slots - self.keep
+        self.conv = nn.Conv1d(2 * head_dim, max(self.fused, 1), kernel, padding=(kernel - 1) // 2)
+        self.lam = nn.Parameter(torch.tensor(LAMBDA_INIT))
+
+    def forward(self, k: torch.Tensor, v: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v [B, S, H, D] (cache layout), scores [B, H, S] -> (k', v') [B, M, H, D]; S > M."""
+        B, S, H, D = k.shape
+        kh, vh = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)                     # [B, H, S, D]
+        order = scores.argsort(dim=-1, descending=True)                           # [B, H, S]
+        kept = keep_order(order[..., :self.keep])
+        rest = keep_order(order[..., self.keep:])                                  # [B, H, R] in slot order
+        take = lambda x, idx: torch.gather(x, 2, idx[..., None].expand(*idx.shape, D))   # noqa: E731
+        parts_k, parts_v = [take(kh, kept)], [take(vh, kept)]
+        if self.fused:
+            kr, vr = take(kh, rest), take(vh, rest)                                # [B, H, R, D]
+            R = kr.shape[2]
+            x = torch.cat((kr, vr), dim=-1).reshape(B * H, R, 2 * D).transpose(1, 2)   # [BH, 2D, R]
+            a = torch.softmax(F.relu(self.conv(x)), dim=-1).reshape(B, H, self.fused, R)
+            rs = torch.gather(scores, 2, rest)                                     # scores of the remaining slots
+            top = keep_order(rs.topk(self.fused, dim=-1).indices)                  # [B, H, F] positions in rest
+            onehot = F.one_hot(top, R).to(a.dtype)                                 # [B, H, F, R]
+            w = (1 - self.lam) * onehot + self.lam * a
+            parts_k.append(torch.matmul(w, kr))
+            parts_v.append(torch.matmul(w, vr))
+        kk, vv = torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)              # [B, H, M, D]
+        return kk.permute(0, 2, 1, 3), vv.permute(0, 2, 1, 3)

@@ -1,0 +1,117 @@
+"""Fixed-size KV caches (issue 17): the spec, the selection rules, LoCoCo's compressor, the chunked reference run."""
+import pytest
+import torch
+
+from accelc.compiler.errors import InputError
+from accelc.models.adapter import ArchAdapter
+from accelc.models.tiny import tiny_model
+from accelc.passes.export.decoder_graph import DecoderGraph
+from accelc.passes.kvcache.fixed_run import FixedCacheRun
+from accelc.passes.kvcache.lococo import Compressor
+from accelc.passes.kvcache.policies import KVCacheSpec, gather_slots, parse_kv_cache, select
+
+
+@pytest.fixture(scope="module")
+def graph():
+    torch.manual_seed(0)
+    m = tiny_model("llama", seed=0, initializer_range=0.25).eval()
+    return DecoderGraph(m, ArchAdapter(m), scores=True).eval()
+
+
+def test_spec_spellings():
+    assert parse_kv_cache(None) == KVCacheSpec() and parse_kv_cache("full").kind == "full"
+    assert parse_kv_cache("window:64").slots == 64
+    s = parse_kv_cache("sink:128,sinks=8")
+    assert (s.kind, s.slots, s.sinks) == ("sink", 128, 8)
+    assert parse_kv_cache("h2o:256").kind == "h2o"
+    lc = parse_kv_cache("lococo:128,steps=50")
+    assert (lc.kind, lc.slots, lc.options["steps"]) == ("lococo", 128, 50)
+    for bad in ("ring:4", "window", "window:x", "sink:8,sinks=8", "h2o:64,sinks=2", "lococo:64,keep=0",
+                "lococo:64,steps=0", "full:3"):
+        with pytest.raises(InputError):
+            parse_kv_cache(bad)
+
+
+def test_scores_are_attention_column_sums(graph):
+    ids = torch.randint(0, 256, (1, 7))
+    pos, mask = torch.arange(7)[None], torch.ones(1, 7, dtype=torch.long)
+    out = graph(ids, pos, mask, *graph.empty_cache(1))
+    n = 2 * (graph.last - graph.first)
+    cols = out[1 + n:]
+    g = graph.num_heads // graph.kv_heads
+    assert len(cols) == graph.last - graph.first and cols[0].shape == (1, graph.kv_heads, 7)
+    for c in cols:       # every query's probabilities sum to 1, for each of the g heads of a group
+        torch.testing.assert_close(c.sum(-1), torch.full((1, graph.kv_heads), 7.0 * g))
+        assert torch.all(c[..., 0] >= 1.0 * g - 1e-4)        # the first slot is seen by all 7 queries
+    plain = DecoderGraph(tiny_model("llama", seed=0, initializer_range=0.25).eval()).eval()    # the same weights
+    torch.testing.assert_close(plain(ids, pos, mask, *plain.empty_cache(1))[0], out[0])
+
+
+@pytest.mark.parametrize("kind", ["window:6", "sink:6,sinks=2", "h2o:6"])
+def test_selection_keeps_exactly_m_slots_in_order(kind):
+    spec = parse_kv_cache(kind)
+    scores = torch.rand(1, 3, 20)
+    idx = select(spec, scores)
+    assert idx.shape == (1, 3, 6) and torch.all(idx[..., 1:] > idx[..., :-1])
+    if spec.kind == "window":
+        assert idx[0, 0].tolist() == list(range(14, 20))
+    if spec.kind == "sink":
+        assert idx[0, 0].tolist() == [0, 1, 16, 17, 18, 19]
+    if spec.kind == "h2o":
+        assert set(idx[0, 1].tolist()) == set(scores[0, 1].topk(6).indices.tolist())
+
+
+def _same_rows(a, b):
+    """a, b [B, M, H, D]: the same slots per head, in any order."""
+    for h in range(a.shape[2]):
+        d = torch.cdist(a[0, :, h], b[0, :, h])
+        assert d.min(dim=1).values.max() < 1e-6 and d.min(dim=0).values.max() < 1e-6
+
+
+@pytest.mark.parametrize("keep_rate, lam", [(1.0, None), (0.5, 0.0)])
+def test_lococo_degenerates_to_h2o(keep_rate, lam):
+    torch.manual_seed(1)
+    k, v, s = torch.randn(1, 24, 3, 8), torch.randn(1, 24, 3, 8), torch.rand(1, 3, 24)
+    c = Compressor(8, 10, keep_rate=keep_rate)
+    if lam is not None:
+        c.lam.data.fill_(lam)
+    kk, vv = c(k, v, s)
+    assert kk.shape == (1, 10, 3, 8) and vv.shape == (1, 10, 3, 8)
+    idx = select(KVCacheSpec("h2o", 10), s)
+    _same_rows(kk, gather_slots(k, idx))
+    _same_rows(vv, gather_slots(v, idx))
+
+
+def test_lococo_mixes_and_trains():
+    torch.manual_seed(2)
+    k, v, s = torch.randn(1, 24, 3, 8), torch.randn(1, 24, 3, 8), torch.rand(1, 3, 24)
+    c = Compressor(8, 10)
+    kk, vv = c(k, v, s)
+    assert kk.shape == (1, 10, 3, 8) and c.keep == 5 and c.fused == 5
+    (kk.square().sum() + vv.sum()).backward()
+    assert c.conv.weight.grad.abs().sum() > 0 and c.lam.grad is not None
+
+
+def test_a_cache_that_never_exceeds_m_is_the_full_cache(graph):
+    ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(3))
+    full = FixedCacheRun(graph, parse_kv_cache("full"))
+    fixed = FixedCacheRun(graph, parse_kv_cache("h2o:48"))
+    a = torch.cat([full.step(ids[:, i:i + 8]) for i in range(0, 40, 8)], dim=1)
+    b = torch.cat([fixed.step(ids[:, i:i + 8]) for i in range(0, 40, 8)], dim=1)
+    assert fixed.cuts == 0
+    torch.testing.assert_close(a, b)
+    ref = graph(ids, torch.arange(40)[None], torch.ones(1, 40, dtype=torch.long), *graph.empty_cache(1))[0]
+    torch.testing.assert_close(a, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["window:16", "sink:16", "h2o:16", "lococo:16"])
+def test_fixed_caches_stay_within_m_plus_buffer(graph, kind):
+    spec = parse_kv_cache(kind)
+    comps = [Compressor(graph.head_dim, 16) for _ in range(graph.last - graph.first)] if spec.kind == "lococo" else None
+    run = FixedCacheRun(graph, spec, comps)
+    ids = torch.randint(0, 256, (1, 96), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for i in range(0, 96, 4):
+            logits = run.step(ids[:, i:i + 4])
+            assert run.slots <= 16 + spec.buffer + 4 and torch.isfinite(logits).all()
+    assert run.cuts >= 3
