@@ -115,3 +115,16 @@ def test_fixed_caches_stay_within_m_plus_buffer(graph, kind):
             logits = run.step(ids[:, i:i + 4])
             assert run.slots <= 16 + spec.buffer + 4 and torch.isfinite(logits).all()
     assert run.cuts >= 3
+
+
+def test_training_lowers_the_loss_of_a_compressed_cache(graph):
+    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, train
+    spec = parse_kv_cache("lococo:8,buffer=4")
+    seq = torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(5))
+    cfg = LoCoCoTrainConfig(steps=25, seq_len=64, chunk=8, lr=3e-2)
+    before = [p.requires_grad for p in graph.parameters()]
+    weights = [p.detach().clone() for p in graph.parameters()]
+    comps, rec = train(graph, spec, seq, cfg)
+    assert len(rec["losses"]) == 25 and rec["losses"][-1] < 0.97 * rec["losses"][0]
+    assert [p.requires_grad for p in graph.parameters()] == before          # restored
+    assert all(torch.equal(a, b) for a, b in zip(weights, graph.parameters()))     # the model stays frozen

@@ -1,0 +1,91 @@
+"""Training LoCoCo's compressors (passes/kvcache/lococo.py) on next-token loss, the model frozen.
+
+Long token sequences (`seq_len`, default 1024) from the calibration split are fed chunk by chunk (`chunk`, default 64
+tokens) through the torch decoder graph with a lococo:M cache (passes/kvcache/fixed_run.py). Each chunk's
+cross-entropy is back-propagated at once: the cache is detached between chunks (as in the reference), so the
+gradient reaches the compressors through the compressed slots the chunk attends to. Adam on every compressor's
+convolution and lambda. The reference also trains norm and embedding parameters in its "inference mode"; here the
+model stays frozen (a departure, named in the docs).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...compiler.progress import bar
+from .fixed_run import FixedCacheRun
+from .lococo import KEEP_RATE, KERNEL, Compressor
+from .policies import KVCacheSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoCoCoTrainConfig:
+    steps: int = 100          # sequences
+    seq_len: int = 1024
+    chunk: int = 64
+    lr: float = 1e-3
+    keep: float = KEEP_RATE
+    kernel: int = KERNEL
+    seed: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: KVCacheSpec) -> "LoCoCoTrainConfig":
+        return cls(**{k: v for k, v in spec.options.items() if k in cls.__dataclass_fields__})
+
+
+def make_compressors(graph, spec: KVCacheSpec, cfg: LoCoCoTrainConfig) -> torch.nn.ModuleList:
+    torch.manual_seed(cfg.seed)
+    return torch.nn.ModuleList(Compressor(graph.head_dim, spec.slots, cfg.keep, cfg.kernel)
+                               for _ in range(graph.last - graph.first))
+
+
+def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainConfig,
+          compressors: torch.nn.ModuleList | None = None) -> tuple[torch.nn.ModuleList, dict]:
+    """graph: DecoderGraph(scores=True) of the model; sequences [N, seq_len] token ids (cycled). -> (compressors,
+    record with the loss curve)."""
+    comps = compressors if compressors is not None else make_compressors(graph, spec, cfg)
+    frozen = [(p, p.requires_grad) for p in graph.parameters()]
+    for p in graph.parameters():
+        p.requires_grad_(False)
+    for p in comps.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(comps.parameters(), lr=cfg.lr)
+    run = FixedCacheRun(graph, spec, comps)
+    losses, t0 = [], time.perf_counter()
+    try:
+        with bar(cfg.steps, f"lococo:{spec.slots} training") as pb:
+            for step in range(cfg.steps):
+                seq = sequences[step % sequences.shape[0]][None, :cfg.seq_len]
+                run.reset()
+                total, n = 0.0, 0
+                for i in range(0, seq.shape[1] - 1, cfg.chunk):
+                    ids = seq[:, i:i + cfg.chunk]
+                    target = seq[:, i + 1:i + 1 + ids.shape[1]]
+                    cut_before = run.cuts
+                    logits = run.step(ids)[:, :target.shape[1]]
+                    if run.cuts == cut_before:      # no compressed slots in this chunk: nothing to learn from it
+                        continue
+                    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total, n = total + float(loss.detach()), n + 1
+                    run.cache = [c.detach() for c in run.cache]
+                losses.append(round(total / max(n, 1), 5))
+                pb.set_postfix_str(f"loss {losses[-1]:.4f}")
+                pb.update(1)
+    finally:
+        for p, req in frozen:
+            p.requires_grad_(req)
+    rec = {"steps": cfg.steps, "seq_len": cfg.seq_len, "chunk": cfg.chunk, "lr": cfg.lr, "keep": cfg.keep,
+           "kernel": cfg.kernel, "losses": losses, "seconds": round(time.perf_counter() - t0, 1),
+           "lambda": [round(float(c.lam), 4) for c in comps]}
+    log.info("lococo:%d: %d sequences, loss %.4f -> %.4f, %.1fs", spec.slots, cfg.steps, losses[0] if losses else 0,
+             losses[-1] if losses else 0, rec["seconds"])
+    return comps, rec
