@@ -1,0 +1,105 @@
+"""Perplexity against context length for the fixed-size caches (issue 17), in torch: full, window, sink, h2o and
+lococo at cache sizes M, each window of N tokens fed chunk by chunk through the torch decoder graph with that cache
+(passes/kvcache/fixed_run.py).
+
+    .venv/bin/python scripts/bench_kvcache.py --contexts 512 1024 2048 --slots 128 256 --chunk 64 \
+        --windows 4 --lococo-steps 100 --out docs/runtime/results/kvcache_DATE.json
+
+Long sequences: the evaluation split's tokens (Brown eval, or --text sotu) cut into consecutive windows of N tokens
+(the first `--windows` of them); every token after the first of a window is scored. lococo rows first train their
+compressors (`--lococo-steps` sequences of `--train-len` tokens from the calibration split, chunk `--chunk`) and
+record the training time. Writes raw JSON with machine, date, commit and command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from provenance import provenance
+
+
+def windows(tok, text: str, n: int, count: int) -> torch.Tensor:
+    from accelc.models.corpus import split_text, sotu_text
+    raw = sotu_text() if text == "sotu" else split_text("eval")
+    ids = tok(raw, add_special_tokens=False)["input_ids"]
+    k = min(count, len(ids) // n)
+    if k == 0:
+        raise SystemExit(f"{text}: {len(ids)} tokens, fewer than one window of {n}")
+    return torch.tensor(ids[:k * n]).reshape(k, n)
+
+
+@torch.no_grad()
+def perplexity(run, wins: torch.Tensor, chunk: int) -> float:
+    nll, count = 0.0, 0
+    for w in wins:
+        run.reset()
+        seq = w[None]
+        for i in range(0, seq.shape[1] - 1, chunk):
+            ids = seq[:, i:i + chunk]
+            target = seq[:, i + 1:i + 1 + ids.shape[1]]
+            logits = run.step(ids)[:, :target.shape[1]]
+            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"))
+            count += target.numel()
+    return math.exp(nll / count)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 2048])
+    ap.add_argument("--slots", type=int, nargs="+", default=[128, 256, 512])
+    ap.add_argument("--kinds", nargs="+", default=["window", "sink", "h2o", "lococo"])
+    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--windows", type=int, default=4)
+    ap.add_argument("--text", default="brown-eval")
+    ap.add_argument("--lococo-steps", type=int, default=100)
+    ap.add_argument("--train-len", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from accelc.models.corpus import calibration_batches
+    from accelc.models.sources import load_model
+    from accelc.passes.export.decoder_graph import DecoderGraph
+    from accelc.passes.kvcache.fixed_run import FixedCacheRun
+    from accelc.passes.kvcache.policies import parse_kv_cache
+    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, train
+    bundle = load_model(a.model)
+    graph = DecoderGraph(bundle.model.eval(), bundle.adapter, scores=True).eval()
+    result = {**provenance(), "model": a.model, "text": a.text, "chunk": a.chunk, "windows": a.windows, "rows": []}
+    trained = {}
+    for n in a.contexts:
+        wins = windows(bundle.tokenizer, a.text, n, a.windows)
+        specs = [("full", None)] + [(k, m) for m in a.slots for k in a.kinds if m < n]
+        for kind, m in specs:
+            spec = parse_kv_cache(kind if m is None else f"{kind}:{m}")
+            comps, train_rec = None, None
+            if spec.kind == "lococo":
+                if m not in trained:
+                    seqs = calibration_batches(bundle.tokenizer, n_samples=max(1, min(a.lococo_steps, 64)),
+                                               seq_len=a.train_len, seed=0)
+                    trained[m] = train(graph, spec, seqs, LoCoCoTrainConfig(steps=a.lococo_steps, seq_len=a.train_len,
+                                                                            chunk=a.chunk))
+                comps, train_rec = trained[m]
+            t0 = time.perf_counter()
+            ppl = perplexity(FixedCacheRun(graph, spec, comps), wins, a.chunk)
+            row = {"context": n, "cache": str(spec), "perplexity": round(ppl, 4), "tokens": int(wins.numel() - len(wins)),
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            if train_rec:
+                row["training"] = {k: v for k, v in train_rec.items() if k != "losses"} | {
+                    "loss_first": train_rec["losses"][0], "loss_last": train_rec["losses"][-1]}
+            result["rows"].append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            Path(a.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
