@@ -36,10 +36,10 @@ from provenance import ROOT, provenance
 BITS = {"f32": 32, "f16": 16, "bf16": 16, "u8": 8, "i8": 8, "u4": 4, "i4": 4, "u3": 3, "u2": 2}
 
 
-def ir_bits(xml: Path, vocab: int) -> dict:
+def ir_bits(xml: Path, vocab: int, binf: Path | None = None) -> dict:
     """Bits of the weights of every MatMul and Gather (embedding) in the IR, from its constants."""
     import openvino as ov
-    model = ov.Core().read_model(str(xml))
+    model = ov.Core().read_model(str(xml), str(binf or xml.with_suffix(".bin")))
     lin_bits = lin_w = emb_bits = emb_w = 0
     seen = set()
     for op in model.get_ops():
@@ -122,9 +122,13 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --out (their perplexity is not "
+                    "measured again); speed is measured for every artifact")
     a = ap.parse_args()
     arts = dict(x.split("=", 1) for x in a.artifacts)
     rows = {}
+    if a.resume and Path(a.out).exists():
+        rows.update(json.loads(Path(a.out).read_text())["rows"])
     result = {**provenance(), "protocol": {"max_tokens": a.max_tokens, "texts": a.texts, "rounds": a.rounds,
                                            "threads": a.threads, "new_tokens": a.new}, "rows": rows}
 
@@ -132,13 +136,17 @@ def main() -> None:
         Path(a.out).write_text(json.dumps(result, indent=1))
 
     for label, d in arts.items():
+        if label in rows and "perplexity" in rows[label]:
+            continue
         art = Path(d)
         m = json.loads((art / "manifest.json").read_text())
-        xml = art / m["graphs"]["decoder"]["openvino"]
+        g = m["graphs"]["decoder"]
+        xml = art / g["openvino"]
+        binf = art / g["openvino_bin"] if g.get("openvino_bin") else xml.with_suffix(".bin")
         q = (m.get("records") or {}).get("quantization") or {}
         row = rows[label] = {"artifact": str(art), "method": q.get("method", "fp32"), "int": q.get("int"),
-                             **ir_bits(xml, int(m["model"]["vocab"])),
-                             "artifact_mb": round((xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6, 1),
+                             **ir_bits(xml, int(m["model"]["vocab"]), binf),
+                             "artifact_mb": round((xml.stat().st_size + binf.stat().st_size) / 1e6, 1),
                              "compile": compile_seconds(art), "native": (art / "native").is_dir()}
         if q.get("tuning"):
             row["tuning"] = {k: q["tuning"].get(k) for k in ("steps", "batch", "lr", "lr_v", "tau", "trust",
