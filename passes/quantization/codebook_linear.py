@@ -90,7 +90,21 @@ def dequantize(codes: torch.Tensor, codebooks: torch.Tensor, scales: torch.Tenso
     return groups.reshape(out_f, n_groups * g) * scales.float()
 
 
-class CodebookLinear(nn.Module):
+class RebuiltLinear(nn.Module):
+    """A linear layer whose weight is rebuilt from stored codes at every call (`dequantize`, in the subclass)."""
+
+    tap = False                       # training only: keep the rebuilt weight and its gradient (tapped_linear)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight (a detached copy; for code that reads shapes or values)."""
+        return self.dequantize().detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return tapped_linear(self, x)
+
+
+class CodebookLinear(RebuiltLinear):
     """y = x @ dequantize(codes, codebooks, scales).T + bias, rebuilt in-graph at every call.
 
     Codebooks and scales are fp32 Parameters while a pass optimises them (`unpack`), and fp16
@@ -138,25 +152,23 @@ class CodebookLinear(nn.Module):
     def dequantize(self) -> torch.Tensor:
         return dequantize(self.codes, self.codebooks, self.scales)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The dequantized weight (a detached copy; for code that reads shapes or values)."""
-        return self.dequantize().detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantize()
-        if self.tap:
-            if not w.requires_grad:
-                w = w.detach().requires_grad_(True)
-            w.retain_grad()
-            self.tapped = w
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w.to(x.dtype), bias)
-
     def extra_repr(self) -> str:
         b = self.bits()
         return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}, "
                 f"bits_per_weight={b['total'] / b['weights']:.4f}")
+
+
+def tapped_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x @ module.dequantize().T + bias; with module.tap (PV-Tuning's V step) the rebuilt weight keeps its gradient
+    in module.tapped."""
+    w = module.dequantize()
+    if module.tap:
+        if not w.requires_grad:
+            w = w.detach().requires_grad_(True)
+        w.retain_grad()
+        module.tapped = w
+    bias = None if module.bias is None else module.bias.to(x.dtype)
+    return F.linear(x, w.to(x.dtype), bias)
 
 
 def codebook_layers(model: nn.Module) -> dict[str, CodebookLinear]:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .codebook_linear import FLOAT_BITS
+from .codebook_linear import FLOAT_BITS, RebuiltLinear
 
 BITS = (2, 3, 4)
 
@@ -35,7 +34,7 @@ def encode(wg: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.clamp(torch.round(wg / scales), lo, hi).to(torch.int8)
 
 
-class IntGroupLinear(nn.Module):
+class IntGroupLinear(RebuiltLinear):
     """y = x @ (scales * codes).T + bias, rebuilt in-graph at every call (training) or read from a
     dense cache (`dense()`: export, evaluation), codes int8 [out, in/G, G], scales [out, in/G, 1]."""
 
@@ -76,20 +75,6 @@ class IntGroupLinear(nn.Module):
     # -- math ------------------------------------------------------------------------------------
     def dequantize(self) -> torch.Tensor:
         return (self.codes.float() * self.scales.float()).reshape(self.out_features, self.in_features)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.dequantize().detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantize()
-        if self.tap:
-            if not w.requires_grad:
-                w = w.detach().requires_grad_(True)
-            w.retain_grad()
-            self.tapped = w
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w.to(x.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.nbits}, group={self.group}"
