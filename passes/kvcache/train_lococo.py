@@ -85,7 +85,7 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
             p.requires_grad_(req)
     rec = {"steps": cfg.steps, "seq_len": cfg.seq_len, "chunk": cfg.chunk, "lr": cfg.lr, "keep": cfg.keep,
            "kernel": cfg.kernel, "losses": losses, "seconds": round(time.perf_counter() - t0, 1),
-           "lambda": [round(float(c.lam), 4) for c in comps]}
+           "lambda": [round(float(c.lam.detach()), 4) for c in comps]}
     log.info("lococo:%d: %d sequences, loss %.4f -> %.4f, %.1fs", spec.slots, cfg.steps, losses[0] if losses else 0,
              losses[-1] if losses else 0, rec["seconds"])
     return comps, rec

@@ -176,16 +176,18 @@ def test_measure_verify_skips_each_width_first_pass():
         length, seen = 0, set()
 
         def forward(self, toks):
-            if len(toks) not in self.seen:       # first pass at this width: 50 ms of set-up
+            if len(toks) not in self.seen:       # first pass at this width: 100 ms of set-up
                 self.seen.add(len(toks))
-                _time.sleep(0.05)
+                _time.sleep(0.1)
+            _time.sleep(0.005)                   # then 5 ms a pass at every width: drafts are free
             self.length += len(toks)
 
         def truncate(self, n):
             self.length = n
     cm = CostModel(k_max=3)
     measure_verify(cm, Slow(), context=4)
-    assert all(cm.verify[w][0] < 0.01 for w in range(1, 5))
+    assert all(cm.verify[w][0] < 0.05 for w in range(1, 5))
+    # equal costs (steady sleeps, not microsecond no-ops whose timing noise on a loaded machine decides the ranking)
     assert cm.best_k("lookup:3") == 3
 
 
