@@ -76,10 +76,7 @@ def quantize_q4s(w: np.ndarray, group: int) -> dict[str, np.ndarray]:
     scale = (np.abs(g).max(axis=2) / 8.0).astype(np.float16)
     s = scale.astype(np.float32)
     s = np.where(s == 0, np.float32(1.0), s)
-    q = np.clip(np.round(g / s[:, :, None]), -8, 7).astype(np.int16) + 8          # [n, groups, group]
-    half = group // 2
-    packed = (q[:, :, :half] | (q[:, :, half:] << 4)).astype(np.uint8).reshape(n, k // 2)
-    return {"q": packed, "scale": scale}
+    return pack_q4s(np.clip(np.round(g / s[:, :, None]), -8, 7), scale)
 
 
 def dequantize_q4s(t: dict[str, np.ndarray], group: int) -> np.ndarray:
@@ -91,8 +88,8 @@ def dequantize_q4s(t: dict[str, np.ndarray], group: int) -> np.ndarray:
 
 
 def pack_q4s(codes: np.ndarray, scales: np.ndarray) -> dict[str, np.ndarray]:
-    """Signed 4-bit codes [n, groups, group] in [-8, 7] and scales [n, groups] -> the q4s tensors (a gptq-int /
-    pv-int layer's own codes, stored as they are)."""
+    """Signed 4-bit codes [n, groups, group] in [-8, 7] and scales [n, groups] -> the q4s tensors (NNCF's data-free
+    codes, or a gptq-int / pv-int layer's own, stored as they are)."""
     n, ng, group = codes.shape
     q = codes.astype(np.int16) + 8
     half = group // 2

@@ -26,21 +26,18 @@ def match_initializers(src: Path, layers: dict) -> dict[str, str]:
     """Name of each fp32 [in, out] initializer of `src` equal to a layer's weight (transposed) -> layer name."""
     import onnx
     from onnx import numpy_helper
+    from .ov_int import ValueMatcher
     dense = {n: q.dequantize().detach().numpy() for n, q in layers.items()}
-    by_shape: dict[tuple, list[str]] = {}
-    for n, w in dense.items():
-        by_shape.setdefault(w.shape[::-1], []).append(n)
+    matcher = ValueMatcher(dense)
     model = onnx.load(str(src), load_external_data=False)
     found: dict[str, str] = {}
-    for init in model.graph.initializer:
-        cands = by_shape.get(tuple(init.dims), []) if init.data_type == onnx.TensorProto.FLOAT else []
-        if not cands:
+    for init in model.graph.initializer:          # the exporter writes [in, out]: transposed only
+        if init.data_type != onnx.TensorProto.FLOAT:
             continue
-        arr = numpy_helper.to_array(init, base_dir=str(Path(src).parent))
-        for n in cands:
-            if np.array_equal(arr.T, dense[n]):
-                found[init.name] = n
-                break
+        hit = matcher.find(tuple(init.dims), lambda: numpy_helper.to_array(init, base_dir=str(Path(src).parent)),
+                           orientations=(True,))
+        if hit:
+            found[init.name] = hit[0]
     missing = sorted(set(dense) - set(found.values()))
     if missing:
         raise PreconditionError(f"int export: no ONNX initializer matches {', '.join(missing[:3])}"

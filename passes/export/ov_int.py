@@ -56,30 +56,38 @@ def low_bit_constant(values: np.ndarray, ov_type, bits: int):
     return ov.op.Constant(t)
 
 
+class ValueMatcher:
+    """Which torch layer a graph's weight tensor came from, by value: candidates by shape (either orientation), the
+    tensor read only when a shape fits; equal, or within float32 rounding of the layer's largest weight."""
+
+    def __init__(self, dense: dict[str, np.ndarray]):
+        self.dense = dense
+        self.by_shape: dict[tuple, list[str]] = {}
+        for name, w in dense.items():
+            self.by_shape.setdefault(w.shape, []).append(name)
+
+    def find(self, shape: tuple, load, orientations=(False, True)) -> tuple[str, bool] | None:
+        """-> (layer name, transposed) for a tensor of `shape` whose values `load()` returns, or None."""
+        data = None
+        for transposed in orientations:
+            for name in self.by_shape.get(shape[::-1] if transposed else shape, []):
+                data = load() if data is None else data
+                w, cand = self.dense[name], (data.T if transposed else data)
+                if np.array_equal(cand, w) or np.allclose(cand, w, rtol=0, atol=1e-6 * float(np.abs(w).max() + 1e-30)):
+                    return name, transposed
+        return None
+
+
 def _match_constants(model, dense: dict[str, np.ndarray]) -> dict[str, tuple[str, bool]]:
     """friendly name of each f32 rank-2 Constant equal to a dense weight -> (layer name, transposed)."""
-    by_shape: dict[tuple, list[str]] = {}
-    for name, w in dense.items():
-        by_shape.setdefault(w.shape, []).append(name)
-    found: dict[str, tuple[str, bool]] = {}
+    matcher, found = ValueMatcher(dense), {}
     for op in model.get_ops():
         if op.get_type_name() != "Constant" or str(op.get_element_type()) != "<Type: 'float32'>":
             continue
         shape = tuple(op.get_output_shape(0))
-        if len(shape) != 2:
-            continue
-        data = None
-        for transposed, key in ((False, shape), (True, shape[::-1])):
-            for name in by_shape.get(key, []):
-                if data is None:
-                    data = op.get_data()
-                w = dense[name]
-                cand = data.T if transposed else data
-                if np.array_equal(cand, w) or np.allclose(cand, w, rtol=0, atol=1e-6 * float(np.abs(w).max() + 1e-30)):
-                    found[op.get_friendly_name()] = (name, transposed)
-                    break
-            if op.get_friendly_name() in found:
-                break
+        hit = matcher.find(shape, op.get_data) if len(shape) == 2 else None
+        if hit:
+            found[op.get_friendly_name()] = hit
     return found
 
 

@@ -76,7 +76,6 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
                     loss.backward()
                     opt.step()
                     total, n = total + float(loss.detach()), n + 1
-                    run.cache = [c.detach() for c in run.cache]
                 losses.append(round(total / max(n, 1), 5))
                 pb.set_postfix_str(f"loss {losses[-1]:.4f}")
                 pb.update(1)
