@@ -23,6 +23,10 @@ def add_parser(sub):
     p.add_argument("--calib", metavar="FILE", help="calibration text file (default: Brown calibration split)")
     p.add_argument("--cache-len", type=int, default=1024, help="static KV-cache length for --target npu (default 1024)")
     p.add_argument("--prefill-chunk", type=int, default=64, help="static prefill chunk for --target npu (default 64)")
+    p.add_argument("--kv-cache", default="full", metavar="SPEC",
+                   help="KV cache: full (default, grows with the text), or a fixed size of M slots: window:M, "
+                        "sink:M[,sinks=4] (StreamingLLM), h2o:M, lococo:M[,steps=N] (learned compression; trains "
+                        "its compressors, docs/runtime/kv-cache.md)")
     p.add_argument("--no-validate", action="store_true", help="skip comparing the exported graphs with torch")
     p.add_argument("--formats", metavar="LIST", help="what to ship, comma-separated: openvino, onnx, genai (the "
                    "optimum-style openvino/ folder; needs openvino), native (weights for the native CPU backend) "
@@ -37,6 +41,7 @@ def run(args) -> int:
     out = compile_model(args.model, args.target, args.output, weights=args.weights, prune=args.prune,
                         quantize=args.quantize, drafter=args.drafter, formats=args.formats, calib=args.calib,
                         cache_len=args.cache_len, prefill_chunk=args.prefill_chunk, validate=not args.no_validate,
+                        kv_cache=args.kv_cache,
                         force=args.force, on_event=PassProgress(), status=status)
     status(f"wrote {out}")
     return 0

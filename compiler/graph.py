@@ -33,6 +33,10 @@ PAST_KEY, PAST_VALUE, NEW_KEY, NEW_VALUE = "past_key.", "past_value.", "new_key.
 # fixed-size caches (H2O, LoCoCo): per layer, the attention each cache slot received in this call, summed over the
 # call's queries and the query heads of its KV group: float32 [B, H, P+T]
 ATTN_SCORES = "attn_scores."
+# the compression graph of a fixed cache (role "compress"): slot_mask int64 [1, S] (1: a filled slot; filled slots
+# come first), then per layer past_key / past_value [1, S, H, D] and attn_scores [1, H, S]; out per layer
+# new_key / new_value [1, M, H, D], the cut cache
+SLOT_MASK = "slot_mask"
 
 
 def attn_scores(i: int) -> str:
@@ -88,6 +92,17 @@ def output_names(layers: int, first: int = 0, output: str = "logits", scores: bo
     return names
 
 
+def compress_input_names(layers: int) -> list[str]:
+    names = [SLOT_MASK]
+    for i in range(layers):
+        names += [past_key(i), past_value(i), attn_scores(i)]
+    return names
+
+
+def compress_output_names(layers: int) -> list[str]:
+    return [n for i in range(layers) for n in (new_key(i), new_value(i))]
+
+
 def count_layers(names, where: str) -> int:
     """Number of layers of a whole-model graph from its input names; checks the contract's names are all there."""
     n = len(past_layers(names))
@@ -134,13 +149,16 @@ ROLES = {
     "verify_tail": Role("hidden", "logits", False, "fused drafter: layers [exit, N), norm and head"),
     "eagle_target": Role("ids", "both", True, "EAGLE drafter: the whole model, logits and its last hidden state"),
     "eagle_draft": Role("ids+hidden", "both", False, "EAGLE drafter: fc(token, state) -> one layer, norm, head"),
+    "compress": Role("cache", "cache", False, "fixed KV cache: S filled slots -> M (LoCoCo's compressors)"),
 }
 # ways a runtime decodes with an artifact's whole-model graphs: the roles it needs -> static shapes or not
 # (None: the graph record's own `static` flag). Checked in order; the first whose roles are all present wins.
 DECODER_STATES = ((("prefill", "decode"), True), (("decoder",), None))
 DRAFTER_ROLES = ("trunk", "draft_head", "verify_tail")
 EAGLE_ROLES = ("eagle_target", "eagle_draft")
-CACHE_KINDS = ("full",)     # full: every past position's keys/values, [B, P, H, D] per layer
+# full: every past position's keys/values, [B, P, H, D] per layer; fixed: at most M + buffer slots (the record's
+# "kv_cache" spec, compiler/kv_spec.py), the graph also outputs attn_scores per layer and the runtime cuts the cache
+CACHE_KINDS = ("full", "fixed")
 
 
 def role_of(name: str, rec: dict) -> str:

@@ -162,7 +162,8 @@ def _check_sections(m: dict) -> None:
     if not all(isinstance(d, str) for d in target.get("devices") or []):
         raise ArtifactError("manifest target.devices must be a list of strings")
     _typed(m.get("options") or {}, "options", {"weights": (str,), "cache_len": (int,), "prefill_chunk": (int,),
-                                               "prune": (str,), "quantize": (str,), "drafter": (str,)})
+                                               "prune": (str,), "quantize": (str,), "drafter": (str,),
+                                               "kv_cache": (str,)})
     _check_passes(m.get("passes"))
 
 

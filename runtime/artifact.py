@@ -55,6 +55,8 @@ class Artifact(_Context):
     cache_len: int | None = None         # static graphs: the fixed cache length
     prefill_chunk: int | None = None     # static graphs: tokens per prefill call
     eos_ids: frozenset[int] = field(default_factory=frozenset)
+    kv_cache: Any = None                 # a fixed-size cache's spec (compiler/kv_spec.py), else None
+    compress: Any = None                 # its compression graph runner (lococo)
 
     @property
     def weights(self) -> str:
@@ -66,19 +68,32 @@ class Artifact(_Context):
         return f"{self.choice.backend}-{self.weights}"
 
     def max_tokens(self) -> int | None:
-        return self.cache_len if self.static else None
+        return self.cache_len if self.static and self.kv_cache is None else None
 
     def new_state(self, capacity: int):
-        from .decode import DecodeState
-        return DecodeState(self, capacity)
+        from .graph_set import new_state
+        return new_state(self, capacity)
 
 
 def context_of(art) -> int | None:
-    """Positions a generation may use: the static cache length, else the model's trained context (None: unknown)."""
+    """Positions a generation may use: the static cache length, else the model's trained context (None: unknown).
+    A fixed-size cache (--kv-cache) has no limit: it forgets instead."""
+    if fixed_spec(art) is not None:
+        return None
     if art.static:
         return art.cache_len
     n = (art.manifest.get("model") or {}).get("max_positions")
     return n if isinstance(n, int) else None
+
+
+def fixed_spec(art):
+    if getattr(art, "kv_cache", None) is not None:
+        return art.kv_cache
+    roles = getattr(art, "roles", None)
+    if roles:
+        from .graph_set import fixed_cache
+        return fixed_cache(roles)
+    return None
 
 
 def context_name_of(art) -> str:
@@ -184,4 +199,5 @@ def open_artifact(path, backend: str | None = None, device: str | None = None, t
     return Artifact(path=files.path, manifest=manifest, tokenizer=tok, generation_config=gen, choice=choice,
                     threads=threads, static=graphs.static, runners=graphs.runners, layers=graphs.layers,
                     kv_heads=graphs.kv_heads, head_dim=graphs.head_dim, cache_len=graphs.cache_len,
-                    prefill_chunk=graphs.prefill_chunk, eos_ids=eos_ids(tok, gen))
+                    prefill_chunk=graphs.prefill_chunk, eos_ids=eos_ids(tok, gen), kv_cache=graphs.kv_cache,
+                    compress=graphs.compress)

@@ -69,6 +69,8 @@ def _static_mask(state: DecodeState, n_new: int, width: int) -> np.ndarray:
 def prefill(state: DecodeState, ids, all_logits: bool = False) -> np.ndarray:
     """Feed prompt tokens ids [T] after what the cache holds. -> logits [V] of the last token
     (a copy), or [T, V] of every token with all_logits."""
+    if getattr(state, "fixed", False):          # a fixed-size cache (runtime/fixed_cache.py)
+        return state.prefill(ids, all_logits)
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     T = ids.shape[0]
     if T == 0:
@@ -111,6 +113,8 @@ def prefill(state: DecodeState, ids, all_logits: bool = False) -> np.ndarray:
 
 def decode_one(state: DecodeState, token: int) -> np.ndarray:
     """Feed one token; -> logits [V] (a view valid until the next call)."""
+    if getattr(state, "fixed", False):
+        return state.decode_one(token)
     cache = state.cache
     L = cache.length
     cache.check_room(1)

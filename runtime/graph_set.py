@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..compiler.errors import ArtifactError
-from ..compiler.graph import INPUT_IDS, decoder_roles, past_key, record_dim
-from .backends import Backend, default_threads, load_backend
+from ..compiler.graph import INPUT_IDS, by_role, decoder_roles, past_key, record_dim
+from ..compiler.kv_spec import KVCacheSpec
+from .backends import Backend, default_threads, graph_file, load_backend
 
 
 @dataclass
@@ -25,10 +26,31 @@ class GraphSet:
     head_dim: int
     cache_len: int | None = None         # static graphs: the fixed cache length
     prefill_chunk: int | None = None     # static graphs: tokens per prefill call
+    kv_cache: KVCacheSpec | None = None  # a fixed-size cache (runtime/fixed_cache.py), else None
+    compress: object = None              # its compression graph (lococo)
 
     def new_state(self, capacity: int):
-        from .decode import DecodeState
-        return DecodeState(self, capacity)
+        return new_state(self, capacity)
+
+
+def new_state(graphs, capacity: int):
+    """The decode state of an artifact's graphs (GraphSet or Artifact): a fixed cache, or today's growing one."""
+    if graphs.kv_cache is not None:
+        from .fixed_cache import FixedState
+        return FixedState(graphs, graphs.kv_cache, graphs.compress)
+    from .decode import DecodeState
+    return DecodeState(graphs, capacity)
+
+
+def fixed_cache(roles: dict[str, dict]) -> KVCacheSpec | None:
+    """The decoder graphs' fixed cache spec (compiler/kv_spec.py), or None for a full cache."""
+    rec = next(iter(roles.values()))
+    if rec.get("cache", "full") != "fixed":
+        return None
+    spec = KVCacheSpec.from_json(rec.get("kv_cache"))
+    if not spec.fixed or spec.slots < 2:
+        raise ArtifactError("a fixed-cache graph without a valid kv_cache record")
+    return spec
 
 
 def static_geometry(roles: dict[str, dict], options: dict | None = None) -> tuple[int, int]:
@@ -59,5 +81,15 @@ def load_graphs(folder, graphs: dict[str, dict], backend: str, device: str, thre
         raise ArtifactError(f"the artifact's graphs have {sorted(layers)} layers; the manifest says {want}")
     rec = next(iter(roles.values()))
     model = manifest.get("model") or {}
-    return GraphSet(static, runners, layers.pop(), int(model.get("kv_heads", rec.get("kv_heads"))),
-                    int(model.get("head_dim", rec.get("head_dim"))), cache_len, chunk)
+    n_layers = layers.pop()
+    spec, compress = fixed_cache(roles), None
+    if spec is not None and spec.kind == "lococo":
+        comp = by_role(graphs).get("compress")
+        if comp is None:
+            raise ArtifactError("this lococo artifact has no compression graph (role compress)")
+        from .fixed_cache import CompressRunner
+        key = "openvino" if backend == "openvino" else "onnx"
+        compress = CompressRunner(graph_file(Path(folder), comp, key, backend), backend, device,
+                                  threads or default_threads(), n_layers)
+    return GraphSet(static, runners, n_layers, int(model.get("kv_heads", rec.get("kv_heads"))),
+                    int(model.get("head_dim", rec.get("head_dim"))), cache_len, chunk, spec, compress)

@@ -58,10 +58,13 @@ def main() -> int:
     ap.add_argument("--kinds", nargs="+", default=["window", "sink", "h2o", "lococo"])
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--windows", type=int, default=4)
+    ap.add_argument("--tokens", type=int, help="instead of --windows: about this many tokens per context "
+                                                "(windows = max(1, tokens // N))")
     ap.add_argument("--text", default="brown-eval")
     ap.add_argument("--lococo-steps", type=int, default=100)
     ap.add_argument("--train-len", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save", help="folder: write (or, when present, read back) lococo_M.safetensors per M")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -70,23 +73,34 @@ def main() -> int:
     from accelc.passes.export.decoder_graph import DecoderGraph
     from accelc.passes.kvcache.fixed_run import FixedCacheRun
     from accelc.passes.kvcache.policies import parse_kv_cache
-    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, train
+    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, make_compressors, train
     bundle = load_model(a.model)
     graph = DecoderGraph(bundle.model.eval(), bundle.adapter, scores=True).eval()
-    result = {**provenance(), "model": a.model, "text": a.text, "chunk": a.chunk, "windows": a.windows, "rows": []}
+    result = {**provenance(), "model": a.model, "text": a.text, "chunk": a.chunk, "windows": a.windows, "tokens_per_context": a.tokens, "rows": []}
     trained = {}
     for n in a.contexts:
-        wins = windows(bundle.tokenizer, a.text, n, a.windows)
+        wins = windows(bundle.tokenizer, a.text, n, max(1, a.tokens // n) if a.tokens else a.windows)
         specs = [("full", None)] + [(k, m) for m in a.slots for k in a.kinds if m < n]
         for kind, m in specs:
             spec = parse_kv_cache(kind if m is None else f"{kind}:{m}")
             comps, train_rec = None, None
             if spec.kind == "lococo":
+                saved = Path(a.save) / f"lococo_{m}.safetensors" if a.save else None
+                if m not in trained and saved and saved.exists():
+                    from safetensors.torch import load_file
+                    comps = make_compressors(graph, spec, LoCoCoTrainConfig())
+                    comps.load_state_dict(load_file(saved))
+                    trained[m] = comps, json.loads((saved.with_suffix(".json")).read_text())
                 if m not in trained:
                     seqs = calibration_batches(bundle.tokenizer, n_samples=max(1, min(a.lococo_steps, 64)),
                                                seq_len=a.train_len, seed=0)
                     trained[m] = train(graph, spec, seqs, LoCoCoTrainConfig(steps=a.lococo_steps, seq_len=a.train_len,
                                                                             chunk=a.chunk))
+                    if saved:
+                        from safetensors.torch import save_file
+                        saved.parent.mkdir(parents=True, exist_ok=True)
+                        save_file({k: v.contiguous() for k, v in trained[m][0].state_dict().items()}, saved)
+                        saved.with_suffix(".json").write_text(json.dumps(trained[m][1]))
                 comps, train_rec = trained[m]
             t0 = time.perf_counter()
             ppl = perplexity(FixedCacheRun(graph, spec, comps), wins, a.chunk)

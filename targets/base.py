@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..compiler.errors import InputError
+from ..compiler.kv_spec import parse_kv_cache
 
 WEIGHTS = ("fp32", "fp16", "int8", "int4")
 # what an artifact can ship: graph formats (OpenVINO IR is converted from ONNX), and "genai", the optimum-style
@@ -46,6 +47,7 @@ class CompileOptions:
     prefill_chunk: int = 64          # static prefill chunk for static-shape targets
     validate: bool = True            # compare the exported graphs to torch before writing
     formats: tuple | None = None     # graph formats to ship, e.g. ("openvino",); None: the target's default
+    kv_cache: str = "full"           # --kv-cache: full, window:M, sink:M, h2o:M, lococo:M[,...] (compiler/kv_spec.py)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -56,6 +58,11 @@ class CompileOptions:
             raise InputError(f"--cache-len must be at least 16, got {self.cache_len}")
         if not 1 <= self.prefill_chunk <= self.cache_len:
             raise InputError(f"--prefill-chunk must be between 1 and the cache length, got {self.prefill_chunk}")
+        object.__setattr__(self, "kv_cache", (self.kv_cache or "full").strip())
+        spec = parse_kv_cache(self.kv_cache)
+        if spec.fixed and self.drafter:
+            raise InputError(f"--kv-cache {spec} with --drafter: speculative decoding over a fixed-size cache is not "
+                             "built yet (compile without --drafter, or with --kv-cache full)")
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,13 @@ class Target:
         backend runs 8-bit codebooks only: another codebook width leaves native out of the default formats, and
         is refused here (before the model loads) when --formats asks for native."""
         formats = options.formats or self.formats
+        if parse_kv_cache(options.kv_cache).fixed:
+            # the native backend and the genai folder's stateful graph keep a growing cache
+            asked = [f for f in ("native", "genai") if f in (options.formats or ())]
+            if asked:
+                raise InputError(f"--kv-cache {options.kv_cache.split(',')[0]}: the {asked[0]} format keeps a "
+                                 "growing cache; leave it out of --formats")
+            formats = tuple(f for f in formats if f not in ("native", "genai"))
         bits = codebook_bits(options.quantize)
         if "native" in formats and bits not in (None, 8):
             if options.formats:

@@ -7,7 +7,8 @@ from . import phases
 def build(options: CompileOptions) -> list:
     return [
         *phases.compression(options),   # prune, then quantize
-        *phases.drafting(options),      # drafter from the compressed target
+        *phases.drafting(options),
+        *phases.kv_cache(options),      # lococo: train the cache compressors on the compressed model      # drafter from the compressed target
         *phases.export(options, static=False),
         *phases.validation(options),    # exported graphs vs torch
         *phases.genai_folder(options),  # after validation: it moves the validated IR's weights into openvino/

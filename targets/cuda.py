@@ -7,6 +7,7 @@ def build(options: CompileOptions) -> list:
     return [
         *phases.compression(options),
         *phases.drafting(options),
+        *phases.kv_cache(options),
         *phases.export(options, static=False),
         *phases.validation(options),
         *phases.genai_folder(options),  # only with --formats ...,genai

@@ -10,6 +10,7 @@ def build(options: CompileOptions) -> list:
     return [
         *phases.compression(options),
         *phases.drafting(options),
+        *phases.kv_cache(options),      # lococo: train the cache compressors on the compressed model
         *phases.export(options, static=True),   # static: every input shape fixed
         *phases.validation(options),
     ]

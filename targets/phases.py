@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..compiler.errors import InputError
+from ..compiler.kv_spec import parse_kv_cache
 from .base import FORMATS, GRAPH_FORMATS, CompileOptions
 
 # name -> factory(argument string, options) -> list of passes
@@ -90,6 +91,31 @@ def drafting(options: CompileOptions) -> list:
     return DRAFTERS["external"](options.drafter, options)   # a path to a draft model
 
 
+def kv_spec(options: CompileOptions):
+    """The --kv-cache spec with its chunk resolved (the spec's chunk=, else --prefill-chunk): training, the dynamic
+    runtime and the static graphs all feed tokens in chunks of this size."""
+    from dataclasses import replace
+    spec = parse_kv_cache(options.kv_cache)
+    if not spec.fixed:
+        return spec
+    return replace(spec, options={**spec.options, "chunk": int(spec.options.get("chunk", options.prefill_chunk))})
+
+
+def kv_cache(options: CompileOptions) -> list:
+    """--kv-cache lococo:M trains its compressors on the (compressed) model, before export."""
+    spec = kv_spec(options)
+    if spec.kind != "lococo":
+        return []
+    from ..passes.kvcache.kv_passes import LoCoCoConfig, LoCoCoPass
+    return [LoCoCoPass(LoCoCoConfig(spec=spec.to_json(), calib=options.calib))]
+
+
+def fixed_cache_len(options: CompileOptions) -> int:
+    """Static graphs with a fixed cache: M + max(buffer, prefill chunk) slots, what the runtime fills at most."""
+    spec = kv_spec(options)
+    return spec.slots + max(spec.buffer, spec.options["chunk"]) if spec.fixed else options.cache_len
+
+
 def _formats(options: CompileOptions) -> tuple:
     """The graph formats to export ("genai" is a folder made from the OpenVINO IR, not a graph format)."""
     formats = options.formats or FORMATS    # Target.pipeline resolves None to the target's default first
@@ -109,11 +135,19 @@ def export(options: CompileOptions, static: bool) -> list:
     from ..passes.export.export_onnx import ExportOnnxPass, ExportOnnxConfig
     from ..passes.export.export_openvino import ExportOpenVINOPass, ExportOpenVINOConfig
     formats = _formats(options)
+    spec = kv_spec(options)
+    chunk = spec.options["chunk"] if spec.fixed else options.prefill_chunk
+    compress = []
+    if spec.kind == "lococo":
+        from ..passes.kvcache.kv_passes import ExportCompressConfig, ExportCompressPass
+        compress = [ExportCompressPass(ExportCompressConfig(spec=spec.to_json(), formats=formats,
+                                                            capacity=fixed_cache_len(options) if static else None))]
     return [
-        ExportOnnxPass(ExportOnnxConfig(static=static, cache_len=options.cache_len,
-                                        prefill_chunk=options.prefill_chunk, weights=options.weights,
-                                        formats=formats)),
-        *_drafter_export(options),      # before OpenVINO: it converts every registered ONNX graph
+        ExportOnnxPass(ExportOnnxConfig(static=static, cache_len=fixed_cache_len(options),
+                                        prefill_chunk=chunk, weights=options.weights,
+                                        formats=formats, kv_cache=spec.to_json() if spec.fixed else None)),
+        *compress,                      # before OpenVINO: it converts every registered ONNX graph
+        *_drafter_export(options),
         *([ExportOpenVINOPass(ExportOpenVINOConfig(weights=options.weights))] if "openvino" in formats else []),
         *native(options, static),
     ]
@@ -158,6 +192,11 @@ def validation(options: CompileOptions) -> list:
     from ..passes.export.validate import ValidatePass, ValidateConfig, backends_for
     backends = backends_for(_formats(options))     # validate exactly the formats that are written
     passes = [ValidatePass(ValidateConfig(weights=options.weights, backends=backends))]
+    spec = kv_spec(options)
+    if spec.fixed:
+        from ..passes.kvcache.kv_passes import ValidateKVCachePass, ValidateKVConfig
+        passes.append(ValidateKVCachePass(ValidateKVConfig(spec=spec.to_json(), backends=backends,
+                                                           weights=options.weights)))
     kind = _drafter_kind(options)
     if kind is not None:
         from ..passes.drafting.export_drafter import ValidateDrafterPass, ValidateDrafterConfig

@@ -12,7 +12,7 @@ from accelc.targets import get_target
 EOS = 256
 
 
-def compile_tiny(d: Path, options_for) -> tuple[Path, object]:
+def compile_tiny(d: Path, options_for, target: str = "cpu") -> tuple[Path, object]:
     """-> (artifact dir d/art, bundle). options_for(calib_path) -> CompileOptions; calib is Brown eval text."""
     calib = d / "calib.txt"
     calib.write_text(split_text("eval")[:20000])
@@ -23,9 +23,10 @@ def compile_tiny(d: Path, options_for) -> tuple[Path, object]:
     out = d / "art"
     with staging(out) as stage:
         bundle.workdir = stage
-        log = PassManager(get_target("cpu").pipeline(options_for(str(calib)))).run(bundle)
+        tgt = get_target(target)
+        log = PassManager(tgt.pipeline(options_for(str(calib)))).run(bundle)
         bundle.tokenizer.save_pretrained(stage / "tokenizer")
-        write_manifest(stage, {"source": bundle.source, "target": {"name": "cpu", "static_shapes": False,
+        write_manifest(stage, {"source": bundle.source, "target": {"name": tgt.name, "static_shapes": tgt.static_shapes,
                                                                    "devices": ["cpu"]},
                                "options": {"weights": "fp32"}, "model": bundle.adapter.describe(),
                                "graphs": bundle.records["graphs"], "records": {},

@@ -173,7 +173,7 @@ class DecoderGraph(nn.Module):
         s = self.rope_scaling[name]
         return (emb.cos() * s)[:, :, None, :], (emb.sin() * s)[:, :, None, :]              # [B,T,1,D]
 
-    def _attention(self, j: int, x: torch.Tensor, rope, bias, past_k, past_v):
+    def _attention(self, j: int, x: torch.Tensor, rope, bias, past_k, past_v, qmask=None):
         B, T, _ = x.shape
         H, D, G = self.kv_heads, self.head_dim, self.num_heads // self.kv_heads
         p, norms = self.attn[j], self.norms[j]
@@ -196,7 +196,9 @@ class DecoderGraph(nn.Module):
             scores = torch.tanh(scores / self.attn_softcap) * self.attn_softcap
         probs = _cast(torch.softmax(_cast(scores, torch.float32) + bias, dim=-1), q.dtype)
         out = torch.matmul(probs, vh).permute(0, 3, 1, 2, 4).reshape(B, T, H * G * D)     # [B,T,C']
-        col = _cast(probs, torch.float32).sum(dim=(2, 3)) if self.scores else None          # [B,H,S]
+        col = None
+        if self.scores:     # masked (padding) queries of a static chunk add nothing: qmask [B,1,1,T,1]
+            col = (_cast(probs, torch.float32) * qmask).sum(dim=(2, 3))                     # [B,H,S]
         return p["o"](out), k, v, col
 
     def forward(self, inputs: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -213,10 +215,11 @@ class DecoderGraph(nn.Module):
         ropes = {name: self._rope(position_ids, name) for name in sorted(set(self.layer_rope))}
         biases = {w: self._mask(attention_mask, T, w) for w in sorted(set(self.layer_window), key=str)}
         new, cols = [], []
+        qmask = (attention_mask[:, -T:] > 0).to(torch.float32)[:, None, None, :, None] if self.scores else None
         for j in range(self.last - self.first):
             norms, mlp = self.norms[j], self.mlp[j]
             a, k, v, col = self._attention(j, norms["input"](h), ropes[self.layer_rope[j]],
-                                           biases[self.layer_window[j]], past[2 * j], past[2 * j + 1])
+                                           biases[self.layer_window[j]], past[2 * j], past[2 * j + 1], qmask)
             new += [_cast(k, past[2 * j].dtype), _cast(v, past[2 * j + 1].dtype)]
             if col is not None:
                 cols.append(col)

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from ...compiler.bundle import ModelBundle
-from ...compiler.graph import ATTENTION_MASK, HIDDEN_IN, HIDDEN_OUT, INPUT_IDS, LOGITS, POSITION_IDS, past_key
+from ...compiler.graph import (ATTENTION_MASK, ATTN_SCORES, HIDDEN_IN, HIDDEN_OUT, INPUT_IDS, LOGITS, POSITION_IDS,
+                               past_key)
 from ...compiler.errors import InputError, PreconditionError
 from ...compiler.pass_base import Pass, PassConfig, PassResult
 from .decoder_graph import DecoderGraph
@@ -59,6 +60,7 @@ class ExportOnnxConfig(PassConfig):
     prefill_chunk: int = 64       # T of the static prefill graph
     weights: str = "fp32"
     formats: tuple = FORMATS      # what the artifact gets: "onnx" graphs and/or "openvino" IR (converted from ONNX)
+    kv_cache: dict | None = None  # a fixed cache's spec (compiler/kv_spec.py to_json): the graphs output attn_scores
 
     def __post_init__(self):
         if self.weights not in WEIGHTS:
@@ -84,9 +86,11 @@ def input_shapes(graph: DecoderGraph, spec: tuple) -> dict[str, list]:
 
 
 def output_shapes(graph: DecoderGraph, spec: tuple) -> dict[str, list]:
-    B, T, _ = spec
+    B, T, P = spec
+    total = P + T if isinstance(P, int) and isinstance(T, int) else "total"
     known = {LOGITS: [B, T, graph.vocab], HIDDEN_OUT: [B, T, graph.hidden_size]}
-    return {n: known.get(n, [B, T, graph.kv_heads, graph.head_dim]) for n in graph.output_names()}
+    return {n: [B, graph.kv_heads, total] if n.startswith(ATTN_SCORES) else
+            known.get(n, [B, T, graph.kv_heads, graph.head_dim]) for n in graph.output_names()}
 
 
 def tied_embedding(graph: DecoderGraph):
@@ -154,7 +158,7 @@ def _scratch() -> Path:
 
 
 def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scratch: Path | None,
-                metrics: dict, emit: bool = True, int4: dict | None = None) -> dict:
+                metrics: dict, emit: bool = True, int4: dict | None = None, kv_cache: dict | None = None) -> dict:
     """Export `graph` and return its graph record. The fp32 graph (the OpenVINO pass's source) goes to
     `scratch` when given, else straight to graphs/<name>.onnx in the bundle's workdir. With `emit`, the
     artifact gets graphs/<name>.onnx (+ .data) at the requested weight precision; without it, the
@@ -172,7 +176,7 @@ def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scrat
     rec = {"inputs": input_shapes(graph, spec), "outputs": output_shapes(graph, spec),
            "layers": [graph.first, graph.last], "num_layers": graph.last - graph.first,
            "kv_heads": graph.kv_heads, "head_dim": graph.head_dim, "vocab": graph.vocab, "weights": weights,
-           "cache": "full"}
+           "cache": "fixed" if kv_cache else "full", **({"kv_cache": kv_cache} if kv_cache else {})}
     if not emit:
         return rec
     if int4 is not None:        # gptq-int:4 / pv-int:4: MatMulNBits with the layers' own codes (passes/export/onnx_int.py)
@@ -213,14 +217,14 @@ class ExportOnnxPass(Pass):
         cfg, ad = self.config, bundle.adapter
         if cfg.weights == "int4":
             group_size_for(ad)   # InputError before the (slow) export when no int4 group size fits
-        graph = DecoderGraph(bundle.model, ad).eval()
+        graph = DecoderGraph(bundle.model, ad, scores=bool(cfg.kv_cache)).eval()
         records = bundle.records.setdefault("graphs", {})
         int4 = int4_layers(bundle)
         scratch = _scratch() if needs_scratch(cfg.weights, cfg.formats) or int4 else None
         metrics = {}
         for name, spec in graph_specs(cfg).items():
             records[name] = write_graph(bundle, graph, name, spec, cfg.weights, scratch, metrics,
-                                        emit="onnx" in cfg.formats, int4=int4)
+                                        emit="onnx" in cfg.formats, int4=int4, kv_cache=cfg.kv_cache)
             records[name].update(static=cfg.static, role=name)      # decoder, or prefill + decode
         bundle.records["formats"] = [f for f in FORMATS if f in cfg.formats]
         return PassResult(True, metrics)

@@ -35,10 +35,17 @@ class Compressor(nn.Module):
         self.conv = nn.Conv1d(2 * head_dim, max(self.fused, 1), kernel, padding=(kernel - 1) // 2)
         self.lam = nn.Parameter(torch.tensor(LAMBDA_INIT))
 
-    def forward(self, k: torch.Tensor, v: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v [B, S, H, D] (cache layout), scores [B, H, S] -> (k', v') [B, M, H, D]; S > M."""
+    def forward(self, k: torch.Tensor, v: torch.Tensor, scores: torch.Tensor,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v [B, S, H, D] (cache layout), scores [B, H, S] -> (k', v') [B, M, H, D]; S > M.
+        valid [B, S] (1 for filled slots, which come first; the static graphs' buffers): the result equals the
+        call on the filled slots alone when more than M are filled (unfilled slots are never kept or mixed, and
+        they sit past the end of the remaining slots, where the convolution's zero padding would be)."""
         B, S, H, D = k.shape
         kh, vh = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)                     # [B, H, S, D]
+        if valid is not None:
+            vm = valid.to(torch.bool)[:, None, :].expand(B, H, S)                   # [B, H, S]
+            scores = torch.where(vm, scores, torch.full_like(scores, -1.0))       # attention scores are >= 0
         order = scores.argsort(dim=-1, descending=True)                           # [B, H, S]
         kept = keep_order(order[..., :self.keep])
         rest = keep_order(order[..., self.keep:])                                  # [B, H, R] in slot order
@@ -47,11 +54,18 @@ class Compressor(nn.Module):
         if self.fused:
             kr, vr = take(kh, rest), take(vh, rest)                                # [B, H, R, D]
             R = kr.shape[2]
+            live = None
+            if valid is not None:
+                live = torch.gather(vm, 2, rest)                                   # [B, H, R]
+                kr, vr = kr * live[..., None], vr * live[..., None]
             x = torch.cat((kr, vr), dim=-1).reshape(B * H, R, 2 * D).transpose(1, 2)   # [BH, 2D, R]
-            a = torch.softmax(F.relu(self.conv(x)), dim=-1).reshape(B, H, self.fused, R)
+            logit = F.relu(self.conv(x)).reshape(B, H, self.fused, R)
+            if live is not None:
+                logit = logit.masked_fill(~live[:, :, None, :], float("-inf"))
+            a = torch.softmax(logit, dim=-1)
             rs = torch.gather(scores, 2, rest)                                     # scores of the remaining slots
             top = keep_order(rs.topk(self.fused, dim=-1).indices)                  # [B, H, F] positions in rest
-            onehot = F.one_hot(top, R).to(a.dtype)                                 # [B, H, F, R]
+            onehot = (top[..., None] == torch.arange(R)).to(a.dtype)               # [B, H, F, R]
             w = (1 - self.lam) * onehot + self.lam * a
             parts_k.append(torch.matmul(w, kr))
             parts_v.append(torch.matmul(w, vr))

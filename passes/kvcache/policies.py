@@ -14,72 +14,9 @@ it and over the query heads sharing that KV head (grouped KV heads; the referenc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from ...compiler.errors import InputError
-from ..spec_options import convert
-
-KINDS = ("full", "window", "sink", "h2o", "lococo")
-BUFFER = 16
-LOCOCO_KEYS = {"steps": int, "keep": float, "kernel": int, "chunk": int, "seq_len": int, "lr": float, "buffer": int,
-               "seed": int}
-
-
-@dataclass(frozen=True)
-class KVCacheSpec:
-    kind: str = "full"
-    slots: int = 0                      # M
-    sinks: int = 4                      # sink: attention sinks kept
-    buffer: int = BUFFER                # slots past M before a cut
-    options: dict = field(default_factory=dict)     # lococo training/compressor options
-
-    @property
-    def fixed(self) -> bool:
-        return self.kind != "full"
-
-    def __str__(self) -> str:
-        return self.kind if self.kind == "full" else f"{self.kind}:{self.slots}"
-
-
-def parse_kv_cache(text: str | None) -> KVCacheSpec:
-    """`--kv-cache` value -> KVCacheSpec; one clear InputError for anything else."""
-    text = (text or "full").strip()
-    kind, _, rest = text.partition(":")
-    if kind not in KINDS:
-        raise InputError(f"--kv-cache: unknown cache '{kind}' (choose from full, window:M, sink:M[,sinks=4], h2o:M, "
-                         "lococo:M[,steps=N])")
-    if kind == "full":
-        if rest:
-            raise InputError("--kv-cache full takes no arguments")
-        return KVCacheSpec()
-    head, *items = [p.strip() for p in rest.split(",")] if rest else [""]
-    if not head.isdigit() or int(head) < 2:
-        raise InputError(f"--kv-cache {kind}: give the number of cache slots M >= 2, e.g. {kind}:128")
-    m = int(head)
-    opts: dict = {}
-    allowed = {"sinks": int, "buffer": int} if kind == "sink" else (
-        dict(LOCOCO_KEYS) if kind == "lococo" else {"buffer": int})
-    for item in items:
-        key, eq, val = item.partition("=")
-        if not eq or key.strip() not in allowed:
-            raise InputError(f"--kv-cache {kind}: unknown option '{item}' (options: {', '.join(sorted(allowed))})")
-        opts[key.strip()] = convert("--kv-cache", kind, key.strip(), val.strip(), allowed[key.strip()])
-    sinks = opts.pop("sinks", 4)
-    buffer = opts.pop("buffer", BUFFER)
-    if kind == "sink" and not 0 < sinks < m:
-        raise InputError(f"--kv-cache sink:{m}: sinks must be in 1..{m - 1}, got {sinks}")
-    if buffer < 1:
-        raise InputError(f"--kv-cache {kind}: buffer must be >= 1, got {buffer}")
-    if kind == "lococo":
-        keep = opts.get("keep", 0.5)
-        if not 0 < keep <= 1:
-            raise InputError(f"--kv-cache lococo: keep must be in (0, 1], got {keep}")
-        for k in ("steps", "kernel", "chunk", "seq_len"):
-            if k in opts and opts[k] < 1:
-                raise InputError(f"--kv-cache lococo: {k} must be >= 1, got {opts[k]}")
-    return KVCacheSpec(kind, m, sinks, buffer, opts)
+from ...compiler.kv_spec import BUFFER, KINDS, LOCOCO_KEYS, KVCacheSpec, parse_kv_cache  # noqa: F401  (re-exported)
 
 
 def keep_order(idx: torch.Tensor) -> torch.Tensor:

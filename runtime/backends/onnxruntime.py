@@ -22,7 +22,8 @@ def available_providers() -> list[str]:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, device: str, threads: int, manifest: dict | None = None):
+    def __init__(self, onnx_path: Path, device: str, threads: int, manifest: dict | None = None,
+                 scores: bool = False):
         import onnxruntime as ort
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads)
@@ -45,7 +46,7 @@ class OnnxRuntimeBackend:
         past = next(i for i in self.session.get_inputs() if i.name == past_key(0))
         check_cache_dims(past.shape, manifest or {}, onnx_path.name)
         self._in = input_names(self.layers)
-        self._out = output_names(self.layers)
+        self._out = output_names(self.layers, scores=scores)     # scores: a fixed cache's attn_scores after new_kv
         have = {o.name for o in self.session.get_outputs()}
         missing = [n for n in self._out if n not in have]
         if missing:
@@ -58,4 +59,5 @@ class OnnxRuntimeBackend:
 
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
          full_logits: bool = True) -> OnnxRuntimeBackend:
-    return OnnxRuntimeBackend(graph_file(artifact_dir, graph, "onnx", "onnxruntime"), device, threads, manifest)
+    return OnnxRuntimeBackend(graph_file(artifact_dir, graph, "onnx", "onnxruntime"), device, threads, manifest,
+                              scores=graph.get("cache") == "fixed")

@@ -48,7 +48,7 @@ class OpenVINOBackend:
     name = "openvino"
 
     def __init__(self, xml: Path, device: str, threads: int, stateful: bool = False, full_logits: bool = True,
-                 manifest: dict | None = None, weights: Path | None = None):
+                 manifest: dict | None = None, weights: Path | None = None, scores: bool = False):
         import openvino as ov
         self._Tensor = ov.Tensor
         core = ov.Core()
@@ -56,6 +56,7 @@ class OpenVINOBackend:
         if ov_device not in core.available_devices:
             raise ArtifactError(f"OpenVINO has no {ov_device} device (available: {', '.join(core.available_devices)})")
         self._xml, self._weights, self._threads = xml, weights, int(threads)
+        self._scores = scores          # a fixed cache's graph: attn_scores outputs after the new keys/values
         # weights: the IR's .bin when it is not beside the .xml (graphs/decoder.xml reads openvino/openvino_model.bin,
         # shared with the optimum-style folder: passes/export/export_genai.py)
         model = core.read_model(str(xml), str(weights)) if weights else core.read_model(str(xml))
@@ -93,11 +94,12 @@ class OpenVINOBackend:
         self.request = compiled.create_infer_request()
         in_index = {n: i for i, p in enumerate(compiled.inputs) for n in p.get_names()}
         out_index = {n: i for i, p in enumerate(compiled.outputs) for n in p.get_names()}
-        missing = [n for n in output_names(self.layers) if n not in out_index]
+        outs = output_names(self.layers, scores=self._scores)
+        missing = [n for n in outs if n not in out_index]
         if missing:
             raise ArtifactError(f"{self._xml.name} lacks outputs {', '.join(missing[:4])}")
         self._in = [in_index[n] for n in input_names(self.layers)]
-        self._out = [out_index[n] for n in output_names(self.layers)]
+        self._out = [out_index[n] for n in outs]
 
     @staticmethod
     def _make_stateful(model) -> bool:
@@ -140,7 +142,8 @@ class OpenVINOBackend:
 
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
          full_logits: bool = True) -> OpenVINOBackend:
-    stateful = not graph.get("static") and kv_mode() == "stateful"
+    fixed = graph.get("cache") == "fixed"      # the runtime cuts a fixed cache: it passes the cache explicitly
+    stateful = not graph.get("static") and not fixed and kv_mode() == "stateful"
     weights = graph_file(artifact_dir, graph, "openvino_bin", "openvino") if graph.get("openvino_bin") else None
     return OpenVINOBackend(graph_file(artifact_dir, graph, "openvino", "openvino"), device, threads, stateful,
-                           full_logits, manifest, weights)
+                           full_logits, manifest, weights, scores=fixed)

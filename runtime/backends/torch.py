@@ -45,7 +45,7 @@ def load_source(manifest: dict):
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, manifest: dict, device: str, threads: int):
+    def __init__(self, manifest: dict, device: str, threads: int, scores: bool = False):
         import torch
         from ...passes.export.decoder_graph import DecoderGraph
         why = unavailable_reason(manifest)
@@ -60,7 +60,7 @@ class TorchBackend:
         bundle = load_source(manifest)
         self.torch = torch
         self.device = device
-        self.module = DecoderGraph(bundle.model, bundle.adapter).eval().to(device)
+        self.module = DecoderGraph(bundle.model, bundle.adapter, scores=scores).eval().to(device)
         self.layers = self.module.last - self.module.first
 
     def forward(self, input_ids, position_ids, attention_mask, cache):
@@ -75,4 +75,4 @@ class TorchBackend:
 
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
          full_logits: bool = True) -> TorchBackend:
-    return TorchBackend(manifest, device, threads)
+    return TorchBackend(manifest, device, threads, scores=graph.get("cache") == "fixed")

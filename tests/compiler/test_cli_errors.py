@@ -211,3 +211,22 @@ def test_bad_int_quantization_is_refused_before_the_load(capsys, tmp_path, tiny_
     code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(tmp_path / "o"), *args)
     assert_one_line_error(code, err, *words)
     assert no_leftovers(tmp_path, "o")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--kv-cache", "ring:64"], "unknown cache 'ring'"),
+    (["--kv-cache", "h2o"], "number of cache slots"),
+    (["--kv-cache", "lococo:64,keep=2"], "keep must be in (0, 1]"),
+    (["--kv-cache", "lococo:64,kernel=20"], "kernel must be odd"),
+    (["--kv-cache", "h2o:64", "--drafter", "fused"], "speculative decoding over a fixed-size cache"),
+    (["--kv-cache", "sink:64", "--formats", "openvino,native"], "native format keeps a growing cache"),
+])
+def test_kv_cache_errors_before_the_load(capsys, tmp_path, tiny_folder, argv, fragment):
+    code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(tmp_path / "out"), *argv)
+    assert_one_line_error(code, err, fragment)
+    assert "loading" not in err and no_leftovers(tmp_path, "out")
+
+
+def test_eval_passkey_needs_context(capsys, tiny_folder):
+    code, _, err = run_cli(capsys, "eval", str(tiny_folder), "--passkey", "4")
+    assert_one_line_error(code, err, "--passkey needs --context")

@@ -1,0 +1,215 @@
+"""The fixed-size KV cache at run time (issue 17; docs/runtime/kv-cache.md): M slots per layer, cut back to M
+when more tokens would take it past M + buffer, so memory and per-token time stay flat however long the text.
+
+    state = art.new_state(capacity)      # a FixedState when the artifact was compiled with --kv-cache KIND:M
+    prefill(state, ids); decode_one(state, tok)     # runtime/decode.py hands fixed states to the methods here
+
+Tokens go through the decoder graph in chunks of at most `chunk` (the artifact's prefill chunk, else the spec's
+`chunk`, default 64). Before a chunk of T tokens attends to a cache of L slots, the cache is cut to exactly M when
+L > M and L + T > M + buffer: window / sink / h2o select slots here (numpy); lococo runs the artifact's
+compression graph (role "compress", passes/kvcache/compress_graph.py). Scores per slot come from the decoder
+graph's attn_scores outputs: h2o accumulates them over every call, lococo keeps the last call's (the reference's).
+Positions keep counting past the cache: token n is at position n, whatever was dropped. Dynamic graphs get the
+filled slots; static graphs (NPU) the whole buffer of capacity M + max(buffer, chunk) and a mask of the filled slots.
+This mirrors passes/kvcache/fixed_run.py (the torch reference the artifact is validated against).
+
+Rollback (chat turns reusing a cached prefix): back to any length since the last cut (the slots after it are
+verbatim); an earlier length resets the cache (the prompt is prefilled again). Slot scores are not rolled back.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..compiler.errors import ArtifactError, InputError
+from ..compiler.graph import SLOT_MASK, attn_scores, compress_input_names, compress_output_names, past_key, past_value
+from ..compiler.kv_spec import KVCacheSpec
+
+DEFAULT_CHUNK = 64
+
+
+def select_slots(spec: KVCacheSpec, scores: np.ndarray, filled: int) -> np.ndarray:
+    """Slot indices [H, M] to keep (in slot order) out of the first `filled` > M slots; scores [H, >= filled]."""
+    m, H = spec.slots, scores.shape[0]
+    if spec.kind == "window":
+        return np.broadcast_to(np.arange(filled - m, filled), (H, m))
+    if spec.kind == "sink":
+        idx = np.concatenate((np.arange(spec.sinks), np.arange(filled - (m - spec.sinks), filled)))
+        return np.broadcast_to(idx, (H, m))
+    if spec.kind == "h2o":
+        top = np.argpartition(-scores[:, :filled], m - 1, axis=-1)[:, :m]
+        return np.sort(top, axis=-1)
+    raise ArtifactError(f"no selection rule for cache kind {spec.kind}")
+
+
+class CompressRunner:
+    """The compression graph on the artifact's backend (OpenVINO or ONNX Runtime)."""
+
+    def __init__(self, path, backend: str, device: str, threads: int, layers: int):
+        self.layers = layers
+        self._in = compress_input_names(layers)
+        self._out = compress_output_names(layers)
+        if backend == "openvino":
+            import openvino as ov
+            props = {"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": "f32"} \
+                if device.upper() == "CPU" else {}
+            self.compiled = ov.Core().compile_model(str(path), device.upper(), props)
+            self.request = self.compiled.create_infer_request()
+            self.kind = "openvino"
+        elif backend == "onnxruntime":
+            import onnxruntime as ort
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = int(threads)
+            so.log_severity_level = 3
+            prov = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+            self.session = ort.InferenceSession(str(path), so, providers=prov)
+            self.kind = "onnxruntime"
+        else:
+            raise ArtifactError(f"the {backend} backend does not run the fixed cache's compression graph "
+                                "(use --backend openvino or onnxruntime)")
+
+    def __call__(self, slot_mask: np.ndarray, caches: list[np.ndarray]) -> list[np.ndarray]:
+        feeds = dict(zip(self._in, [slot_mask, *caches]))
+        if self.kind == "onnxruntime":
+            return self.session.run(self._out, feeds)
+        res = self.request.infer(feeds)
+        return [res[self.compiled.output(n)] for n in self._out]
+
+
+class FixedCache:
+    """Buffers [1, capacity, H, D] per layer (key.0, value.0, ...) and per-slot scores [H, capacity] per layer."""
+
+    # tokens it can take (what callers compare a generation's length with): no limit, it forgets instead
+    capacity = sys.maxsize
+
+    def __init__(self, spec: KVCacheSpec, layers: int, kv_heads: int, head_dim: int, size: int):
+        self.spec, self.layers, self.size = spec, layers, size
+        capacity = size
+        self.buffers = [np.zeros((1, capacity, kv_heads, head_dim), np.float32) for _ in range(2 * layers)]
+        self.scores = [np.zeros((kv_heads, capacity), np.float32) for _ in range(layers)]
+        self.slots = 0          # filled slots
+        self.length = 0         # tokens seen (the next token's position)
+        self.floor = 0          # tokens seen at the last cut: rollback cannot go below it
+        self.cuts = 0
+        self.history: list[int] = []    # slots filled after each token since the last cut (for rollback)
+        self.slots_at_floor = 0
+
+    def reset(self) -> None:
+        self.slots = self.length = self.floor = self.cuts = self.slots_at_floor = 0
+        self.history = []
+
+    def rollback(self, length: int) -> None:
+        if length == self.length:
+            return
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length} (cache holds {self.length})")
+        if length < self.floor or length == 0:
+            self.reset()
+            return
+        keep = length - self.floor
+        self.slots = self.history[keep - 1] if keep else self.slots_at_floor
+        self.history = self.history[:keep]
+        self.length = length
+
+    def cut(self, compress: CompressRunner | None) -> None:
+        S, m = self.slots, self.spec.slots
+        if self.spec.kind == "lococo":
+            mask = np.ones((1, S), np.int64)
+            feeds = []
+            for j in range(self.layers):
+                feeds += [self.buffers[2 * j][:, :S], self.buffers[2 * j + 1][:, :S], self.scores[j][None, :, :S]]
+            out = compress(mask, feeds)
+            for i, o in enumerate(out):
+                self.buffers[i][:, :m] = o
+            for s in self.scores:
+                s[:, :m] = 0.0
+        else:
+            for j in range(self.layers):
+                idx = select_slots(self.spec, self.scores[j], S)                   # [H, M]
+                for b in (self.buffers[2 * j], self.buffers[2 * j + 1]):
+                    b[0, :m] = np.take_along_axis(b[0, :S], idx.T[:, :, None], axis=0)
+                self.scores[j][:, :m] = np.take_along_axis(self.scores[j][:, :S], idx, axis=1)
+        self.slots = m
+        self.slots_at_floor = m
+        self.floor = self.length
+        self.history = []
+        self.cuts += 1
+
+
+class FixedState:
+    """What runtime/decode.py's prefill / decode_one run for an artifact with a fixed cache."""
+
+    fixed = True
+
+    def __init__(self, art, spec: KVCacheSpec, compress: CompressRunner | None):
+        if spec.kind == "lococo" and compress is None:
+            raise ArtifactError("this lococo artifact has no compression graph")
+        self.art, self.spec, self.compress = art, spec, compress
+        self.static = bool(art.static)
+        self.runner = art.runners["decoder"] if not self.static else None
+        self.chunk = int(art.prefill_chunk or spec.options.get("chunk", DEFAULT_CHUNK))
+        capacity = art.cache_len if self.static else spec.slots + max(spec.buffer, self.chunk)
+        if capacity < spec.slots + max(spec.buffer, self.chunk):
+            raise ArtifactError(f"the static cache ({capacity} slots) cannot hold {spec} with buffer {spec.buffer}")
+        self.cache = FixedCache(spec, art.layers, art.kv_heads, art.head_dim, capacity)
+        self.mask = np.ones((1, capacity + self.chunk), np.int64)
+        self.ids = np.zeros((1, self.chunk), np.int64)
+        self.pos = np.zeros((1, self.chunk), np.int64)
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def _call(self, ids: np.ndarray) -> np.ndarray:
+        """ids [T] (T <= chunk) after the cache (cut first when it must be) -> logits [T, V] (a copy)."""
+        c, sp = self.cache, self.spec
+        T = ids.shape[0]
+        if c.slots > sp.slots and c.slots + T > sp.slots + sp.buffer:
+            c.cut(self.compress)
+        L, n = c.slots, 2 * c.layers
+        if self.static:
+            runner = self.art.runners["decode" if T == 1 else "prefill"]
+            W = 1 if T == 1 else self.chunk
+            ids_in, pos_in = self.ids[:, :W], self.pos[:, :W]
+            ids_in[0, :T], ids_in[0, T:] = ids, 0
+            pos_in[0] = np.arange(c.length, c.length + W)
+            mask = self.mask[:, :c.size + W]
+            mask[:] = 0
+            mask[0, :L] = 1
+            mask[0, c.size:c.size + T] = 1
+            logits, outs = runner.forward(ids_in, pos_in, mask, c.buffers)
+            new_at = c.size
+        else:
+            mask = self.mask[:, :L + T]
+            mask[:] = 1
+            logits, outs = self.runner.forward(ids[None], np.arange(c.length, c.length + T, dtype=np.int64)[None],
+                                               mask, [b[:, :L] for b in c.buffers])
+            new_at = L
+        if len(outs) != 3 * c.layers:
+            raise ArtifactError("the decoder graph has no attn_scores outputs (not compiled with a fixed cache)")
+        for i in range(n):
+            c.buffers[i][:, L:L + T] = outs[i][:, :T]
+        for j in range(c.layers):
+            col = outs[n + j][0]                                            # [H, P + W]
+            s = c.scores[j]
+            if sp.kind == "h2o":
+                s[:, :L] += col[:, :L]
+            else:
+                s[:, :L] = col[:, :L]
+            s[:, L:L + T] = col[:, new_at:new_at + T]
+        c.slots = L + T
+        c.history += list(range(L + 1, L + T + 1))
+        c.length += T
+        return np.array(logits[0, :T])
+
+    def prefill(self, ids, all_logits: bool = False) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.shape[0] == 0:
+            raise InputError("empty prompt")
+        rows = [self._call(ids[s:s + self.chunk]) for s in range(0, ids.shape[0], self.chunk)]
+        return np.concatenate(rows) if all_logits else rows[-1][-1]
+
+    def decode_one(self, token: int) -> np.ndarray:
+        self.ids[0, 0] = token
+        return self._call(self.ids[0, :1].copy())[-1]
