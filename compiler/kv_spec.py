@@ -5,7 +5,7 @@
     sink:M[,sinks=4]     StreamingLLM: the first `sinks` slots (attention sinks) and the M - sinks most recent
     h2o:M                heavy hitters only: the M slots with the highest accumulated attention
     lococo:M[,...]       LoCoCo: M/2 heavy hitters verbatim, M/2 learned convolutional mixtures
-                         (passes/kvcache/lococo.py); options steps, keep, kernel, chunk, seq_len, lr, seed
+                         (passes/kvcache/lococo.py); options steps, keep, kernel, local, chunk, seq_len, lr, seed
 
 Every fixed cache also takes buffer=B (default 16, the reference's): a cache of M slots takes new tokens until
 it would hold more than M + B, then is cut back to exactly M before the next chunk attends to it.
@@ -19,7 +19,7 @@ from .errors import InputError
 KINDS = ("full", "window", "sink", "h2o", "lococo")
 BUFFER = 16
 LOCOCO_KEYS = {"steps": int, "keep": float, "kernel": int, "chunk": int, "seq_len": int, "lr": float, "buffer": int,
-               "seed": int}
+               "seed": int, "local": int}
 HELP = "full, window:M, sink:M[,sinks=4], h2o:M, lococo:M[,steps=N]"
 
 
@@ -91,6 +91,9 @@ def parse_kv_cache(text: str | None) -> KVCacheSpec:
         for k in ("steps", "kernel", "chunk", "seq_len"):
             if k in opts and opts[k] < 1:
                 raise InputError(f"--kv-cache lococo: {k} must be >= 1, got {opts[k]}")
+        if not 0 <= opts.get("local", 0) <= round(m * keep):
+            raise InputError(f"--kv-cache lococo:{m}: local must be in 0..{round(m * keep)} (the kept slots), "
+                             f"got {opts['local']}")
         if opts.get("kernel", 1) % 2 == 0:
             raise InputError(f"--kv-cache lococo: kernel must be odd (same padding), got {opts['kernel']}")
     return KVCacheSpec(kind, m, sinks, buffer, opts)

@@ -9,8 +9,9 @@ Tokens go through the decoder graph in chunks of at most `chunk` (the artifact's
 L > M and L + T > M + buffer: window / sink / h2o select slots here (numpy); lococo runs the artifact's
 compression graph (role "compress", passes/kvcache/compress_graph.py). Scores per slot come from the decoder
 graph's attn_scores outputs: h2o accumulates them over every call, lococo keeps the last call's (the reference's).
-Positions keep counting past the cache: token n is at position n, whatever was dropped. Dynamic graphs get the
-filled slots; static graphs (NPU) the whole buffer of capacity M + max(buffer, chunk) and a mask of the filled slots.
+Positions keep counting past the cache: token n is at position n, whatever was dropped. Every call gets the whole
+buffer of capacity M + max(buffer, chunk) and a mask of the filled slots (static graphs must; dynamic ones then keep
+one input shape per chunk length). Static graphs (NPU) take padded chunks of exactly `chunk` tokens, or one token.
 This mirrors passes/kvcache/fixed_run.py (the torch reference the artifact is validated against).
 
 Rollback (chat turns reusing a cached prefix): back to any length since the last cut (the slots after it are
@@ -168,24 +169,22 @@ class FixedState:
         if c.slots > sp.slots and c.slots + T > sp.slots + sp.buffer:
             c.cut(self.compress)
         L, n = c.slots, 2 * c.layers
+        # every call gets the whole buffer and a mask of its filled slots: the graph's input shapes stay fixed
+        # (OpenVINO prepares kernels per shape), at the cost of attending over < buffer + chunk masked slots
         if self.static:
             runner = self.art.runners["decode" if T == 1 else "prefill"]
             W = 1 if T == 1 else self.chunk
-            ids_in, pos_in = self.ids[:, :W], self.pos[:, :W]
-            ids_in[0, :T], ids_in[0, T:] = ids, 0
-            pos_in[0] = np.arange(c.length, c.length + W)
-            mask = self.mask[:, :c.size + W]
-            mask[:] = 0
-            mask[0, :L] = 1
-            mask[0, c.size:c.size + T] = 1
-            logits, outs = runner.forward(ids_in, pos_in, mask, c.buffers)
-            new_at = c.size
         else:
-            mask = self.mask[:, :L + T]
-            mask[:] = 1
-            logits, outs = self.runner.forward(ids[None], np.arange(c.length, c.length + T, dtype=np.int64)[None],
-                                               mask, [b[:, :L] for b in c.buffers])
-            new_at = L
+            runner, W = self.runner, T
+        ids_in, pos_in = self.ids[:, :W], self.pos[:, :W]
+        ids_in[0, :T], ids_in[0, T:] = ids, 0
+        pos_in[0] = np.arange(c.length, c.length + W)
+        mask = self.mask[:, :c.size + W]
+        mask[:] = 0
+        mask[0, :L] = 1
+        mask[0, c.size:c.size + T] = 1
+        logits, outs = runner.forward(ids_in, pos_in, mask, c.buffers)
+        new_at = c.size
         if len(outs) != 3 * c.layers:
             raise ArtifactError("the decoder graph has no attn_scores outputs (not compiled with a fixed cache)")
         for i in range(n):

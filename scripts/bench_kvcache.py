@@ -82,29 +82,34 @@ def main() -> int:
         wins = windows(bundle.tokenizer, a.text, n, max(1, a.tokens // n) if a.tokens else a.windows)
         specs = [("full", None)] + [(k, m) for m in a.slots for k in a.kinds if m < n]
         for kind, m in specs:
-            spec = parse_kv_cache(kind if m is None else f"{kind}:{m}")
+            name, _, extra = kind.partition(",")        # e.g. "lococo,local=16": options after the kind
+            label = name if m is None else f"{name}:{m}" + (f",{extra}" if extra else "")
+            spec = parse_kv_cache(label)
             comps, train_rec = None, None
             if spec.kind == "lococo":
-                saved = Path(a.save) / f"lococo_{m}.safetensors" if a.save else None
-                if m not in trained and saved and saved.exists():
+                key = label
+                cfg = LoCoCoTrainConfig(**{**LoCoCoTrainConfig.from_spec(spec).__dict__, "steps": a.lococo_steps,
+                                           "seq_len": a.train_len, "chunk": a.chunk})
+                saved = Path(a.save) / (label.replace(":", "_").replace(",", "_").replace("=", "") + ".safetensors") \
+                    if a.save else None
+                if key not in trained and saved and saved.exists():
                     from safetensors.torch import load_file
-                    comps = make_compressors(graph, spec, LoCoCoTrainConfig())
+                    comps = make_compressors(graph, spec, cfg)
                     comps.load_state_dict(load_file(saved))
-                    trained[m] = comps, json.loads((saved.with_suffix(".json")).read_text())
-                if m not in trained:
+                    trained[key] = comps, json.loads((saved.with_suffix(".json")).read_text())
+                if key not in trained:
                     seqs = calibration_batches(bundle.tokenizer, n_samples=max(1, min(a.lococo_steps, 64)),
                                                seq_len=a.train_len, seed=0)
-                    trained[m] = train(graph, spec, seqs, LoCoCoTrainConfig(steps=a.lococo_steps, seq_len=a.train_len,
-                                                                            chunk=a.chunk))
+                    trained[key] = train(graph, spec, seqs, cfg)
                     if saved:
                         from safetensors.torch import save_file
                         saved.parent.mkdir(parents=True, exist_ok=True)
-                        save_file({k: v.contiguous() for k, v in trained[m][0].state_dict().items()}, saved)
-                        saved.with_suffix(".json").write_text(json.dumps(trained[m][1]))
-                comps, train_rec = trained[m]
+                        save_file({k: v.contiguous() for k, v in trained[key][0].state_dict().items()}, saved)
+                        saved.with_suffix(".json").write_text(json.dumps(trained[key][1]))
+                comps, train_rec = trained[key]
             t0 = time.perf_counter()
             ppl = perplexity(FixedCacheRun(graph, spec, comps), wins, a.chunk)
-            row = {"context": n, "cache": str(spec), "perplexity": round(ppl, 4), "tokens": int(wins.numel() - len(wins)),
+            row = {"context": n, "cache": label, "perplexity": round(ppl, 4), "tokens": int(wins.numel() - len(wins)),
                    "seconds": round(time.perf_counter() - t0, 1)}
             if train_rec:
                 row["training"] = {k: v for k, v in train_rec.items() if k != "losses"} | {

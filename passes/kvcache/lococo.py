@@ -27,10 +27,13 @@ LAMBDA_INIT = 0.5
 
 
 class Compressor(nn.Module):
-    def __init__(self, head_dim: int, slots: int, keep_rate: float = KEEP_RATE, kernel: int = KERNEL):
+    def __init__(self, head_dim: int, slots: int, keep_rate: float = KEEP_RATE, kernel: int = KERNEL, local: int = 0):
         super().__init__()
         self.slots = slots
         self.keep = min(slots, max(0, round(slots * keep_rate)))
+        if not 0 <= local <= self.keep:
+            raise ValueError(f"local ({local}) must be within the {self.keep} kept slots")
+        self.local = local          # the reference's local_len: the most recent slots are always kept
         self.fused = slots - self.keep
         self.conv = nn.Conv1d(2 * head_dim, max(self.fused, 1), kernel, padding=(kernel - 1) // 2)
         self.lam = nn.Parameter(torch.tensor(LAMBDA_INIT))
@@ -46,6 +49,11 @@ class Compressor(nn.Module):
         if valid is not None:
             vm = valid.to(torch.bool)[:, None, :].expand(B, H, S)                   # [B, H, S]
             scores = torch.where(vm, scores, torch.full_like(scores, -1.0))       # attention scores are >= 0
+        if self.local:      # the `local` most recent filled slots rank above every score: always kept
+            slot = torch.arange(S)[None]
+            filled = valid.sum(-1, keepdim=True) if valid is not None else torch.full((B, 1), S)
+            recent = (slot >= filled - self.local) & (slot < filled)                # [B, S]
+            scores = torch.where(recent[:, None, :], torch.full_like(scores, 1e9), scores)
         order = scores.argsort(dim=-1, descending=True)                           # [B, H, S]
         kept = keep_order(order[..., :self.keep])
         rest = keep_order(order[..., self.keep:])                                  # [B, H, R] in slot order

@@ -32,6 +32,7 @@ class LoCoCoTrainConfig:
     lr: float = 1e-3
     keep: float = KEEP_RATE
     kernel: int = KERNEL
+    local: int = 0            # the reference's local_len: most recent slots always kept
     seed: int = 0
 
     @classmethod
@@ -41,7 +42,7 @@ class LoCoCoTrainConfig:
 
 def make_compressors(graph, spec: KVCacheSpec, cfg: LoCoCoTrainConfig) -> torch.nn.ModuleList:
     torch.manual_seed(cfg.seed)
-    return torch.nn.ModuleList(Compressor(graph.head_dim, spec.slots, cfg.keep, cfg.kernel)
+    return torch.nn.ModuleList(Compressor(graph.head_dim, spec.slots, cfg.keep, cfg.kernel, cfg.local)
                                for _ in range(graph.last - graph.first))
 
 
@@ -83,7 +84,7 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
         for p, req in frozen:
             p.requires_grad_(req)
     rec = {"steps": cfg.steps, "seq_len": cfg.seq_len, "chunk": cfg.chunk, "lr": cfg.lr, "keep": cfg.keep,
-           "kernel": cfg.kernel, "losses": losses, "seconds": round(time.perf_counter() - t0, 1),
+           "kernel": cfg.kernel, "local": cfg.local, "losses": losses, "seconds": round(time.perf_counter() - t0, 1),
            "lambda": [round(float(c.lam.detach()), 4) for c in comps]}
     log.info("lococo:%d: %d sequences, loss %.4f -> %.4f, %.1fs", spec.slots, cfg.steps, losses[0] if losses else 0,
              losses[-1] if losses else 0, rec["seconds"])

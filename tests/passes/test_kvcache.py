@@ -128,3 +128,20 @@ def test_training_lowers_the_loss_of_a_compressed_cache(graph):
     assert len(rec["losses"]) == 25 and rec["losses"][-1] < 0.97 * rec["losses"][0]
     assert [p.requires_grad for p in graph.parameters()] == before          # restored
     assert all(torch.equal(a, b) for a, b in zip(weights, graph.parameters()))     # the model stays frozen
+
+
+def test_lococo_local_slots_are_always_kept_verbatim():
+    torch.manual_seed(0)
+    c = Compressor(4, 8, local=3)
+    k, v = torch.randn(1, 20, 2, 4), torch.randn(1, 20, 2, 4)
+    s = torch.rand(1, 2, 20)
+    s[..., -3:] = 0.0                                  # the lowest scores: H2O would drop them
+    kk, vv = c(k, v, s)
+    torch.testing.assert_close(kk[:, c.keep - 3:c.keep], k[:, -3:])
+    torch.testing.assert_close(vv[:, c.keep - 3:c.keep], v[:, -3:])
+    mask = (torch.arange(24) < 20).long()[None]        # the same in a static buffer with 4 empty slots
+    pad = lambda x: torch.cat((x, torch.randn(1, 4, 2, 4)), dim=1)    # noqa: E731
+    km, vm = c(pad(k), pad(v), torch.cat((s, torch.rand(1, 2, 4)), dim=-1), mask)
+    torch.testing.assert_close(km, kk, rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError):
+        parse_kv_cache("lococo:16,local=9")

@@ -1,0 +1,106 @@
+"""Resident memory and decode speed against context length for artifacts with different KV caches (issue 17): a
+fixed cache should stay flat, a full one grows.
+
+    .venv/bin/python scripts/bench_kvcache_run.py --artifacts out/kv/full out/kv/lococo128 \
+        --contexts 1024 2048 4096 8192 --decode 64 --out docs/runtime/results/kvcache_run_DATE.json
+
+For each context N, each artifact in turn (alternating, so both see the same machine state) runs in a fresh
+process: open the artifact (its default backend), prefill N tokens of the evaluation text (Brown eval), then
+decode --decode tokens greedily. Recorded: the process's resident memory (VmRSS) after decoding, its peak
+(VmHWM), prefill time, and decode tokens/s. Passkey accuracy (--passkey T) uses `accelc eval --context N
+--passkey T` (compiler/harness/context_eval.py) in the same child process. Writes raw JSON with machine, date,
+commit and command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from provenance import provenance
+
+
+def rss_mb() -> tuple[float, float]:
+    vals = {}
+    for ln in Path("/proc/self/status").read_text().splitlines():
+        if ln.startswith(("VmRSS", "VmHWM")):
+            k, v = ln.split(":")
+            vals[k] = int(v.split()[0]) / 1024
+    return round(vals["VmRSS"], 1), round(vals["VmHWM"], 1)
+
+
+def child(art_path: str, context: int, decode: int, threads: int, passkey: int, tokens: str) -> dict:
+    import numpy as np
+    from accelc.runtime.artifact import open_artifact
+    from accelc.runtime.decode import decode_one, prefill
+    art = open_artifact(art_path, threads=threads, report=False)
+    ids = np.load(tokens)[:context]       # the evaluation text's ids, tokenized by the parent (no torch here)
+    if ids.shape[0] < context:
+        raise SystemExit(f"the evaluation text has only {ids.shape[0]} tokens")
+    state = art.new_state(context + decode + 1)
+    t0 = time.perf_counter()
+    logits = prefill(state, ids)
+    t1 = time.perf_counter()
+    tok = int(np.argmax(logits))
+    for _ in range(decode):
+        tok = int(np.argmax(decode_one(state, tok)))
+    t2 = time.perf_counter()
+    rss, hwm = rss_mb()
+    row = {"artifact": art_path, "cache": str(art.kv_cache) if art.kv_cache is not None else "full",
+           "backend": art.choice.backend, "context": context, "prefill_s": round(t1 - t0, 3),
+           "decode_tok_s": round(decode / (t2 - t1), 2), "rss_mb": rss, "peak_rss_mb": hwm}
+    row["torch_loaded"] = "torch" in sys.modules
+    if passkey:
+        from accelc.compiler.harness.context_eval import passkey_accuracy, passkey_prompts
+        from accelc.runtime.generate import generate
+        row["passkey"] = passkey_accuracy(lambda p: generate(art, p, 8).text,
+                                          passkey_prompts(art.tokenizer, context, passkey))
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--artifacts", nargs="+")
+    ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--passkey", type=int, default=0, help="passkey trials per artifact and context")
+    ap.add_argument("--child", nargs=3, metavar=("ARTIFACT", "CONTEXT", "TOKENS"), help=argparse.SUPPRESS)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(child(a.child[0], int(a.child[1]), a.decode, a.threads, a.passkey, a.child[2])))
+        return 0
+    if not a.out or not a.artifacts:
+        ap.error("--artifacts and --out are required")
+    import tempfile
+    import numpy as np
+    from accelc.models.corpus import load_text
+    from accelc.runtime.artifact import read_artifact
+    result = {**provenance(), "decode": a.decode, "threads": a.threads, "text": "brown-eval", "rows": []}
+    tmp = Path(tempfile.mkdtemp(prefix="kvrun-"))
+    files = {}
+    for art in a.artifacts:
+        ids = read_artifact(art).tokenizer(load_text("eval"), add_special_tokens=False)["input_ids"]
+        files[art] = tmp / f"{len(files)}.npy"
+        np.save(files[art], np.asarray(ids, dtype=np.int64))
+    for n in a.contexts:
+        for art in a.artifacts:
+            cmd = [sys.executable, __file__, "--child", art, str(n), str(files[art]), "--decode", str(a.decode), "--threads",
+                   str(a.threads), "--passkey", str(a.passkey)]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                row = {"artifact": art, "context": n, "error": p.stderr.strip().splitlines()[-1:]}
+            else:
+                row = json.loads(p.stdout.strip().splitlines()[-1])
+            result["rows"].append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            Path(a.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
