@@ -61,6 +61,44 @@ def child(art_path: str, context: int, decode: int, threads: int, passkey: int, 
     return row
 
 
+def child_genai(folder: str, budget: int, context: int, decode: int, threads: int, passkey: int, tokens: str) -> dict:
+    """openvino-genai's own cache eviction at the same budget: LLMPipeline with a SchedulerConfig using
+    CacheEvictionConfig(start_size=32, recent_size=32, max_cache_size=budget, SUM) (sizes in its 32-token blocks);
+    budget 0: no eviction (its full cache)."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as og
+    sc = og.SchedulerConfig()
+    sc.cache_size = 2
+    if budget:
+        sc.use_cache_eviction = True
+        sc.cache_eviction_config = og.CacheEvictionConfig(32, 32, budget, og.AggregationMode.SUM)
+    pipe = og.LLMPipeline(folder, "CPU", scheduler_config=sc, INFERENCE_PRECISION_HINT="f32",
+                          KV_CACHE_PRECISION="f32", INFERENCE_NUM_THREADS=threads)
+    ids = np.load(tokens)[:context]
+    cfg = og.GenerationConfig()
+    cfg.max_new_tokens, cfg.min_new_tokens, cfg.do_sample = decode + 1, decode + 1, False
+    inputs = og.TokenizedInputs(ov.Tensor(ids[None]), ov.Tensor(np.ones((1, ids.shape[0]), np.int64)))
+    res = pipe.generate(inputs, cfg)
+    pm = res.perf_metrics
+    rss, hwm = rss_mb()
+    row = {"artifact": folder, "cache": f"genai-evict:{budget}" if budget else "genai-full", "backend": "openvino-genai",
+           "context": context, "prefill_s": round(pm.get_ttft().mean / 1000, 3),
+           "decode_tok_s": round(1000 / pm.get_tpot().mean, 2), "rss_mb": rss, "peak_rss_mb": hwm}
+    if passkey:
+        from accelc.compiler.harness.context_eval import passkey_accuracy, passkey_prompts
+        from accelc.runtime.artifact import read_artifact
+        tok = read_artifact(str(Path(folder).parent)).tokenizer
+        g = og.GenerationConfig()
+        g.max_new_tokens, g.do_sample = 8, False
+
+        def gen(p):
+            t = og.TokenizedInputs(ov.Tensor(np.array([p], np.int64)), ov.Tensor(np.ones((1, len(p)), np.int64)))
+            return tok.decode(list(pipe.generate(t, g).tokens[0]), skip_special_tokens=True)
+        row["passkey"] = passkey_accuracy(gen, passkey_prompts(tok, context, passkey))
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifacts", nargs="+")
@@ -68,9 +106,17 @@ def main() -> int:
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--passkey", type=int, default=0, help="passkey trials per artifact and context")
+    ap.add_argument("--genai", help="an artifact with the genai folder (openvino/): also run openvino-genai's own "
+                    "cache eviction at each --genai-budgets (0: its full cache)")
+    ap.add_argument("--genai-budgets", type=int, nargs="*", default=[0, 128, 256, 512])
+    ap.add_argument("--child-genai", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=3, metavar=("ARTIFACT", "CONTEXT", "TOKENS"), help=argparse.SUPPRESS)
     ap.add_argument("--out")
     a = ap.parse_args()
+    if a.child_genai:
+        f, b, n, t = a.child_genai
+        print(json.dumps(child_genai(f, int(b), int(n), a.decode, a.threads, a.passkey, t)))
+        return 0
     if a.child:
         print(json.dumps(child(a.child[0], int(a.child[1]), a.decode, a.threads, a.passkey, a.child[2])))
         return 0
@@ -83,13 +129,16 @@ def main() -> int:
     result = {**provenance(), "decode": a.decode, "threads": a.threads, "text": "brown-eval", "rows": []}
     tmp = Path(tempfile.mkdtemp(prefix="kvrun-"))
     files = {}
-    for art in a.artifacts:
+    runs = [(art, ["--child", art]) for art in a.artifacts]
+    if a.genai:
+        runs += [(a.genai, ["--child-genai", str(Path(a.genai) / "openvino"), str(b)]) for b in a.genai_budgets]
+    for art in dict.fromkeys(r[0] for r in runs):
         ids = read_artifact(art).tokenizer(load_text("eval"), add_special_tokens=False)["input_ids"]
         files[art] = tmp / f"{len(files)}.npy"
         np.save(files[art], np.asarray(ids, dtype=np.int64))
     for n in a.contexts:
-        for art in a.artifacts:
-            cmd = [sys.executable, __file__, "--child", art, str(n), str(files[art]), "--decode", str(a.decode), "--threads",
+        for art, head in runs:
+            cmd = [sys.executable, __file__, *head, str(n), str(files[art]), "--decode", str(a.decode), "--threads",
                    str(a.threads), "--passkey", str(a.passkey)]
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode != 0:

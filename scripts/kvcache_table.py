@@ -1,0 +1,85 @@
+"""Markdown tables for docs/runtime/kv-cache.md from the raw JSON of scripts/bench_kvcache.py (perplexity against
+context) and scripts/bench_kvcache_run.py (memory, decode speed, passkey).
+
+    .venv/bin/python scripts/kvcache_table.py --ppl docs/runtime/results/kvcache_*.json --run docs/runtime/results/kvcache_run_*.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def machine_line(d: dict) -> str:
+    m = d.get("machine") or {}
+    return (f"{m.get('cpu')}, {m.get('cores')} cores, ISA {'/'.join(m.get('isa') or [])}; {d.get('date', '')[:10]}; "
+            f"commit {str(d.get('commit', ''))[:12]}")
+
+
+def ppl_table(docs: list[dict]) -> str:
+    rows, contexts, meta = {}, set(), []
+    for d in docs:
+        meta.append(f"- {Path(d['_path']).name}: {d.get('text')}, chunk {d.get('chunk')}, "
+                    f"{d.get('tokens_per_context') or d.get('windows')} tokens per context; {machine_line(d)}")
+        for r in d["rows"]:
+            rows.setdefault(r["cache"], {})[r["context"]] = r["perplexity"]
+            contexts.add(r["context"])
+    cols = sorted(contexts)
+    full = rows.get("full", {})
+
+    def order(name):
+        kind, _, rest = name.partition(":")
+        m = int(rest.split(",")[0]) if rest else 0
+        return (m, ["full", "window", "sink", "h2o", "lococo"].index(kind) if kind in
+                ("full", "window", "sink", "h2o", "lococo") else 9, name)
+    out = ["| cache | " + " | ".join(f"{c} tokens" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name in sorted(rows, key=order):
+        cells = []
+        for c in cols:
+            v = rows[name].get(c)
+            if v is None:
+                cells.append("")
+            elif name == "full" or c not in full:
+                cells.append(f"{v:.2f}")
+            else:
+                cells.append(f"{v:.2f} ({v / full[c]:.3f}x)")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out + [""] + meta)
+
+
+def run_table(docs: list[dict]) -> str:
+    out = ["| cache | context | RSS after decode (MB) | peak RSS (MB) | prefill s | decode tok/s | passkey |",
+           "|---|---|---|---|---|---|---|"]
+    meta = []
+    for d in docs:
+        meta.append(f"- {Path(d['_path']).name}: {d.get('decode')} decode tokens, {d.get('threads')} threads; "
+                    f"{machine_line(d)}")
+        for r in sorted(d["rows"], key=lambda r: (r.get("cache", ""), r["context"])):
+            if "error" in r:
+                out.append(f"| {r.get('artifact')} | {r['context']} | error: {' '.join(r['error'])[:80]} | | | | |")
+                continue
+            pk = r.get("passkey")
+            pks = f"{pk['correct']}/{pk['trials']}" if pk else ""
+            out.append(f"| {r['cache']} ({r['backend']}) | {r['context']} | {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+                       f"{r['prefill_s']:.2f} | {r['decode_tok_s']:.1f} | {pks} |")
+    return "\n".join(out + [""] + meta)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ppl", nargs="*", default=[])
+    ap.add_argument("--run", nargs="*", default=[])
+    a = ap.parse_args()
+    load = lambda p: {**json.loads(Path(p).read_text()), "_path": p}     # noqa: E731
+    if a.ppl:
+        print("### Perplexity against context (torch reference; Brown evaluation split)\n")
+        print(ppl_table([load(p) for p in a.ppl]) + "\n")
+    if a.run:
+        print("### Memory, decode speed and passkey against context (artifacts)\n")
+        print(run_table([load(p) for p in a.run]) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
