@@ -115,11 +115,12 @@ class FixedCache:
 
     def cut(self, compress: CompressRunner | None) -> None:
         S, m = self.slots, self.spec.slots
-        if self.spec.kind == "lococo":
-            mask = np.ones((1, S), np.int64)
+        if self.spec.kind == "lococo":      # the whole buffer and a mask of its S filled slots (static graphs must)
+            mask = np.zeros((1, self.size), np.int64)
+            mask[0, :S] = 1
             feeds = []
             for j in range(self.layers):
-                feeds += [self.buffers[2 * j][:, :S], self.buffers[2 * j + 1][:, :S], self.scores[j][None, :, :S]]
+                feeds += [self.buffers[2 * j], self.buffers[2 * j + 1], self.scores[j][None]]
             out = compress(mask, feeds)
             for i, o in enumerate(out):
                 self.buffers[i][:, :m] = o
