@@ -207,8 +207,12 @@ class FixedState:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.shape[0] == 0:
             raise InputError("empty prompt")
-        rows = [self._call(ids[s:s + self.chunk]) for s in range(0, ids.shape[0], self.chunk)]
-        return np.concatenate(rows) if all_logits else rows[-1][-1]
+        rows, last = [], None
+        for s in range(0, ids.shape[0], self.chunk):
+            last = self._call(ids[s:s + self.chunk])
+            if all_logits:              # otherwise only the last chunk's logits are kept (a long prompt's would
+                rows.append(last)       # be prompt x vocab floats)
+        return np.concatenate(rows) if all_logits else last[-1]
 
     def decode_one(self, token: int) -> np.ndarray:
         self.ids[0, 0] = token
