@@ -48,38 +48,52 @@ class LazyBar:
 
 def run(args) -> int:
     from .errors import InputError
-    from ..models.sources import load_model, resolve
+    from ..models.sources import resolve
+    if args.passkey and not args.context:
+        raise InputError("--passkey needs --context N")
+    if args.context is not None:       # its own windows (N tokens): --window does not apply
+        return run_context(args, *resolve(args.model))
     try:
         protocol = Protocol(text=args.text, window=args.window, max_tokens=args.max_tokens)
     except ValueError as e:
         raise InputError(str(e)) from None
     kind, path = resolve(args.model)
-    if args.passkey and not args.context:
-        raise InputError("--passkey needs --context N")
-    if args.context is not None:
-        return run_context(args, kind, path)
-    progress = LazyBar("perplexity")
+
+    def on_artifact(progress):
+        from .harness.evaluate_artifact import evaluate_artifact
+        return evaluate_artifact(path, protocol, args.eval_text, progress, backend=args.backend, device=args.device,
+                                 sample=not args.no_sample)
+
+    def on_bundle(bundle, progress):
+        from .evaluate import evaluate_torch
+        return evaluate_torch(bundle, protocol, args.eval_text, progress, sample=not args.no_sample)
+    result = measure(args, kind, "perplexity", on_artifact, on_bundle)
+    lines = [f"model       {args.model} ({result['engine']})",
+             f"perplexity  {result['perplexity']:.3f}  ({result['tokens']} tokens, {result['windows']} windows of "
+             f"{protocol.window}, {result['seconds']}s)"]
+    if "sample" in result:
+        lines.append(f"sample      {result['sample']['prompt']!r} -> {result['sample']['greedy']!r}")
+    return emit(args, result, lines)
+
+
+def measure(args, kind: str, desc: str, on_artifact, on_bundle) -> dict:
+    """on_artifact(progress) or, for a model source, on_bundle(loaded bundle, progress), under one progress bar."""
+    from ..models.sources import load_model
+    progress = LazyBar(desc)
     try:
         if kind == "artifact":
-            from .harness.evaluate_artifact import evaluate_artifact
-            result = evaluate_artifact(path, protocol, args.eval_text, progress, backend=args.backend,
-                                       device=args.device, sample=not args.no_sample)
+            result = on_artifact(progress)
         else:
             status(f"loading {args.model} ...")
-            bundle = load_model(args.model)
-            from .evaluate import evaluate_torch
-            result = evaluate_torch(bundle, protocol, args.eval_text, progress, sample=not args.no_sample)
+            result = on_bundle(load_model(args.model), progress)
     finally:
         progress.close()
     result["model"] = args.model
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        print(f"model       {args.model} ({result['engine']})")
-        print(f"perplexity  {result['perplexity']:.3f}  ({result['tokens']} tokens, {result['windows']} windows of "
-              f"{protocol.window}, {result['seconds']}s)")
-        if "sample" in result:
-            print(f"sample      {result['sample']['prompt']!r} -> {result['sample']['greedy']!r}")
+    return result
+
+
+def emit(args, result: dict, lines: list[str]) -> int:
+    print(json.dumps(result, indent=1) if args.json else "\n".join(lines))
     return 0
 
 
@@ -90,26 +104,16 @@ def run_context(args, kind: str, path) -> int:
         raise InputError(f"--context must be >= 2, got {args.context}")
     if args.passkey < 0:
         raise InputError(f"--passkey must be >= 0, got {args.passkey}")
-    progress = LazyBar(f"perplexity @{args.context}")
-    try:
-        if kind == "artifact":
-            result = evaluate_context(path, args.context, args.text, max(args.max_tokens, args.context),
-                                      args.eval_text, args.passkey, progress, args.backend, args.device)
-        else:
-            from ..models.sources import load_model
-            status(f"loading {args.model} ...")
-            result = evaluate_context(load_model(args.model), args.context, args.text,
-                                      max(args.max_tokens, args.context), args.eval_text, args.passkey, progress)
-    finally:
-        progress.close()
-    result["model"] = args.model
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        print(f"model       {args.model} ({result['engine']}, cache {result['cache']})")
-        print(f"perplexity  {result['perplexity']:.3f}  (context {args.context}, {result['windows']} windows, chunks of "
-              f"{result['chunk']}, {result['tokens']} tokens scored, {result['seconds']}s)")
-        if "passkey" in result:
-            pk = result["passkey"]
-            print(f"passkey     {pk['correct']}/{pk['trials']} ({pk['accuracy']:.0%})")
-    return 0
+    tokens = max(args.max_tokens, args.context)
+    result = measure(args, kind, f"perplexity @{args.context}",
+                     lambda progress: evaluate_context(path, args.context, args.text, tokens, args.eval_text,
+                                                       args.passkey, progress, args.backend, args.device),
+                     lambda bundle, progress: evaluate_context(bundle, args.context, args.text, tokens,
+                                                               args.eval_text, args.passkey, progress))
+    lines = [f"model       {args.model} ({result['engine']}, cache {result['cache']})",
+             f"perplexity  {result['perplexity']:.3f}  (context {args.context}, {result['windows']} windows, chunks "
+             f"of {result['chunk']}, {result['tokens']} tokens scored, {result['seconds']}s)"]
+    if "passkey" in result:
+        pk = result["passkey"]
+        lines.append(f"passkey     {pk['correct']}/{pk['trials']} ({pk['accuracy']:.0%})")
+    return emit(args, result, lines)

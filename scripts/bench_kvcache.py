@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from provenance import provenance
+from provenance import add_row, provenance
 
 
 def windows(tok, text: str, n: int, count: int) -> torch.Tensor:
@@ -114,9 +114,7 @@ def main() -> int:
             if train_rec:
                 row["training"] = {k: v for k, v in train_rec.items() if k != "losses"} | {
                     "loss_first": train_rec["losses"][0], "loss_last": train_rec["losses"][-1]}
-            result["rows"].append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            Path(a.out).write_text(json.dumps(result, indent=1))
+            add_row(result, row, a.out)
     return 0
 
 

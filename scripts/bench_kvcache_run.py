@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from provenance import provenance
+from provenance import add_row, provenance
 
 
 def rss_mb() -> tuple[float, float]:
@@ -145,9 +145,7 @@ def main() -> int:
                 row = {"artifact": art, "context": n, "error": p.stderr.strip().splitlines()[-1:]}
             else:
                 row = json.loads(p.stdout.strip().splitlines()[-1])
-            result["rows"].append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            Path(a.out).write_text(json.dumps(result, indent=1))
+            add_row(result, row, a.out)
     return 0
 
 

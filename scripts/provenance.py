@@ -66,3 +66,11 @@ def emit(result: dict, path: str | None = None) -> str:
     if path:
         Path(path).write_text(text)
     return text
+
+
+def add_row(result: dict, row: dict, out) -> None:
+    """Append a benchmark row, echo it on stderr and rewrite the raw JSON (so an interrupted run keeps its rows)."""
+    import json
+    result["rows"].append(row)
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    Path(out).write_text(json.dumps(result, indent=1))

@@ -147,3 +147,14 @@ def test_context_eval_of_a_full_artifact_equals_the_torch_reference(tmp_path, lo
     lc = evaluate_context(lococo_cpu[0], 96, max_tokens=192, passkey=2, backend="openvino")
     assert lc["cache"] == "lococo:16" and lc["chunk"] == 8 and lc["passkey"]["trials"] == 2
     assert np.isfinite(lc["perplexity"]) and lc["perplexity"] != a["perplexity"]
+
+
+def test_eval_context_cli_json(lococo_cpu, capsys):
+    import json
+    from accelc.compiler.cli import main
+    code = main(["eval", str(lococo_cpu[0]), "--context", "64", "--max-tokens", "64", "--passkey", "1", "--json",
+                 "--backend", "onnxruntime"])
+    out = capsys.readouterr().out
+    r = json.loads(out[out.index("{"):])
+    assert code == 0 and (r["context"], r["windows"], r["tokens"], r["cache"]) == (64, 1, 63, "lococo:16")
+    assert r["passkey"]["trials"] == 1 and np.isfinite(r["perplexity"])
