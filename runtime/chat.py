@@ -34,7 +34,7 @@ class ChatSession:
         if not getattr(art.tokenizer, "chat_template", None):
             raise InputError("this artifact's tokenizer has no chat template: use `accelc run` instead of chat")
         self.art, self.max_new_tokens, self.sampling, self.stop = art, max_new_tokens, sampling, list(stop)
-        self.context = context or (art.cache_len if art.static and getattr(art, "kv_cache", None) is None else None)
+        self.context = context or art.max_tokens()
         self.system = system
         self.messages: list[dict] = []
         self.held: list[int] = []           # the tokens the cache holds, in order

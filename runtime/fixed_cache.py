@@ -79,26 +79,22 @@ class CompressRunner:
 
 
 class FixedCache:
-    """Buffers [1, capacity, H, D] per layer (key.0, value.0, ...) and per-slot scores [H, capacity] per layer."""
+    """Buffers [1, size, H, D] per layer (key.0, value.0, ...) and per-slot scores [H, size] per layer."""
 
     # tokens it can take (what callers compare a generation's length with): no limit, it forgets instead
     capacity = sys.maxsize
 
     def __init__(self, spec: KVCacheSpec, layers: int, kv_heads: int, head_dim: int, size: int):
         self.spec, self.layers, self.size = spec, layers, size
-        capacity = size
-        self.buffers = [np.zeros((1, capacity, kv_heads, head_dim), np.float32) for _ in range(2 * layers)]
-        self.scores = [np.zeros((kv_heads, capacity), np.float32) for _ in range(layers)]
-        self.slots = 0          # filled slots
+        self.buffers = [np.zeros((1, size, kv_heads, head_dim), np.float32) for _ in range(2 * layers)]
+        self.scores = [np.zeros((kv_heads, size), np.float32) for _ in range(layers)]
+        self.slots = 0          # filled slots: every token adds one, a cut leaves M
         self.length = 0         # tokens seen (the next token's position)
         self.floor = 0          # tokens seen at the last cut: rollback cannot go below it
         self.cuts = 0
-        self.history: list[int] = []    # slots filled after each token since the last cut (for rollback)
-        self.slots_at_floor = 0
 
     def reset(self) -> None:
-        self.slots = self.length = self.floor = self.cuts = self.slots_at_floor = 0
-        self.history = []
+        self.slots = self.length = self.floor = self.cuts = 0
 
     def rollback(self, length: int) -> None:
         if length == self.length:
@@ -108,9 +104,7 @@ class FixedCache:
         if length < self.floor or length == 0:
             self.reset()
             return
-        keep = length - self.floor
-        self.slots = self.history[keep - 1] if keep else self.slots_at_floor
-        self.history = self.history[:keep]
+        self.slots -= self.length - length          # one slot per token since the last cut
         self.length = length
 
     def cut(self, compress: CompressRunner | None) -> None:
@@ -133,9 +127,7 @@ class FixedCache:
                     b[0, :m] = np.take_along_axis(b[0, :S], idx.T[:, :, None], axis=0)
                 self.scores[j][:, :m] = np.take_along_axis(self.scores[j][:, :S], idx, axis=1)
         self.slots = m
-        self.slots_at_floor = m
         self.floor = self.length
-        self.history = []
         self.cuts += 1
 
 
@@ -185,7 +177,6 @@ class FixedState:
         mask[0, :L] = 1
         mask[0, c.size:c.size + T] = 1
         logits, outs = runner.forward(ids_in, pos_in, mask, c.buffers)
-        new_at = c.size
         if len(outs) != 3 * c.layers:
             raise ArtifactError("the decoder graph has no attn_scores outputs (not compiled with a fixed cache)")
         for i in range(n):
@@ -197,9 +188,8 @@ class FixedState:
                 s[:, :L] += col[:, :L]
             else:
                 s[:, :L] = col[:, :L]
-            s[:, L:L + T] = col[:, new_at:new_at + T]
+            s[:, L:L + T] = col[:, c.size:c.size + T]                       # the new tokens' columns
         c.slots = L + T
-        c.history += list(range(L + 1, L + T + 1))
         c.length += T
         return np.array(logits[0, :T])
 
@@ -215,5 +205,4 @@ class FixedState:
         return np.concatenate(rows) if all_logits else last[-1]
 
     def decode_one(self, token: int) -> np.ndarray:
-        self.ids[0, 0] = token
-        return self._call(self.ids[0, :1].copy())[-1]
+        return self._call(np.array([token], np.int64))[-1]

@@ -118,8 +118,7 @@ def generate_iter(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling:
         raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     stops = [s for s in stop if s]
     need = len(prompt_ids) + max_new_tokens
-    fixed = getattr(art, "kv_cache", None) is not None
-    if art.static and not fixed and need > art.cache_len:
+    if art.max_tokens() is not None and need > art.cache_len:
         raise InputError(f"prompt ({len(prompt_ids)} tokens) + {max_new_tokens} new tokens = {need} exceed the "
                          f"artifact's static KV cache of {art.cache_len} (compile with a larger --cache-len)")
     if state is None or state.cache.capacity < need:

@@ -7,7 +7,7 @@ fixed cache should stay flat, a full one grows.
 For each context N, each artifact in turn (alternating, so both see the same machine state) runs in a fresh
 process: open the artifact (its default backend), prefill N tokens of the evaluation text (Brown eval), then
 decode --decode tokens greedily. Recorded: the process's resident memory (VmRSS) after decoding, its peak
-(VmHWM), prefill time, and decode tokens/s. Passkey accuracy (--passkey T) uses `accelc eval --context N
+(ru_maxrss), prefill time, and decode tokens/s. Passkey accuracy (--passkey T) uses `accelc eval --context N
 --passkey T` (compiler/harness/context_eval.py) in the same child process. Writes raw JSON with machine, date,
 commit and command line.
 """
@@ -23,13 +23,10 @@ from pathlib import Path
 from provenance import add_row, provenance
 
 
-def rss_mb() -> tuple[float, float]:
-    vals = {}
-    for ln in Path("/proc/self/status").read_text().splitlines():
-        if ln.startswith(("VmRSS", "VmHWM")):
-            k, v = ln.split(":")
-            vals[k] = int(v.split()[0]) / 1024
-    return round(vals["VmRSS"], 1), round(vals["VmHWM"], 1)
+def memory() -> tuple[float, float]:
+    """(RSS now, the process's peak RSS) in MiB (accelc.compiler.memory: VmRSS, ru_maxrss)."""
+    from accelc.compiler.memory import process_peak_mb, rss_mb
+    return round(rss_mb() or 0.0, 1), round(process_peak_mb(), 1)
 
 
 def child(art_path: str, context: int, decode: int, threads: int, passkey: int, tokens: str) -> dict:
@@ -48,7 +45,7 @@ def child(art_path: str, context: int, decode: int, threads: int, passkey: int, 
     for _ in range(decode):
         tok = int(np.argmax(decode_one(state, tok)))
     t2 = time.perf_counter()
-    rss, hwm = rss_mb()
+    rss, hwm = memory()
     row = {"artifact": art_path, "cache": str(art.kv_cache) if art.kv_cache is not None else "full",
            "backend": art.choice.backend, "context": context, "prefill_s": round(t1 - t0, 3),
            "decode_tok_s": round(decode / (t2 - t1), 2), "rss_mb": rss, "peak_rss_mb": hwm}
@@ -81,7 +78,7 @@ def child_genai(folder: str, budget: int, context: int, decode: int, threads: in
     inputs = og.TokenizedInputs(ov.Tensor(ids[None]), ov.Tensor(np.ones((1, ids.shape[0]), np.int64)))
     res = pipe.generate(inputs, cfg)
     pm = res.perf_metrics
-    rss, hwm = rss_mb()
+    rss, hwm = memory()
     row = {"artifact": folder, "cache": f"genai-evict:{budget}" if budget else "genai-full", "backend": "openvino-genai",
            "context": context, "prefill_s": round(pm.get_ttft().mean / 1000, 3),
            "decode_tok_s": round(1000 / pm.get_tpot().mean, 2), "rss_mb": rss, "peak_rss_mb": hwm}

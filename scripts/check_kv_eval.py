@@ -30,7 +30,6 @@ def main() -> int:
     ref = {r["cache"]: r for r in table["rows"] if r["context"] == a.context}
     rows = []
     for art in a.artifacts:
-        want = None
         r = evaluate_context(art, a.context, max_tokens=int(table.get("tokens_per_context") or 4096))
         want = ref.get(r["cache"])
         rows.append({**r, "reference": want and {k: want[k] for k in ("perplexity", "tokens")},

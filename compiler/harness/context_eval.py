@@ -59,9 +59,9 @@ def chunked_nll(step: Callable[[np.ndarray], np.ndarray], reset: Callable[[], No
 
 def artifact_step(art, capacity: int):
     from ...runtime.decode import prefill
-    state = art.new_state(capacity)
-    if art.static and getattr(art, "kv_cache", None) is None and capacity > art.cache_len:
+    if art.max_tokens() is not None and capacity > art.cache_len:
         raise InputError(f"--context {capacity} is longer than the artifact's static cache ({art.cache_len})")
+    state = art.new_state(capacity)
     return (lambda ids: prefill(state, ids, all_logits=True)), state.cache.reset
 
 
@@ -120,7 +120,7 @@ def evaluate_context(source, context: int, text: str = "brown-eval", max_tokens:
         from ...runtime.artifact import open_artifact
         art = open_artifact(source, backend=backend, device=device, full_logits=True)
         tok, chunk, cache, engine = art.tokenizer, chunk_of(art), cache_name(art), art.engine
-        step, reset = artifact_step(art, context + 64)
+        step, reset = artifact_step(art, context)
 
         def gen(ids):
             from ...runtime.generate import generate

@@ -20,7 +20,7 @@ from ...runtime.generate import encode_prompt, generate
 
 def artifact_logits_fn(art, window: int):
     """ids [1, T] -> logits [T, V] (numpy), each call starting from an empty cache."""
-    if art.static and art.kv_cache is None and window > art.cache_len:
+    if art.max_tokens() is not None and window > art.cache_len:
         raise InputError(f"the evaluation window ({window}) is longer than the artifact's static cache "
                          f"({art.cache_len}); use --window {art.cache_len} or less")
     state = art.new_state(window)

@@ -132,12 +132,17 @@ def export_graph(graph: DecoderGraph, path: Path, spec: tuple) -> None:
         model = onnx.load(str(tmp))
     share_tied_head(model, tied_embedding(graph))   # before narrowing: the head must read the fp32 table
     narrow_initializers(model)      # constant folding widened uint8 codes to int64, fp16 codebooks to fp32
-    for vi in model.graph.output:   # the tracer names some output dims oddly: write the contract's shapes
+    write_output_dims(model, outs)
+    save_onnx(model, path)
+
+
+def write_output_dims(model, outs: dict[str, list]) -> None:
+    """The tracer names some output dims oddly: write the contract's shapes (ints static, strings symbolic)."""
+    for vi in model.graph.output:
         dims = vi.type.tensor_type.shape.dim
         for d, want in zip(dims, outs[vi.name]):
             d.Clear()
             setattr(d, "dim_param" if isinstance(want, str) else "dim_value", want)
-    save_onnx(model, path)
 
 
 class _quiet:

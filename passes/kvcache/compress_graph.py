@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ...compiler.graph import compress_input_names, compress_output_names
-from ..export.export_onnx import OPSET, _quiet
+from ..export.export_onnx import OPSET, _quiet, write_output_dims
 from ..export.onnx_storage import save_onnx, scratch_dir
 
 
@@ -70,11 +70,7 @@ def export_compress(compressors: nn.ModuleList, path: Path, kv_heads: int, head_
             torch.onnx.export(module, tuple(args), str(tmp), dynamo=False, input_names=list(ins),
                               output_names=list(outs), dynamic_axes=dyn, opset_version=OPSET)
         model = onnx.load(str(tmp))
-    for vi in model.graph.output:
-        dims = vi.type.tensor_type.shape.dim
-        for d, want in zip(dims, outs[vi.name]):
-            d.Clear()
-            d.dim_value = want
+    write_output_dims(model, outs)
     save_onnx(model, path)
     return {"inputs": ins, "outputs": outs, "num_layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
             "role": "compress", "static": isinstance(capacity, int)}

@@ -125,10 +125,10 @@ def test_cache_that_never_cuts_equals_the_full_cache(lococo_cpu, tmp_path):
 
 def test_rollback_since_the_last_cut_and_reset_before_it():
     c = FixedCache(parse_kv_cache("window:4,buffer=2"), 1, 1, 2, 8)
-    c.slots, c.length, c.history = 3, 3, [1, 2, 3]
+    c.slots, c.length = 3, 3
     c.rollback(2)
     assert (c.slots, c.length) == (2, 2)
-    c.slots, c.length, c.floor, c.slots_at_floor, c.history = 6, 10, 8, 4, [5, 6]
+    c.slots, c.length, c.floor = 6, 10, 8                # cut to 4 slots at 8 tokens, 2 since
     c.rollback(9)
     assert (c.slots, c.length) == (5, 9)
     c.rollback(8)
