@@ -34,7 +34,8 @@ def compile(model: str = "smollm2-135m", target: str = "cpu", out: str | Path | 
             weights: str = "fp32", prune: str | None = None, quantize: str | None = None,
             drafter: str | None = None, formats: str | Sequence[str] | None = None, calib: str | None = None,
             cache_len: int = 1024, prefill_chunk: int = 64, validate: bool = True, force: bool = False,
-            kv_cache: str = "full", on_event: Callable | None = None, status: Callable[[str], None] | None = None) -> Path:
+            kv_cache: str = "full", convert: str | None = None, on_event: Callable | None = None,
+            status: Callable[[str], None] | None = None) -> Path:
     """Compile `model` (a packaged name, a transformers folder or a .gguf file) for `target` into the
     artifact directory `out`; -> its path. The options are `accelc compile`'s (docs/usage.md).
     on_event: the pass manager's progress callback; status: a callable for one-line progress messages."""
@@ -55,7 +56,7 @@ def compile(model: str = "smollm2-135m", target: str = "cpu", out: str | Path | 
         read_text_file(calib)
     options = CompileOptions(weights=weights, prune=prune, quantize=quantize, drafter=drafter, calib=calib,
                              cache_len=cache_len, prefill_chunk=prefill_chunk, validate=validate, formats=formats,
-                             kv_cache=kv_cache)
+                             kv_cache=kv_cache, convert=convert)
     passes = tgt.pipeline(options)
     options = tgt.resolve(options)
     kind, _ = resolve(model)

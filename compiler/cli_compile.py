@@ -27,6 +27,10 @@ def add_parser(sub):
                    help="KV cache: full (default, grows with the text), or a fixed size of M slots: window:M, "
                         "sink:M[,sinks=4] (StreamingLLM), h2o:M, lococo:M[,steps=N] (learned compression; trains "
                         "its compressors, docs/runtime/kv-cache.md)")
+    p.add_argument("--convert", metavar="encdec[:OPTIONS]",
+                   help="convert to an encoder-decoder: encdec[:decoder_layers=N,steps=S,seconds=T,...] (a "
+                        "bidirectional encoder and a decoder of all or N layers, adapted by PrefixLM distillation; "
+                        "docs/passes/encdec.md)")
     p.add_argument("--no-validate", action="store_true", help="skip comparing the exported graphs with torch")
     p.add_argument("--formats", metavar="LIST", help="what to ship, comma-separated: openvino, onnx, genai (the "
                    "optimum-style openvino/ folder; needs openvino), native (weights for the native CPU backend) "
@@ -41,7 +45,7 @@ def run(args) -> int:
     out = compile_model(args.model, args.target, args.output, weights=args.weights, prune=args.prune,
                         quantize=args.quantize, drafter=args.drafter, formats=args.formats, calib=args.calib,
                         cache_len=args.cache_len, prefill_chunk=args.prefill_chunk, validate=not args.no_validate,
-                        kv_cache=args.kv_cache,
+                        kv_cache=args.kv_cache, convert=args.convert,
                         force=args.force, on_event=PassProgress(), status=status)
     status(f"wrote {out}")
     return 0

@@ -37,6 +37,11 @@ ATTN_SCORES = "attn_scores."
 # come first), then per layer past_key / past_value [1, S, H, D] and attn_scores [1, H, S]; out per layer
 # new_key / new_value [1, M, H, D], the cut cache
 SLOT_MASK = "slot_mask"
+# an encoder-decoder artifact (passes/encdec/): the encoder graph (role "encoder") takes input_ids, position_ids and
+# attention_mask [B, T] (no cache) and outputs new_key.{j} / new_value.{j} [B, T, H, D] for every decoder layer j:
+# the memory the decoder's queries attend to (merged attention), written into the decoder's cache before it runs.
+# Decoder graph records of such an artifact carry "memory": "encoder".
+MEMORY_ENCODER = "encoder"
 
 
 def attn_scores(i: int) -> str:
@@ -90,6 +95,14 @@ def output_names(layers: int, first: int = 0, output: str = "logits", scores: bo
     if scores:
         names += [attn_scores(i) for i in range(first, first + layers)]
     return names
+
+
+def encoder_input_names() -> list[str]:
+    return [INPUT_IDS, POSITION_IDS, ATTENTION_MASK]
+
+
+def encoder_output_names(layers: int) -> list[str]:
+    return [n for j in range(layers) for n in (new_key(j), new_value(j))]
 
 
 def compress_input_names(layers: int) -> list[str]:
@@ -150,6 +163,8 @@ ROLES = {
     "eagle_target": Role("ids", "both", True, "EAGLE drafter: the whole model, logits and its last hidden state"),
     "eagle_draft": Role("ids+hidden", "both", False, "EAGLE drafter: fc(token, state) -> one layer, norm, head"),
     "compress": Role("cache", "cache", False, "fixed KV cache: S filled slots -> M (LoCoCo's compressors)"),
+    "encoder": Role("ids", "cache", False, "encoder-decoder: the prompt, bidirectionally -> the decoder's memory "
+                                           "(its cache before the first decoder call)"),
 }
 # ways a runtime decodes with an artifact's whole-model graphs: the roles it needs -> static shapes or not
 # (None: the graph record's own `static` flag). Checked in order; the first whose roles are all present wins.
@@ -159,6 +174,14 @@ EAGLE_ROLES = ("eagle_target", "eagle_draft")
 # full: every past position's keys/values, [B, P, H, D] per layer; fixed: at most M + buffer slots (the record's
 # "kv_cache" spec, compiler/kv_spec.py), the graph also outputs attn_scores per layer and the runtime cuts the cache
 CACHE_KINDS = ("full", "fixed")
+
+
+def memory_of(rec: dict) -> str | None:
+    """"encoder" when a decoder graph's cache starts with an encoder's memory, else None."""
+    mem = rec.get("memory")
+    if mem not in (None, MEMORY_ENCODER):
+        raise ArtifactError(f"a decoder graph with memory {mem!r}, which this runtime does not know; update accelc")
+    return mem
 
 
 def role_of(name: str, rec: dict) -> str:

@@ -33,6 +33,9 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
     cfg = tiny_config(family)
     for k, v in overrides.items():
         setattr(cfg, k, v)
+    types = getattr(cfg, "layer_types", None)
+    if types and len(types) != cfg.num_hidden_layers:     # a layer-count override: repeat the family's pattern
+        cfg.layer_types = [types[i % len(types)] for i in range(cfg.num_hidden_layers)]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     return model.eval()

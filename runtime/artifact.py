@@ -57,6 +57,7 @@ class Artifact(_Context):
     eos_ids: frozenset[int] = field(default_factory=frozenset)
     kv_cache: Any = None                 # a fixed-size cache's spec (compiler/kv_spec.py), else None
     compress: Any = None                 # its compression graph runner (lococo)
+    encoder: Any = None                  # an encoder-decoder's encoder (runtime/encoder.py)
 
     @property
     def weights(self) -> str:
@@ -200,4 +201,4 @@ def open_artifact(path, backend: str | None = None, device: str | None = None, t
                     threads=threads, static=graphs.static, runners=graphs.runners, layers=graphs.layers,
                     kv_heads=graphs.kv_heads, head_dim=graphs.head_dim, cache_len=graphs.cache_len,
                     prefill_chunk=graphs.prefill_chunk, eos_ids=eos_ids(tok, gen), kv_cache=graphs.kv_cache,
-                    compress=graphs.compress)
+                    compress=graphs.compress, encoder=graphs.encoder)

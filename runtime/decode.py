@@ -35,6 +35,7 @@ class DecodeState:
             capacity = art.cache_len
         self.art = art
         self.static = art.static
+        self.encoder = getattr(art, "encoder", None)      # an encoder-decoder's encoder (runtime/encoder.py)
         runner = art.runners["decoder"] if not art.static else None
         self.stateful = bool(getattr(runner, "stateful", False))
         self.cache = KVCache(art.layers, capacity, art.kv_heads, art.head_dim, allocate=not self.stateful)
@@ -68,7 +69,8 @@ def _static_mask(state: DecodeState, n_new: int, width: int) -> np.ndarray:
 
 def prefill(state: DecodeState, ids, all_logits: bool = False) -> np.ndarray:
     """Feed prompt tokens ids [T] after what the cache holds. -> logits [V] of the last token
-    (a copy), or [T, V] of every token with all_logits."""
+    (a copy), or [T, V] of every token with all_logits (an encoder-decoder's prompt: of the tokens the decoder ran,
+    the prompt's last one when the encoder took the rest)."""
     if getattr(state, "fixed", False):          # a fixed-size cache (runtime/fixed_cache.py)
         return state.prefill(ids, all_logits)
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -77,6 +79,9 @@ def prefill(state: DecodeState, ids, all_logits: bool = False) -> np.ndarray:
         raise InputError("empty prompt")
     cache = state.cache
     cache.check_room(T)
+    if state.encoder is not None and cache.length == 0 and T > 1:     # encoder-decoder: runtime/encoder.py
+        ids = ids[state.encoder.encode(cache, ids[:-1]):]
+        T = ids.shape[0]
     if state.stateful:
         if all_logits and state.prefiller.last_logits_only:
             raise InputError("this artifact was opened for generation (last-token logits only): "

@@ -26,6 +26,7 @@ import numpy as np
 from ..compiler.errors import ArtifactError, InputError
 from ..compiler.graph import SLOT_MASK, attn_scores, compress_input_names, compress_output_names, past_key, past_value
 from ..compiler.kv_spec import KVCacheSpec
+from .backends.named import NamedGraph
 
 DEFAULT_CHUNK = 64
 
@@ -49,33 +50,11 @@ class CompressRunner:
 
     def __init__(self, path, backend: str, device: str, threads: int, layers: int):
         self.layers = layers
-        self._in = compress_input_names(layers)
-        self._out = compress_output_names(layers)
-        if backend == "openvino":
-            import openvino as ov
-            props = {"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": "f32"} \
-                if device.upper() == "CPU" else {}
-            self.compiled = ov.Core().compile_model(str(path), device.upper(), props)
-            self.request = self.compiled.create_infer_request()
-            self.kind = "openvino"
-        elif backend == "onnxruntime":
-            import onnxruntime as ort
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = int(threads)
-            so.log_severity_level = 3
-            prov = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-            self.session = ort.InferenceSession(str(path), so, providers=prov)
-            self.kind = "onnxruntime"
-        else:
-            raise ArtifactError(f"the {backend} backend does not run the fixed cache's compression graph "
-                                "(use --backend openvino or onnxruntime)")
+        self._graph = NamedGraph(path, backend, device, threads, compress_input_names(layers),
+                                 compress_output_names(layers), "the fixed cache's compression graph")
 
     def __call__(self, slot_mask: np.ndarray, caches: list[np.ndarray]) -> list[np.ndarray]:
-        feeds = dict(zip(self._in, [slot_mask, *caches]))
-        if self.kind == "onnxruntime":
-            return self.session.run(self._out, feeds)
-        res = self.request.infer(feeds)
-        return [res[self.compiled.output(n)] for n in self._out]
+        return self._graph(slot_mask, *caches)
 
 
 class FixedCache:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..compiler.errors import ArtifactError
-from ..compiler.graph import INPUT_IDS, by_role, decoder_roles, past_key, record_dim
+from ..compiler.graph import INPUT_IDS, by_role, decoder_roles, memory_of, past_key, record_dim
 from ..compiler.kv_spec import KVCacheSpec
 from .backends import Backend, default_threads, graph_file, load_backend
 
@@ -28,6 +28,7 @@ class GraphSet:
     prefill_chunk: int | None = None     # static graphs: tokens per prefill call
     kv_cache: KVCacheSpec | None = None  # a fixed-size cache (runtime/fixed_cache.py), else None
     compress: object = None              # its compression graph (lococo)
+    encoder: object = None               # an encoder-decoder's encoder (runtime/encoder.py), else None
 
     def new_state(self, capacity: int):
         return new_state(self, capacity)
@@ -91,5 +92,22 @@ def load_graphs(folder, graphs: dict[str, dict], backend: str, device: str, thre
         key = "openvino" if backend == "openvino" else "onnx"
         compress = CompressRunner(graph_file(Path(folder), comp, key, backend), backend, device,
                                   threads or default_threads(), n_layers)
+    encoder = load_encoder(folder, graphs, rec, backend, device, threads, n_layers)
+    if encoder is not None and spec is not None:
+        raise ArtifactError("an encoder-decoder artifact with a fixed-size cache is not supported")
     return GraphSet(static, runners, n_layers, int(model.get("kv_heads", rec.get("kv_heads"))),
-                    int(model.get("head_dim", rec.get("head_dim"))), cache_len, chunk, spec, compress)
+                    int(model.get("head_dim", rec.get("head_dim"))), cache_len, chunk, spec, compress, encoder)
+
+
+def load_encoder(folder, graphs: dict, decoder_rec: dict, backend: str, device: str, threads: int | None,
+                 layers: int):
+    """The encoder of an encoder-decoder artifact (its decoder graphs' memory is "encoder"), else None."""
+    if memory_of(decoder_rec) is None:
+        return None
+    rec = by_role(graphs).get("encoder")
+    if rec is None:
+        raise ArtifactError("this encoder-decoder artifact has no encoder graph (role encoder)")
+    from .encoder import EncoderRunner
+    key = "openvino" if backend == "openvino" else "onnx"
+    return EncoderRunner(graph_file(Path(folder), rec, key, backend), backend, device, threads or default_threads(),
+                         rec, layers)

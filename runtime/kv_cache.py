@@ -28,6 +28,7 @@ class KVCache:
         self.buffers = ([np.zeros((1, capacity, kv_heads, head_dim), dtype=dtype) for _ in range(2 * layers)]
                         if allocate else [])
         self.length = 0
+        self.floor = 0          # an encoder's memory ends here: rolling back below it starts over (encoder.py)
 
     @property
     def layers(self) -> int:
@@ -70,4 +71,4 @@ class KVCache:
         self.length = length
 
     def reset(self) -> None:
-        self.length = 0
+        self.length = self.floor = 0

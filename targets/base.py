@@ -48,6 +48,7 @@ class CompileOptions:
     validate: bool = True            # compare the exported graphs to torch before writing
     formats: tuple | None = None     # graph formats to ship, e.g. ("openvino",); None: the target's default
     kv_cache: str = "full"           # --kv-cache: full, window:M, sink:M, h2o:M, lococo:M[,...] (compiler/kv_spec.py)
+    convert: str | None = None       # --convert encdec[:decoder_layers=N,...] (passes/encdec/)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -63,6 +64,16 @@ class CompileOptions:
         if spec.fixed and self.drafter:
             raise InputError(f"--kv-cache {spec} with --drafter: speculative decoding over a fixed-size cache is not "
                              "built yet (compile without --drafter, or with --kv-cache full)")
+        if self.convert:
+            from ..passes.encdec.options import parse_convert
+            parse_convert(self.convert)
+            for flag, value in (("--drafter", self.drafter), ("--quantize", self.quantize)):
+                if value:
+                    raise InputError(f"--convert {self.convert.partition(':')[0]} with {flag}: not supported yet "
+                                     f"(an encoder-decoder takes --prune and --weights int8/int4)")
+            if spec.fixed:
+                raise InputError(f"--convert {self.convert.partition(':')[0]} with --kv-cache {spec}: a fixed-size "
+                                 "cache over an encoder's memory is not built (use --kv-cache full)")
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,13 @@ class Target:
             if asked:
                 raise InputError(f"--kv-cache {options.kv_cache.split(',')[0]}: the {asked[0]} format keeps a "
                                  "growing cache; leave it out of --formats")
+            formats = tuple(f for f in formats if f not in ("native", "genai"))
+        if options.convert:
+            # the native backend and the genai folder run decoder-only models
+            asked = [f for f in ("native", "genai") if f in (options.formats or ())]
+            if asked:
+                raise InputError(f"--convert encdec: the {asked[0]} format runs decoder-only models; leave it out "
+                                 "of --formats")
             formats = tuple(f for f in formats if f not in ("native", "genai"))
         bits = codebook_bits(options.quantize)
         if "native" in formats and bits not in (None, 8):

@@ -7,8 +7,9 @@ from . import phases
 def build(options: CompileOptions) -> list:
     return [
         *phases.compression(options),   # prune, then quantize
-        *phases.drafting(options),
-        *phases.kv_cache(options),      # lococo: train the cache compressors on the compressed model      # drafter from the compressed target
+        *phases.conversion(options),    # --convert encdec: encoder-decoder (adapted) from the compressed model
+        *phases.drafting(options),      # drafter from the compressed target
+        *phases.kv_cache(options),      # lococo: train the cache compressors on the compressed model
         *phases.export(options, static=False),
         *phases.validation(options),    # exported graphs vs torch
         *phases.genai_folder(options),  # after validation: it moves the validated IR's weights into openvino/

@@ -6,6 +6,7 @@ from . import phases
 def build(options: CompileOptions) -> list:
     return [
         *phases.compression(options),
+        *phases.conversion(options),    # --convert encdec: encoder-decoder (adapted) from the compressed model
         *phases.drafting(options),
         *phases.kv_cache(options),
         *phases.export(options, static=False),

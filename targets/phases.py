@@ -72,6 +72,14 @@ def compression(options: CompileOptions) -> list:
     return passes
 
 
+def conversion(options: CompileOptions) -> list:
+    # after compression (the encoder copies the pruned layers), before export
+    if not options.convert:
+        return []
+    from ..passes.encdec.convert import build
+    return build(options.convert.partition(":")[2], options)
+
+
 def drafting(options: CompileOptions) -> list:
     # after compression: a compressed target gets a drafter derived from the compressed model
     if not options.drafter:
@@ -147,10 +155,20 @@ def export(options: CompileOptions, static: bool) -> list:
                                         prefill_chunk=chunk, weights=options.weights,
                                         formats=formats, kv_cache=spec.to_json() if spec.fixed else None)),
         *compress,                      # before OpenVINO: it converts every registered ONNX graph
+        *_encoder_export(options, static, formats),
         *_drafter_export(options),
         *([ExportOpenVINOPass(ExportOpenVINOConfig(weights=options.weights))] if "openvino" in formats else []),
         *native(options, static),
     ]
+
+
+def _encoder_export(options: CompileOptions, static: bool, formats: tuple) -> list:
+    if not options.convert:
+        return []
+    from ..passes.encdec.export import ExportEncoderConfig, ExportEncoderPass
+    # static: the encoder takes half the cache at most (a longer prompt's rest goes through the decoder's prefill)
+    return [ExportEncoderPass(ExportEncoderConfig(weights=options.weights, formats=formats,
+                                                  length=options.cache_len // 2 if static else None))]
 
 
 def native(options: CompileOptions, static: bool) -> list:

@@ -11,6 +11,8 @@ transformers mask or cache code is traced. Inputs and outputs follow the graph c
        call's queries and the query heads sharing KV head h (what H2O and LoCoCo rank cache slots by)]
 
 Layer indices i are absolute model layers, also for a layer range [first, last).
+With causal=False (an encoder, passes/encdec/) every query sees every slot whose attention_mask is 1 (sliding
+windows become symmetric). Without cache tensors, the keys are the new tokens only.
 Sliding-window layers count attended slots: a query sees the `window` most recent slots whose
 attention_mask is 1 (itself included); without padding this is transformers' slot distance.
 """
@@ -93,9 +95,10 @@ class DecoderGraph(nn.Module):
     """
 
     def __init__(self, model: nn.Module, adapter: ArchAdapter | None = None, layers: tuple[int, int] | None = None,
-                 input: str | None = None, output: str | None = None, scores: bool = False):
+                 input: str | None = None, output: str | None = None, scores: bool = False, causal: bool = True):
         super().__init__()
         self.scores = scores
+        self.causal = causal
         ad = adapter or ArchAdapter(model)
         cfg, fam = ad.config, ad.family
         n = ad.num_layers
@@ -158,10 +161,13 @@ class DecoderGraph(nn.Module):
         S = attention_mask.shape[1]
         kv = torch.arange(S, device=attention_mask.device)
         q = torch.arange(T, device=attention_mask.device) + (S - T)
-        allowed = (kv[None, :] <= q[:, None])[None] & (attention_mask[:, None, :] > 0)      # [B,T,S]
+        allowed = attention_mask[:, None, :] > 0                                             # [B,1,S]
+        if self.causal:
+            allowed = (kv[None, :] <= q[:, None])[None] & allowed                            # [B,T,S]
         if window is not None:
             cnt = torch.cumsum(attention_mask, dim=-1)                                        # [B,S]
-            allowed = allowed & ((cnt[:, S - T:, None] - cnt[:, None, :]) < window)
+            dist = cnt[:, S - T:, None] - cnt[:, None, :]
+            allowed = allowed & ((dist if self.causal else dist.abs()) < window)
         zero = torch.zeros((), dtype=torch.float32)
         neg = torch.full((), torch.finfo(torch.float32).min, dtype=torch.float32)
         return torch.where(allowed, zero, neg)[:, None, None]
@@ -186,8 +192,11 @@ class DecoderGraph(nn.Module):
         cos, sin = _cast(cos, q.dtype), _cast(sin, q.dtype)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        keys = _cast(torch.cat((past_k, _cast(k, past_k.dtype)), dim=1), q.dtype)                  # [B,S,H,D]
-        vals = _cast(torch.cat((past_v, _cast(v, past_v.dtype)), dim=1), q.dtype)
+        if past_k is None:                                                                   # no cache: S = T
+            keys, vals = k, v
+        else:
+            keys = _cast(torch.cat((past_k, _cast(k, past_k.dtype)), dim=1), q.dtype)              # [B,S,H,D]
+            vals = _cast(torch.cat((past_v, _cast(v, past_v.dtype)), dim=1), q.dtype)
         qh = q.view(B, T, H, G, D).permute(0, 2, 3, 1, 4)                                   # [B,H,G,T,D]
         kh = keys.permute(0, 2, 3, 1)[:, :, None]                                            # [B,H,1,D,S]
         vh = vals.permute(0, 2, 1, 3)[:, :, None]                                            # [B,H,1,S,D]
@@ -203,7 +212,7 @@ class DecoderGraph(nn.Module):
 
     def forward(self, inputs: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 *past: torch.Tensor):
-        if len(past) != 2 * (self.last - self.first):
+        if len(past) not in (0, 2 * (self.last - self.first)):
             raise ValueError(f"expected {2 * (self.last - self.first)} cache tensors, got {len(past)}")
         if self.input_kind == "ids":
             h = self.embed(inputs)
@@ -219,8 +228,9 @@ class DecoderGraph(nn.Module):
         for j in range(self.last - self.first):
             norms, mlp = self.norms[j], self.mlp[j]
             a, k, v, col = self._attention(j, norms["input"](h), ropes[self.layer_rope[j]],
-                                           biases[self.layer_window[j]], past[2 * j], past[2 * j + 1], qmask)
-            new += [_cast(k, past[2 * j].dtype), _cast(v, past[2 * j + 1].dtype)]
+                                           biases[self.layer_window[j]], *(past[2 * j:2 * j + 2] or (None, None)),
+                                           qmask)
+            new += [_cast(k, past[2 * j].dtype), _cast(v, past[2 * j + 1].dtype)] if past else [k, v]
             if col is not None:
                 cols.append(col)
             h = h + (norms["post_attn"](a) if self.sandwich else a)

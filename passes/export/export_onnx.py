@@ -184,6 +184,14 @@ def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scrat
            "cache": "fixed" if kv_cache else "full", **({"kv_cache": kv_cache} if kv_cache else {})}
     if not emit:
         return rec
+    return {"onnx": rel, **rec, **emit_graph(bundle, name, src, weights, metrics, int4)}
+
+
+def emit_graph(bundle: ModelBundle, name: str, src: Path, weights: str, metrics: dict, int4: dict | None = None) -> dict:
+    """The artifact's graphs/<name>.onnx (+ .data) from the fp32 graph at `src`, at the requested weight precision
+    (the same file when src is already there at fp32); -> {"onnx": its path in the artifact}."""
+    rel = f"graphs/{name}.onnx"
+    out = bundle.workdir / rel
     if int4 is not None:        # gptq-int:4 / pv-int:4: MatMulNBits with the layers' own codes (passes/export/onnx_int.py)
         from .onnx_int import match_initializers, swap_codes
         t0 = time.perf_counter()
@@ -198,7 +206,7 @@ def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scrat
     bundle.add_file(rel, out)
     bundle.add_file(rel + ".data", data)
     metrics[f"{name}_mb"] = round((out.stat().st_size + data.stat().st_size) / 1e6, 1)
-    return {"onnx": rel, **rec}
+    return {"onnx": rel}
 
 
 def int4_layers(bundle: ModelBundle) -> dict | None:

@@ -141,14 +141,19 @@ class ValidatePass(Pass):
     def call(self, bundle: ModelBundle) -> PassResult:
         graphs = bundle.records["graphs"]
         prompts = prompt_ids(bundle)
-        refs = [torch_reference(bundle.model, p, self.config.steps) for p in prompts]
+        ed = bundle.records.get("encdec_module")    # an encoder-decoder: logits from the prompt's last token on
+        reference = ed.reference if ed is not None else (lambda p, n: torch_reference(bundle.model, p, n))
+        refs = [reference(p, self.config.steps) for p in prompts]
         room = uncut_room(graphs)
         if room is not None:    # a fixed cache equals the full one until its first cut (validate-kv-cache does the rest)
             prompts = [p[:, :max(1, min(p.shape[1], room - 1))] for p in prompts]
             refs = [(t[:, :room], lg[:, :room]) for t, lg in refs]
         int_codes = "int" in (bundle.records.get("quantization") or {})
         max_diff, agree = INT_CODES if int_codes else self.config_tolerance()
-        noise = max(self_noise(bundle.model, t, lg) for t, lg in refs) if self.config.weights == "fp32" and not int_codes else 0.0
+        noise = 0.0
+        if self.config.weights == "fp32" and not int_codes:
+            noise = max(float(np.abs(ed.uncached(t, p.shape[1]) - lg).max()) if ed is not None
+                        else self_noise(bundle.model, t, lg) for p, (t, lg) in zip(prompts, refs))
         max_diff = noise_limit(max_diff, noise)
         results, metrics = {}, {}
         for backend in self.config.backends:
@@ -158,9 +163,9 @@ class ValidatePass(Pass):
             for ids, (tokens, ref_logits) in zip(prompts, refs):
                 logits = run_graphs(loaded, tokens, ids.shape[1])
                 diffs.append(float(np.abs(logits - ref_logits).max()))
-                picks = slice(ids.shape[1] - 1, None)    # the last prompt position and every decode step
-                hits += int((logits[0, picks].argmax(-1) == ref_logits[0, picks].argmax(-1)).sum())
-                total += ref_logits.shape[1] - ids.shape[1] + 1
+                k = tokens.shape[1] - ids.shape[1] + 1    # the last prompt position and every decode step
+                hits += int((logits[0, -k:].argmax(-1) == ref_logits[0, -k:].argmax(-1)).sum())
+                total += k
             res = {"max_logit_diff": max(diffs), "greedy_agreement": round(hits / total, 4),
                    "seconds": round(time.perf_counter() - t0, 2)}
             results[backend] = res

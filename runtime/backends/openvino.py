@@ -143,7 +143,8 @@ class OpenVINOBackend:
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
          full_logits: bool = True) -> OpenVINOBackend:
     fixed = graph.get("cache") == "fixed"      # the runtime cuts a fixed cache: it passes the cache explicitly
-    stateful = not graph.get("static") and not fixed and kv_mode() == "stateful"
+    # an encoder-decoder's decoder starts from the encoder's memory, written into the runtime's cache: explicit too
+    stateful = not graph.get("static") and not fixed and not graph.get("memory") and kv_mode() == "stateful"
     weights = graph_file(artifact_dir, graph, "openvino_bin", "openvino") if graph.get("openvino_bin") else None
     return OpenVINOBackend(graph_file(artifact_dir, graph, "openvino", "openvino"), device, threads, stateful,
                            full_logits, manifest, weights, scores=fixed)

@@ -1,0 +1,111 @@
+"""The conversion pass `convert-encdec` (`--convert encdec[:decoder_layers=N,steps=S,...]`, docs/passes/encdec.md).
+
+It turns the bundle's model into an encoder-decoder (model.py), adapts it (train.py; steps=0 skips that), and scores
+the source and the converted model on held-out windows of the evaluation split before and after (prefix.py,
+P = 256). Afterwards bundle.model is the decoder (a transformers causal LM of N layers whose cache starts with the
+encoder's memory: export-onnx writes it as any decoder graph) and bundle.records["encdec_module"] holds the EncDec
+(export-encoder writes its encoder graph; validation runs both against it).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+
+import torch
+
+from ...compiler.errors import PreconditionError
+from ...compiler.pass_base import Pass, PassResult
+from ...models.adapter import ArchAdapter
+from ..export.decoder_graph import DecoderGraph
+from .model import EncDec, convert
+from .options import EncDecConfig, parse_convert
+
+log = logging.getLogger(__name__)
+EVAL_PREFIX = 256
+
+
+class ConvertEncDecPass(Pass):
+    name = "convert-encdec"
+    config_class = EncDecConfig
+
+    def requires(self, bundle) -> None:
+        if "encdec_module" in bundle.records:
+            raise PreconditionError("the model is already an encoder-decoder")
+        if "drafter_module" in bundle.records:
+            raise PreconditionError("convert the model before building a drafter")
+
+    def call(self, bundle) -> PassResult:
+        from ...models.corpus import load_text, token_stream
+        from ..drafting.eagle_train import bf16_supported, fingerprint, run_key
+        from .prefix import decoder_only_logits, encdec_logits, prefix_windows, score
+        from .train import adapt, cache_root
+        cfg, model = self.config, bundle.model
+        source_layers = bundle.adapter.num_layers
+        key = fingerprint(model, torch.zeros(0, dtype=torch.long)) if cfg.steps else None
+        teacher = DecoderGraph(copy.deepcopy(model).eval()).eval() if (cfg.steps or cfg.eval_windows) else None
+        if teacher is not None:
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        ed = convert(model, cfg.decoder_layers, cfg.pick, cfg.encoder == "causal").eval()
+        scores = {}
+        windows = None
+        if cfg.eval_windows and bundle.tokenizer is not None:
+            stream = token_stream(bundle.tokenizer, load_text("eval"))
+            prefix = min(EVAL_PREFIX, max(2, stream.numel() // (2 * cfg.eval_windows) - 128))
+            windows = prefix_windows(stream, prefix, cfg.eval_windows)
+            scores["source"] = score(decoder_only_logits(teacher), windows, prefix)
+            scores["converted"] = score(encdec_logits(ed), windows, prefix)
+        train = None
+        if cfg.steps:
+            calib = token_stream(bundle.tokenizer, load_text("calib", cfg.calib)) if bundle.tokenizer is not None \
+                else torch.randint(3, bundle.adapter.vocab_size, (4 * cfg.seq_len,), generator=torch.Generator().manual_seed(0))
+            bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+            resume = cache_root() / f"adapt-{run_key(key, cfg.training_options())}.safetensors"
+            train = {**adapt(ed, teacher, calib, cfg, resume=resume, bf16=bf16), "precision": "bf16" if bf16 else "f32"}
+            if windows is not None:
+                scores["adapted"] = score(encdec_logits(ed), windows, windows.shape[1] - 128)
+        del teacher
+        bundle.model = ed.decoder
+        bundle.adapter = ArchAdapter(ed.decoder)
+        enc = ArchAdapter(ed.encoder)
+        record = {"kind": "encdec", "attention": cfg.attention, "encoder": cfg.encoder,
+                  "source_layers": source_layers, "encoder_layers": enc.num_layers,
+                  "decoder_layers": bundle.adapter.num_layers, "decoder_from": ed.decoder_from, "memory": ed.memory,
+                  "pick": cfg.pick, "encoder_parameters": _params(ed.encoder, ed.decoder),
+                  "decoder_parameters": bundle.adapter.num_parameters(),
+                  "adaptation": train and {**train, **{k: getattr(cfg, k) for k in
+                                                       ("batch", "seq_len", "min_prefix", "min_target", "lr", "kd")}},
+                  "held_out": scores or None}
+        bundle.records["encdec"] = record
+        bundle.records["encdec_module"] = ed
+        metrics = {"decoder_layers": record["decoder_layers"], "encoder_layers": record["encoder_layers"]}
+        for k, v in scores.items():
+            metrics[f"ppl_{k}"] = v["perplexity"]
+        if train:
+            metrics.update(steps=train["steps"], loss=train["loss"]["last"])
+        return PassResult(True, metrics)
+
+    def ensures(self, bundle, result) -> None:
+        ed = bundle.records.get("encdec_module")
+        if not isinstance(ed, EncDec) or bundle.model is not ed.decoder:
+            raise PreconditionError("no encoder-decoder attached")
+        if any(p.requires_grad for p in ed.parameters()):
+            raise PreconditionError("the encoder-decoder was left trainable")
+
+
+def _params(encoder, decoder) -> int:
+    """The encoder's own parameters (those it shares with the decoder, embeddings and head, not counted)."""
+    shared = {p.data_ptr() for p in decoder.parameters()}
+    seen, n = set(), 0
+    for p in encoder.parameters():
+        if p.data_ptr() in shared or p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        n += p.numel()
+    return n
+
+
+def build(arg: str, options) -> list:
+    cfg = dataclasses.replace(parse_convert(f"encdec:{arg}" if arg else "encdec"), calib=options.calib)
+    return [ConvertEncDecPass(cfg)]

@@ -1,0 +1,81 @@
+"""`--convert encdec[:decoder_layers=N,attention=merged,steps=S,...]`: the conversion's options, checked before the
+model loads (no torch here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ...compiler.errors import InputError
+from ..spec_options import convert
+
+ATTENTION = ("merged", "cross")
+PICKS = ("spread", "last", "first")
+ENCODERS = ("bidirectional", "causal")
+EXAMPLE = "encdec:decoder_layers=10,steps=2000"
+
+
+@dataclass(frozen=True)
+class EncDecConfig:
+    decoder_layers: int = 0        # 0: balanced (every layer in the decoder too); N: a decoder of N layers
+    attention: str = "merged"      # merged: the decoder attends over [encoder memory ; its own cache], same weights
+    pick: str = "spread"           # which source layers make an N-layer decoder: spread (evenly, first and last
+                                   # included), last (the last N), first (the first N)
+    encoder: str = "bidirectional"  # causal: the construction check (the converted model is then the source exactly)
+    steps: int = 100000            # adaptation steps; whichever of steps / seconds ends first; 0: no adaptation
+    seconds: float = 2400.0        # adaptation time budget (SmolLM2-135M on 2 cores: 40 minutes)
+    batch: int = 4                 # sequences per step
+    seq_len: int = 640             # tokens per sequence: prefix (encoder) + target (decoder)
+    min_prefix: int = 32           # the prefix length is drawn uniformly from [min_prefix, seq_len - min_target]
+    min_target: int = 64
+    lr: float = 3e-5
+    kd: float = 0.5                # loss = kd * KL(source || student) + (1 - kd) * cross-entropy on the text
+    seed: int = 0
+    precision: str = "auto"        # bf16 autocast where the CPU has bf16 instructions, else f32
+    eval_windows: int = 16         # held-out windows (evaluation split) scored before and after adaptation
+    calib: str | None = None       # calibration text file (from --calib; default: the Brown calibration split)
+
+    def __post_init__(self):
+        bad = lambda msg: InputError(f"--convert encdec: {msg} (e.g. {EXAMPLE})")     # noqa: E731
+        if self.attention not in ATTENTION:
+            raise bad(f"attention must be one of {', '.join(ATTENTION)}, got '{self.attention}'")
+        if self.attention == "cross":
+            raise InputError("--convert encdec: attention=cross (T5Gemma's separate cross-attention) is not built "
+                             "yet; use attention=merged (the default)")
+        if self.pick not in PICKS:
+            raise bad(f"pick must be one of {', '.join(PICKS)}, got '{self.pick}'")
+        if self.encoder not in ENCODERS:
+            raise bad(f"encoder must be one of {', '.join(ENCODERS)}, got '{self.encoder}'")
+        if self.precision not in ("auto", "bf16", "f32"):
+            raise bad(f"precision must be auto, bf16 or f32, got '{self.precision}'")
+        for key in ("decoder_layers", "steps", "eval_windows"):
+            if getattr(self, key) < 0:
+                raise bad(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("batch", "seq_len", "min_prefix", "min_target"):
+            if getattr(self, key) < 1:
+                raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.min_prefix + self.min_target > self.seq_len or self.min_prefix < 2:
+            raise bad(f"need 2 <= min_prefix and min_prefix + min_target <= seq_len (got {self.min_prefix} + "
+                      f"{self.min_target} > {self.seq_len})" if self.min_prefix >= 2 else "min_prefix must be >= 2")
+        if not self.seconds > 0 or not self.lr > 0 or not 0 <= self.kd <= 1:
+            raise bad("seconds and lr must be > 0 and kd between 0 and 1")
+
+    def training_options(self) -> dict:
+        """What changes the adapted weights (the resume file's key)."""
+        return {k: getattr(self, k) for k in ("decoder_layers", "attention", "pick", "encoder", "steps", "batch",
+                                              "seq_len", "min_prefix", "min_target", "lr", "kd", "seed")}
+
+
+def parse_convert(spec: str) -> EncDecConfig:
+    """'encdec:decoder_layers=10,steps=2000' -> EncDecConfig; one clear line for anything else."""
+    name, _, arg = (spec or "").strip().partition(":")
+    if name != "encdec":
+        raise InputError(f"unknown conversion '{name}' in --convert {spec} (known: encdec; e.g. {EXAMPLE})")
+    types = {f.name: f.type for f in fields(EncDecConfig) if f.name != "calib"}
+    kw = {}
+    for item in filter(None, (s.strip() for s in arg.split(","))):
+        key, eq, val = item.partition("=")
+        key = key.strip()
+        if not eq or key not in types:
+            raise InputError(f"--convert encdec: bad option '{item}' (options: {', '.join(types)}; e.g. {EXAMPLE})")
+        typ = {"int": int, "float": float}.get(str(types[key]), str)
+        kw[key] = convert("--convert", "encdec", key, val.strip(), typ)
+    return EncDecConfig(**kw)

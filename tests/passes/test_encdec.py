@@ -1,0 +1,81 @@
+"""Encoder-decoder conversion (issue 18): the construction, bidirectionality, layer choice, options."""
+import pytest
+import torch
+
+from accelc.compiler.errors import InputError
+from accelc.models.tiny import TINY_FAMILIES, tiny_model
+from accelc.passes.encdec.model import convert, pick_layers
+from accelc.passes.encdec.options import parse_convert
+
+
+def _model(family="llama", layers=4):
+    return tiny_model(family, seed=0, initializer_range=0.2, num_hidden_layers=layers)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_causal_balanced_conversion_is_the_source(family):
+    """Encoder made causal, decoder positions continuing after the input: the source model's logits exactly."""
+    src = _model(family)
+    ids = torch.randint(3, 256, (2, 13), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = src(ids).logits[:, 8:]
+        ed = convert(src, causal_encoder=True).eval()
+        got = ed(ids[:, :8], ids[:, 8:])
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_encoder_is_bidirectional():
+    ed = convert(_model()).eval()
+    ids = torch.randint(3, 256, (1, 10), generator=torch.Generator().manual_seed(2))
+    changed = ids.clone()
+    changed[0, 8] = (changed[0, 8] + 7) % 256
+    with torch.no_grad():
+        a, b = ed.encode(ids), ed.encode(changed)
+    # a later input token changes the memory (keys) of earlier positions, from the second layer on
+    assert not torch.allclose(a[2][:, :8], b[2][:, :8])
+    causal = convert(_model(), causal_encoder=True).eval()
+    with torch.no_grad():
+        a, b = causal.encode(ids), causal.encode(changed)
+    torch.testing.assert_close(a[2][:, :8], b[2][:, :8])
+
+
+def test_unbalanced_decoder_layers_and_sharing():
+    src = _model(layers=6)
+    embed = src.model.embed_tokens.weight
+    ed = convert(src, decoder_layers=3)
+    assert ed.decoder_from == [0, 2, 5] == ed.memory
+    assert len(ed.decoder.model.layers) == 3 and ed.decoder.config.num_hidden_layers == 3
+    assert len(ed.encoder.model.layers) == 6
+    assert ed.encoder.model.embed_tokens.weight is embed is ed.decoder.model.embed_tokens.weight
+    assert ed.decoder.lm_head.weight.data_ptr() == embed.data_ptr()
+    # the encoder holds copies: training one side leaves the other alone
+    assert ed.encoder.model.layers[0].mlp.up_proj.weight.data_ptr() != \
+        ed.decoder.model.layers[0].mlp.up_proj.weight.data_ptr()
+    ids = torch.randint(3, 256, (1, 9))
+    with torch.no_grad():
+        assert ed(ids[:, :5], ids[:, 5:]).shape == (1, 4, 256)
+    assert pick_layers(30, 10, "spread") == [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]
+    assert pick_layers(30, 6, "last") == list(range(24, 30)) and pick_layers(30, 6, "first") == list(range(6))
+    assert pick_layers(30, 1, "spread") == [29]
+
+
+def test_reference_matches_the_one_call_forward():
+    ed = convert(_model(), decoder_layers=2).eval()
+    ids = torch.randint(3, 256, (1, 7)).numpy()
+    tokens, logits = ed.reference(ids, 4)
+    assert tokens.shape == (1, 11) and logits.shape == (1, 5, 256)
+    torch.testing.assert_close(torch.from_numpy(ed.uncached(tokens, 7)), torch.from_numpy(logits),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_options():
+    cfg = parse_convert("encdec:decoder_layers=10,attention=merged,steps=5")
+    assert (cfg.decoder_layers, cfg.attention, cfg.steps) == (10, "merged", 5)
+    assert parse_convert("encdec").decoder_layers == 0
+    for bad in ("encdec:foo=1", "encdec:steps=x", "t5", "encdec:attention=sideways", "encdec:decoder_layers=-1",
+                "encdec:pick=middle", "encdec:min_prefix=600", "encdec:kd=2", "encdec:attention=cross"):
+        with pytest.raises(InputError):
+            parse_convert(bad)
+    with pytest.raises(InputError):
+        convert(_model(), decoder_layers=9)
