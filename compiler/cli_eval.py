@@ -25,6 +25,8 @@ def add_parser(sub):
                    "by chunk through the artifact's KV cache (full or --kv-cache fixed; docs/runtime/kv-cache.md)")
     p.add_argument("--passkey", type=int, default=0, metavar="TRIALS",
                    help="with --context: also the passkey-retrieval accuracy over TRIALS prompts of about N tokens")
+    p.add_argument("--prefix", type=int, metavar="P", help="prefix-conditioned perplexity: the 128 tokens after "
+                   "each prefix of P tokens (an encoder-decoder encodes the prefix; docs/evaluation.md)")
     p.add_argument("--no-sample", action="store_true", help="skip the greedy sample")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -51,6 +53,10 @@ def run(args) -> int:
     from ..models.sources import resolve
     if args.passkey and not args.context:
         raise InputError("--passkey needs --context N")
+    if args.prefix is not None and args.context is not None:
+        raise InputError("--prefix and --context are two evaluations: give one")
+    if args.prefix is not None:
+        return run_prefix(args, *resolve(args.model))
     if args.context is not None:       # its own windows (N tokens): --window does not apply
         return run_context(args, *resolve(args.model))
     try:
@@ -116,4 +122,20 @@ def run_context(args, kind: str, path) -> int:
     if "passkey" in result:
         pk = result["passkey"]
         lines.append(f"passkey     {pk['correct']}/{pk['trials']} ({pk['accuracy']:.0%})")
+    return emit(args, result, lines)
+
+
+def run_prefix(args, kind: str, path) -> int:
+    from .errors import InputError
+    from .harness.prefix_eval import evaluate_prefix
+    if args.prefix < 1:
+        raise InputError(f"--prefix must be >= 1, got {args.prefix}")
+    result = measure(args, kind, f"perplexity after {args.prefix}",
+                     lambda progress: evaluate_prefix(path, args.prefix, args.text, args.max_tokens, args.eval_text,
+                                                      progress, args.backend, args.device),
+                     lambda bundle, progress: evaluate_prefix(bundle, args.prefix, args.text, args.max_tokens,
+                                                              args.eval_text, progress))
+    lines = [f"model       {args.model} ({result['engine']}, {result['model_kind']})",
+             f"perplexity  {result['perplexity']:.3f}  (the {result['continuation']} tokens after a prefix of "
+             f"{args.prefix}, {result['windows']} windows, {result['tokens']} tokens scored, {result['seconds']}s)"]
     return emit(args, result, lines)

@@ -37,7 +37,7 @@ class ConvertEncDecPass(Pass):
 
     def call(self, bundle) -> PassResult:
         from ...models.corpus import load_text, token_stream
-        from ..drafting.eagle_train import bf16_supported, fingerprint, run_key
+        from ..drafting.eagle_train import fingerprint, run_key
         from .prefix import decoder_only_logits, encdec_logits, prefix_windows, score
         from .train import adapt, cache_root
         cfg, model = self.config, bundle.model
@@ -49,7 +49,7 @@ class ConvertEncDecPass(Pass):
                 p.requires_grad_(False)
         ed = convert(model, cfg.decoder_layers, cfg.pick, cfg.encoder == "causal").eval()
         scores = {}
-        windows = None
+        windows, prefix = None, EVAL_PREFIX
         if cfg.eval_windows and bundle.tokenizer is not None:
             stream = token_stream(bundle.tokenizer, load_text("eval"))
             prefix = min(EVAL_PREFIX, max(2, stream.numel() // (2 * cfg.eval_windows) - 128))
@@ -60,11 +60,11 @@ class ConvertEncDecPass(Pass):
         if cfg.steps:
             calib = token_stream(bundle.tokenizer, load_text("calib", cfg.calib)) if bundle.tokenizer is not None \
                 else torch.randint(3, bundle.adapter.vocab_size, (4 * cfg.seq_len,), generator=torch.Generator().manual_seed(0))
-            bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+            bf16 = cfg.precision == "bf16"
             resume = cache_root() / f"adapt-{run_key(key, cfg.training_options())}.safetensors"
             train = {**adapt(ed, teacher, calib, cfg, resume=resume, bf16=bf16), "precision": "bf16" if bf16 else "f32"}
             if windows is not None:
-                scores["adapted"] = score(encdec_logits(ed), windows, windows.shape[1] - 128)
+                scores["adapted"] = score(encdec_logits(ed), windows, prefix)
         del teacher
         bundle.model = ed.decoder
         bundle.adapter = ArchAdapter(ed.decoder)

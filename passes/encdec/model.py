@@ -87,8 +87,11 @@ class EncDec(nn.Module):
 
     def forward(self, prefix: torch.Tensor, dec_ids: torch.Tensor) -> torch.Tensor:
         """prefix [B, P] (the encoder's), dec_ids [B, T] (the decoder's, at positions P..P+T-1) -> logits [B, T, V]."""
-        mem = self.encode(prefix)
-        B, P = prefix.shape
+        return self.decode(self.encode(prefix), dec_ids)
+
+    def decode(self, mem: list[torch.Tensor], dec_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder over memory (key, value [B, P, H, D] per decoder layer) -> logits [B, T, V]."""
+        B, P = mem[0].shape[:2]
         T = dec_ids.shape[1]
         pos = torch.arange(P, P + T)[None].expand(B, T)
         return self.dec_graph(dec_ids, pos, torch.ones(B, P + T, dtype=torch.long), *mem)[0]

@@ -4,9 +4,11 @@ Each step draws `batch` windows of seq_len tokens from the calibration text and 
 [min_prefix, seq_len - min_target]: the encoder reads tokens [0, n - 1), the decoder tokens [n - 1, seq_len - 1)
 (as the runtime splits a prompt of n tokens), and every decoder position t predicts token t + 1 with
     loss = kd * KL(p_source || p_student) + (1 - kd) * cross-entropy(token t + 1)
-where p_source is the frozen source model's distribution over the same window read causally. Every parameter of
-the encoder and decoder trains (embeddings and head shared); AdamW, warm-up then cosine decay over whichever of
-steps / seconds ends first; bf16 autocast where the CPU has bf16 instructions. Resumable: weights, AdamW's moments
+where p_source is the frozen source model's distribution over the same window read causally. With train=all every
+parameter of the encoder and decoder trains (embeddings and head shared); with train=decoder only the decoder's
+layers and final norm (the embeddings and head, shared with the encoder, stay the source's), and with a causal
+encoder its memory is then taken from the teacher's own forward (the same keys/values, no encoder run). AdamW, warm-up then cosine decay
+over whichever of steps / seconds ends first; float32 (bf16 autocast on request). Resumable: weights, AdamW's moments
 and the step are saved every `save_s` seconds under $ACCELC_CACHE/encdec/ and a rerun with the same source weights
 and options continues (or, when finished, reuses the result without training).
 """
@@ -32,22 +34,29 @@ def cache_root() -> Path:
     return cache_dir() / "encdec"
 
 
-def _step_loss(ed, teacher, x: torch.Tensor, n: int, kd: float, bf16: bool) -> torch.Tensor:
+def _step_loss(ed, teacher, x: torch.Tensor, n: int, cfg, bf16: bool, source_memory: bool) -> torch.Tensor:
+    """source_memory: the encoder is the source's layers, causal and frozen, so its memory is the teacher's own
+    keys/values over the prefix (no encoder run)."""
     B, W = x.shape
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         T = W - 1
-        t_logits = teacher(x[:, :-1], torch.arange(T)[None].expand(B, T), torch.ones(B, T, dtype=torch.long),
-                           *teacher.empty_cache(B, 0))[0][:, n - 1:]
-        t_log = F.log_softmax(t_logits.float(), -1)
+        out = teacher(x[:, :-1], torch.arange(T)[None].expand(B, T), torch.ones(B, T, dtype=torch.long),
+                      *teacher.empty_cache(B, 0))
+        t_log = F.log_softmax(out[0][:, n - 1:].float(), -1)
+        mem = None
+        if source_memory:
+            mem = [out[1 + 2 * m + kv][:, :n - 1].float() for m in ed.memory for kv in (0, 1)]
+        elif cfg.train == "decoder":
+            mem = [t.float() for t in ed.encode(x[:, :n - 1])]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        s_logits = ed(x[:, :n - 1], x[:, n - 1:-1])
+        s_logits = ed(x[:, :n - 1], x[:, n - 1:-1]) if mem is None else ed.decode(mem, x[:, n - 1:-1])
     s_log = F.log_softmax(s_logits.float(), -1)
     tgt = x[:, n:]
     loss = torch.zeros(())
-    if kd > 0:
-        loss = loss + kd * F.kl_div(s_log, t_log, log_target=True, reduction="none").sum(-1).mean()
-    if kd < 1:
-        loss = loss + (1 - kd) * F.nll_loss(s_log.reshape(-1, s_log.shape[-1]), tgt.reshape(-1))
+    if cfg.kd > 0:
+        loss = loss + cfg.kd * F.kl_div(s_log, t_log, log_target=True, reduction="none").sum(-1).mean()
+    if cfg.kd < 1:
+        loss = loss + (1 - cfg.kd) * F.nll_loss(s_log.reshape(-1, s_log.shape[-1]), tgt.reshape(-1))
     return loss
 
 
@@ -55,9 +64,16 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
           bf16: bool = False) -> dict:
     """Train every parameter of `ed` (EncDec) against `teacher` (a DecoderGraph of the source, frozen) on windows of
     `stream`; -> {"steps", "seconds", "resumed_at", "loss"}."""
-    params = list(ed.parameters())
+    if cfg.train == "decoder":      # its layers and final norm: the embeddings and head are the encoder's too
+        shared = {id(p) for p in ed.encoder.parameters()}
+        params = [p for p in ed.decoder.parameters() if id(p) not in shared]
+    else:
+        params = list(ed.parameters())
+    for p in ed.parameters():
+        p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
+    source_memory = cfg.train == "decoder" and ed.causal_encoder
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     start, losses, spent = 0, [], 0.0
     if resume is not None and resume.is_file():
@@ -83,7 +99,7 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
                 off = torch.randint(0, stream.numel() - cfg.seq_len, (cfg.batch,), generator=g)
                 x = torch.stack([stream[o:o + cfg.seq_len] for o in off.tolist()])
                 n = int(torch.randint(cfg.min_prefix, cfg.seq_len - cfg.min_target + 1, (1,), generator=g))
-                loss = _step_loss(ed, teacher, x, n, cfg.kd, bf16)
+                loss = _step_loss(ed, teacher, x, n, cfg, bf16, source_memory)
                 for group in opt.param_groups:
                     group["lr"] = rate(step, spent + time.perf_counter() - t0)
                 opt.zero_grad(set_to_none=True)
@@ -100,7 +116,7 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
                 step = cfg.steps
     finally:
         ed.eval()
-        for p in params:
+        for p in ed.parameters():
             p.requires_grad_(False)
     total = spent + time.perf_counter() - t0
     if resume is not None and step > start:

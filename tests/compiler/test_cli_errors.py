@@ -230,3 +230,34 @@ def test_kv_cache_errors_before_the_load(capsys, tmp_path, tiny_folder, argv, fr
 def test_eval_passkey_needs_context(capsys, tiny_folder):
     code, _, err = run_cli(capsys, "eval", str(tiny_folder), "--passkey", "4")
     assert_one_line_error(code, err, "--passkey needs --context")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--convert", "t5"], "unknown conversion 't5'"),
+    (["--convert", "encdec:decoder_layers=x"], "decoder_layers must be int"),
+    (["--convert", "encdec:layers=3"], "bad option 'layers=3'"),
+    (["--convert", "encdec:attention=sideways"], "attention must be one of merged, cross"),
+    (["--convert", "encdec", "--drafter", "eagle"], "with --drafter"),
+    (["--convert", "encdec", "--kv-cache", "sink:64"], "fixed-size cache"),
+    (["--convert", "encdec", "--formats", "openvino,genai"], "genai format runs decoder-only models"),
+])
+def test_convert_errors_before_the_load(capsys, tmp_path, tiny_folder, argv, fragment):
+    code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(tmp_path / "out"), *argv)
+    assert_one_line_error(code, err, fragment)
+    assert "loading" not in err and no_leftovers(tmp_path, "out")
+
+
+def test_convert_more_layers_than_the_model(capsys, tmp_path, tiny_folder):
+    code, _, err = run_cli(capsys, "compile", str(tiny_folder), "-o", str(tmp_path / "out"), "--convert",
+                           "encdec:decoder_layers=99,steps=0")
+    errors = [ln for ln in err.splitlines() if ln.startswith("accelc: error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert "decoder_layers must be between 1 and the model's 3 layers" in errors[0]
+    assert no_leftovers(tmp_path, "out")
+
+
+def test_eval_prefix_errors(capsys, tiny_folder):
+    code, _, err = run_cli(capsys, "eval", str(tiny_folder), "--prefix", "0")
+    assert_one_line_error(code, err, "--prefix must be >= 1")
+    code, _, err = run_cli(capsys, "eval", str(tiny_folder), "--prefix", "8", "--context", "64")
+    assert_one_line_error(code, err, "--prefix and --context")

@@ -79,3 +79,36 @@ def test_options():
             parse_convert(bad)
     with pytest.raises(InputError):
         convert(_model(), decoder_layers=9)
+
+
+@pytest.mark.parametrize("train,encoder", [("all", "bidirectional"), ("decoder", "causal"), ("decoder", "bidirectional")])
+def test_adaptation_lowers_the_loss_and_trains_what_it_says(train, encoder):
+    """A few steps on a fixed stream: the distillation loss falls; train=decoder leaves the encoder and the shared
+    embeddings alone; the teacher-memory shortcut (decoder, causal) gives the same loss as running the encoder."""
+    import copy
+    from accelc.passes.encdec.options import EncDecConfig
+    from accelc.passes.encdec.train import _step_loss, adapt
+    from accelc.passes.export.decoder_graph import DecoderGraph
+    src = _model(layers=4)
+    teacher = DecoderGraph(copy.deepcopy(src).eval()).eval()
+    ed = convert(src, decoder_layers=2, causal_encoder=encoder == "causal")
+    enc_w = ed.encoder.model.layers[1].mlp.up_proj.weight.detach().clone()
+    emb = ed.decoder.model.embed_tokens.weight.detach().clone()
+    dec_w = ed.decoder.model.layers[1].mlp.up_proj.weight.detach().clone()
+    stream = torch.randint(3, 256, (2000,), generator=torch.Generator().manual_seed(0))
+    cfg = EncDecConfig(steps=25, seq_len=48, min_prefix=8, min_target=8, batch=4, lr=3e-3, train=train,
+                       encoder=encoder, kd=1.0)
+    x = stream[:96].view(2, 48)
+    with torch.no_grad():
+        before = float(_step_loss(ed, teacher, x, 20, cfg, False, False))
+        if train == "decoder" and encoder == "causal":
+            torch.testing.assert_close(_step_loss(ed, teacher, x, 20, cfg, False, True), torch.tensor(before))
+    out = adapt(ed, teacher, stream, cfg)
+    with torch.no_grad():
+        after = float(_step_loss(ed, teacher, x, 20, cfg, False, False))
+    assert out["steps"] == 25 and after < 0.8 * before
+    assert not torch.equal(dec_w, ed.decoder.model.layers[1].mlp.up_proj.weight)
+    untouched = train == "decoder"
+    assert torch.equal(enc_w, ed.encoder.model.layers[1].mlp.up_proj.weight) == untouched
+    assert torch.equal(emb, ed.decoder.model.embed_tokens.weight) == untouched
+    assert not any(p.requires_grad for p in ed.parameters())

@@ -14,7 +14,7 @@ SPEC = "encdec:decoder_layers=2,steps=3,seq_len=64,min_prefix=8,min_target=8,bat
 def compiled(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(f"encdec-{request.param}")
     out, bundle = compile_tiny(d, lambda calib: CompileOptions(convert=SPEC, calib=calib, formats=("openvino", "onnx"),
-                                                              cache_len=64, prefill_chunk=8), target=request.param)
+                                                              cache_len=256, prefill_chunk=8), target=request.param)
     return request.param, out, bundle
 
 
@@ -66,18 +66,18 @@ def test_generate_and_rollback_start_over(compiled):
 
 
 def test_long_prompt_past_the_static_encoder(compiled):
-    """npu: the encoder takes cache_len // 2 = 32 tokens; the rest of a longer prompt goes through the decoder."""
+    """npu: the encoder takes cache_len // 2 = 128 tokens; the rest of a longer prompt goes through the decoder."""
     import torch
     from accelc.runtime.artifact import open_artifact
     from accelc.runtime.decode import prefill
     target, out, bundle = compiled
     ed = bundle.records["encdec_module"]
     art = open_artifact(out, backend="onnxruntime", report=False, full_logits=True)
-    ids = np.arange(3, 43)[None]
-    split = 32 if target == "npu" else ids.shape[1] - 1
+    ids = (np.arange(150)[None] * 7 + 3) % 250
+    split = 128 if target == "npu" else ids.shape[1] - 1
     with torch.no_grad():
         want = ed(torch.from_numpy(ids[:, :split]), torch.from_numpy(ids[:, split:]))[0, -1].numpy()
-    state = art.new_state(48)
+    state = art.new_state(160)
     got = prefill(state, ids[0])
     assert state.cache.floor == split
     np.testing.assert_allclose(got, want, atol=2e-4)
@@ -97,3 +97,17 @@ def test_bad_combinations_refused_before_load():
         get_target("cpu").resolve(CompileOptions(convert="encdec", formats=("openvino", "native")))
     assert "native" not in get_target("cpu").resolve(CompileOptions(convert="encdec")).formats
 
+
+
+def test_prefix_eval_artifact_equals_torch(compiled):
+    """`accelc eval ARTIFACT --prefix P` on the runtime scores what the torch model scores on the same windows."""
+    from accelc.compiler.harness.prefix_eval import evaluate_prefix
+    from accelc.models.corpus import load_text, token_stream
+    from accelc.passes.encdec.prefix import encdec_logits, prefix_windows, score
+    target, out, bundle = compiled
+    P = 40
+    got = evaluate_prefix(str(out), P, max_tokens=2 * (P + 128), backend="onnxruntime")
+    want = score(encdec_logits(bundle.records["encdec_module"]),
+                 prefix_windows(token_stream(bundle.tokenizer, load_text("eval")), P, 2), P)
+    assert got["windows"] == 2 and got["model_kind"] == "encoder-decoder"
+    assert abs(got["perplexity"] - want["perplexity"]) < 1e-3 * want["perplexity"]
