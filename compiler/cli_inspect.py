@@ -60,7 +60,8 @@ def format_manifest(m: dict) -> str:
     lines.append(f"graphs    {len(graphs)}")
     for name, g in graphs.items():
         files = ", ".join(f"{k}: {g[k]}" for k in ("onnx", "openvino") if g.get(k))
-        extra = ", ".join(f"{k}={g[k]}" for k in ("weights", "layers", "cache") if k in g)
+        extra = ", ".join(f"{k}={g[k]}" for k in ("weights", "layers", "cache", "memory", "memory_layers")
+                          if k in g)
         role = role_of(name, g)
         label = name if role == name else f"{name} (role {role})"
         lines.append(f"  {label}: {'all static' if _is_static(g) else 'dynamic'}; {files}" + (f"; {extra}" if extra else ""))

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from .errors import ArtifactError
-from .graph import CACHE_KINDS, ROLES, cache_dims, past_key, past_layers, role_of
+from .graph import CACHE_KINDS, MEMORY_ENCODER, ROLES, cache_dims, past_key, past_layers, role_of
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # keys of a graph record that name files in the artifact
@@ -77,6 +77,8 @@ def _check_graphs(graphs: Any, files: dict, model: dict) -> None:
                                         "cache": (str,), "layers": (list,), "weights": (str,)})
         if "role" in g and g["role"] not in ROLES:
             raise ArtifactError(f"manifest graphs[{name!r}].role {g['role']!r:.40} is not one of {', '.join(ROLES)}")
+        if g.get("memory") not in (None, MEMORY_ENCODER):
+            raise ArtifactError(f"manifest graphs[{name!r}].memory {g['memory']!r:.40} is not known (update accelc)")
         if "cache" in g and g["cache"] not in CACHE_KINDS:
             raise ArtifactError(f"manifest graphs[{name!r}].cache {g['cache']!r:.40} is not one of "
                                 f"{', '.join(CACHE_KINDS)} (an artifact from a newer accelc?)")
@@ -163,7 +165,7 @@ def _check_sections(m: dict) -> None:
         raise ArtifactError("manifest target.devices must be a list of strings")
     _typed(m.get("options") or {}, "options", {"weights": (str,), "cache_len": (int,), "prefill_chunk": (int,),
                                                "prune": (str,), "quantize": (str,), "drafter": (str,),
-                                               "kv_cache": (str,)})
+                                               "kv_cache": (str,), "convert": (str,)})
     _check_passes(m.get("passes"))
 
 

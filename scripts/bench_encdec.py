@@ -68,6 +68,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", default="openvino")
+    ap.add_argument("--max-tokens", type=int, default=32768, help="quality: tokens of text per evaluation (windows of "
+                    "P + 128, at most 64)")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--child", nargs=3, metavar=("ARTIFACT", "PROMPT", "TOKENS"), help=argparse.SUPPRESS)
     ap.add_argument("--out")
@@ -115,7 +117,7 @@ def main() -> int:
             from accelc.compiler.harness.prefix_eval import evaluate_prefix
             for text in a.texts:
                 for P in a.prefix:
-                    q = evaluate_prefix(art, P, text=text, backend=a.backend)
+                    q = evaluate_prefix(art, P, text=text, max_tokens=a.max_tokens, backend=a.backend)
                     row["quality"][f"{text}@{P}"] = {k: q[k] for k in ("perplexity", "windows", "tokens")}
         add_row(result, row, a.out)
     base = next(iter(arts))

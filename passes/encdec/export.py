@@ -86,8 +86,8 @@ class ExportEncoderPass(Pass):
         bundle.records.setdefault("onnx_fp32", {})["encoder"] = src
         ins, outs = shapes(graph, cfg.length)
         rec = {"role": "encoder", "static": cfg.length is not None, "inputs": ins, "outputs": outs,
-               "layers": [0, graph.body.last], "num_layers": len(graph.memory), "memory": list(graph.memory),
-               "kv_heads": graph.kv_heads, "head_dim": graph.head_dim, "weights": cfg.weights, "cache": "full"}
+               "layers": [0, graph.body.last], "num_layers": len(graph.memory), "memory_layers": list(graph.memory),
+               "kv_heads": graph.kv_heads, "head_dim": graph.head_dim, "weights": cfg.weights}
         if emit:
             rec.update(emit_graph(bundle, "encoder", src, cfg.weights, metrics))
         graphs = bundle.records["graphs"]

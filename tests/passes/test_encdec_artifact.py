@@ -21,7 +21,7 @@ def compiled(request, tmp_path_factory):
 def test_artifact_records_the_roles(compiled):
     target, out, bundle = compiled
     graphs = bundle.records["graphs"]
-    assert graphs["encoder"]["role"] == "encoder" and graphs["encoder"]["memory"] == [0, 2]
+    assert graphs["encoder"]["role"] == "encoder" and graphs["encoder"]["memory_layers"] == [0, 2]
     decoders = [r for n, r in graphs.items() if n != "encoder"]
     assert decoders and all(r["memory"] == "encoder" and r["num_layers"] == 2 for r in decoders)
     assert (out / graphs["encoder"]["onnx"]).is_file() and (out / graphs["encoder"]["openvino"]).is_file()
