@@ -80,7 +80,7 @@ def prefill(state: DecodeState, ids, all_logits: bool = False) -> np.ndarray:
     cache = state.cache
     cache.check_room(T)
     if state.encoder is not None and cache.length == 0 and T > 1:     # encoder-decoder: runtime/encoder.py
-        ids = ids[state.encoder.encode(cache, ids[:-1]):]
+        ids = ids[state.encoder.encode(state, ids[:-1]):]
         T = ids.shape[0]
     if state.stateful:
         if all_logits and state.prefiller.last_logits_only:

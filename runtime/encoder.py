@@ -26,8 +26,10 @@ class EncoderRunner:
             self.pos = np.arange(self.length, dtype=np.int64)[None]
             self.mask = np.zeros((1, self.length), np.int64)
 
-    def encode(self, cache, ids: np.ndarray) -> int:
-        """Encode ids [n] (n >= 1) into an empty cache; -> the number of tokens encoded (all, or the static length)."""
+    def encode(self, state, ids: np.ndarray) -> int:
+        """Encode ids [n] (n >= 1) into the empty cache of a DecodeState (runtime/decode.py); -> the number of tokens
+        encoded (all, or the static length). A stateful OpenVINO decoder gets the memory as its KV states."""
+        cache = state.cache
         n = ids.shape[0] if not self.length else min(ids.shape[0], self.length)
         if self.length:
             self.ids[0, :n] = ids[:n]
@@ -37,6 +39,10 @@ class EncoderRunner:
             memory = self.graph(self.ids, self.pos, self.mask)
         else:
             memory = self.graph(ids[None], np.arange(n, dtype=np.int64)[None], np.ones((1, n), np.int64))
-        cache.append(memory, n)
+        if state.stateful:
+            state.prefiller.write_states([m[:, :n] for m in memory])
+            cache.advance(n)
+        else:
+            cache.append(memory, n)
         cache.floor = n
         return n

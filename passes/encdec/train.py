@@ -90,8 +90,9 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
     ed.train()
     step = start
     try:
-        with bar(cfg.steps, "encdec: adaptation") as pb:
-            pb.update(start)
+        # the bar counts seconds of the time budget (the usual limit), the description the steps
+        with bar(int(cfg.seconds), "encdec: adaptation") as pb:
+            pb.update(min(int(spent), int(cfg.seconds)))
             for step in range(start, cfg.steps):
                 if spent + time.perf_counter() - t0 > cfg.seconds:
                     log.info("adaptation stopped by its time budget after %d steps", step)
@@ -107,8 +108,8 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 losses.append(float(loss.detach()))
-                pb.update(1)
-                pb.set_postfix(loss=f"{losses[-1]:.3f}")
+                pb.update(max(0, min(int(spent + time.perf_counter() - t0), int(cfg.seconds)) - pb.n))
+                pb.set_description_str(f"encdec: adaptation, step {step + 1}, loss {losses[-1]:.3f}, seconds")
                 if resume is not None and time.perf_counter() - last_save > save_s:
                     _save(resume, params, opt, step + 1, losses, spent + time.perf_counter() - t0)
                     last_save = time.perf_counter()

@@ -24,7 +24,7 @@ import numpy as np
 
 from ...compiler.errors import ArtifactError
 from ...compiler.graph import (ATTENTION_MASK, BEAM_IDX, INPUT_IDS, LOGITS, POSITION_IDS, count_layers, input_names,
-                              output_names, past_key)
+                              output_names, past_key, past_value)
 from . import check_cache_dims, graph_file
 from .ov_stateful import run_request
 
@@ -125,6 +125,18 @@ class OpenVINOBackend:
         self.held = past_len + input_ids.shape[1]
         return req.get_output_tensor(self._logits).data
 
+    def write_states(self, cache: list[np.ndarray]) -> None:
+        """Stateful graphs: replace the request's KV states by cache (key.0, value.0, ... [1, P, H, D], in input
+        order): an encoder-decoder's memory, written before the decoder's first call (runtime/encoder.py)."""
+        names = [n for i in range(self.layers) for n in (past_key(i), past_value(i))]
+        by_name = dict(zip(names, cache))
+        states = list(self.request.query_state())
+        if len(states) != len(names) or any(vs.name not in by_name for vs in states):
+            raise ArtifactError("the stateful graph's KV states do not match the encoder's memory")
+        for vs in states:
+            vs.state = self._Tensor(np.ascontiguousarray(by_name[vs.name]))
+        self.held = cache[0].shape[1]
+
     def forward(self, input_ids, position_ids, attention_mask, cache):
         """The explicit-cache call (backends.py). On a stateful backend this compiles the unmodified graph
         once, beside the stateful one, so callers that manage their own cache keep working."""
@@ -143,8 +155,7 @@ class OpenVINOBackend:
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
          full_logits: bool = True) -> OpenVINOBackend:
     fixed = graph.get("cache") == "fixed"      # the runtime cuts a fixed cache: it passes the cache explicitly
-    # an encoder-decoder's decoder starts from the encoder's memory, written into the runtime's cache: explicit too
-    stateful = not graph.get("static") and not fixed and not graph.get("memory") and kv_mode() == "stateful"
+    stateful = not graph.get("static") and not fixed and kv_mode() == "stateful"
     weights = graph_file(artifact_dir, graph, "openvino_bin", "openvino") if graph.get("openvino_bin") else None
     return OpenVINOBackend(graph_file(artifact_dir, graph, "openvino", "openvino"), device, threads, stateful,
                            full_logits, manifest, weights, scores=fixed)

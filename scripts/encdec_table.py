@@ -1,0 +1,74 @@
+"""Markdown tables for docs/passes/encdec.md from the raw JSON of scripts/bench_encdec.py (quality, speed, size) and
+scripts/encdec_adapt.py (held-out perplexity before and after adaptation).
+
+    .venv/bin/python scripts/encdec_table.py --bench docs/passes/results/encdec_DATE.json \
+        --adapt docs/passes/results/encdec_pick_DATE.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def machine_line(d: dict) -> str:
+    m = d.get("machine") or {}
+    return (f"{m.get('cpu')}, {m.get('cores')} cores, ISA {'/'.join(m.get('isa') or [])}; {d.get('date', '')[:10]}; "
+            f"commit {str(d.get('commit', ''))[:12]}")
+
+
+def _f(v, digits=2):
+    return "-" if v is None else (f"{v:,.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def bench_table(d: dict) -> str:
+    rows = d["rows"]
+    base = rows[0]["label"]
+    qual = list(rows[0]["quality"])
+    prompts = list(rows[0]["speed"])
+    head = (["model", "decoder layers", "adaptation"] + [f"ppl {q}" for q in qual] +
+            [f"TTFT {p} (s)" for p in prompts] + [f"decode {p} tok/s (x {base})" for p in prompts] +
+            ["artifact MB", "RSS MB"])
+    out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in rows:
+        ad = r.get("adaptation") or {}
+        adapt = f"{ad['steps']} steps, {ad['seconds'] / 60:.0f} min" if ad else "none"
+        cells = [r["label"], _f(r.get("decoder_layers")), adapt]
+        cells += [_f(r["quality"].get(q, {}).get("perplexity")) for q in qual]
+        cells += [_f(r["speed"][p]["ttft_s"], 3) for p in prompts]
+        cells += [f"{_f(r['speed'][p]['decode_tok_s'], 1)} ({r['speed'][p].get('decode_vs_' + base, 0):.2f}x)"
+                  for p in prompts]
+        cells += [_f(r.get("artifact_mb"), 1), _f(max(r["speed"][p]["rss_mb"] for p in prompts), 0)]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append(f"\n{d.get('backend')} backend, {d.get('threads')} threads, {d.get('decode')} decoded tokens, median of "
+               f"{d.get('repeats')} fresh processes per cell; {machine_line(d)}")
+    return "\n".join(out)
+
+
+def adapt_table(d: dict) -> str:
+    out = ["| spec | decoder layers (from source layers) | steps (s) | source ppl | converted ppl | adapted ppl |",
+           "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        h = r.get("held_out") or {}
+        ad = r.get("adaptation") or {}
+        out.append(f"| `{r['spec']}` | {r['decoder_layers']} ({', '.join(map(str, r['decoder_from']))}) | "
+                   f"{ad.get('steps', 0)} ({_f(ad.get('seconds'), 0)}) | {_f(h.get('source', {}).get('perplexity'))} | "
+                   f"{_f(h.get('converted', {}).get('perplexity'))} | {_f(h.get('adapted', {}).get('perplexity'))} |")
+    out.append(f"\nheld-out: the evaluation split, P = 256, 16 windows; {machine_line(d)}")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", nargs="*", default=[])
+    ap.add_argument("--adapt", nargs="*", default=[])
+    a = ap.parse_args()
+    for p in a.adapt:
+        print(f"### {p}\n\n{adapt_table(json.load(open(p)))}\n")
+    for p in a.bench:
+        print(f"### {p}\n\n{bench_table(json.load(open(p)))}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
