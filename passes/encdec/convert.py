@@ -75,7 +75,7 @@ class ConvertEncDecPass(Pass):
                   "pick": cfg.pick, "encoder_parameters": _params(ed.encoder, ed.decoder),
                   "decoder_parameters": bundle.adapter.num_parameters(),
                   "adaptation": train and {**train, **{k: getattr(cfg, k) for k in
-                                                       ("batch", "seq_len", "min_prefix", "min_target", "lr", "kd")}},
+                                                       ("batch", "splits", "seq_len", "min_prefix", "min_target", "lr", "kd", "train")}},
                   "held_out": scores or None}
         bundle.records["encdec"] = record
         bundle.records["encdec_module"] = ed

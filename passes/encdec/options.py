@@ -27,6 +27,7 @@ class EncDecConfig:
     seconds: float = 2400.0        # adaptation time budget (SmolLM2-135M on 2 cores: 40 minutes)
     batch: int = 4                 # sequences per step
     seq_len: int = 384             # tokens per sequence: prefix (encoder) + target (decoder)
+    splits: int = 1                # split points per window and step (the source's forward is shared by them)
     min_prefix: int = 32           # the prefix length is drawn uniformly from [min_prefix, seq_len - min_target]
     min_target: int = 64
     lr: float = 5e-5
@@ -55,7 +56,7 @@ class EncDecConfig:
         for key in ("decoder_layers", "steps", "eval_windows"):
             if getattr(self, key) < 0:
                 raise bad(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("batch", "seq_len", "min_prefix", "min_target"):
+        for key in ("batch", "seq_len", "min_prefix", "min_target", "splits"):
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.min_prefix + self.min_target > self.seq_len or self.min_prefix < 2:
@@ -67,7 +68,7 @@ class EncDecConfig:
     def training_options(self) -> dict:
         """What changes the adapted weights (the resume file's key)."""
         return {k: getattr(self, k) for k in ("decoder_layers", "attention", "pick", "encoder", "train", "steps", "batch",
-                                              "seq_len", "min_prefix", "min_target", "lr", "kd", "seed")}
+                                              "splits", "seq_len", "min_prefix", "min_target", "lr", "kd", "seed")}
 
 
 def parse_convert(spec: str) -> EncDecConfig:

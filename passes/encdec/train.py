@@ -1,7 +1,7 @@
 """Adaptation of the converted model: PrefixLM with distillation from the source (T5Gemma's recipe, on a CPU budget).
 
-Each step draws `batch` windows of seq_len tokens from the calibration text and one split point n in
-[min_prefix, seq_len - min_target]: the encoder reads tokens [0, n - 1), the decoder tokens [n - 1, seq_len - 1)
+Each step draws `batch` windows of seq_len tokens from the calibration text and `splits` split points n in
+[min_prefix, seq_len - min_target] (the source runs once per window for all of them): the encoder reads tokens [0, n - 1), the decoder tokens [n - 1, seq_len - 1)
 (as the runtime splits a prompt of n tokens), and every decoder position t predicts token t + 1 with
     loss = kd * KL(p_source || p_student) + (1 - kd) * cross-entropy(token t + 1)
 where p_source is the frozen source model's distribution over the same window read causally. With train=all every
@@ -34,20 +34,29 @@ def cache_root() -> Path:
     return cache_dir() / "encdec"
 
 
-def _step_loss(ed, teacher, x: torch.Tensor, n: int, cfg, bf16: bool, source_memory: bool) -> torch.Tensor:
-    """source_memory: the encoder is the source's layers, causal and frozen, so its memory is the teacher's own
-    keys/values over the prefix (no encoder run)."""
+def _teacher(teacher, x: torch.Tensor, bf16: bool):
+    """The source over the window x[:, :-1], causally: (log-probabilities [B, W-1, V], its keys/values per layer)."""
     B, W = x.shape
+    T = W - 1
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        T = W - 1
         out = teacher(x[:, :-1], torch.arange(T)[None].expand(B, T), torch.ones(B, T, dtype=torch.long),
                       *teacher.empty_cache(B, 0))
-        t_log = F.log_softmax(out[0][:, n - 1:].float(), -1)
-        mem = None
+        return F.log_softmax(out[0].float(), -1), out[1:]
+
+
+def _step_loss(ed, teacher, x: torch.Tensor, n: int, cfg, bf16: bool, source_memory: bool, taught=None) -> torch.Tensor:
+    """The loss of split point n (the encoder reads x[:, :n-1]). source_memory: the encoder is the source's layers,
+    causal and frozen, so its memory is the teacher's own keys/values over the prefix (no encoder run).
+    taught: _teacher's result for x, when already computed (several split points share one teacher run)."""
+    t_all, kv = taught if taught is not None else _teacher(teacher, x, bf16)
+    t_log = t_all[:, n - 1:]
+    mem = None
+    with torch.no_grad():
         if source_memory:
-            mem = [out[1 + 2 * m + kv][:, :n - 1].float() for m in ed.memory for kv in (0, 1)]
+            mem = [kv[2 * m + i][:, :n - 1].float() for m in ed.memory for i in (0, 1)]
         elif cfg.train == "decoder":
-            mem = [t.float() for t in ed.encode(x[:, :n - 1])]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                mem = [t.float() for t in ed.encode(x[:, :n - 1])]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         s_logits = ed(x[:, :n - 1], x[:, n - 1:-1]) if mem is None else ed.decode(mem, x[:, n - 1:-1])
     s_log = F.log_softmax(s_logits.float(), -1)
@@ -99,8 +108,10 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
                     break
                 off = torch.randint(0, stream.numel() - cfg.seq_len, (cfg.batch,), generator=g)
                 x = torch.stack([stream[o:o + cfg.seq_len] for o in off.tolist()])
-                n = int(torch.randint(cfg.min_prefix, cfg.seq_len - cfg.min_target + 1, (1,), generator=g))
-                loss = _step_loss(ed, teacher, x, n, cfg, bf16, source_memory)
+                taught = _teacher(teacher, x, bf16)          # shared by the step's split points
+                splits = torch.randint(cfg.min_prefix, cfg.seq_len - cfg.min_target + 1, (cfg.splits,), generator=g)
+                loss = sum(_step_loss(ed, teacher, x, int(n), cfg, bf16, source_memory, taught)
+                           for n in splits.tolist()) / cfg.splits
                 for group in opt.param_groups:
                     group["lr"] = rate(step, spent + time.perf_counter() - t0)
                 opt.zero_grad(set_to_none=True)

@@ -97,6 +97,7 @@ def test_adaptation_lowers_the_loss_and_trains_what_it_says(train, encoder):
     dec_w = ed.decoder.model.layers[1].mlp.up_proj.weight.detach().clone()
     stream = torch.randint(3, 256, (2000,), generator=torch.Generator().manual_seed(0))
     cfg = EncDecConfig(steps=25, seq_len=48, min_prefix=8, min_target=8, batch=4, lr=3e-3, train=train,
+                       splits=2 if train == "decoder" else 1,
                        encoder=encoder, kd=1.0)
     x = stream[:96].view(2, 48)
     with torch.no_grad():
