@@ -48,6 +48,8 @@ class ConvertEncDecPass(Pass):
             for p in teacher.parameters():
                 p.requires_grad_(False)
         ed = convert(model, cfg.decoder_layers, cfg.pick, cfg.encoder == "causal").eval()
+        for p in ed.parameters():           # adaptation unfreezes what it trains, and freezes it again
+            p.requires_grad_(False)
         scores = {}
         windows, prefix = None, EVAL_PREFIX
         if cfg.eval_windows and bundle.tokenizer is not None:

@@ -113,3 +113,20 @@ def test_adaptation_lowers_the_loss_and_trains_what_it_says(train, encoder):
     assert torch.equal(enc_w, ed.encoder.model.layers[1].mlp.up_proj.weight) == untouched
     assert torch.equal(emb, ed.decoder.model.embed_tokens.weight) == untouched
     assert not any(p.requires_grad for p in ed.parameters())
+
+
+def test_pass_without_adaptation_is_the_plain_conversion():
+    from accelc.compiler.bundle import ModelBundle
+    from accelc.models.adapter import ArchAdapter
+    from accelc.passes.encdec.convert import ConvertEncDecPass
+    src = _model(layers=4)
+    ids = torch.randint(3, 256, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = convert(_model(layers=4), decoder_layers=2)(ids[:, :7], ids[:, 7:])
+    bundle = ModelBundle(src, None, ArchAdapter(src))
+    res = ConvertEncDecPass(parse_convert("encdec:decoder_layers=2,steps=0,eval_windows=0"))(bundle)
+    ed = bundle.records["encdec_module"]
+    assert res.changed and bundle.model is ed.decoder and bundle.adapter.num_layers == 2
+    assert bundle.records["encdec"]["adaptation"] is None and bundle.records["encdec"]["decoder_from"] == [0, 3]
+    with torch.no_grad():
+        torch.testing.assert_close(ed(ids[:, :7], ids[:, 7:]), want)
