@@ -21,9 +21,13 @@ from ..export.decoder_graph import DecoderGraph
 
 
 def pick_layers(n: int, k: int, how: str) -> list[int]:
-    """k of n source layers for the decoder (sorted): spread evenly (first and last included), the last k, the first k."""
+    """k of n source layers for the decoder (sorted): ends (the first round(k/5), at least 1, and the last ones),
+    spread evenly (first and last included), the last k, the first k."""
     if not 1 <= k <= n:
         raise InputError(f"--convert encdec: decoder_layers must be between 1 and the model's {n} layers, got {k}")
+    if how == "ends":
+        head = min(k - 1, max(1, round(k / 5))) if k > 1 else 0
+        return list(range(head)) + list(range(n - (k - head), n))
     if how == "last":
         return list(range(n - k, n))
     if how == "first":

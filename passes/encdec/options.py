@@ -8,7 +8,7 @@ from ...compiler.errors import InputError
 from ..spec_options import convert
 
 ATTENTION = ("merged", "cross")
-PICKS = ("spread", "last", "first")
+PICKS = ("ends", "spread", "last", "first")
 ENCODERS = ("bidirectional", "causal")
 TRAIN = ("all", "decoder")
 EXAMPLE = "encdec:decoder_layers=10,steps=2000"
@@ -18,8 +18,8 @@ EXAMPLE = "encdec:decoder_layers=10,steps=2000"
 class EncDecConfig:
     decoder_layers: int = 0        # 0: balanced (every layer in the decoder too); N: a decoder of N layers
     attention: str = "merged"      # merged: the decoder attends over [encoder memory ; its own cache], same weights
-    pick: str = "spread"           # which source layers make an N-layer decoder: spread (evenly, first and last
-                                   # included), last (the last N), first (the first N)
+    pick: str = "ends"             # which source layers make an N-layer decoder: ends (the first round(N/5) and
+                                   # the last ones), spread (evenly, first and last included), last, first
     encoder: str = "bidirectional"  # causal: the construction check (the converted model is then the source exactly)
     train: str = "all"             # what adapts: all (encoder and decoder) or decoder (the encoder stays the source's
                                    # layers; with encoder=causal its memory is then the source's own keys/values)

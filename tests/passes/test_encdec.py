@@ -43,7 +43,7 @@ def test_encoder_is_bidirectional():
 def test_unbalanced_decoder_layers_and_sharing():
     src = _model(layers=6)
     embed = src.model.embed_tokens.weight
-    ed = convert(src, decoder_layers=3)
+    ed = convert(src, decoder_layers=3, pick="spread")
     assert ed.decoder_from == [0, 2, 5] == ed.memory
     assert len(ed.decoder.model.layers) == 3 and ed.decoder.config.num_hidden_layers == 3
     assert len(ed.encoder.model.layers) == 6
@@ -57,7 +57,9 @@ def test_unbalanced_decoder_layers_and_sharing():
         assert ed(ids[:, :5], ids[:, 5:]).shape == (1, 4, 256)
     assert pick_layers(30, 10, "spread") == [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]
     assert pick_layers(30, 6, "last") == list(range(24, 30)) and pick_layers(30, 6, "first") == list(range(6))
-    assert pick_layers(30, 1, "spread") == [29]
+    assert pick_layers(30, 1, "spread") == [29] and pick_layers(30, 1, "ends") == [29]
+    assert pick_layers(30, 10, "ends") == [0, 1] + list(range(22, 30))
+    assert pick_layers(30, 6, "ends") == [0] + list(range(25, 30)) and pick_layers(5, 5, "ends") == list(range(5))
 
 
 def test_reference_matches_the_one_call_forward():
