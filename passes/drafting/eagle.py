@@ -87,7 +87,8 @@ class EagleDrafterPass(Pass):
         from ...models.corpus import load_text, token_stream
         from .drafter import _coverage
         from .drafter_train import frequent_tokens, token_windows
-        from .eagle_train import bf16_supported, cache_root, fingerprint, held_out_acceptance, run_key, target_features, train_eagle
+        from ..training import fingerprint, run_key
+        from .eagle_train import bf16_supported, cache_root, held_out_acceptance, target_features, train_eagle
         cfg, model, ad = self.config, bundle.model, bundle.adapter
         stream = token_stream(bundle.tokenizer, load_text("calib", cfg.calib))
         V = ad.vocab_size

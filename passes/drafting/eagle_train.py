@@ -14,33 +14,20 @@ features, and a rerun with the same configuration continues from there.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ...compiler.progress import bar
+from ..training import apply_step, cosine_rate, load_state, save_state
 from ..export.decoder_graph import DecoderGraph
 from .drafter_train import _summary
 from .eagle_model import EagleGraph
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(model: torch.nn.Module, windows: torch.Tensor) -> str:
-    """A key for the target's features: its weights and the token windows."""
-    h = hashlib.sha256()
-    h.update(windows.numpy().tobytes())
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:24]
 
 
 def cache_root() -> Path:
@@ -121,13 +108,9 @@ def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor,
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     start, losses, spent = 0, [], 0.0
     if resume is not None and resume.is_file():
-        start, losses, spent = _load(resume, params, opt)
+        start, losses, spent = load_state(resume, params, opt)
         log.info("EAGLE training resumes at step %d (%s)", start, resume.name)
 
-    def rate(step: int, elapsed: float) -> float:
-        """Warm-up over the first 5% then cosine decay, over whichever of steps / seconds runs out first."""
-        frac = min(1.0, max(step / steps, elapsed / seconds))
-        return lr * min(1.0, (frac + 1e-9) / 0.05) * 0.5 * (1 + math.cos(math.pi * frac))
     g = torch.Generator().manual_seed(seed + start)
     t0, last_save = time.perf_counter(), time.perf_counter()
     drafter.train()
@@ -152,16 +135,11 @@ def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor,
                 if unroll >= 2:
                     reg2, cls2, _ = _losses(drafter, ids[:, 2:], h[:, :-1], f[:, 2:], p_log[:, 1:], bf16)
                     loss = loss + reg2 + cls_weight * cls2
-                for group in opt.param_groups:
-                    group["lr"] = rate(step, spent + time.perf_counter() - t0)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(apply_step(opt, params, loss,
+                                         cosine_rate(lr, step, steps, spent + time.perf_counter() - t0, seconds)))
                 pb.update(1)
                 if resume is not None and time.perf_counter() - last_save > save_s:
-                    _save(resume, params, opt, step + 1, losses, spent + time.perf_counter() - t0)
+                    save_state(resume, params, opt, step + 1, losses, spent + time.perf_counter() - t0)
                     last_save = time.perf_counter()
             else:
                 step = steps
@@ -171,45 +149,8 @@ def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor,
             p.requires_grad_(r and id(p) not in ids_p)
     total = spent + time.perf_counter() - t0
     if resume is not None:
-        _save(resume, params, opt, step, losses, total)
+        save_state(resume, params, opt, step, losses, total)
     return {"steps": step, "seconds": round(total, 2), "resumed_at": start, "loss": _summary(losses)}
-
-
-def _save(path: Path, params, opt, step: int, losses: list[float], seconds: float) -> None:
-    from safetensors.torch import save_file
-    t = {}
-    for i, p in enumerate(params):
-        t[f"p{i}"] = p.detach().contiguous()
-        st = opt.state.get(p, {})
-        for k in ("exp_avg", "exp_avg_sq"):
-            if k in st:
-                t[f"{k}{i}"] = st[k].contiguous()
-    meta = {"step": str(step), "seconds": str(seconds), "losses": json.dumps([round(x, 5) for x in losses])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(t, str(tmp), metadata=meta)
-    tmp.replace(path)
-
-
-def _load(path: Path, params, opt) -> tuple[int, list[float], float]:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}
-    step = int(meta["step"])
-    with torch.no_grad():
-        for i, p in enumerate(params):
-            p.copy_(t[f"p{i}"])
-            if f"exp_avg{i}" in t:
-                opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": t[f"exp_avg{i}"].clone(),
-                                "exp_avg_sq": t[f"exp_avg_sq{i}"].clone()}
-    return step, json.loads(meta.get("losses", "[]")), float(meta.get("seconds", 0.0))
-
-
-def run_key(feature_key: str, config: dict) -> str:
-    """The resume file's key: the features' key and every option that changes training."""
-    blob = json.dumps({"features": feature_key, **config}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def held_out_acceptance(model, adapter, drafter: EagleGraph, prompts: list[list[int]], new_tokens: int,

@@ -37,7 +37,7 @@ class ConvertEncDecPass(Pass):
 
     def call(self, bundle) -> PassResult:
         from ...models.corpus import load_text, token_stream
-        from ..drafting.eagle_train import fingerprint, run_key
+        from ..training import fingerprint, run_key
         from .prefix import decoder_only_logits, encdec_logits, prefix_windows, score
         from .train import adapt, cache_root
         cfg, model = self.config, bundle.model

@@ -15,7 +15,6 @@ and options continues (or, when finished, reuses the result without training).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 from ...compiler.progress import bar
 from ..drafting.drafter_train import _summary
-from ..drafting.eagle_train import _load, _save
+from ..training import apply_step, cosine_rate, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +85,11 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     start, losses, spent = 0, [], 0.0
     if resume is not None and resume.is_file():
-        start, losses, spent = _load(resume, params, opt)
+        start, losses, spent = load_state(resume, params, opt)
         log.info("encoder-decoder adaptation resumes at step %d (%s)", start, resume.name)
     if stream.numel() <= cfg.seq_len:
         raise ValueError(f"the calibration text ({stream.numel()} tokens) is shorter than seq_len {cfg.seq_len}")
 
-    def rate(step: int, elapsed: float) -> float:
-        frac = min(1.0, max(step / cfg.steps, elapsed / cfg.seconds))
-        return cfg.lr * min(1.0, (frac + 1e-9) / 0.05) * 0.5 * (1 + math.cos(math.pi * frac))
     g = torch.Generator().manual_seed(cfg.seed + start)
     t0, last_save = time.perf_counter(), time.perf_counter()
     ed.train()
@@ -112,17 +108,12 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
                 splits = torch.randint(cfg.min_prefix, cfg.seq_len - cfg.min_target + 1, (cfg.splits,), generator=g)
                 loss = sum(_step_loss(ed, teacher, x, int(n), cfg, bf16, source_memory, taught)
                            for n in splits.tolist()) / cfg.splits
-                for group in opt.param_groups:
-                    group["lr"] = rate(step, spent + time.perf_counter() - t0)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(apply_step(opt, params, loss, cosine_rate(
+                    cfg.lr, step, cfg.steps, spent + time.perf_counter() - t0, cfg.seconds)))
                 pb.update(max(0, min(int(spent + time.perf_counter() - t0), int(cfg.seconds)) - pb.n))
                 pb.set_description_str(f"encdec: adaptation, step {step + 1}, loss {losses[-1]:.3f}, seconds")
                 if resume is not None and time.perf_counter() - last_save > save_s:
-                    _save(resume, params, opt, step + 1, losses, spent + time.perf_counter() - t0)
+                    save_state(resume, params, opt, step + 1, losses, spent + time.perf_counter() - t0)
                     last_save = time.perf_counter()
             else:
                 step = cfg.steps
@@ -132,5 +123,5 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
             p.requires_grad_(False)
     total = spent + time.perf_counter() - t0
     if resume is not None and step > start:
-        _save(resume, params, opt, step, losses, total)
+        save_state(resume, params, opt, step, losses, total)
     return {"steps": step, "seconds": round(total, 2), "resumed_at": start, "loss": _summary(losses)}

@@ -8,7 +8,8 @@ from accelc.models.adapter import ArchAdapter
 from accelc.models.tiny import tiny_model
 from accelc.passes.drafting.drafter_train import frequent_tokens, token_windows
 from accelc.passes.drafting.eagle_model import EagleGraph, target_graph
-from accelc.passes.drafting.eagle_train import run_key, target_features, train_eagle
+from accelc.passes.drafting.eagle_train import target_features, train_eagle
+from accelc.passes.training import run_key
 from accelc.passes.export.decoder_graph import DecoderGraph
 from accelc.runtime.sampling import SamplingConfig
 from accelc.runtime.speculative.eagle import eagle_steps

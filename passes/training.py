@@ -1,0 +1,76 @@
+"""Pieces shared by the passes that train (the EAGLE drafter, encoder-decoder adaptation): a key for a model's
+weights, the resume state (trainable weights, AdamW's moments, step, losses, seconds spent) as safetensors, the
+learning-rate schedule over a step or time budget, and one optimizer step."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+
+def fingerprint(model: torch.nn.Module, windows: torch.Tensor) -> str:
+    """A key for the target's features: its weights and the token windows."""
+    h = hashlib.sha256()
+    h.update(windows.numpy().tobytes())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:24]
+
+
+def run_key(feature_key: str, config: dict) -> str:
+    """The resume file's key: the features' key and every option that changes training."""
+    blob = json.dumps({"features": feature_key, **config}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def cosine_rate(lr: float, step: int, steps: int, elapsed: float, seconds: float, warmup: float = 0.05) -> float:
+    """Warm-up over the first `warmup` of the budget, then cosine decay, over whichever of steps / seconds runs out
+    first."""
+    frac = min(1.0, max(step / steps, elapsed / seconds))
+    return lr * min(1.0, (frac + 1e-9) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def apply_step(opt, params: list, loss: torch.Tensor, lr: float, clip: float = 1.0) -> float:
+    """Backward, clip the gradient norm, one optimizer step at `lr`; -> the loss as a float."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    return float(loss.detach())
+
+
+def save_state(path: Path, params, opt, step: int, losses: list[float], seconds: float) -> None:
+    from safetensors.torch import save_file
+    t = {}
+    for i, p in enumerate(params):
+        t[f"p{i}"] = p.detach().contiguous()
+        st = opt.state.get(p, {})
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in st:
+                t[f"{k}{i}"] = st[k].contiguous()
+    meta = {"step": str(step), "seconds": str(seconds), "losses": json.dumps([round(x, 5) for x in losses])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(t, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_state(path: Path, params, opt) -> tuple[int, list[float], float]:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    step = int(meta["step"])
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(t[f"p{i}"])
+            if f"exp_avg{i}" in t:
+                opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": t[f"exp_avg{i}"].clone(),
+                                "exp_avg_sq": t[f"exp_avg_sq{i}"].clone()}
+    return step, json.loads(meta.get("losses", "[]")), float(meta.get("seconds", 0.0))
