@@ -62,7 +62,8 @@ class ConvertEncDecPass(Pass):
         if cfg.steps:
             calib = token_stream(bundle.tokenizer, load_text("calib", cfg.calib)) if bundle.tokenizer is not None \
                 else torch.randint(3, bundle.adapter.vocab_size, (4 * cfg.seq_len,), generator=torch.Generator().manual_seed(0))
-            bf16 = cfg.precision == "bf16"
+            from ..drafting.eagle_train import bf16_supported
+            bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
             resume = cache_root() / f"adapt-{run_key(key, cfg.training_options())}.safetensors"
             train = {**adapt(ed, teacher, calib, cfg, resume=resume, bf16=bf16), "precision": "bf16" if bf16 else "f32"}
             if windows is not None:

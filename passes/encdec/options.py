@@ -33,8 +33,8 @@ class EncDecConfig:
     lr: float = 5e-5
     kd: float = 0.5                # loss = kd * KL(source || student) + (1 - kd) * cross-entropy on the text
     seed: int = 0
-    precision: str = "f32"         # f32, or bf16 autocast (measured 7-10x slower for this model's backward on a
-                                   # Zen 4 with AVX-512 BF16, torch 2.x: docs/passes/encdec.md)
+    precision: str = "auto"        # bf16 autocast where the CPU has bf16 instructions (AVX-512 BF16, AMX), else f32
+                                   # (emulated bf16 measured 7-10x slower: docs/passes/encdec.md)
     eval_windows: int = 16         # held-out windows (evaluation split) scored before and after adaptation
     calib: str | None = None       # calibration text file (from --calib; default: the Brown calibration split)
 
@@ -49,8 +49,8 @@ class EncDecConfig:
             raise bad(f"pick must be one of {', '.join(PICKS)}, got '{self.pick}'")
         if self.encoder not in ENCODERS:
             raise bad(f"encoder must be one of {', '.join(ENCODERS)}, got '{self.encoder}'")
-        if self.precision not in ("bf16", "f32"):
-            raise bad(f"precision must be bf16 or f32, got '{self.precision}'")
+        if self.precision not in ("auto", "bf16", "f32"):
+            raise bad(f"precision must be auto, bf16 or f32, got '{self.precision}'")
         if self.train not in TRAIN:
             raise bad(f"train must be one of {', '.join(TRAIN)}, got '{self.train}'")
         for key in ("decoder_layers", "steps", "eval_windows"):

@@ -8,7 +8,7 @@ where p_source is the frozen source model's distribution over the same window re
 parameter of the encoder and decoder trains (embeddings and head shared); with train=decoder only the decoder's
 layers and final norm (the embeddings and head, shared with the encoder, stay the source's), and with a causal
 encoder its memory is then taken from the teacher's own forward (the same keys/values, no encoder run). AdamW, warm-up then cosine decay
-over whichever of steps / seconds ends first; float32 (bf16 autocast on request). Resumable: weights, AdamW's moments
+over whichever of steps / seconds ends first; bf16 autocast where the CPU has bf16 instructions, else float32. Resumable: weights, AdamW's moments
 and the step are saved every `save_s` seconds under $ACCELC_CACHE/encdec/ and a rerun with the same source weights
 and options continues (or, when finished, reuses the result without training).
 """
