@@ -71,6 +71,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32768, help="quality: tokens of text per evaluation (windows of "
                     "P + 128, at most 64)")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--child", nargs=3, metavar=("ARTIFACT", "PROMPT", "TOKENS"), help=argparse.SUPPRESS)
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -91,7 +92,7 @@ def main() -> int:
     tokens = tmp / "ids.npy"
     np.save(tokens, np.asarray(ids, dtype=np.int64))
     speed: dict = {}
-    for n in a.prompts:
+    for n in ([] if a.skip_speed else a.prompts):
         for r in range(a.repeats):
             for label, art in arts.items():
                 cmd = [sys.executable, __file__, "--child", art, str(n), str(tokens), "--decode", str(a.decode),
@@ -107,7 +108,7 @@ def main() -> int:
                "convert": (man.get("options") or {}).get("convert"),
                "decoder_layers": (man.get("model") or {}).get("layers"), "encoder_layers": rec.get("encoder_layers"),
                "adaptation": rec.get("adaptation"), "speed": {}, "quality": {}}
-        for n in a.prompts:
+        for n in ([] if a.skip_speed else a.prompts):
             runs = speed[(label, n)]
             row["speed"][str(n)] = {"ttft_s": statistics.median(x["ttft_s"] for x in runs),
                                     "decode_tok_s": statistics.median(x["decode_tok_s"] for x in runs),

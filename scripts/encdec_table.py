@@ -21,11 +21,22 @@ def _f(v, digits=2):
     return "-" if v is None else (f"{v:,.{digits}f}" if isinstance(v, float) else str(v))
 
 
+def merge(docs: list[dict]) -> dict:
+    """Rows of several bench files joined by label (a quality run and a speed run); the last file's header."""
+    rows: dict = {}
+    for d in docs:
+        for r in d["rows"]:
+            cur = rows.setdefault(r["label"], {**r, "speed": {}, "quality": {}})
+            cur["speed"].update(r.get("speed") or {})
+            cur["quality"].update(r.get("quality") or {})
+    return {**docs[-1], "rows": list(rows.values()), "sources": [machine_line(d) for d in docs]}
+
+
 def bench_table(d: dict) -> str:
     rows = d["rows"]
     base = rows[0]["label"]
-    qual = list(rows[0]["quality"])
-    prompts = list(rows[0]["speed"])
+    qual = sorted({q for r in rows for q in r["quality"]})
+    prompts = sorted({p for r in rows for p in r["speed"]}, key=int)
     head = (["model", "decoder layers", "adaptation"] + [f"ppl {q}" for q in qual] +
             [f"TTFT {p} (s)" for p in prompts] + [f"decode {p} tok/s (x {base})" for p in prompts] +
             ["artifact MB", "RSS MB"])
@@ -35,11 +46,13 @@ def bench_table(d: dict) -> str:
         adapt = f"{ad['steps']} steps, {ad['seconds'] / 60:.0f} min" if ad else "none"
         cells = [r["label"], _f(r.get("decoder_layers")), adapt]
         cells += [_f(r["quality"].get(q, {}).get("perplexity")) for q in qual]
-        cells += [_f(r["speed"][p]["ttft_s"], 3) for p in prompts]
-        cells += [f"{_f(r['speed'][p]['decode_tok_s'], 1)} ({r['speed'][p].get('decode_vs_' + base, 0):.2f}x)"
-                  for p in prompts]
-        cells += [_f(r.get("artifact_mb"), 1), _f(max(r["speed"][p]["rss_mb"] for p in prompts), 0)]
+        sp = {p: r["speed"].get(p) or {} for p in prompts}
+        cells += [_f(sp[p].get("ttft_s"), 3) for p in prompts]
+        cells += [f"{_f(sp[p].get('decode_tok_s'), 1)} ({sp[p].get('decode_vs_' + base, 0):.2f}x)" for p in prompts]
+        cells += [_f(r.get("artifact_mb"), 1), _f(max((sp[p].get("rss_mb", 0) for p in prompts), default=None), 0)]
         out.append("| " + " | ".join(cells) + " |")
+    for src in d.get("sources", []):
+        out.append(f"\n- {src}")
     out.append(f"\n{d.get('backend')} backend, {d.get('threads')} threads, {d.get('decode')} decoded tokens, median of "
                f"{d.get('repeats')} fresh processes per cell; {machine_line(d)}")
     return "\n".join(out)
@@ -65,8 +78,8 @@ def main() -> int:
     a = ap.parse_args()
     for p in a.adapt:
         print(f"### {p}\n\n{adapt_table(json.load(open(p)))}\n")
-    for p in a.bench:
-        print(f"### {p}\n\n{bench_table(json.load(open(p)))}\n")
+    if a.bench:
+        print(f"### {', '.join(a.bench)}\n\n{bench_table(merge([json.load(open(p)) for p in a.bench]))}\n")
     return 0
 
 

@@ -125,7 +125,8 @@ def test_training_lowers_the_loss_of_a_compressed_cache(graph):
     before = [p.requires_grad for p in graph.parameters()]
     weights = [p.detach().clone() for p in graph.parameters()]
     comps, rec = train(graph, spec, seq, cfg)
-    assert len(rec["losses"]) == 25 and rec["losses"][-1] < 0.97 * rec["losses"][0]
+    losses = rec["losses"]      # one chunk per step: noisy, so the mean of the last five against the first
+    assert len(losses) == 25 and sum(losses[-5:]) / 5 < 0.97 * losses[0]
     assert [p.requires_grad for p in graph.parameters()] == before          # restored
     assert all(torch.equal(a, b) for a, b in zip(weights, graph.parameters()))     # the model stays frozen
 
