@@ -109,6 +109,11 @@ def passkey_accuracy(generate_fn: Callable[[list[int]], str], prompts) -> dict:
             "prompt_tokens": int(np.mean([len(p) for p, _ in prompts]))}
 
 
+def is_artifact_path(source) -> bool:
+    """An artifact path (str or PathLike), as against a loaded ModelBundle."""
+    return isinstance(source, (str, bytes)) or hasattr(source, "__fspath__")
+
+
 def evaluate_context(source, context: int, text: str = "brown-eval", max_tokens: int = 32768,
                      text_path: str | None = None, passkey: int = 0, progress=None, backend: str | None = None,
                      device: str | None = None) -> dict:
@@ -116,7 +121,7 @@ def evaluate_context(source, context: int, text: str = "brown-eval", max_tokens:
     if context < 2:
         raise InputError(f"--context must be >= 2, got {context}")
     t0 = time.perf_counter()
-    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+    if is_artifact_path(source):
         from ...runtime.artifact import open_artifact
         art = open_artifact(source, backend=backend, device=device, full_logits=True)
         tok, chunk, cache, engine = art.tokenizer, chunk_of(art), cache_name(art), art.engine

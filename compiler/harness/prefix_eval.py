@@ -15,17 +15,22 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .context_eval import is_artifact_path
 
 
 def artifact_logits(art):
     from ...runtime.decode import prefill
+    states = {}                 # one state per window length, reset for every window
 
     def fn(w: torch.Tensor, prefix: int) -> torch.Tensor:
         ids = w[0].numpy().astype(np.int64)
         if art.max_tokens() is not None and ids.shape[0] > art.max_tokens():
             raise InputError(f"--prefix {prefix} + 128 tokens do not fit the artifact's static cache "
                              f"({art.max_tokens()})")
-        state = art.new_state(ids.shape[0])
+        state = states.get(ids.shape[0])
+        if state is None:
+            state = states[ids.shape[0]] = art.new_state(ids.shape[0])
+        state.cache.reset()
         first = prefill(state, ids[:prefix])                                  # predicts token `prefix`
         rest = prefill(state, ids[prefix:-1], all_logits=True)               # predicts the remaining ones
         return torch.from_numpy(np.concatenate((np.asarray(first)[None], np.asarray(rest)), 0))
@@ -41,7 +46,7 @@ def evaluate_prefix(source, prefix: int, text: str = "brown-eval", max_tokens: i
     if prefix < 1:
         raise InputError(f"--prefix must be >= 1, got {prefix}")
     t0 = time.perf_counter()
-    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+    if is_artifact_path(source):
         from ...runtime.artifact import open_artifact
         art = open_artifact(source, backend=backend, device=device, full_logits=True)
         tok, fn, engine = art.tokenizer, artifact_logits(art), art.engine

@@ -110,7 +110,6 @@ class EncDec(nn.Module):
         """Greedy continuation with the decoder's cache (validation's torch reference): (tokens [1, n + steps],
         logits [1, 1 + steps, V] from the prompt's last token on)."""
         seq = torch.as_tensor(ids)
-        n = seq.shape[1]
         cache = self.encode(seq[:, :-1])
         rows, tok = [], seq[:, -1:]
         for t in range(steps + 1):
@@ -121,7 +120,6 @@ class EncDec(nn.Module):
             if t < steps:
                 tok = out[0][:, -1:].argmax(-1)
                 seq = torch.cat((seq, tok), dim=1)
-        del n
         return seq.numpy(), torch.cat(rows, dim=1).float().numpy()
 
     @torch.no_grad()

@@ -34,7 +34,7 @@ class EncDecConfig:
     kd: float = 0.5                # loss = kd * KL(source || student) + (1 - kd) * cross-entropy on the text
     seed: int = 0
     precision: str = "auto"        # bf16 autocast where the CPU has bf16 instructions (AVX-512 BF16, AMX), else f32
-                                   # (emulated bf16 measured 7-10x slower: docs/passes/encdec.md)
+                                   # (emulated bf16 is several times slower: docs/passes/encdec.md)
     eval_windows: int = 16         # held-out windows (evaluation split) scored before and after adaptation
     calib: str | None = None       # calibration text file (from --calib; default: the Brown calibration split)
 
