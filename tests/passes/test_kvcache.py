@@ -117,16 +117,31 @@ def test_fixed_caches_stay_within_m_plus_buffer(graph, kind):
     assert run.cuts >= 3
 
 
+def _compressed_loss(graph, spec, comps, seq, chunk):
+    """Mean next-token loss over the chunks that ran on a compressed cache (no training, fixed weights)."""
+    run, losses = FixedCacheRun(graph, spec, comps), []
+    with torch.no_grad():
+        for i in range(0, seq.shape[1] - 1, chunk):
+            ids, target = seq[:, i:i + chunk], seq[:, i + 1:i + 1 + chunk]
+            cuts = run.cuts
+            logits = run.step(ids)[:, :target.shape[1]]
+            if run.cuts > cuts:
+                losses.append(float(torch.nn.functional.cross_entropy(logits[0], target[0])))
+    return sum(losses) / len(losses)
+
+
 def test_training_lowers_the_loss_of_a_compressed_cache(graph):
-    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, train
+    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, make_compressors, train
     spec = parse_kv_cache("lococo:8,buffer=4")
     seq = torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(5))
-    cfg = LoCoCoTrainConfig(steps=25, seq_len=64, chunk=8, lr=3e-2)
+    cfg = LoCoCoTrainConfig(steps=25, seq_len=64, chunk=8, lr=1e-2)
     before = [p.requires_grad for p in graph.parameters()]
     weights = [p.detach().clone() for p in graph.parameters()]
+    start = _compressed_loss(graph, spec, make_compressors(graph, spec, cfg), seq, cfg.chunk)   # the same init
     comps, rec = train(graph, spec, seq, cfg)
-    losses = rec["losses"]      # one chunk per step: noisy, so the mean of the last five against the first
-    assert len(losses) == 25 and sum(losses[-5:]) / 5 < 0.97 * losses[0]
+    assert len(rec["losses"]) == 25
+    # the per-step curve is measured while the weights move; the check is a fixed evaluation before and after
+    assert _compressed_loss(graph, spec, comps, seq, cfg.chunk) < 0.97 * start
     assert [p.requires_grad for p in graph.parameters()] == before          # restored
     assert all(torch.equal(a, b) for a, b in zip(weights, graph.parameters()))     # the model stays frozen
 
