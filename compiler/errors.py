@@ -25,13 +25,22 @@ def _pass_message(pass_name: str, message: str, before: list[str]) -> str:
     return f"pass '{pass_name}' failed: {message} (passes completed before it: {done})"
 
 
-class PassError(AccelcError):
-    """A pass refused its input (an AccelcError or an unmet precondition inside it): exit 2. The message
-    names the pass and the passes that ran before it."""
+class ValidationError(AccelcError):
+    """The compiled graphs disagree with the source model past the tolerance. Nothing in the input was
+    wrong, so it exits 1 like a bug; it is still one line (the cause is numerical, not in a traceback)."""
 
-    def __init__(self, pass_name: str, message: str, before: list[str] | None = None):
+    exit_code = 1
+
+
+class PassError(AccelcError):
+    """A pass refused its input (an AccelcError or an unmet precondition inside it): exit 2, or the exit
+    code of the AccelcError it wraps (ValidationError: 1). The message names the pass and the passes that
+    ran before it."""
+
+    def __init__(self, pass_name: str, message: str, before: list[str] | None = None, exit_code: int = 2):
         self.pass_name = pass_name
         self.before = list(before or [])
+        self.exit_code = exit_code
         super().__init__(_pass_message(pass_name, message, self.before))
 
 

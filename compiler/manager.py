@@ -51,9 +51,11 @@ class PassManager:
             t0 = time.perf_counter()
             try:
                 result = p(bundle)
-            except (PassError, PassBugError) as e:
-                # re-raise (same class: user error or bug) with the full history of this run
-                raise type(e)(e.pass_name, _strip(str(e)), before=done) from e
+            except PassError as e:
+                # re-raise (same class and exit code) with the full history of this run
+                raise PassError(e.pass_name, _strip(str(e)), before=done, exit_code=e.exit_code) from e
+            except PassBugError as e:
+                raise PassBugError(e.pass_name, _strip(str(e)), before=done) from e
             rec = PassRecord(p.name, p.config_dict(), time.perf_counter() - t0, result.changed, result.metrics,
                              meter.stop())
             records.append(rec)

@@ -67,7 +67,7 @@ class Pass:
         except (AccelcError, PreconditionError) as e:
             if isinstance(e, PassError):
                 raise
-            raise PassError(self.name, str(e)) from e
+            raise PassError(self.name, str(e), exit_code=getattr(e, "exit_code", 2)) from e
         except Exception as e:  # a bug or a library failure, not bad input: exit 1, keep the cause, name the pass
             log.debug("pass %s raised", self.name, exc_info=True)
             raise PassBugError(self.name, f"{type(e).__name__}: {e}") from e

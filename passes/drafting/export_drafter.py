@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...compiler.bundle import ModelBundle
-from ...compiler.errors import InputError, PreconditionError
+from ...compiler.errors import InputError, PreconditionError, ValidationError
 from ...compiler.pass_base import Pass, PassConfig, PassResult
 from ...runtime.backends import default_threads
 from ...runtime.speculative.artifact import open_drafter
@@ -200,5 +200,5 @@ def judge(bundle: ModelBundle, config: ValidateConfig, results: dict, what: str)
                                             "tolerance": {"max_logit_diff": max_diff, "greedy_agreement": agree},
                                             "backends": results}
     if bad:
-        raise InputError(f"exported {what} graphs differ from torch: " + "; ".join(bad))
+        raise ValidationError(f"exported {what} graphs differ from torch: " + "; ".join(bad))
     return PassResult(False, metrics)

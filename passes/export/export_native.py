@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ...compiler.bundle import ModelBundle
-from ...compiler.errors import InputError
+from ...compiler.errors import InputError, ValidationError
 from ...compiler.pass_base import Pass, PassConfig, PassResult
 from ..quantization.codebook_linear import CodebookLinear
 from ..quantization.int_linear import IntGroupLinear
@@ -362,7 +362,7 @@ def validate_native(bundle: ModelBundle, cfg: dict, weights: Path) -> dict:
     out = {"native_max_abs_diff": round(diff, 6), "native_greedy_agreement": round(agree, 4), "native_tolerance": worst,
            "reference_embedding": "int8 (as stored)" if swap else "the model's"}
     if diff > max_diff or agree < agree_min:
-        raise InputError(f"the native weights do not reproduce the model: max |logit diff| {diff:.4g} "
+        raise ValidationError(f"the native weights do not reproduce the model: max |logit diff| {diff:.4g} "
                          f"(allowed {max_diff}), greedy agreement {agree:.2f} (needs {agree_min})")
     pdiff, pagree, policy = measure("auto")
     if policy.bf16_weights or policy.int8_activations:

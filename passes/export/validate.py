@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ...compiler.bundle import ModelBundle
-from ...compiler.errors import InputError, PreconditionError
+from ...compiler.errors import InputError, PreconditionError, ValidationError
 from ...compiler.pass_base import Pass, PassConfig, PassResult
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class ValidatePass(Pass):
                f"{r['greedy_agreement']:.2f} (min {agree})" for b, r in results.items()
                if r["max_logit_diff"] > max_diff or r["greedy_agreement"] < agree]
         if bad:
-            raise InputError(f"exported {self.config.weights} graphs differ from the torch model: " + "; ".join(bad))
+            raise ValidationError(f"exported {self.config.weights} graphs differ from the torch model: " + "; ".join(bad))
         return PassResult(False, metrics)
 
     def config_tolerance(self) -> tuple[float, float]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ...compiler.bundle import ModelBundle
-from ...compiler.errors import InputError, PreconditionError
+from ...compiler.errors import InputError, PreconditionError, ValidationError
 from ...compiler.graph import by_role
 from ...compiler.kv_spec import KVCacheSpec
 from ...compiler.pass_base import Pass, PassConfig, PassResult
@@ -183,5 +183,5 @@ class ValidateKVCachePass(Pass):
                            f"{res['greedy_agreement']} (min {agree}), {cuts} cuts")
         bundle.records.setdefault("kv_cache", spec.to_json())["validation"] = results
         if bad:
-            raise InputError(f"the {spec} cache run through the exported graphs differs from torch: " + "; ".join(bad))
+            raise ValidationError(f"the {spec} cache run through the exported graphs differs from torch: " + "; ".join(bad))
         return PassResult(False, {f"{b}_max_diff": r["max_logit_diff"] for b, r in results.items()})

@@ -133,8 +133,9 @@ def test_validate_fails_on_a_wrong_graph(tmp_path):
     PassManager([ExportOnnxPass(), ExportOpenVINOPass()]).run(b)
     with torch.no_grad():
         b.model.model.layers[1].mlp.down_proj.weight.mul_(3.0)   # torch model no longer matches the graphs
-    with pytest.raises(PassError, match="'validate' failed: .*differ from the torch model"):
-        ValidatePass()(b)
+    with pytest.raises(PassError, match="'validate' failed: .*differ from the torch model") as err:
+        PassManager([ValidatePass()]).run(b)
+    assert err.value.exit_code == 1          # the compiler's failure, not bad input: exit 1 (issue 20)
     assert b.records["validation"]["backends"]["onnxruntime"]["max_logit_diff"] > 1e-2
 
 
