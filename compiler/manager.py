@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .bundle import ModelBundle
 from .errors import PassBugError, PassError
-from .memory import PeakMeter
+from .memory import PeakMeter, release
 from .pass_base import Pass
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class PassManager:
                 raise PassError(e.pass_name, _strip(str(e)), before=done, exit_code=e.exit_code) from e
             except PassBugError as e:
                 raise PassBugError(e.pass_name, _strip(str(e)), before=done) from e
+            release()                   # what the pass freed leaves the process before the next one starts
             rec = PassRecord(p.name, p.config_dict(), time.perf_counter() - t0, result.changed, result.metrics,
                              meter.stop())
             records.append(rec)

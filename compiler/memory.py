@@ -7,6 +7,8 @@ Child processes are not counted.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import resource
 import sys
 from pathlib import Path
@@ -34,6 +36,17 @@ def process_peak_mb() -> float:
     """The process's peak RSS in MiB so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def release() -> None:
+    """Collect garbage (reference cycles keep a finished pass's tensors, optimizer states included) and hand
+    freed heap pages back to the system (glibc malloc_trim), so the next pass starts from what is really live."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def reset_peak() -> bool:

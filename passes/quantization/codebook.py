@@ -39,7 +39,7 @@ class CodebookQuantConfig(PassConfig):
     kmeans_iters: int = 8
     weighted_init: bool = True     # k-means weighted by diag(X^T X)
     beam: int = 1                  # code search beam width (1 = greedy coordinate descent)
-    rounds: int = 1                # (code search, codebook update) repetitions
+    rounds: int = 1                # (code search, codebook update) repetitions; 0: the k-means codes as they are
     cb_steps: int = 10             # Adam steps on codebooks and scales per round
     cb_lr: float = 1e-3
     seed: int = 0
@@ -49,11 +49,11 @@ class CodebookQuantConfig(PassConfig):
 
     def __post_init__(self):
         Scheme.parse(self.scheme)
-        for name in ("samples", "seqlen", "beam", "rounds"):
+        for name in ("samples", "seqlen", "beam"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.kmeans_iters < 0 or self.cb_steps < 0:
-            raise InputError("kmeans_iters and cb_steps must be >= 0")
+        if self.kmeans_iters < 0 or self.cb_steps < 0 or self.rounds < 0:
+            raise InputError("kmeans, cb_steps and rounds must be >= 0")
         if not self.cb_lr > 0:
             raise InputError(f"cb_lr must be > 0, got {self.cb_lr}")
 
