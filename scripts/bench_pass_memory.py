@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provenance import ROOT, provenance
+from provenance import ROOT, git_commit, provenance
 
 sys.path.insert(0, str(ROOT / "tests" / "passes"))
 
@@ -96,7 +96,7 @@ def one(model: str, name: str, options: dict, out: Path, keep: Path | None = Non
             loaded = None
             passes = [{"name": r["name"], "seconds": round(r["seconds"], 1), **r["memory"]}
                       for r in json.loads((art / "manifest.json").read_text())["passes"]]
-        row = {"config": name, "options": options, "rss_after_load_mb": loaded and round(loaded, 1),
+        row = {"config": name, "options": options, "commit": git_commit(), "rss_after_load_mb": loaded and round(loaded, 1),
                "passes": passes, "seconds": round(time.perf_counter() - t0, 1),
                "artifact": str(keep / name) if keep else None}
     row["peak_mb"] = max(p.get("peak_rss_mb", 0) for p in row["passes"])

@@ -126,3 +126,38 @@ def test_pv_pass_needs_a_codebook_model_and_teacher():
     b = ModelBundle(model=model, tokenizer=None, adapter=ArchAdapter(model))
     with pytest.raises(PassError, match="precondition"):
         PVTuningPass(PVTuningConfig())(b)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "gemma2", "gemma3_text"])
+def test_chunked_distill_loss_equals_the_full_logits_kl(family):
+    """The head and softmax in chunks of tokens: the same loss and the same gradients as the full [tokens, vocab]
+    KL (Gemma2: final logit soft-capping; Gemma: the scaled embedding)."""
+    import torch.nn.functional as F
+    student, teacher = tiny_model(family, seed=0), tiny_model(family, seed=1)
+    ids = torch.randint(0, 256, (3, 11), generator=torch.Generator().manual_seed(2))
+    t = F.log_softmax(teacher(input_ids=ids).logits.float(), -1).flatten(0, 1).detach()
+    s = F.log_softmax(student(input_ids=ids).logits.float(), -1).flatten(0, 1)
+    full = F.kl_div(s, t, log_target=True, reduction="batchmean")
+    full.backward()
+    want = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    student.zero_grad(set_to_none=True)
+    got = distill_loss(student, teacher, ids, backward=True, chunk=5)      # 33 tokens: 7 chunks, the last short
+    torch.testing.assert_close(got, full.detach(), rtol=1e-5, atol=1e-6)
+    assert want and all(torch.allclose(p.grad, want[n], rtol=1e-4, atol=1e-7)
+                        for n, p in student.named_parameters() if n in want)
+    with torch.no_grad():
+        torch.testing.assert_close(distill_loss(student, teacher, ids), full.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_teacher_shares_the_frozen_embedding_once(quantized):
+    from accelc.passes.quantization.pv_tuning import share_frozen_embeddings
+    b = _fresh(quantized)
+    teacher = copy.deepcopy(quantized.records[TEACHER])
+    saved = share_frozen_embeddings(b.model, teacher)
+    assert saved > 0 and teacher.get_input_embeddings().weight is b.model.get_input_embeddings().weight
+    assert share_frozen_embeddings(b.model, teacher) == 0                 # already shared
+    other = copy.deepcopy(quantized.records[TEACHER])
+    with torch.no_grad():
+        other.get_input_embeddings().weight.add_(1.0)                      # differs: kept apart
+    assert share_frozen_embeddings(b.model, other) == 0
+    assert other.get_input_embeddings().weight is not b.model.get_input_embeddings().weight
