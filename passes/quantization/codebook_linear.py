@@ -160,9 +160,10 @@ class CodebookLinear(RebuiltLinear):
 
 def tapped_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """x @ module.dequantize().T + bias; with module.tap (PV-Tuning's V step) the rebuilt weight keeps its gradient
-    in module.tapped."""
+    in module.tapped. Only the first call after module.tapped is cleared taps: a checkpointed layer's recomputation
+    in the backward pass rebuilds the weight again, and the gradient arrives at the first one."""
     w = module.dequantize()
-    if module.tap:
+    if module.tap and module.tapped is None:
         if not w.requires_grad:
             w = w.detach().requires_grad_(True)
         w.retain_grad()

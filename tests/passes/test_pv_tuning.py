@@ -161,3 +161,24 @@ def test_teacher_shares_the_frozen_embedding_once(quantized):
         other.get_input_embeddings().weight.add_(1.0)                      # differs: kept apart
     assert share_frozen_embeddings(b.model, other) == 0
     assert other.get_input_embeddings().weight is not b.model.get_input_embeddings().weight
+
+
+def test_checkpointed_layers_give_the_same_v_step(quantized):
+    """Activation checkpointing recomputes each layer in the backward pass: the same loss, the same tapped weight
+    gradients and so the same code changes and continuous updates as without it."""
+    results = []
+    for checkpoint in (False, True):
+        b = _fresh(quantized)
+        tr = PVTrainer(b.model, b.records[TEACHER], norm_parameters(b.adapter), lr=1e-3, lr_v=5e-2,
+                       checkpoint=checkpoint)
+        assert bool(tr.decoder_layers) == checkpoint
+        loss, frac = tr.v_step(b.records["calibration_ids"][:4], tau=0.05, also_p=True)
+        state = {n: q.codes.clone() for n, q in tr.layers.items()}
+        books = {n: q.codebooks.detach().clone() for n, q in tr.layers.items()}
+        tr.finish()
+        results.append((loss, frac, state, books))
+        assert all("forward" not in vars(layer) for layer in b.adapter.layers)     # unwrapped again
+    (l0, f0, c0, b0), (l1, f1, c1, b1) = results
+    assert abs(l0 - l1) < 1e-6 and f0 == f1 > 0
+    assert all(torch.equal(c0[n], c1[n]) for n in c0)
+    assert all(torch.allclose(b0[n], b1[n], atol=1e-6) for n in b0)
