@@ -104,16 +104,20 @@ def one(model: str, name: str, options: dict, out: Path, keep: Path | None = Non
 
 
 def table(files: list[Path]) -> None:
-    print("| model | budget | configuration | passes (peak resident MB) | highest |")
+    print("| model | configuration | commit | passes: peak resident MB (seconds) | highest |")
     print("| --- | --- | --- | --- | --- |")
     for f in files:
         data = json.loads(f.read_text())
         for row in data["rows"]:
-            if "error" in row:
-                print(f"| {data['model']} | {data['budget']} | {row['config']} | failed: {row['error'][:80]} | |")
+            if not any(row["config"] in c for c in CONFIGS.values()):      # a configuration since removed
                 continue
-            parts = ", ".join(f"{p['name']} {p['peak_rss_mb']:,.0f}" for p in row["passes"] if "peak_rss_mb" in p)
-            print(f"| {data['model']} | {data['budget']} | {row['config']} | {parts} | {row['peak_mb']:,.0f} |")
+            commit = row["commit"][:7] + ("-dirty" * row["commit"].endswith("dirty")) if "commit" in row else "not recorded"
+            if "error" in row:
+                print(f"| {data['model']} | {row['config']} | {commit} | failed: {row['error'][:80]} | |")
+                continue
+            parts = ", ".join(f"{p['name']} {p['peak_rss_mb']:,.0f} ({p['seconds']:.0f} s)" for p in row["passes"]
+                              if "peak_rss_mb" in p)
+            print(f"| {data['model']} | {row['config']} | {commit} | {parts} | {row['peak_mb']:,.0f} |")
 
 
 def main() -> None:
