@@ -8,6 +8,7 @@ Child processes are not counted.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import resource
 import sys
@@ -42,11 +43,20 @@ def release() -> None:
     """Collect garbage (reference cycles keep a finished pass's tensors, optimizer states included) and hand
     freed heap pages back to the system (glibc malloc_trim), so the next pass starts from what is really live."""
     gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None (other systems, other C libraries)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def reset_peak() -> bool:

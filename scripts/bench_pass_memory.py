@@ -62,18 +62,14 @@ CONFIGS = {
 }
 
 
-def load(model: str, work: Path):
+def load_random_05b(work: Path):
+    """The randomly initialised Qwen2 with the real 0.5B configuration, as a bundle (byte tokenizer)."""
     from accelc.compiler.bundle import ModelBundle
     from accelc.models.adapter import ArchAdapter
-    if model == "qwen2-0.5b":
-        from accelc.models.tiny import byte_tokenizer
-        from test_export_large import qwen2_05b
-        m = qwen2_05b()
-        return ModelBundle(m, byte_tokenizer(), ArchAdapter(m), workdir=work)
-    from accelc.models.sources import load_model
-    b = load_model(model)
-    b.workdir = work
-    return b
+    from accelc.models.tiny import byte_tokenizer
+    from test_export_large import qwen2_05b
+    m = qwen2_05b()
+    return ModelBundle(m, byte_tokenizer(), ArchAdapter(m), workdir=work)
 
 
 def one(model: str, name: str, options: dict, out: Path, keep: Path | None = None) -> None:
@@ -86,7 +82,7 @@ def one(model: str, name: str, options: dict, out: Path, keep: Path | None = Non
     with tempfile.TemporaryDirectory(prefix="accelc-mem-") as tmp:
         t0 = time.perf_counter()
         if model == "qwen2-0.5b":
-            bundle = load(model, Path(tmp))
+            bundle = load_random_05b(Path(tmp))
             loaded = rss_mb()
             log = PassManager(get_target("cpu").pipeline(CompileOptions(validate=False, **options))).run(bundle)
             passes = [{"name": r.name, "seconds": round(r.seconds, 1), **r.memory} for r in log]

@@ -41,7 +41,8 @@ from .quant_bits import bits_summary
 
 log = logging.getLogger(__name__)
 MODES = ("pv", "ste")
-V_BETAS = (0.0, 0.95)          # Adam betas of the V step's buffer update (AQLM's pv-tuning code_betas)
+V_BETA2 = 0.95                 # the V step's Adam second-moment rate (AQLM's pv-tuning code_betas = (0, 0.95): with
+                               # beta1 = 0 the first moment is the gradient itself, so no buffer keeps it)
 
 
 @dataclass(frozen=True)
@@ -219,19 +220,12 @@ class PVTrainer:
 
     def move_target(self, name: str, w_hat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """One Adam-normalised step of the layer's float buffer T against the gradient; -> T."""
-        b1, b2 = V_BETAS
-        # with beta1 = 0 the first moment is the gradient itself: no buffer for it (one weight-sized copy less)
-        st = self.buffers.setdefault(name, [w_hat.clone(), torch.zeros_like(grad) if b1 else None,
-                                            torch.zeros_like(grad), 0])
-        target, m, v, _ = st
-        st[3] += 1
-        if b1:
-            m.mul_(b1).add_(grad, alpha=1 - b1)
-        else:
-            m = grad
-        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        step = self.lr_v * math.sqrt(1 - b2 ** st[3]) / (1 - b1 ** st[3])
-        return target.addcdiv_(m, v.sqrt().add_(1e-8), value=-step)
+        st = self.buffers.setdefault(name, [w_hat.clone(), torch.zeros_like(grad), 0])
+        target, v, _ = st
+        st[2] += 1
+        v.mul_(V_BETA2).addcmul_(grad, grad, value=1 - V_BETA2)
+        step = self.lr_v * math.sqrt(1 - V_BETA2 ** st[2])     # bias correction (beta1 = 0 needs none)
+        return target.addcdiv_(grad, v.sqrt().add_(1e-8), value=-step)
 
     def _update_codes(self, name: str, q: CodebookLinear, grad: torch.Tensor, tau: float) -> tuple[int, int]:
         w_hat = q.dequantize()
