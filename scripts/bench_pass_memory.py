@@ -9,7 +9,8 @@ configuration (tests/passes/test_export_large.py QWEN2_05B; short budgets) and o
     .venv/bin/python scripts/bench_pass_memory.py --table FILE [FILE ...]     # the docs table
 
 Each configuration runs in its own process (one process's high-water mark never leaks into the next,
-and one that runs out of memory costs only its own row). `--budget short` cuts the steps, windows and
+and one that runs out of memory costs only its own row) and with a cache folder of its own (fresh_cache: no trained
+result of an earlier run is resumed, so every training is measured). `--budget short` cuts the steps, windows and
 seconds of the trained passes (the per-step memory is what is measured; training longer does not
 change it); `--budget default` keeps every option at its default except the wall-clock budgets of the
 time-budgeted trainings (EAGLE, encoder-decoder), recorded in the row. The random 0.5B model runs the
@@ -72,6 +73,22 @@ def load_random_05b(work: Path):
     return ModelBundle(m, byte_tokenizer(), ArchAdapter(m), workdir=work)
 
 
+SHARED_CACHE = ("corpus", "models", "native", "verified")     # inputs and build products; no trained results
+
+
+def fresh_cache(tmp: Path) -> Path:
+    """A cache folder for one row: links to the user's downloaded texts and models, built kernels and verification
+    records, but none of the trained results (EAGLE features and drafters, encoder-decoder adaptation) that a rerun
+    would otherwise resume from, skipping (and not measuring) the training."""
+    from accelc.models.sources import cache_dir
+    root = tmp / "cache"
+    root.mkdir()
+    for name in SHARED_CACHE:
+        if (cache_dir() / name).exists():
+            (root / name).symlink_to(cache_dir() / name)
+    return root
+
+
 def one(model: str, name: str, options: dict, out: Path, keep: Path | None = None) -> None:
     """Run one configuration's pipeline in this process; write its row to `out`. The random 0.5B model is
     built here and run through the target's pipeline without validation; a packaged model goes through
@@ -80,6 +97,7 @@ def one(model: str, name: str, options: dict, out: Path, keep: Path | None = Non
     from accelc.compiler.memory import rss_mb
     from accelc.targets import CompileOptions, get_target
     with tempfile.TemporaryDirectory(prefix="accelc-mem-") as tmp:
+        os.environ["ACCELC_CACHE"] = str(fresh_cache(Path(tmp)))
         t0 = time.perf_counter()
         if model == "qwen2-0.5b":
             bundle = load_random_05b(Path(tmp))
