@@ -45,7 +45,7 @@ if engine in ("native", "native-f32", "openvino"):
     if backend == "native":
         nm = a.runners["decoder"].model
         out.update(compile_s=nm.compiled.seconds, kernel_cache_hit=nm.compiled.cached,
-                   int8_activations=nm.int8_activations, bf16_weights=nm.bf16_weights, isa=nm.compiled.target.isa)
+                   int8_activations=nm.int8_activations, int_isa=nm.int_isa, bf16_weights=nm.bf16_weights, isa=nm.compiled.target.isa)
     from accelc.runtime.decode import decode_one, prefill
     ids = encode_prompt(a.tokenizer, PROMPT, raw=True)
     def run(n):                                                # greedy, exactly n new tokens (no EOS stop)

@@ -353,11 +353,23 @@ def softcap(module: ir.Module, cap: float) -> ir.Function:
     return f.finish()
 
 
-# -- integer dot products (AVX512-VNNI) ---------------------------------------------------------------
-# int8 and int4 weights are multiplied with int8-quantized activations by vpdpbusd (u8 x s8 -> i32, 64 per
-# instruction), as llama.cpp does: each token's input row is quantized per block of B inputs (B = 64, or
-# the int4 group) with a scale max|x| / 127 into per-thread scratch, once per kernel call.
+# -- integer dot products (AVX512-VNNI, or AVX2) ------------------------------------------------------
+# int8 and int4 weights are multiplied with int8-quantized activations, as llama.cpp does: each token's input
+# row is quantized per block of B inputs (B = 64, or the int4 group) with a scale max|x| / 127 into per-thread
+# scratch, once per kernel call. On AVX512-VNNI one vpdpbusd multiplies 64 u8 weights by 64 s8 activations
+# into 16 int32 lanes. On AVX2 (isa="avx2") the same exact integer sums come from vpmaddubsw (u8 x s8 pairs ->
+# i16; the int4 codes are at most 15, so no pair sum saturates) then vpmaddwd with ones (-> i32); int8 codes
+# (0..255) would saturate vpmaddubsw's i16 pairs, so they are widened to i16 first (zero- and sign-extended)
+# and multiplied by vpmaddwd directly.
 VNNI_ARGS = LINEAR_ARGS + [("scratch", PI8)]
+INT_ISAS = ("vnni", "avx2")
+
+
+def int_isa(features: list[str]) -> str | None:
+    """The integer dot-product instructions a host has for int8 activations: vnni, avx2 or None (float kernels)."""
+    if "+avx512vnni" in features:
+        return "vnni"
+    return "avx2" if "+avx2" in features else None
 
 
 def vnni_block(fmt: str, k: int, group: int = 0) -> int | None:
@@ -379,13 +391,53 @@ def _align(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _vdot(f: Fn, w, x, lanes: int):
-    """vpdpbusd(0, w, x): w u8, x s8 as <4*lanes x i8> -> <lanes x i32>."""
+def _intrinsic(f: Fn, name: str, ret, args):
+    return f.module.globals.get(name) or ir.Function(f.module, ir.FunctionType(ret, [a.type for a in args]), name)
+
+
+def _slice(f: Fn, v, start: int, count: int):
+    return f.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                              ir.Constant(ir.VectorType(I32, count), list(range(start, start + count))))
+
+
+def _concat(f: Fn, parts: list):
+    while len(parts) > 1:
+        a, c = parts[0], parts[1]
+        n = a.type.count + c.type.count
+        parts = [f.b.shuffle_vector(a, c, ir.Constant(ir.VectorType(I32, n), list(range(n))))] + parts[2:]
+    return parts[0]
+
+
+def _vdot(f: Fn, w, x, lanes: int, isa: str = "vnni", small_w: bool = False):
+    """Integer dot products of w (u8) and x (s8), <4*lanes x i8> each -> <lanes x i32> partial sums whose total is
+    sum_i w_i x_i. vnni: vpdpbusd(0, w, x) (lane j: bytes 4j..4j+3). avx2: per 32 bytes, vpmaddubsw + vpmaddwd
+    with ones when small_w (every w_i <= 127: no i16 pair saturates), else both widened to i16 and vpmaddwd."""
     vi = ir.VectorType(I32, lanes)
-    name = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}"
-    fn = f.module.globals.get(name) or ir.Function(f.module, ir.FunctionType(vi, [vi, vi, vi]), name)
     b = f.b
-    return b.call(fn, [ir.Constant(vi, [0] * lanes), b.bitcast(w, vi), b.bitcast(x, vi)])
+    if isa == "vnni":
+        fn = _intrinsic(f, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", vi, [ir.Constant(vi, [0] * lanes)] * 3)
+        return b.call(fn, [ir.Constant(vi, [0] * lanes), b.bitcast(w, vi), b.bitcast(x, vi)])
+    v8, v16i16 = ir.VectorType(I32, 8), ir.VectorType(I16, 16)
+    pmaddwd = None
+    out = []
+    for c in range(0, 4 * lanes, 32):
+        wc, xc = _slice(f, w, c, 32), _slice(f, x, c, 32)
+        if small_w:
+            ubs = _intrinsic(f, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [wc, xc])
+            pairs = b.call(ubs, [wc, xc])
+            ones = ir.Constant(v16i16, [1] * 16)
+            pmaddwd = pmaddwd or _intrinsic(f, "llvm.x86.avx2.pmadd.wd", v8, [pairs, ones])
+            out.append(b.call(pmaddwd, [pairs, ones]))
+        else:
+            acc = None
+            for h in (0, 16):
+                wh = b.zext(_slice(f, wc, h, 16), v16i16)
+                xh = b.sext(_slice(f, xc, h, 16), v16i16)
+                pmaddwd = pmaddwd or _intrinsic(f, "llvm.x86.avx2.pmadd.wd", v8, [wh, xh])
+                d = b.call(pmaddwd, [wh, xh])
+                acc = d if acc is None else b.add(acc, d)
+            out.append(acc)
+    return _concat(f, out)
 
 
 def _quantize_rows(f: Fn, x, ldx, T, k: int, block: int, xq, sx, sq) -> None:
@@ -416,10 +468,14 @@ def _quantize_rows(f: Fn, x, ldx, T, k: int, block: int, xq, sx, sq) -> None:
             f.store(f.fmul(s, b.sitofp(b.load(tot), F32)), sq, cell)
 
 
-def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int, tmax: int) -> ir.Function:
-    """q8a / q4s linear with int8 activations and vpdpbusd (same arguments as `linear`, plus scratch)."""
+def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int, tmax: int,
+                isa: str = "vnni") -> ir.Function:
+    """q8a / q4s linear with int8 activations and integer dot products (same arguments as `linear`, plus
+    scratch): vpdpbusd (isa="vnni") or vpmaddubsw/vpmaddwd (isa="avx2")."""
+    if isa not in INT_ISAS:
+        raise ValueError(f"isa must be one of {INT_ISAS}, got {isa!r}")
     block = vnni_block(fmt, k, group)
-    name = f"linv_{fmt}_{n}x{k}_g{group}{'_b' if bias else ''}"
+    name = f"lin{'v' if isa == 'vnni' else 'a'}_{fmt}_{n}x{k}_g{group}{'_b' if bias else ''}"
     fn = _cached(module, name)
     if fn is not None:
         return fn
@@ -442,7 +498,7 @@ def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
                 with f.loop(0, nb) as blk:
                     w = b.load(b.bitcast(f.at(wr, f.mul(blk, 64)), ir.VectorType(I8, 64).as_pointer()), align=1)
                     xv = b.load(b.bitcast(f.at(xr, f.mul(blk, 64)), ir.VectorType(I8, 64).as_pointer()), align=1)
-                    d = b.sitofp(_vdot(f, w, xv, 16), vf)
+                    d = b.sitofp(_vdot(f, w, xv, 16, isa), vf)
                     s = f.load(sx, f.add(f.mul(t, nb), blk))
                     sv = b.shuffle_vector(b.insert_element(ir.Constant(vf, ir.Undefined), s, ir.Constant(I32, 0)),
                                           ir.Constant(vf, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
@@ -470,7 +526,7 @@ def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
                     for wv, off in parts:
                         width = wv.type.count
                         xv = b.load(b.bitcast(f.at(xg, off), ir.VectorType(I8, width).as_pointer()), align=1)
-                        d = _vdot(f, wv, xv, width // 4)
+                        d = _vdot(f, wv, xv, width // 4, isa, small_w=True)
                         if width // 4 < lanes:       # 8 lanes: widen to 16 with zeros
                             d = b.shuffle_vector(d, ir.Constant(d.type, [0] * (width // 4)),
                                                  ir.Constant(ir.VectorType(I32, lanes), list(range(lanes))))

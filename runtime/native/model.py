@@ -16,6 +16,7 @@ import numpy as np
 
 from ...compiler.errors import InputError
 from .jit import compile_ir, host_target
+from .kernels import int_isa
 from .program import SYNC_JOB, SYNC_STOP, SYNC_WORDS, Program
 
 TMAX = 32                 # tokens per native call (longer inputs run in chunks)
@@ -59,15 +60,16 @@ class NativeModel:
         auto = precision == "auto"
         fmts = {r["format"] for r in [cfg["embed"], cfg["head"]] +
                 [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]}
-        self.int8_activations = bool(fmts & {"q8a", "q4s"}) and (auto if int8_act is None else int8_act) and \
-            "+avx512vnni" in feats
+        wants_int = bool(fmts & {"q8a", "q4s"}) and (auto if int8_act is None else int8_act)
+        self.int_isa = int_isa(feats) if wants_int else None        # vpdpbusd (VNNI) or vpmaddubsw (AVX2)
+        self.int8_activations = self.int_isa is not None
         has_f32 = "f32" in fmts
         self.bf16_weights = has_f32 and ((auto and BF16_HOST(feats)) if bf16 is None else bf16)
         if self.bf16_weights:
             cfg, tensors = to_bf16(cfg, tensors)
         self.cfg = cfg
         self.precision = precision
-        prog = Program(cfg, self.tmax, self.int8_activations)
+        prog = Program(cfg, self.tmax, self.int_isa)
         module = prog.build()
         self.compiled = compile_ir(str(module), ["forward", "worker", "run"])
         self.slots = prog.slots

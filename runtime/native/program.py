@@ -53,9 +53,10 @@ class Slots:
 class Program:
     """Emits forward/worker/run for a model description (export_native's model.json, plus runtime sizes)."""
 
-    def __init__(self, cfg: dict, tmax: int, int8_activations: bool = False):
-        """int8_activations: run q8a/q4s linears with int8-quantized inputs and vpdpbusd (AVX512-VNNI hosts)."""
-        self.cfg, self.tmax, self.int8_act = cfg, tmax, int8_activations
+    def __init__(self, cfg: dict, tmax: int, int_isa: str | None = None):
+        """int_isa: run q8a/q4s linears with int8-quantized inputs and integer dot products, vpdpbusd ("vnni":
+        AVX512-VNNI hosts) or vpmaddubsw/vpmaddwd ("avx2"); None: the float kernels."""
+        self.cfg, self.tmax, self.int_isa = cfg, tmax, int_isa
         self.cb_kernel = cb_kernel()
         recs = [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
         ks = [r["shape"][1] for r in recs]
@@ -143,14 +144,15 @@ class Program:
     # -- phases ----------------------------------------------------------------------------------
     def _linear(self, f: Fn, tid, nth, rec: dict, x, ldx, y, ldy, T, col0: int = 0):
         fmt, (n, kk) = rec["format"], rec["shape"]
-        vnni = self.int8_act and kernels.vnni_block(fmt, kk, rec.get("group", 0)) is not None
+        vnni = self.int_isa is not None and kernels.vnni_block(fmt, kk, rec.get("group", 0)) is not None
         if fmt == "cb" and self.cb_kernel == "lut":   # table lookups (codebooks stored transposed: model.py)
             k = kernels.linear_cb_lut(self.module, n, kk, rec["group"], rec["codebooks"], bool(rec.get("bias")))
             vnni = True                     # takes the per-thread scratch
         elif fmt == "cb" and self.cb_kernel == "rows":
             k = kernels.linear_cb_rows(self.module, n, kk, rec["group"], rec["codebooks"], bool(rec.get("bias")))
         elif vnni:
-            k = kernels.linear_vnni(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax)
+            k = kernels.linear_vnni(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax,
+                                    self.int_isa)
         else:
             k = kernels.linear(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0),
                                rec.get("codebooks", 0))

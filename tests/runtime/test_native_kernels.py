@@ -76,14 +76,19 @@ def _quantized_rows(x, block):
 VNNI_CASES = [("q8a", 40, 128, 0), ("q8a", 19, 576, 0), ("q4s", 21, 128, 32), ("q4s", 33, 192, 64), ("q4s", 18, 256, 128)]
 
 
-@pytest.mark.skipif("+avx512vnni" not in __import__("accelc.runtime.native.jit", fromlist=["x"]).host_target().features,
-                    reason="the host has no AVX512-VNNI")
+HOST = __import__("accelc.runtime.native.jit", fromlist=["x"]).host_target().features.split(",")
+ISA_NEEDS = {"vnni": "+avx512vnni", "avx2": "+avx2"}
+
+
+@pytest.mark.parametrize("isa", [pytest.param(i, marks=pytest.mark.skipif(ISA_NEEDS[i] not in HOST,
+                                                                          reason=f"the host has no {ISA_NEEDS[i]}"))
+                                 for i in kernels.INT_ISAS])
 @pytest.mark.parametrize("fmt,n,k,group", VNNI_CASES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_vnni_linear_matches_numpy(fmt, n, k, group, bias):
+def test_vnni_linear_matches_numpy(fmt, n, k, group, bias, isa):
     m = ir.Module("t")
     T, tmax = 3, 4
-    fn = kernels.linear_vnni(m, fmt, n, k, bias, group, tmax)
+    fn = kernels.linear_vnni(m, fmt, n, k, bias, group, tmax, isa)
     fn.linkage = "external"
     c = compile_ir(str(m), [fn.name])
     call = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_void_p]))(c.addresses[fn.name])
