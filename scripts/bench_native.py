@@ -150,11 +150,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--doc", type=Path, help="rewrite the table after '<!-- native-table -->' in this markdown file")
+    ap.add_argument("--doc", type=Path, help="rewrite the table after the marker in this markdown file")
+    ap.add_argument("--marker", default="native-table", help="the doc's marker: <!-- NAME --> (default native-table);"
+                    " the table replaces what follows it up to the next marker or the end")
     ap.add_argument("--from-json", type=Path, help="only render --doc from an earlier --out file")
     args = ap.parse_args()
     if args.from_json:
-        render(json.loads(args.from_json.read_text()), args.doc, args.from_json)
+        render(json.loads(args.from_json.read_text()), args.doc, args.from_json, args.marker)
         return
     arts = dict(a.split("=", 1) for a in args.artifacts)
     ggufs = dict(g.split("=", 1) for g in args.gguf)
@@ -212,10 +214,10 @@ def main() -> None:
         print(f"{row['engine']:10s} {row['model']:8s} {row.get('decode_tok_s', 0):7.1f} tok/s  "
               f"rss {row.get('rss_mb', 0):7.1f} MB  roofline {row.get('roofline_fraction', 0):.2f}")
     if args.doc:
-        render(out, args.doc, args.out)
+        render(out, args.doc, args.out, args.marker)
 
 
-def render(out: dict, doc: Path, src: Path) -> None:
+def render(out: dict, doc: Path, src: Path, marker: str = "native-table") -> None:
     """The measurement table (and the native load costs) in markdown, after the doc's marker."""
     rows = [r for r in out["rows"] if "decode_tok_s" in r]
     by = {(r["engine"], r["model"]): r for r in rows}
@@ -243,9 +245,13 @@ def render(out: dict, doc: Path, src: Path) -> None:
             lines.append(f"| {r['model']} | {r['engine']} | {r.get('load_s', 0):.2f} | {r.get('compile_s', 0):.2f} | "
                          f"{c.get('compile_s') or 0:.2f} |")
     text = doc.read_text()
-    marker = "<!-- native-table -->"
-    head = text.split(marker)[0]
-    doc.write_text(head + marker + "\n\n" + "\n".join(lines) + "\n")
+    marker = f"<!-- {marker} -->"
+    if marker not in text:
+        raise SystemExit(f"{doc} has no {marker}")
+    head, _, tail = text.partition(marker)
+    nxt = tail.find("\n<!-- ")
+    rest = tail[nxt:] if nxt >= 0 else ""
+    doc.write_text(head + marker + "\n\n" + "\n".join(lines) + "\n" + rest)
 
 
 if __name__ == "__main__":
