@@ -34,12 +34,14 @@ def cosine_rate(lr: float, step: int, steps: int, elapsed: float, seconds: float
     return lr * min(1.0, (frac + 1e-9) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def apply_step(opt, params: list, loss: torch.Tensor, lr: float, clip: float = 1.0) -> float:
-    """Backward, clip the gradient norm, one optimizer step at `lr`; -> the loss as a float."""
+def apply_step(opt, params: list, loss: torch.Tensor, lr: float, clip: float = 1.0, backward: bool = True) -> float:
+    """Backward, clip the gradient norm, one optimizer step at `lr`; -> the loss as a float. backward=False: the
+    caller zeroed the gradients and backpropagated the loss itself (a chunked loss does)."""
     for group in opt.param_groups:
         group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if backward:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
     torch.nn.utils.clip_grad_norm_(params, clip)
     opt.step()
     return float(loss.detach())

@@ -95,10 +95,19 @@ class EncDec(nn.Module):
 
     def decode(self, mem: list[torch.Tensor], dec_ids: torch.Tensor) -> torch.Tensor:
         """The decoder over memory (key, value [B, P, H, D] per decoder layer) -> logits [B, T, V]."""
+        return self.dec_graph.head_logits(self.decode_hidden(mem, dec_ids))
+
+    def decode_hidden(self, mem: list[torch.Tensor], dec_ids: torch.Tensor) -> torch.Tensor:
+        """decode without the head: the decoder's last residual stream [B, T, C] (training applies the head a chunk
+        of positions at a time)."""
         B, P = mem[0].shape[:2]
         T = dec_ids.shape[1]
         pos = torch.arange(P, P + T)[None].expand(B, T)
-        return self.dec_graph(dec_ids, pos, torch.ones(B, P + T, dtype=torch.long), *mem)[0]
+        return self.dec_graph.trunk(dec_ids, pos, torch.ones(B, P + T, dtype=torch.long), *mem)[0]
+
+    def checkpoint_layers(self, on: bool) -> None:
+        """Activation checkpointing of every encoder and decoder layer while gradients are on (adaptation)."""
+        self.enc_graph.body.checkpoint_layers = self.dec_graph.checkpoint_layers = on
 
     def prompt_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """A prompt ids [B, n] split as the runtime splits it (encoder: all but the last token) -> logits [B, 1, V]

@@ -33,22 +33,31 @@ def cache_root() -> Path:
     return cache_dir() / "encdec"
 
 
+LOSS_CHUNK = 256     # decoder positions per head + softmax chunk of the loss
+
+
 def _teacher(teacher, x: torch.Tensor, bf16: bool):
-    """The source over the window x[:, :-1], causally: (log-probabilities [B, W-1, V], its keys/values per layer)."""
+    """The source over the window x[:, :-1], causally: (its last residual stream [B, W-1, C], its keys/values per
+    layer). The head runs later, a chunk of positions at a time (_step_loss)."""
     B, W = x.shape
     T = W - 1
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = teacher(x[:, :-1], torch.arange(T)[None].expand(B, T), torch.ones(B, T, dtype=torch.long),
-                      *teacher.empty_cache(B, 0))
-        return F.log_softmax(out[0].float(), -1), out[1:]
+        h, kv, _ = teacher.trunk(x[:, :-1], torch.arange(T)[None].expand(B, T), torch.ones(B, T, dtype=torch.long),
+                                 *teacher.empty_cache(B, 0))
+        return h, kv
 
 
-def _step_loss(ed, teacher, x: torch.Tensor, n: int, cfg, bf16: bool, source_memory: bool, taught=None) -> torch.Tensor:
+def _step_loss(ed, teacher, x: torch.Tensor, n: int, cfg, bf16: bool, source_memory: bool, taught=None,
+               scale: float | None = None, chunk: int = LOSS_CHUNK) -> torch.Tensor:
     """The loss of split point n (the encoder reads x[:, :n-1]). source_memory: the encoder is the source's layers,
     causal and frozen, so its memory is the teacher's own keys/values over the prefix (no encoder run).
-    taught: _teacher's result for x, when already computed (several split points share one teacher run)."""
-    t_all, kv = taught if taught is not None else _teacher(teacher, x, bf16)
-    t_log = t_all[:, n - 1:]
+    taught: _teacher's result for x, when already computed (several split points share one teacher run).
+
+    The head, the softmaxes and the loss run over `chunk` decoder positions at a time, so no [positions, vocab]
+    tensor larger than a chunk is alive (at a 151,936-token vocabulary and 2 x 383 positions a whole one is
+    465 MB, and the loss held several, with their gradients). scale: also backpropagate loss * scale now, each
+    chunk to the decoder's last hidden states, then once through the layers; the loss is then returned detached."""
+    t_h, kv = taught if taught is not None else _teacher(teacher, x, bf16)
     mem = None
     with torch.no_grad():
         if source_memory:
@@ -57,15 +66,30 @@ def _step_loss(ed, teacher, x: torch.Tensor, n: int, cfg, bf16: bool, source_mem
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 mem = [t.float() for t in ed.encode(x[:, :n - 1])]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        s_logits = ed(x[:, :n - 1], x[:, n - 1:-1]) if mem is None else ed.decode(mem, x[:, n - 1:-1])
-    s_log = F.log_softmax(s_logits.float(), -1)
-    tgt = x[:, n:]
-    loss = torch.zeros(())
-    if cfg.kd > 0:
-        loss = loss + cfg.kd * F.kl_div(s_log, t_log, log_target=True, reduction="none").sum(-1).mean()
-    if cfg.kd < 1:
-        loss = loss + (1 - cfg.kd) * F.nll_loss(s_log.reshape(-1, s_log.shape[-1]), tgt.reshape(-1))
-    return loss
+        s_h = ed.decode_hidden(ed.encode(x[:, :n - 1]) if mem is None else mem, x[:, n - 1:-1])
+    flat = s_h.reshape(-1, s_h.shape[-1])
+    hs = flat.detach().requires_grad_(True) if scale is not None else flat
+    t_flat = t_h[:, n - 1:].reshape(-1, t_h.shape[-1])
+    tgt = x[:, n:].reshape(-1)
+    N = flat.shape[0]
+    total = torch.zeros(())
+    for i in range(0, N, chunk):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            t_log = F.log_softmax(teacher.head_logits(t_flat[i:i + chunk]).float(), -1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            s_log = F.log_softmax(ed.dec_graph.head_logits(hs[i:i + chunk]).float(), -1)
+        part = torch.zeros(())
+        if cfg.kd > 0:
+            part = part + cfg.kd * F.kl_div(s_log, t_log, log_target=True, reduction="sum") / N
+        if cfg.kd < 1:
+            part = part + (1 - cfg.kd) * F.nll_loss(s_log, tgt[i:i + chunk], reduction="sum") / N
+        if scale is not None:
+            (part * scale).backward()
+            part = part.detach()
+        total = total + part
+    if scale is not None:
+        flat.backward(hs.grad)
+    return total
 
 
 def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, save_s: float = 600.0,
@@ -93,6 +117,7 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
     g = torch.Generator().manual_seed(cfg.seed + start)
     t0, last_save = time.perf_counter(), time.perf_counter()
     ed.train()
+    ed.checkpoint_layers(True)      # each layer's intermediates are recomputed in the backward pass
     step = start
     try:
         # the bar counts seconds of the time budget (the usual limit), the description the steps
@@ -106,10 +131,11 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
                 x = torch.stack([stream[o:o + cfg.seq_len] for o in off.tolist()])
                 taught = _teacher(teacher, x, bf16)          # shared by the step's split points
                 splits = torch.randint(cfg.min_prefix, cfg.seq_len - cfg.min_target + 1, (cfg.splits,), generator=g)
-                loss = sum(_step_loss(ed, teacher, x, int(n), cfg, bf16, source_memory, taught)
+                opt.zero_grad(set_to_none=True)              # each split point backpropagates its own share
+                loss = sum(_step_loss(ed, teacher, x, int(n), cfg, bf16, source_memory, taught, scale=1 / cfg.splits)
                            for n in splits.tolist()) / cfg.splits
                 losses.append(apply_step(opt, params, loss, cosine_rate(
-                    cfg.lr, step, cfg.steps, spent + time.perf_counter() - t0, cfg.seconds)))
+                    cfg.lr, step, cfg.steps, spent + time.perf_counter() - t0, cfg.seconds), backward=False))
                 pb.update(max(0, min(int(spent + time.perf_counter() - t0), int(cfg.seconds)) - pb.n))
                 pb.set_description_str(f"encdec: adaptation, step {step + 1}, loss {losses[-1]:.3f}, seconds")
                 if resume is not None and time.perf_counter() - last_save > save_s:
@@ -119,6 +145,7 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
                 step = cfg.steps
     finally:
         ed.eval()
+        ed.checkpoint_layers(False)
         for p in ed.parameters():
             p.requires_grad_(False)
     total = spent + time.perf_counter() - t0

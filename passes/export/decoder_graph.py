@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ...compiler import graph as contract
 from ...compiler.errors import UnsupportedArchitectureError
@@ -99,6 +100,7 @@ class DecoderGraph(nn.Module):
         super().__init__()
         self.scores = scores
         self.causal = causal
+        self.checkpoint_layers = False     # training sets it: see trunk
         ad = adapter or ArchAdapter(model)
         cfg, fam = ad.config, ad.family
         n = ad.num_layers
@@ -212,6 +214,26 @@ class DecoderGraph(nn.Module):
 
     def forward(self, inputs: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 *past: torch.Tensor):
+        h, new, cols = self.trunk(inputs, position_ids, attention_mask, *past)
+        if self.output_kind == "hidden":
+            return (h, *new, *cols)
+        logits = self.head_logits(h)
+        if self.output_kind == "both":
+            return (logits, h, *new, *cols)
+        return (logits, *new, *cols)
+
+    def head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The residual stream after the last layer -> float32 logits (final norm, head, softcapping)."""
+        logits = self.head(self.final_norm(h))
+        if self.final_softcap:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return _cast(logits, torch.float32)
+
+    def trunk(self, inputs: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+              *past: torch.Tensor):
+        """The layers without the head -> (the residual stream after the last layer, [key, value per layer],
+        [attention column sums per layer when scores]). With checkpoint_layers set and gradients on (training),
+        each layer keeps only its input for the backward pass and recomputes the rest there."""
         if len(past) not in (0, 2 * (self.last - self.first)):
             raise ValueError(f"expected {2 * (self.last - self.first)} cache tensors, got {len(past)}")
         if self.input_kind == "ids":
@@ -225,26 +247,24 @@ class DecoderGraph(nn.Module):
         biases = {w: self._mask(attention_mask, T, w) for w in sorted(set(self.layer_window), key=str)}
         new, cols = [], []
         qmask = (attention_mask[:, -T:] > 0).to(torch.float32)[:, None, None, :, None] if self.scores else None
+        recompute = self.checkpoint_layers and torch.is_grad_enabled()
         for j in range(self.last - self.first):
-            norms, mlp = self.norms[j], self.mlp[j]
-            a, k, v, col = self._attention(j, norms["input"](h), ropes[self.layer_rope[j]],
-                                           biases[self.layer_window[j]], *(past[2 * j:2 * j + 2] or (None, None)),
-                                           qmask)
+            args = (j, h, ropes[self.layer_rope[j]], biases[self.layer_window[j]],
+                    *(past[2 * j:2 * j + 2] or (None, None)), qmask)
+            h, k, v, col = checkpoint(self._layer, *args, use_reentrant=False) if recompute else self._layer(*args)
             new += [_cast(k, past[2 * j].dtype), _cast(v, past[2 * j + 1].dtype)] if past else [k, v]
             if col is not None:
                 cols.append(col)
-            h = h + (norms["post_attn"](a) if self.sandwich else a)
-            x = norms["pre_ffn"](h)
-            m = mlp["down"](mlp["act"](mlp["gate"](x)) * mlp["up"](x))
-            h = h + (norms["post_ffn"](m) if self.sandwich else m)
-        if self.output_kind == "hidden":
-            return (h, *new, *cols)
-        logits = self.head(self.final_norm(h))
-        if self.final_softcap:
-            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
-        if self.output_kind == "both":
-            return (_cast(logits, torch.float32), h, *new, *cols)
-        return (_cast(logits, torch.float32), *new, *cols)
+        return h, new, cols
+
+    def _layer(self, j: int, h: torch.Tensor, rope, bias, past_k, past_v, qmask):
+        """Layer j: (the residual stream after it, its new key and value, its attention column sums or None)."""
+        norms, mlp = self.norms[j], self.mlp[j]
+        a, k, v, col = self._attention(j, norms["input"](h), rope, bias, past_k, past_v, qmask)
+        h = h + (norms["post_attn"](a) if self.sandwich else a)
+        x = norms["pre_ffn"](h)
+        m = mlp["down"](mlp["act"](mlp["gate"](x)) * mlp["up"](x))
+        return h + (norms["post_ffn"](m) if self.sandwich else m), k, v, col
 
     def empty_cache(self, batch: int, length: int = 0, dtype=torch.float32) -> list[torch.Tensor]:
         """Zero cache tensors [batch, length, H, D] for every layer (key, value interleaved)."""

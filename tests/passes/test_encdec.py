@@ -132,3 +132,41 @@ def test_pass_without_adaptation_is_the_plain_conversion():
     assert bundle.records["encdec"]["adaptation"] is None and bundle.records["encdec"]["decoder_from"] == [0, 3]
     with torch.no_grad():
         torch.testing.assert_close(ed(ids[:, :7], ids[:, 7:]), want)
+
+
+@pytest.mark.parametrize("train", ["all", "decoder"])
+def test_chunked_checkpointed_loss_has_the_plain_gradient(train):
+    """The memory-saving training step (the head and loss a few positions at a time with a backward per chunk, every
+    layer checkpointed) gives the loss and the gradients of the plain loss backpropagated at once."""
+    import copy
+    from accelc.passes.encdec.options import EncDecConfig
+    from accelc.passes.encdec.train import _step_loss, _teacher
+    from accelc.passes.export.decoder_graph import DecoderGraph
+    src = _model(layers=4)
+    teacher = DecoderGraph(copy.deepcopy(src).eval()).eval()
+    ed = convert(src, decoder_layers=2)
+    cfg = EncDecConfig(seq_len=32, min_prefix=8, min_target=8, train=train, kd=0.7)
+    x = torch.randint(3, 256, (2, 32), generator=torch.Generator().manual_seed(5))
+    params = [p for p in ed.parameters()]
+
+    def grads(chunked: bool):
+        for p in params:
+            p.grad = None
+        ed.checkpoint_layers(chunked)
+        taught = _teacher(teacher, x, False)
+        if chunked:
+            loss = _step_loss(ed, teacher, x, 12, cfg, False, False, taught, scale=0.5, chunk=7)
+        else:
+            loss = _step_loss(ed, teacher, x, 12, cfg, False, False, taught)
+            (loss * 0.5).backward()
+        return float(loss.detach()), [None if p.grad is None else p.grad.clone() for p in params]
+
+    plain_loss, plain = grads(False)
+    loss, got = grads(True)
+    ed.checkpoint_layers(False)
+    assert abs(loss - plain_loss) < 1e-5 * max(1.0, plain_loss)
+    assert sum(g is not None for g in plain) > 10
+    for g, want in zip(got, plain):
+        assert (g is None) == (want is None)
+        if g is not None:
+            torch.testing.assert_close(g, want, atol=1e-6, rtol=1e-4)
