@@ -409,9 +409,13 @@ def _concat(f: Fn, parts: list):
 
 
 def _vdot(f: Fn, w, x, lanes: int, isa: str = "vnni", small_w: bool = False):
-    """Integer dot products of w (u8) and x (s8), <4*lanes x i8> each -> <lanes x i32> partial sums whose total is
-    sum_i w_i x_i. vnni: vpdpbusd(0, w, x) (lane j: bytes 4j..4j+3). avx2: per 32 bytes, vpmaddubsw + vpmaddwd
-    with ones when small_w (every w_i <= 127: no i16 pair saturates), else both widened to i16 and vpmaddwd."""
+    """Integer dot products of w (u8) and x (s8, in [-127, 127]), <4*lanes x i8> each -> <lanes x i32> partial
+    sums. vnni: vpdpbusd(0, w, x) (lane j: bytes 4j..4j+3), total sum_i w_i x_i. avx2, per 32 bytes: vpmaddubsw
+    into i16 pairs, then vpmaddwd with ones into i32. With small_w (every w_i <= 127: no i16 pair saturates) the
+    total is sum_i w_i x_i. Otherwise a u8 pair could reach 2 x 255 x 127 and saturate, so w is centred first
+    (w' = w - 128, in [-128, 127]) and, as llama.cpp's AVX2 Q8_0 kernel does, vpsignb moves w''s sign onto x:
+    vpmaddubsw(|w'|, sign(w') x), |w'| <= 128, pairs <= 2 x 128 x 127 = 32,512, exact. The total is then
+    sum_i (w_i - 128) x_i: the caller adds 128 sum_i x_i back (see `centred`)."""
     vi = ir.VectorType(I32, lanes)
     b = f.b
     if isa == "vnni":
@@ -422,22 +426,21 @@ def _vdot(f: Fn, w, x, lanes: int, isa: str = "vnni", small_w: bool = False):
     out = []
     for c in range(0, 4 * lanes, 32):
         wc, xc = _slice(f, w, c, 32), _slice(f, x, c, 32)
-        if small_w:
-            ubs = _intrinsic(f, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [wc, xc])
-            pairs = b.call(ubs, [wc, xc])
-            ones = ir.Constant(v16i16, [1] * 16)
-            pmaddwd = pmaddwd or _intrinsic(f, "llvm.x86.avx2.pmadd.wd", v8, [pairs, ones])
-            out.append(b.call(pmaddwd, [pairs, ones]))
-        else:
-            acc = None
-            for h in (0, 16):
-                wh = b.zext(_slice(f, wc, h, 16), v16i16)
-                xh = b.sext(_slice(f, xc, h, 16), v16i16)
-                pmaddwd = pmaddwd or _intrinsic(f, "llvm.x86.avx2.pmadd.wd", v8, [wh, xh])
-                d = b.call(pmaddwd, [wh, xh])
-                acc = d if acc is None else b.add(acc, d)
-            out.append(acc)
+        if not small_w:
+            wc = b.xor(wc, ir.Constant(wc.type, [-128] * 32))              # w - 128 as s8
+            sign = _intrinsic(f, "llvm.x86.avx2.psign.b", wc.type, [wc, wc])
+            wc, xc = b.call(sign, [wc, wc]), b.call(sign, [xc, wc])         # |w'| (u8, 128 stays 0x80), sign(w') x
+        ubs = _intrinsic(f, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [wc, xc])
+        pairs = b.call(ubs, [wc, xc])
+        ones = ir.Constant(v16i16, [1] * 16)
+        pmaddwd = pmaddwd or _intrinsic(f, "llvm.x86.avx2.pmadd.wd", v8, [pairs, ones])
+        out.append(b.call(pmaddwd, [pairs, ones]))
     return _concat(f, out)
+
+
+def centred(isa: str, small_w: bool) -> bool:
+    """Whether _vdot returns sum_i (w_i - 128) x_i instead of sum_i w_i x_i."""
+    return isa == "avx2" and not small_w
 
 
 def _quantize_rows(f: Fn, x, ldx, T, k: int, block: int, xq, sx, sq) -> None:
@@ -505,6 +508,8 @@ def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
                     b.store(b.fadd(b.load(acc), b.fmul(d, sv, flags=FAST), flags=FAST), acc)
                     f.accumulate(corr, f.load(sq, f.add(f.mul(t, nb), blk)))
                 zero = f.load(b.bitcast(f["w2"], PF32), row)
+                if centred(isa, False):      # the dot products were of (code - 128): 128 sum(x) is added back
+                    zero = f.fsub(zero, cf(128.0))
                 scale = f.load(b.bitcast(f["w1"], PF32), row)
                 out = f.fmul(f.fsub(_hsum(f, b.load(acc), lanes), f.fmul(zero, b.load(corr))), scale)
             else:
