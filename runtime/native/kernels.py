@@ -357,10 +357,8 @@ def softcap(module: ir.Module, cap: float) -> ir.Function:
 # int8 and int4 weights are multiplied with int8-quantized activations, as llama.cpp does: each token's input
 # row is quantized per block of B inputs (B = 64, or the int4 group) with a scale max|x| / 127 into per-thread
 # scratch, once per kernel call. On AVX512-VNNI one vpdpbusd multiplies 64 u8 weights by 64 s8 activations
-# into 16 int32 lanes. On AVX2 (isa="avx2") the same exact integer sums come from vpmaddubsw (u8 x s8 pairs ->
-# i16; the int4 codes are at most 15, so no pair sum saturates) then vpmaddwd with ones (-> i32); int8 codes
-# (0..255) would saturate vpmaddubsw's i16 pairs, so they are widened to i16 first (zero- and sign-extended)
-# and multiplied by vpmaddwd directly.
+# into 16 int32 lanes (linear_vnni); AVX2 hosts take vpmaddubsw / vpmaddwd with tokens in tiles
+# (kernels_avx2.py).
 VNNI_ARGS = LINEAR_ARGS + [("scratch", PI8)]
 INT_ISAS = ("vnni", "avx2")
 
@@ -395,52 +393,12 @@ def _intrinsic(f: Fn, name: str, ret, args):
     return f.module.globals.get(name) or ir.Function(f.module, ir.FunctionType(ret, [a.type for a in args]), name)
 
 
-def _slice(f: Fn, v, start: int, count: int):
-    return f.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
-                              ir.Constant(ir.VectorType(I32, count), list(range(start, start + count))))
-
-
-def _concat(f: Fn, parts: list):
-    while len(parts) > 1:
-        a, c = parts[0], parts[1]
-        n = a.type.count + c.type.count
-        parts = [f.b.shuffle_vector(a, c, ir.Constant(ir.VectorType(I32, n), list(range(n))))] + parts[2:]
-    return parts[0]
-
-
-def _vdot(f: Fn, w, x, lanes: int, isa: str = "vnni", small_w: bool = False):
-    """Integer dot products of w (u8) and x (s8, in [-127, 127]), <4*lanes x i8> each -> <lanes x i32> partial
-    sums. vnni: vpdpbusd(0, w, x) (lane j: bytes 4j..4j+3), total sum_i w_i x_i. avx2, per 32 bytes: vpmaddubsw
-    into i16 pairs, then vpmaddwd with ones into i32. With small_w (every w_i <= 127: no i16 pair saturates) the
-    total is sum_i w_i x_i. Otherwise a u8 pair could reach 2 x 255 x 127 and saturate, so w is centred first
-    (w' = w - 128, in [-128, 127]) and, as llama.cpp's AVX2 Q8_0 kernel does, vpsignb moves w''s sign onto x:
-    vpmaddubsw(|w'|, sign(w') x), |w'| <= 128, pairs <= 2 x 128 x 127 = 32,512, exact. The total is then
-    sum_i (w_i - 128) x_i: the caller adds 128 sum_i x_i back (see `centred`)."""
+def _vdot(f: Fn, w, x, lanes: int):
+    """vpdpbusd(0, w, x): integer dot products of w (u8) and x (s8), <4*lanes x i8> each -> <lanes x i32>
+    (lane j: bytes 4j..4j+3), total sum_i w_i x_i."""
     vi = ir.VectorType(I32, lanes)
-    b = f.b
-    if isa == "vnni":
-        fn = _intrinsic(f, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", vi, [ir.Constant(vi, [0] * lanes)] * 3)
-        return b.call(fn, [ir.Constant(vi, [0] * lanes), b.bitcast(w, vi), b.bitcast(x, vi)])
-    v8, v16i16 = ir.VectorType(I32, 8), ir.VectorType(I16, 16)
-    pmaddwd = None
-    out = []
-    for c in range(0, 4 * lanes, 32):
-        wc, xc = _slice(f, w, c, 32), _slice(f, x, c, 32)
-        if not small_w:
-            wc = b.xor(wc, ir.Constant(wc.type, [-128] * 32))              # w - 128 as s8
-            sign = _intrinsic(f, "llvm.x86.avx2.psign.b", wc.type, [wc, wc])
-            wc, xc = b.call(sign, [wc, wc]), b.call(sign, [xc, wc])         # |w'| (u8, 128 stays 0x80), sign(w') x
-        ubs = _intrinsic(f, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [wc, xc])
-        pairs = b.call(ubs, [wc, xc])
-        ones = ir.Constant(v16i16, [1] * 16)
-        pmaddwd = pmaddwd or _intrinsic(f, "llvm.x86.avx2.pmadd.wd", v8, [pairs, ones])
-        out.append(b.call(pmaddwd, [pairs, ones]))
-    return _concat(f, out)
-
-
-def centred(isa: str, small_w: bool) -> bool:
-    """Whether _vdot returns sum_i (w_i - 128) x_i instead of sum_i w_i x_i."""
-    return isa == "avx2" and not small_w
+    fn = _intrinsic(f, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", vi, [ir.Constant(vi, [0] * lanes)] * 3)
+    return f.b.call(fn, [ir.Constant(vi, [0] * lanes), f.b.bitcast(w, vi), f.b.bitcast(x, vi)])
 
 
 def _quantize_rows(f: Fn, x, ldx, T, k: int, block: int, xq, sx, sq) -> None:
@@ -471,14 +429,11 @@ def _quantize_rows(f: Fn, x, ldx, T, k: int, block: int, xq, sx, sq) -> None:
             f.store(f.fmul(s, b.sitofp(b.load(tot), F32)), sq, cell)
 
 
-def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int, tmax: int,
-                isa: str = "vnni") -> ir.Function:
-    """q8a / q4s linear with int8 activations and integer dot products (same arguments as `linear`, plus
-    scratch): vpdpbusd (isa="vnni") or vpmaddubsw/vpmaddwd (isa="avx2")."""
-    if isa not in INT_ISAS:
-        raise ValueError(f"isa must be one of {INT_ISAS}, got {isa!r}")
+def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int, tmax: int) -> ir.Function:
+    """q8a / q4s linear with int8 activations and vpdpbusd (AVX512-VNNI; same arguments as `linear`, plus
+    scratch). AVX2 hosts use kernels_avx2.linear_avx2."""
     block = vnni_block(fmt, k, group)
-    name = f"lin{'v' if isa == 'vnni' else 'a'}_{fmt}_{n}x{k}_g{group}{'_b' if bias else ''}"
+    name = f"linv_{fmt}_{n}x{k}_g{group}{'_b' if bias else ''}"
     fn = _cached(module, name)
     if fn is not None:
         return fn
@@ -501,15 +456,13 @@ def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
                 with f.loop(0, nb) as blk:
                     w = b.load(b.bitcast(f.at(wr, f.mul(blk, 64)), ir.VectorType(I8, 64).as_pointer()), align=1)
                     xv = b.load(b.bitcast(f.at(xr, f.mul(blk, 64)), ir.VectorType(I8, 64).as_pointer()), align=1)
-                    d = b.sitofp(_vdot(f, w, xv, 16, isa), vf)
+                    d = b.sitofp(_vdot(f, w, xv, 16), vf)
                     s = f.load(sx, f.add(f.mul(t, nb), blk))
                     sv = b.shuffle_vector(b.insert_element(ir.Constant(vf, ir.Undefined), s, ir.Constant(I32, 0)),
                                           ir.Constant(vf, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
                     b.store(b.fadd(b.load(acc), b.fmul(d, sv, flags=FAST), flags=FAST), acc)
                     f.accumulate(corr, f.load(sq, f.add(f.mul(t, nb), blk)))
                 zero = f.load(b.bitcast(f["w2"], PF32), row)
-                if centred(isa, False):      # the dot products were of (code - 128): 128 sum(x) is added back
-                    zero = f.fsub(zero, cf(128.0))
                 scale = f.load(b.bitcast(f["w1"], PF32), row)
                 out = f.fmul(f.fsub(_hsum(f, b.load(acc), lanes), f.fmul(zero, b.load(corr))), scale)
             else:
@@ -531,7 +484,7 @@ def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
                     for wv, off in parts:
                         width = wv.type.count
                         xv = b.load(b.bitcast(f.at(xg, off), ir.VectorType(I8, width).as_pointer()), align=1)
-                        d = _vdot(f, wv, xv, width // 4, isa, small_w=True)
+                        d = _vdot(f, wv, xv, width // 4)
                         if width // 4 < lanes:       # 8 lanes: widen to 16 with zeros
                             d = b.shuffle_vector(d, ir.Constant(d.type, [0] * (width // 4)),
                                                  ir.Constant(ir.VectorType(I32, lanes), list(range(lanes))))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import llvmlite.ir as ir
 
 from . import kernels
+from .kernels_avx2 import linear_avx2
 from .irgen import I32, I64, PF32, PI8, PI64, VOID, Fn, c64
 
 # sync block (int64 words, each on its own cache line): barrier count, barrier generation, job counter, stop
@@ -150,9 +151,10 @@ class Program:
             vnni = True                     # takes the per-thread scratch
         elif fmt == "cb" and self.cb_kernel == "rows":
             k = kernels.linear_cb_rows(self.module, n, kk, rec["group"], rec["codebooks"], bool(rec.get("bias")))
+        elif vnni and self.int_isa == "avx2":
+            k = linear_avx2(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax)
         elif vnni:
-            k = kernels.linear_vnni(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax,
-                                    self.int_isa)
+            k = kernels.linear_vnni(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax)
         else:
             k = kernels.linear(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0),
                                rec.get("codebooks", 0))

@@ -8,6 +8,7 @@ import pytest
 from accelc.passes.export.export_native import decode, encode
 from accelc.runtime.native import kernels
 from accelc.runtime.native.jit import compile_ir
+from accelc.runtime.native.kernels_avx2 import linear_avx2
 
 
 def _linear(fmt, n, k, bias, group=0, books=0):
@@ -85,10 +86,12 @@ ISA_NEEDS = {"vnni": "+avx512vnni", "avx2": "+avx2"}
                                  for i in kernels.INT_ISAS])
 @pytest.mark.parametrize("fmt,n,k,group", VNNI_CASES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_vnni_linear_matches_numpy(fmt, n, k, group, bias, isa):
+@pytest.mark.parametrize("T", [1, 3, 9])            # the AVX2 kernel's token tiles of 4 and their remainder
+def test_vnni_linear_matches_numpy(fmt, n, k, group, bias, isa, T):
     m = ir.Module("t")
-    T, tmax = 3, 4
-    fn = kernels.linear_vnni(m, fmt, n, k, bias, group, tmax, isa)
+    tmax = 12
+    fn = (kernels.linear_vnni(m, fmt, n, k, bias, group, tmax) if isa == "vnni"
+          else linear_avx2(m, fmt, n, k, bias, group, tmax))
     fn.linkage = "external"
     c = compile_ir(str(m), [fn.name])
     call = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_void_p]))(c.addresses[fn.name])
@@ -99,15 +102,17 @@ def test_vnni_linear_matches_numpy(fmt, n, k, group, bias, isa):
     b = rng.standard_normal(n).astype(np.float32)
     ldx, ldy = k + 3, n + 1
     x = rng.standard_normal((T, ldx)).astype(np.float32)
-    y = np.zeros((T, ldy), dtype=np.float32)
+    y = np.full((T, ldy), 7.0, dtype=np.float32)
     scratch = np.zeros(kernels.scratch_bytes(tmax, k), dtype=np.uint8)
     ptrs = [p.ctypes.data for p in parts] + [None] * (3 - len(parts))
-    call(*ptrs, b.ctypes.data if bias else None, x.ctypes.data, y.ctypes.data, T, 0, n, ldx, ldy, scratch.ctypes.data)
+    r0, r1 = 2, n - 1                                   # a row range: other rows stay untouched
+    call(*ptrs, b.ctypes.data if bias else None, x.ctypes.data, y.ctypes.data, T, r0, r1, ldx, ldy, scratch.ctypes.data)
     block = kernels.vnni_block(fmt, k, group)
     ref = _quantized_rows(x[:, :k], block) @ w.T + (b if bias else 0)
-    np.testing.assert_allclose(y[:, :n], ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(y[:, r0:r1], ref[:, r0:r1], rtol=1e-4, atol=1e-3)
+    assert (y[:, :r0] == 7).all() and (y[:, r1:] == 7).all()
     exact = x[:, :k] @ w.T + (b if bias else 0)
-    assert np.abs(y[:, :n] - exact).max() < 0.05 * np.abs(exact).max()     # int8 activations: close to float
+    assert np.abs(y[:, r0:r1] - exact[:, r0:r1]).max() < 0.05 * np.abs(exact).max()   # int8 activations: close
 
 
 @pytest.mark.parametrize("n,k,group,books", [(19, 72, 8, 2), (23, 40, 8, 1), (9, 64, 16, 2), (11, 36, 4, 3), (7, 24, 8, 2)])
