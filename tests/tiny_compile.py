@@ -29,7 +29,9 @@ def compile_tiny(d: Path, options_for, target: str = "cpu") -> tuple[Path, objec
         write_manifest(stage, {"source": bundle.source, "target": {"name": tgt.name, "static_shapes": tgt.static_shapes,
                                                                    "devices": ["cpu"]},
                                "options": {"weights": "fp32"}, "model": bundle.adapter.describe(),
-                               "graphs": bundle.records["graphs"], "records": {},
+                               "graphs": bundle.records["graphs"],
+                               "records": {k: v for k, v in bundle.records.items()
+                                           if k in ("native",)},       # the native backend's weights, when built
                                "passes": [r.to_json() for r in log]})
         publish(stage, out, force=False)
     return out, bundle

@@ -53,10 +53,14 @@ class NativeBackend:
         self.model = NativeModel(cfg, tensors, threads, precision=precision)
         self.held = 0
 
-    def forward_stateful(self, input_ids, position_ids, attention_mask, past_len: int):
+    def forward_stateful(self, input_ids, position_ids, attention_mask, past_len: int, hidden=None,
+                         all_logits: bool = False):
+        """hidden: [T, C] float32, receives the last layer's residual stream (the EAGLE feature); all_logits:
+        every row's logits even when opened for generation (speculative verification)."""
         if attention_mask is not None and not np.all(np.asarray(attention_mask) == 1):
             raise InputError("the native backend runs unpadded inputs (an all-ones attention mask)")
-        logits = self.model.step(input_ids[0], position_ids[0], int(past_len), self.last_logits_only)
+        logits = self.model.step(input_ids[0], position_ids[0], int(past_len),
+                                 self.last_logits_only and not all_logits, hidden)
         self.held = int(past_len) + input_ids.shape[1]
         return logits[None]
 

@@ -180,9 +180,12 @@ class NativeModel:
         self._set_int("cap", cap)
 
     # -- running -----------------------------------------------------------------------------------
-    def step(self, ids: np.ndarray, positions: np.ndarray, past_len: int, last_only: bool) -> np.ndarray:
+    def step(self, ids: np.ndarray, positions: np.ndarray, past_len: int, last_only: bool,
+             hidden: np.ndarray | None = None) -> np.ndarray:
         """Run tokens ids [T] at rope positions [T] after past_len cached positions -> logits [T, V] (or the
-        last row [1, V] with last_only). The result is a view, valid until the next step."""
+        last row [1, V] with last_only). The result is a view, valid until the next step. hidden: a [T, C]
+        float32 array that receives each token's residual stream after the last layer (before the final norm:
+        the EAGLE drafter's feature)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         T = ids.shape[0]
@@ -208,6 +211,8 @@ class NativeModel:
             row0 = (n - 1 if last else n) if last_only else 0
             self._set_int("logit_row0", row0)
             self._run(self.ctx.ctypes.data)
+            if hidden is not None:
+                hidden[s:s + n] = self.buf["h"][:n]
             if not last_only:
                 rows.append(self.buf["logits"][:n].copy() if not last or s else self.buf["logits"][:n])
         if last_only:

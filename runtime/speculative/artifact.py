@@ -8,7 +8,8 @@ lookup on its own decoder (any artifact, any backend), or both.
 The trunk graph (layers [0, L)) runs once per token; its KV cache and hidden states are shared by the
 draft head and the verify tail (runtime/speculative/steps.py). Greedy decoding is lossless (same tokens as
 plain decoding); sampling uses the rejection rule (runtime/speculative/loop.py). OpenVINO is preferred,
-then ONNX Runtime: the artifact's backend choice is kept when it is one of them.
+then ONNX Runtime: the artifact's backend choice is kept when it is one of them. On the native backend an EAGLE
+drafter's draft graph runs on OpenVINO and the native decoder itself verifies (eagle.BackendFeatureTarget).
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ from ..sampling import Sampler, SamplingConfig
 from .cost import CostModel, measure_verify
 from .loop import SpecConfig, speculative_generate
 from .proposers import CombinedProposer, LookupProposer, as_proposer
-from .eagle import eagle_steps
+from .eagle import BackendFeatureTarget, eagle_steps
 from .steps import GraphFn, fused_steps, is_stateful
 
 ROLES = DRAFTER_ROLES
 SPEC_BACKENDS = ("openvino", "onnxruntime")
+NATIVE = "native"                        # verifies EAGLE drafts with its own decoder (load_drafter)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Drafter:
     vocab_ids: np.ndarray | None
     hidden_size: int
     vocab_size: int
+    target: object | None = None         # a decoder backend that verifies and reports features itself (native)
 
     @property
     def kind(self) -> str:
@@ -56,8 +59,10 @@ class Drafter:
             return KVCache(r["num_layers"], capacity, r["kv_heads"], r["head_dim"],
                            allocate=not is_stateful(self.fns[role]))
         if self.kind == "eagle":
-            return eagle_steps(*((self.fns[r], cache(r)) for r in EAGLE_ROLES), self.hidden_size, self.vocab_size,
-                               self.vocab_ids)
+            target = (BackendFeatureTarget(self.target, capacity, self.hidden_size) if self.target is not None
+                      else (self.fns["eagle_target"], cache("eagle_target")))
+            return eagle_steps(target, (self.fns["eagle_draft"], cache("eagle_draft")), self.hidden_size,
+                               self.vocab_size, self.vocab_ids)
         return fused_steps(*((self.fns[r], cache(r)) for r in ("trunk", "draft_head", "verify_tail")),
                            self.hidden_size, self.vocab_size, self.vocab_ids)
 
@@ -92,15 +97,38 @@ def onnxruntime_graph_fn(path, input_names: Sequence[str], output_names: Sequenc
 
 
 def load_drafter(art, backend: str | None = None) -> Drafter | None:
-    """The drafter's graph functions on the artifact's backend (openvino or onnxruntime); None without drafter."""
+    """The drafter's graph functions on the artifact's backend (openvino or onnxruntime); None without drafter.
+    On the native backend (EAGLE drafters only) the artifact's native decoder verifies and reports the features,
+    and only the one-layer draft graph runs, on OpenVINO with one thread (the native workers hold the cores)."""
     backend = backend or art.choice.backend
+    if backend == NATIVE:
+        recs = drafter_records(art.manifest)
+        if recs is None:
+            return None
+        if "eagle_draft" not in recs:
+            raise InputError("the native backend verifies for EAGLE drafters only; this artifact's fused drafter "
+                             "runs on openvino or onnxruntime (pass --backend openvino)")
+        drafter = open_drafter(art.path, art.manifest, "openvino", 1, "cpu", roles=("eagle_draft",))
+        drafter.target = art.runners["decoder"]
+        return drafter
     device = art.choice.device if art.choice.backend == "openvino" else "cpu"
     return open_drafter(art.path, art.manifest, backend, art.threads, device)
 
 
-def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str = "cpu") -> Drafter | None:
-    """The drafter graphs of `manifest` (or {"graphs": ...}) in `folder` as graph functions on `backend`; None when
-    there are none. The compiler's drafter validation (passes/drafting/export_drafter.py) runs them this way too."""
+def spec_backend_problem(art) -> str | None:
+    """Why the artifact's drafter cannot run on the chosen backend, or None."""
+    eagle = "eagle_draft" in (drafter_records(art.manifest) or {})
+    able = SPEC_BACKENDS + ((NATIVE,) if eagle else ())
+    if art.choice.backend in able:
+        return None
+    return f"this artifact's drafter runs on {' or '.join(able)}; decoding token by token on {art.choice.backend}"
+
+
+def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str = "cpu",
+                 roles: Sequence[str] | None = None) -> Drafter | None:
+    """The drafter graphs of `manifest` (or {"graphs": ...}) in `folder` as graph functions on `backend` (only
+    `roles` when given); None when there are none. The compiler's drafter validation
+    (passes/drafting/export_drafter.py) runs them this way too."""
     recs = drafter_records(manifest)
     if recs is None:
         return None
@@ -109,6 +137,8 @@ def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str
                          "(pass --no-speculative, or --backend openvino)")
     fns = {}
     for role, r in recs.items():
+        if roles is not None and role not in roles:
+            continue
         key = "openvino" if backend == "openvino" else "onnx"
         if not r.get(key):
             raise ArtifactError(f"the drafter graph '{role}' has no {key} file")
@@ -229,10 +259,10 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
                                     SpecConfig(k=k, draft_mode="cost", k_max=k), stop, LookupProposer())
     if not has_drafter:
         return None
-    if art.choice.backend not in SPEC_BACKENDS:
+    problem = spec_backend_problem(art)
+    if problem:
         if warn:
-            warn(f"speculative decoding needs {' or '.join(SPEC_BACKENDS)}; decoding token by token on "
-                 f"{art.choice.backend}")
+            warn(problem)
         return None
     if draft_mode == "combined":
         return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling,

@@ -41,6 +41,35 @@ class FeatureTarget:
         self.cache.rollback(min(length, self.length))
 
 
+class BackendFeatureTarget:
+    """FeatureTarget over a decoder backend that keeps its own KV cache and reports the last layer's residual
+    stream itself (the native backend: forward_stateful(..., hidden=, all_logits=True)). The EAGLE target graph is
+    then not needed: the artifact's own decoder verifies, and only the draft graph runs elsewhere."""
+
+    def __init__(self, backend, capacity: int, hidden_size: int):
+        self.backend, self.capacity = backend, int(capacity)
+        self.features = np.zeros((self.capacity, hidden_size), dtype=np.float32)
+        self.held = 0
+
+    @property
+    def length(self) -> int:
+        return self.held
+
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        ids = np.asarray([list(tokens)], dtype=np.int64)
+        start, n = self.held, ids.shape[1]
+        if start + n > self.capacity:
+            raise ValueError(f"the target's capacity is {self.capacity} positions; {start + n} needed")
+        pos = np.arange(start, start + n, dtype=np.int64)[None]
+        logits = self.backend.forward_stateful(ids, pos, None, start, hidden=self.features[start:start + n],
+                                               all_logits=True)
+        self.held = start + n
+        return np.array(logits[0])           # a copy: the backend reuses its output buffer
+
+    def truncate(self, length: int) -> None:
+        self.held = min(int(length), self.held)
+
+
 class EagleProposer:
     def __init__(self, target: FeatureTarget, fn: GraphFn, cache: KVCache, vocab_size: int,
                  vocab_ids: np.ndarray | None = None):
@@ -93,9 +122,10 @@ class EagleProposer:
         self.true = min(self.true, length)
 
 
-def eagle_steps(target: tuple[GraphFn, KVCache], draft: tuple[GraphFn, KVCache], hidden_size: int,
+def eagle_steps(target, draft: tuple[GraphFn, KVCache], hidden_size: int,
                 vocab_size: int, vocab_ids=None) -> tuple[FeatureTarget, EagleProposer]:
-    """(target step, proposer) of an EAGLE drafter: each of target and draft is (graph function, its cache). The
-    one place they are wired (the artifact runtime, the drafter's torch evaluation and the tests call it)."""
-    t = FeatureTarget(target[0], target[1], hidden_size)
+    """(target step, proposer) of an EAGLE drafter: draft is (graph function, its cache); target is (graph
+    function, its cache) or an already built feature target (BackendFeatureTarget). The one place they are wired
+    (the artifact runtime, the drafter's torch evaluation and the tests call it)."""
+    t = target if isinstance(target, BackendFeatureTarget) else FeatureTarget(target[0], target[1], hidden_size)
     return t, EagleProposer(t, draft[0], draft[1], vocab_size, vocab_ids)

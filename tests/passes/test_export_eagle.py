@@ -28,7 +28,8 @@ def compiled(tmp_path_factory):
     old = os.environ.get("ACCELC_CACHE")
     os.environ["ACCELC_CACHE"] = str(d / "cache")
     try:
-        out, bundle = compile_tiny(d, lambda calib: CompileOptions(drafter=SPEC, calib=calib))
+        out, bundle = compile_tiny(d, lambda calib: CompileOptions(drafter=SPEC, calib=calib,
+                                                                    formats=("onnx", "openvino", "native")))
         yield out, bundle, d / "cache"
     finally:
         if old is None:
@@ -63,13 +64,15 @@ def test_artifact_has_eagle_graphs_that_match_torch(compiled):
     assert len(list(cache.glob("eagle/train-*.safetensors"))) == 1
 
 
-@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "native"])
 def test_runtime_eagle_greedy_is_lossless(compiled, backend):
     out, *_ = compiled
     art = open_artifact(out, backend=backend, report=False)
     art.eos_ids = frozenset()
     drafter = load_drafter(art)
     assert drafter.kind == "eagle" and len(drafter.vocab_ids) == 96
+    if backend == "native":      # the native decoder verifies: only the draft graph is opened
+        assert set(drafter.fns) == {"eagle_draft"} and drafter.target is art.runners["decoder"]
     prompts = [[(7 * i + s) % EOS for i in range(5 + s)] for s in range(5)]
     for mode in ("fixed", "confidence", "cost"):
         for p in prompts:
@@ -95,13 +98,36 @@ def test_openvino_stateful_eagle_matches_explicit(compiled, monkeypatch):
     assert runs["stateful"] == runs["explicit"]
 
 
-def test_cli_run_with_eagle(compiled, capsys):
+@pytest.mark.parametrize("backend", ["openvino", "native"])
+def test_cli_run_with_eagle(compiled, capsys, backend):
     from accelc.compiler.cli import main
     out, *_ = compiled
     assert main(["run", str(out), "--prompt", "abc", "--raw", "--max-new-tokens", "12", "--json",
-                 "--draft-mode", "cost"]) == 0
+                 "--draft-mode", "cost", "--backend", backend]) == 0
     spec = json.loads(capsys.readouterr().out)
-    assert spec["speculative"]["rounds"] >= 1
+    assert spec["backend"] == backend and spec["speculative"]["rounds"] >= 1
     assert main(["run", str(out), "--prompt", "abc", "--raw", "--max-new-tokens", "12", "--json",
-                 "--no-speculative"]) == 0
+                 "--no-speculative", "--backend", backend]) == 0
     assert json.loads(capsys.readouterr().out)["tokens"] == spec["tokens"]
+
+
+def test_native_features_are_the_eagle_targets_hidden_state(compiled):
+    """The native decoder's reported feature (the residual stream after the last layer) equals the eagle_target
+    graph's hidden_out on the same tokens."""
+    import numpy as np
+    out, *_ = compiled
+    art = open_artifact(out, backend="native", report=False)
+    ids = np.array([[5, 17, 99, 3, 200, 11, 42]], dtype=np.int64)
+    hidden = np.zeros((ids.shape[1], load_drafter(art).hidden_size), dtype=np.float32)
+    logits = art.runners["decoder"].forward_stateful(ids, np.arange(7)[None], None, 0, hidden=hidden, all_logits=True)
+    ov = load_drafter(open_artifact(out, backend="openvino", report=False))
+    from accelc.runtime.kv_cache import KVCache
+    from accelc.runtime.speculative.eagle import FeatureTarget
+    from accelc.runtime.speculative.steps import is_stateful
+    r = ov.records["eagle_target"]
+    fn = ov.fns["eagle_target"]
+    target = FeatureTarget(fn, KVCache(r["num_layers"], 16, r["kv_heads"], r["head_dim"], allocate=not is_stateful(fn)),
+                           ov.hidden_size)
+    ref_logits = target.forward(ids[0].tolist())
+    np.testing.assert_allclose(hidden, target.features[:7], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits[0], ref_logits, rtol=1e-4, atol=1e-4)
