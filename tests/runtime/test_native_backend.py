@@ -272,3 +272,22 @@ def test_native_is_chosen_first_only_where_it_leads():
     assert cpu_order(rec("f32"), zen5)[0] == "openvino"                   # exact f32 stays the default
     assert cpu_order(rec("f16"), zen5)[0] == "openvino" and "native" in cpu_order(rec("f16"), zen5)
     assert cpu_order({"records": {}}, zen5)[0] == "openvino"
+
+
+def test_oversubscribed_threads_sleep_at_barriers_and_agree():
+    """More threads than cores (8 on a CI machine's 2-4): waits outlast the spins and yields, so barrier waiters
+    sleep on the futex (Linux) until the last thread wakes them (or the timeout); the logits equal the one-thread
+    model's and the sleeper count returns to zero."""
+    from accelc.runtime.native.program import SYNC_SLEEPERS
+    model = _model("llama")
+    ids = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
+    one, _, _ = _native(model, threads=1)
+    ref = one.step(ids, np.arange(10), 0, last_only=False).copy()
+    one.close()
+    many, _, _ = _native(model, threads=8)
+    try:
+        for _ in range(5):
+            np.testing.assert_allclose(many.step(ids, np.arange(10), 0, last_only=False), ref, atol=1e-5)
+        assert many.sync[SYNC_SLEEPERS] == 0
+    finally:
+        many.close()
