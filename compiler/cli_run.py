@@ -38,6 +38,9 @@ def add_parser(sub):
                    "model)")
     p.add_argument("--draft-k", type=int, help="draft tokens per round (fixed), start/cap (confidence, heuristic; "
                    "default 4) or cap (cost, lookup, combined; default 8)")
+    p.add_argument("--fuzzy", metavar="DIV:T", help="fuzzy acceptance (not lossless): also accept a model draft when "
+                   "the divergence DIV (js or tv) between the drafter's and the target's distributions is below T, "
+                   "e.g. js:0.3 (docs/passes/drafter.md)")
     p.set_defaults(func=run)
 
 
@@ -72,6 +75,8 @@ def run(args) -> int:
     from .prompt_input import read_prompt
 
     sampling = checked_generation_args(args)
+    from ..runtime.speculative.artifact import check_fuzzy
+    check_fuzzy(args.fuzzy)
     prompt = read_prompt(args.prompt, args.prompt_file)
     files = read_artifact(args.artifact, verify_all=args.verify)   # manifest + tokenizer; no graphs yet
     ids = fit_context(encode_prompt(files.tokenizer, prompt, raw=args.raw), args.max_new_tokens, files.context,
@@ -89,6 +94,7 @@ def run(args) -> int:
     if not args.no_speculative:
         from ..runtime.speculative.artifact import run_speculative
         spec = run_speculative(art, ids, args.max_new_tokens, sampling, k=args.draft_k, draft_mode=args.draft_mode,
+                               fuzzy=args.fuzzy,
                                stop=args.stop, warn=lambda m: print(f"accelc: {m}", file=sys.stderr))
     if spec is not None:
         result, stats = spec

@@ -4,6 +4,11 @@ the artifact's own decoder, every row's logits), and its ratio to the one-token 
 
     .venv/bin/python scripts/bench_verify_cost.py out/int8 --backends native openvino \
         --json docs/results/verify_cost_DATE.json
+    .venv/bin/python scripts/bench_verify_cost.py out/int8 --backends native native:spin openvino --load 2 \
+        --widths 1 --json docs/results/native_under_load_DATE.json
+
+"native:spin" is the native backend with its barrier's futex sleep off (ACCELC_NATIVE_FUTEX=0: waiters only spin
+and yield). --load N runs N CPU-bound busy loops (other processes) during the measurement, as on a busy machine.
 
 Each round times every (backend, T) once, backends alternating, after a --context token prefill that is kept
 (each timed pass is rolled back); the median over --rounds is reported. A drafted token is worth drafting only
@@ -13,11 +18,18 @@ when the step's cost grows by less than the expected accepted tokens. Writes raw
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
 import sys
 import time
 
 from provenance import emit
+
+
+def _burn() -> None:
+    while True:
+        pass
 
 
 def main(argv=None) -> int:
@@ -28,6 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--widths", type=int, nargs="+", default=[1, 2, 3, 4, 5, 9])
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--load", type=int, default=0, help="CPU-bound busy processes running meanwhile")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -35,7 +48,9 @@ def main(argv=None) -> int:
     from accelc.runtime.speculative.artifact import DecoderStep
     steps = {}
     for b in args.backends:
-        art = open_artifact(args.artifact, backend=b, threads=args.threads, full_logits=True, report=False)
+        backend, _, variant = b.partition(":")
+        os.environ["ACCELC_NATIVE_FUTEX"] = "0" if variant == "spin" else "1"
+        art = open_artifact(args.artifact, backend=backend, threads=args.threads, full_logits=True, report=False)
         step = DecoderStep(art, args.context + max(args.widths) + 8)
         step.forward([(7 * i) % 1000 + 10 for i in range(args.context)])
         for w in args.widths:                       # warm-up: every width once
@@ -43,6 +58,11 @@ def main(argv=None) -> int:
             step.truncate(args.context)
         steps[b] = step
     times = {b: {w: [] for w in args.widths} for b in args.backends}
+    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(args.load)]
+    for p in burners:
+        p.start()
+    with open("/proc/loadavg") as f:
+        load_before = f.read().split()[0]
     for r in range(args.rounds):
         order = args.backends[r % len(args.backends):] + args.backends[:r % len(args.backends)]
         for w in args.widths:
@@ -51,6 +71,8 @@ def main(argv=None) -> int:
                 steps[b].forward([11 + j for j in range(w)])
                 times[b][w].append(time.perf_counter() - t0)
                 steps[b].truncate(args.context)
+    for p in burners:
+        p.terminate()
     rows = []
     for b in args.backends:
         one = statistics.median(times[b][1]) if 1 in times[b] else None
@@ -62,7 +84,7 @@ def main(argv=None) -> int:
             print(f"{b:10s} T={w}: {ms:7.2f} ms" + (f"  ({ms / (one * 1e3):.2f}x one token)" if one else ""),
                   file=sys.stderr)
     emit({"artifact": args.artifact, "threads": args.threads, "context": args.context, "rounds": args.rounds,
-          "rows": rows}, args.json)
+          "load_processes": args.load, "loadavg_at_start": float(load_before), "rows": rows}, args.json)
     return 0
 
 

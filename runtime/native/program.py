@@ -34,10 +34,12 @@ FUTEX_WAIT, FUTEX_WAKE = 128, 129
 
 
 def futex_syscall() -> int | None:
-    """The futex syscall number on this host (Linux), or None: barrier waiters then only spin and yield."""
+    """The futex syscall number on this host (Linux), or None: barrier waiters then only spin and yield
+    (also with ACCELC_NATIVE_FUTEX=0, for comparisons)."""
+    import os
     import platform
     import sys
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get("ACCELC_NATIVE_FUTEX", "1").strip() == "0":
         return None
     return FUTEX_SYSCALL.get(platform.machine().lower())
 

@@ -239,13 +239,38 @@ def wants_full_logits(draft_mode: str, speculative: bool = True) -> bool:
     return speculative and draft_mode in LOOKUP_MODES
 
 
+def parse_fuzzy(spec: str | None) -> dict:
+    """'js:0.3' -> SpecConfig fields {fuzzy: "js", fuzzy_threshold: 0.3}; None or '' -> {} (exact acceptance)."""
+    if not spec:
+        return {}
+    div, sep, thr = spec.partition(":")
+    if not sep:
+        raise InputError(f"--fuzzy takes DIV:THRESHOLD (e.g. js:0.3), got '{spec}'")
+    try:
+        value = float(thr)
+    except ValueError:
+        raise InputError(f"--fuzzy threshold must be a number, got '{thr}'") from None
+    return {"fuzzy": div.strip().lower(), "fuzzy_threshold": value}
+
+
+def check_fuzzy(spec: str | None) -> dict:
+    """parse_fuzzy, with the divergence's name and the threshold checked (InputError), before anything loads."""
+    fz = parse_fuzzy(spec)
+    if fz:
+        SpecConfig(**fz)
+    return fz
+
+
 def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling: SamplingConfig,
-                    k: int | None = None, draft_mode: str = "fixed", stop: Sequence[str] = (), warn=None):
+                    k: int | None = None, draft_mode: str = "fixed", stop: Sequence[str] = (), warn=None,
+                    fuzzy: str | None = None):
     """Speculative decoding when the artifact has drafter graphs on a backend that can run them, or when a
     lookup mode asks for it (every artifact; open it with full_logits=True): None otherwise (the caller
     decodes token by token; `warn(message)` hears why when the drafter exists but cannot run),
     else (result, stats). k: draft length (fixed), start/cap (confidence, heuristic) or cap (cost and the lookup
-    modes: the cost model picks the length each round; default LOOKUP_K)."""
+    modes: the cost model picks the length each round; default LOOKUP_K). fuzzy: "DIV:T" (parse_fuzzy) also accepts a
+    draft whose divergence from the target is below T (a lookup draft's distribution is one-hot on it)."""
+    fz = check_fuzzy(fuzzy)
     if draft_mode not in RUN_MODES:
         raise InputError(f"unknown draft mode '{draft_mode}' (choose from {', '.join(RUN_MODES)})")
     k = int(k if k is not None else (LOOKUP_K if draft_mode in LOOKUP_MODES + ("cost",) else 4))
@@ -256,7 +281,7 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
         if draft_mode == "combined" and warn:
             warn("the artifact has no drafter graphs: prompt lookup only")
         return generate_speculative(art, None, prompt_ids, max_new_tokens, sampling,
-                                    SpecConfig(k=k, draft_mode="cost", k_max=k), stop, LookupProposer())
+                                    SpecConfig(k=k, draft_mode="cost", k_max=k, **fz), stop, LookupProposer())
     if not has_drafter:
         return None
     problem = spec_backend_problem(art)
@@ -266,6 +291,6 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
         return None
     if draft_mode == "combined":
         return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling,
-                                    SpecConfig(k=k, draft_mode="cost", k_max=k), stop, LookupProposer())
-    config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode == "heuristic" else k)
+                                    SpecConfig(k=k, draft_mode="cost", k_max=k, **fz), stop, LookupProposer())
+    config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode == "heuristic" else k, **fz)
     return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling, config, stop)

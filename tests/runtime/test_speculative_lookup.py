@@ -227,3 +227,27 @@ def test_cli_run_lookup_json(tiny_artifact, capsys):
     s = spec["speculative"]
     assert s["rounds"] + s["accepted"] == 15 and len(s["acceptance_by_position"]) == len(s["drafted_by_position"])
     assert main(args + ["--draft-mode", "lookup", "--draft-k", "0"]) == 2
+
+
+@pytest.mark.parametrize("spec,fragment", [("kl:0.3", "unknown divergence 'kl'"), ("js", "DIV:THRESHOLD"),
+                                           ("js:-1", "fuzzy threshold must be >= 0"), ("tv:abc", "must be a number")])
+def test_cli_bad_fuzzy_is_one_line_before_the_load(tiny_artifact, capsys, monkeypatch, spec, fragment):
+    import accelc.runtime.artifact as ra
+
+    def no_load(*a, **k):
+        raise AssertionError("the artifact was opened before --fuzzy was checked")
+    monkeypatch.setattr(ra, "open_artifact", no_load)
+    code = main(["run", str(tiny_artifact), "--prompt", "Hi", "--raw", "--draft-mode", "lookup", "--fuzzy", spec])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and fragment in err[0], err
+
+
+def test_cli_fuzzy_accepts_more_than_exact(tiny_artifact, capsys):
+    """JS divergence is at most ln 2, so a threshold of 1 accepts every draft: no round ends on a rejection."""
+    args = ["run", str(tiny_artifact), "--prompt", "Hello world. Hello ", "--raw", "--max-new-tokens", "16", "--json",
+            "--backend", "openvino", "--draft-mode", "lookup"]
+    assert main(args) == 0
+    exact = json.loads(capsys.readouterr().out)["speculative"]
+    assert main(args + ["--fuzzy", "js:1"]) == 0
+    fuzzy = json.loads(capsys.readouterr().out)["speculative"]
+    assert fuzzy["accepted"] == fuzzy["drafted"] and fuzzy["accepted"] >= exact["accepted"]
