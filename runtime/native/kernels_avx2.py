@@ -12,6 +12,10 @@ per-thread scratch first: kernels._quantize_rows), built for hosts with AVX2 but
   as llama.cpp's AVX2 Q8_0 kernel does, vpsignb moves w''s sign onto x: vpmaddubsw(|w'|, sign(w') x) is exact.
   The sum is then of (w - 128) x, and 128 sum(x) is added back with the zero point once per row; the
   correction sum_b s_b sum(xq_b) depends only on the token, so it is summed once per call, not per row.
+- Every float operation here is strict (no fast-math reassociation or contraction; the block update is an explicit
+  FMA), so a token's result is bitwise the same whether it ran alone or at any place in a tile: a speculative
+  verify step of k + 1 tokens then reproduces plain decoding's logits exactly, which greedy losslessness needs
+  (int8 activation rounding would otherwise amplify one-ulp differences into different tokens).
 - q4s codes (q + 8, 0..15) cannot saturate: no centring, and a block's chunks (at most 4, group 128) add their
   i16 pairs before one vpmaddwd. Its correction (8 sum_g scale_g s_g sum(xq_g)) depends
   on the row's group scales and is accumulated per (row, token).
@@ -20,8 +24,8 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from .irgen import F32, FAST, I8, I16, I32, PF16, PF32, Fn, cf
-from .kernels import VNNI_ARGS, _align, _cached, _hsum, _intrinsic, _quantize_rows, vnni_block
+from .irgen import F32, I8, I16, I32, PF16, PF32, Fn, cf
+from .kernels import VNNI_ARGS, _align, _cached, _intrinsic, _quantize_rows, vnni_block
 
 TILE = 4          # tokens sharing one read of a weight block (4 float accumulators + the block's chunks in ymm)
 
@@ -55,7 +59,7 @@ def linear_avx2(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
         with f.loop(0, T) as t:
             tot = f.var(F32, cf(0))
             with f.loop(0, nb) as blk:
-                f.accumulate(tot, f.load(sq, f.add(f.mul(t, nb), blk)))
+                b.store(b.fadd(b.load(tot), f.load(sq, f.add(f.mul(t, nb), blk))), tot)
             b.store(b.load(tot), b.gep(corr_t, [ir.Constant(I32, 0), t]))
     whole = b.sub(T, b.srem(T, ir.Constant(T.type, TILE)))
     with f.loop(f["r0"], f["r1"]) as row:
@@ -88,6 +92,7 @@ class _Ops:
         self.wd = _intrinsic(f, "llvm.x86.avx2.pmadd.wd", V8I, [ir.Constant(V16S, None)] * 2)
         self.sign = _intrinsic(f, "llvm.x86.avx2.psign.b", V32B, [ir.Constant(V32B, None)] * 2)
         self.ones = ir.Constant(V16S, [1] * 16)
+        self.fma = _intrinsic(f, "llvm.fma.v8f32", V8F, [ir.Constant(V8F, None)] * 3)
 
     def pairs(self, w, x):
         """<16 x i16>: sums of adjacent products of 32 u8 weights and 32 s8 activations (must not saturate)."""
@@ -146,18 +151,20 @@ def _tile(f: Fn, ops: _Ops, fmt: str, row, t0, tt: int, k: int, nb: int, block: 
                 d = ops.widen(d)
             s = f.load(sx, cell)
             if sc is not None:
-                s = f.fmul(s, sc)
-                f.accumulate(corr[j], f.fmul(sc, f.load(sq, cell)))
-            b.store(b.fadd(b.load(accs[j]), b.fmul(b.sitofp(d, V8F), ops.splat(s), flags=FAST), flags=FAST),
-                    accs[j])
+                s = b.fmul(s, sc)
+                b.store(b.fadd(b.load(corr[j]), b.fmul(sc, f.load(sq, cell))), corr[j])
+            b.store(b.call(ops.fma, [b.sitofp(d, V8F), ops.splat(s), b.load(accs[j])]), accs[j])
     for j, t in enumerate(toks):
-        total = _hsum(f, b.load(accs[j]), 8)
+        v = b.load(accs[j])
+        total = b.extract_element(v, ir.Constant(I32, 0))
+        for i in range(1, 8):
+            total = b.fadd(total, b.extract_element(v, ir.Constant(I32, i)))
         if q8:      # sum of (w - 128) xq s: add 128 sum(xq s) back, subtract the zero point's
-            zero = f.fsub(f.load(b.bitcast(f["w2"], PF32), row), cf(128.0))
+            zero = b.fsub(f.load(b.bitcast(f["w2"], PF32), row), cf(128.0))
             c = b.load(b.gep(corr_t, [ir.Constant(I32, 0), t]))
-            out = f.fmul(f.fsub(total, f.fmul(zero, c)), f.load(b.bitcast(f["w1"], PF32), row))
+            out = b.fmul(b.fsub(total, b.fmul(zero, c)), f.load(b.bitcast(f["w1"], PF32), row))
         else:       # stored codes are q + 8
-            out = f.fsub(total, f.fmul(cf(8.0), b.load(corr[j])))
+            out = b.fsub(total, b.fmul(cf(8.0), b.load(corr[j])))
         if bias:
-            out = f.fadd(out, f.load(f["bias"], row))
+            out = b.fadd(out, f.load(f["bias"], row))
         f.store(out, f["y"], f.mul(t, f["ldy"]), row)
