@@ -429,6 +429,17 @@ def _quantize_rows(f: Fn, x, ldx, T, k: int, block: int, xq, sx, sq) -> None:
             f.store(f.fmul(s, b.sitofp(b.load(tot), F32)), sq, cell)
 
 
+def quantized_input(f: Fn, k: int, block: int, tmax: int):
+    """Quantize the kernel's x rows (T of them) into its scratch: -> (xq int8 rows, sx block scales, sq block
+    sums times scale); the scratch layout of scratch_bytes."""
+    b = f.b
+    xq = f["scratch"]
+    sx = b.bitcast(f.at(xq, _align(tmax * k)), PF32)
+    sq = b.bitcast(f.at(xq, _align(tmax * k) + _align(4 * tmax * (k // 32 + 1))), PF32)
+    _quantize_rows(f, f["x"], f["ldx"], f["T"], k, block, xq, sx, sq)
+    return xq, sx, sq
+
+
 def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int, tmax: int) -> ir.Function:
     """q8a / q4s linear with int8 activations and vpdpbusd (AVX512-VNNI; same arguments as `linear`, plus
     scratch). AVX2 hosts use kernels_avx2.linear_avx2."""
@@ -440,10 +451,7 @@ def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
     f = Fn(module, name, VNNI_ARGS)
     b = f.b
     nb = k // block
-    xq = f["scratch"]
-    sx = b.bitcast(f.at(f["scratch"], _align(tmax * k)), PF32)
-    sq = b.bitcast(f.at(f["scratch"], _align(tmax * k) + _align(4 * tmax * (k // 32 + 1))), PF32)
-    _quantize_rows(f, f["x"], f["ldx"], f["T"], k, block, xq, sx, sq)
+    xq, sx, sq = quantized_input(f, k, block, tmax)
     lanes = 16
     vf = ir.VectorType(F32, lanes)
     with f.loop(f["r0"], f["r1"]) as row:

@@ -25,9 +25,18 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from .irgen import F32, I8, I16, I32, PF16, PF32, Fn, cf
-from .kernels import VNNI_ARGS, _align, _cached, _intrinsic, _quantize_rows, vnni_block
+from .kernels import VNNI_ARGS, _cached, _intrinsic, quantized_input, vnni_block
 
 TILE = 4          # tokens sharing one read of a weight block (4 float accumulators + the block's chunks in ymm)
+PREFETCH_ROWS = 0  # software prefetch of the weight row this many rows ahead (0: off); ACCELC_NATIVE_PREFETCH
+
+
+def prefetch_rows() -> int:
+    import os
+    try:
+        return max(0, int(os.environ.get("ACCELC_NATIVE_PREFETCH", PREFETCH_ROWS)))
+    except ValueError:
+        return PREFETCH_ROWS
 
 V8F = ir.VectorType(F32, 8)
 V8I = ir.VectorType(I32, 8)
@@ -39,18 +48,16 @@ def linear_avx2(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
     block = vnni_block(fmt, k, group)
     if block is None:
         raise ValueError(f"no AVX2 integer kernel for {fmt} with k={k}, group={group}")
-    name = f"lin2_{fmt}_{n}x{k}_g{group}{'_b' if bias else ''}"
+    ahead = prefetch_rows()
+    name = f"lin2_{fmt}_{n}x{k}_g{group}{'_b' if bias else ''}{f'_p{ahead}' if ahead else ''}"
     fn = _cached(module, name)
     if fn is not None:
         return fn
     f = Fn(module, name, VNNI_ARGS)
     b = f.b
     nb = k // block
-    xq = f["scratch"]
-    sx = b.bitcast(f.at(xq, _align(tmax * k)), PF32)
-    sq = b.bitcast(f.at(xq, _align(tmax * k) + _align(4 * tmax * (k // 32 + 1))), PF32)
     T = f["T"]
-    _quantize_rows(f, f["x"], f["ldx"], T, k, block, xq, sx, sq)
+    xq, sx, sq = quantized_input(f, k, block, tmax)
     ops = _Ops(f)
     q8 = fmt == "q8a"
     corr_t = None
@@ -62,7 +69,15 @@ def linear_avx2(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
                 b.store(b.fadd(b.load(tot), f.load(sq, f.add(f.mul(t, nb), blk))), tot)
             b.store(b.load(tot), b.gep(corr_t, [ir.Constant(I32, 0), t]))
     whole = b.sub(T, b.srem(T, ir.Constant(T.type, TILE)))
+    row_bytes = k if q8 else k // 2
     with f.loop(f["r0"], f["r1"]) as row:
+        if ahead:       # prefetch never faults: rows past the matrix's end are harmless
+            pf = f.module.globals.get("llvm.prefetch.p0i8") or ir.Function(
+                f.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), I32, I32, I32]),
+                "llvm.prefetch.p0i8")
+            base = f.at(f["w0"], f.mul(f.add(row, ahead), row_bytes))
+            for c in range(0, row_bytes, 64):
+                b.call(pf, [f.at(base, c), ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
         with f.loop(0, whole, TILE) as t0:
             _tile(f, ops, fmt, row, t0, TILE, k, nb, block, group, xq, sx, sq, corr_t, bias)
         with f.loop(whole, T) as t0:
