@@ -28,7 +28,8 @@ from .irgen import F32, I8, I16, I32, PF16, PF32, Fn, cf
 from .kernels import VNNI_ARGS, _cached, _intrinsic, quantized_input, vnni_block
 
 TILE = 4          # tokens sharing one read of a weight block (4 float accumulators + the block's chunks in ymm)
-PREFETCH_ROWS = 0  # software prefetch of the weight row this many rows ahead (0: off); ACCELC_NATIVE_PREFETCH
+PREFETCH_ROWS = 8  # software prefetch of the weight row this many rows ahead (0: off; ACCELC_NATIVE_PREFETCH):
+                   # measured 2026-12-04 on Zen 3 (AVX2), one-token steps: int8 9.71 -> 8.08 ms, int4 6.76 -> 6.10 ms
 
 
 def prefetch_rows() -> int:
