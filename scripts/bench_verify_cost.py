@@ -4,11 +4,10 @@ the artifact's own decoder, every row's logits), and its ratio to the one-token 
 
     .venv/bin/python scripts/bench_verify_cost.py out/int8 --backends native openvino \
         --json docs/results/verify_cost_DATE.json
-    .venv/bin/python scripts/bench_verify_cost.py out/int8 --backends native native:spin openvino --load 2 \
+    .venv/bin/python scripts/bench_verify_cost.py out/int8 --backends native openvino --load 2 \
         --widths 1 --json docs/results/native_under_load_DATE.json
 
-"native:spin" is the native backend with its barrier's futex sleep off (ACCELC_NATIVE_FUTEX=0: waiters only spin
-and yield). --load N runs N CPU-bound busy loops (other processes) during the measurement, as on a busy machine.
+--load N runs N CPU-bound busy loops (other processes) during the measurement, as on a busy machine.
 
 Each round times every (backend, T) once, backends alternating, after a --context token prefill that is kept
 (each timed pass is rolled back); the median over --rounds is reported. A drafted token is worth drafting only
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import statistics
 import sys
 import time
@@ -48,9 +46,7 @@ def main(argv=None) -> int:
     from accelc.runtime.speculative.artifact import DecoderStep
     steps = {}
     for b in args.backends:
-        backend, _, variant = b.partition(":")
-        os.environ["ACCELC_NATIVE_FUTEX"] = "0" if variant == "spin" else "1"
-        art = open_artifact(args.artifact, backend=backend, threads=args.threads, full_logits=True, report=False)
+        art = open_artifact(args.artifact, backend=b, threads=args.threads, full_logits=True, report=False)
         step = DecoderStep(art, args.context + max(args.widths) + 8)
         step.forward([(7 * i) % 1000 + 10 for i in range(args.context)])
         for w in args.widths:                       # warm-up: every width once

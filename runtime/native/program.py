@@ -19,29 +19,12 @@ from . import kernels
 from .kernels_avx2 import linear_avx2
 from .irgen import I32, I64, PF32, PI8, PI64, VOID, Fn, c64
 
-# sync block (int64 words, each on its own cache line): barrier count, barrier generation, job counter, stop,
-# barrier sleepers
-SYNC_COUNT, SYNC_GEN, SYNC_JOB, SYNC_STOP, SYNC_SLEEPERS = 0, 8, 16, 24, 32
-SYNC_WORDS = 40
+# sync block (int64 words, each on its own cache line): barrier count, barrier generation, job counter, stop
+SYNC_COUNT, SYNC_GEN, SYNC_JOB, SYNC_STOP = 0, 8, 16, 24
+SYNC_WORDS = 32
 SPINS_BEFORE_SLEEP = 1 << 16
 SPINS_BEFORE_YIELD = 1 << 11
-YIELDS_BEFORE_FUTEX = 64
-FUTEX_TIMEOUT_NS = 1_000_000        # a sleeping barrier waiter re-checks at least every millisecond
 ROW_BLOCK = 16
-# Linux futex: syscall numbers by machine; FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE
-FUTEX_SYSCALL = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}
-FUTEX_WAIT, FUTEX_WAKE = 128, 129
-
-
-def futex_syscall() -> int | None:
-    """The futex syscall number on this host (Linux), or None: barrier waiters then only spin and yield
-    (also with ACCELC_NATIVE_FUTEX=0, for comparisons)."""
-    import os
-    import platform
-    import sys
-    if not sys.platform.startswith("linux") or os.environ.get("ACCELC_NATIVE_FUTEX", "1").strip() == "0":
-        return None
-    return FUTEX_SYSCALL.get(platform.machine().lower())
 
 
 def cb_kernel() -> str:
@@ -122,62 +105,26 @@ class Program:
         return self.module.globals.get("sched_yield") or ir.Function(self.module, ir.FunctionType(I32, []),
                                                                      "sched_yield")
 
-    def _futex(self, f: Fn, nr: int, addr, op: int, val, timeout=None):
-        """syscall(SYS_futex, addr, op, val, timeout): every argument passed as a 64-bit integer."""
-        b = f.b
-        fn = self.module.globals.get("syscall") or ir.Function(self.module, ir.FunctionType(I64, [I64], var_arg=True),
-                                                               "syscall")
-        args = [c64(nr), b.ptrtoint(addr, I64), c64(op), val,
-                b.ptrtoint(timeout, I64) if timeout is not None else c64(0)]
-        b.call(fn, args)
-
     def _barrier_fn(self) -> ir.Function:
-        """All n threads meet. Waiters spin with pause, then yield the core each round (a preempted partner on a
-        busy machine may get it back), then, on Linux, sleep on a futex on the generation word (the core goes
-        idle, so the scheduler can move the preempted partner there): the last thread to arrive wakes the
-        sleepers, counted in SYNC_SLEEPERS so that a barrier nobody slept at costs no system call."""
         f = Fn(self.module, "barrier", [("sync", PI64), ("n", I64)], noalias=False)
         b = f.b
-        nr = futex_syscall()
         gen_p, cnt_p = f.at(f["sync"], SYNC_GEN), f.at(f["sync"], SYNC_COUNT)
-        sleep_p = f.at(f["sync"], SYNC_SLEEPERS)
-        timeout = None
-        if nr is not None:
-            ts = ir.LiteralStructType([I64, I64])
-            timeout = f.var(ts)
-            b.store(ir.Constant(ts, [0, FUTEX_TIMEOUT_NS]), timeout)
         gen = b.load_atomic(gen_p, "acquire", 8)
         old = b.atomic_rmw("add", cnt_p, c64(1), "acq_rel")
         last = b.icmp_signed("==", old, b.sub(f["n"], c64(1)))
         with b.if_else(last) as (then, other):
             with then:
                 b.store_atomic(c64(0), cnt_p, "monotonic", 8)
-                b.store_atomic(b.add(gen, c64(1)), gen_p, "seq_cst" if nr is not None else "release", 8)
-                if nr is not None:
-                    with b.if_then(b.icmp_signed(">", b.load_atomic(sleep_p, "seq_cst", 8), c64(0))):
-                        self._futex(f, nr, gen_p, FUTEX_WAKE, c64((1 << 31) - 1))
+                b.store_atomic(b.add(gen, c64(1)), gen_p, "release", 8)
             with other:
+                # spin with pause; past SPINS_BEFORE_YIELD, yield the core each round (a preempted partner
+                # thread, e.g. on a busy machine, then gets it back instead of waiting out our time slice)
                 spins = f.var(I64, c64(0))
                 spin = b.append_basic_block("spin")
                 out = b.append_basic_block("out")
                 b.branch(spin)
                 b.position_at_end(spin)
-
-                def slow():
-                    if nr is None:
-                        b.call(self._sched_yield(), [])
-                        return
-                    with b.if_else(b.icmp_signed("<", b.load(spins), c64(SPINS_BEFORE_YIELD + YIELDS_BEFORE_FUTEX))) \
-                            as (yield_, sleep):
-                        with yield_:
-                            b.call(self._sched_yield(), [])
-                        with sleep:
-                            b.atomic_rmw("add", sleep_p, c64(1), "seq_cst")
-                            with b.if_then(b.icmp_signed("==", b.load_atomic(gen_p, "seq_cst", 8), gen)):
-                                # sleeps only while the word's low 32 bits still equal gen's
-                                self._futex(f, nr, gen_p, FUTEX_WAIT, b.and_(gen, c64(0xFFFFFFFF)), timeout)
-                            b.atomic_rmw("sub", sleep_p, c64(1), "seq_cst")
-                self._back_off(f, spins, SPINS_BEFORE_YIELD, slow)
+                self._back_off(f, spins, SPINS_BEFORE_YIELD, lambda: b.call(self._sched_yield(), []))
                 now = b.load_atomic(gen_p, "acquire", 8)
                 b.cbranch(b.icmp_signed("==", now, gen), spin, out)
                 b.position_at_end(out)

@@ -280,11 +280,9 @@ def test_native_is_chosen_first_only_where_it_leads():
     assert cpu_order({"records": {}}, zen5)[0] == "openvino"
 
 
-def test_oversubscribed_threads_sleep_at_barriers_and_agree():
-    """More threads than cores (8 on a CI machine's 2-4): waits outlast the spins and yields, so barrier waiters
-    sleep on the futex (Linux) until the last thread wakes them (or the timeout); the logits equal the one-thread
-    model's and the sleeper count returns to zero."""
-    from accelc.runtime.native.program import SYNC_SLEEPERS
+def test_oversubscribed_threads_agree():
+    """More threads than cores (8 on a CI machine's 2-4): barrier waiters outlast their spins and yield; the logits
+    still equal the one-thread model's."""
     model = _model("llama")
     ids = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
     one, _, _ = _native(model, threads=1)
@@ -294,6 +292,5 @@ def test_oversubscribed_threads_sleep_at_barriers_and_agree():
     try:
         for _ in range(5):
             np.testing.assert_allclose(many.step(ids, np.arange(10), 0, last_only=False), ref, atol=1e-5)
-        assert many.sync[SYNC_SLEEPERS] == 0
     finally:
         many.close()
