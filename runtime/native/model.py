@@ -10,7 +10,9 @@ Threads: threads - 1 workers wait inside native code (program.py); `step` is one
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
+import time
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from .program import SYNC_JOB, SYNC_STOP, SYNC_WORDS, Program
 
 TMAX = 32                 # tokens per native call (longer inputs run in chunks)
 FIRST_CAPACITY = 256
+SLOW_FACTOR = 3.0         # one-token steps this much slower than the best seen: the machine is busy
+WINDOW = 8                # one-token steps judged together
+PROBE_EVERY = 256         # one-token steps on fewer threads before trying all threads again
 
 
 def BF16_HOST(features: list[str]) -> bool:
@@ -77,6 +82,11 @@ class NativeModel:
         self.sync = np.zeros(SYNC_WORDS, dtype=np.int64)
         self._set("sync", self.sync)
         self._set_int("nthreads", self.threads)
+        self.active = self.threads                        # threads running each step (set_threads, _adapt)
+        self.adaptive = self.threads > 1 and os.environ.get("ACCELC_NATIVE_ADAPT", "1").strip() != "0"
+        self._best = {}                                   # active threads -> best one-token step seconds
+        self._recent = []
+        self._since_switch = 0
         self._weights(tensors, prog.cb_kernel)
         self._scratch()
         self.qscratch = np.zeros(prog.scratch_stride * self.threads, dtype=np.uint8)
@@ -179,6 +189,35 @@ class NativeModel:
         self.capacity = cap
         self._set_int("cap", cap)
 
+    # -- threads -----------------------------------------------------------------------------------
+    def set_threads(self, n: int) -> None:
+        """Run the next steps on the first n threads (1 <= n <= threads); the others wait them out."""
+        self.active = max(1, min(int(n), self.threads))
+        self._set_int("nthreads", self.active)
+
+    def _adapt(self, seconds: float) -> None:
+        """Lockstep threads stall when another process preempts one of them (docs/runtime/native.md, "busy
+        machine"). From the timing of one-token steps: when the last WINDOW run at SLOW_FACTOR x the best seen with
+        all threads, continue on one thread; after PROBE_EVERY steps there, try all threads again (kept if they
+        are faster than one thread's recent steps)."""
+        self._recent.append(seconds)
+        self._since_switch += 1
+        best = self._best.get(self.active)
+        self._best[self.active] = seconds if best is None else min(best, seconds)
+        if len(self._recent) < WINDOW:
+            return
+        typical = float(np.median(self._recent))
+        self._recent = []
+        if self.active == self.threads:
+            alone = self._best.get(1)
+            if typical > SLOW_FACTOR * self._best[self.threads] and (alone is None or alone < typical):
+                self.set_threads(1)
+                self._since_switch = 0
+        elif self._since_switch >= PROBE_EVERY:
+            self.set_threads(self.threads)
+            self._best.pop(self.threads, None)            # re-learn what all threads do now
+            self._since_switch = 0
+
     # -- running -----------------------------------------------------------------------------------
     def step(self, ids: np.ndarray, positions: np.ndarray, past_len: int, last_only: bool,
              hidden: np.ndarray | None = None) -> np.ndarray:
@@ -210,7 +249,12 @@ class NativeModel:
             self._set_int("P", past_len + s)
             row0 = (n - 1 if last else n) if last_only else 0
             self._set_int("logit_row0", row0)
-            self._run(self.ctx.ctypes.data)
+            if self.adaptive and T == 1:
+                t0 = time.perf_counter()
+                self._run(self.ctx.ctypes.data)
+                self._adapt(time.perf_counter() - t0)
+            else:
+                self._run(self.ctx.ctypes.data)
             if hidden is not None:
                 hidden[s:s + n] = self.buf["h"][:n]
             if not last_only:

@@ -279,7 +279,10 @@ class Program:
         cont = b.append_basic_block("work")
         b.cbranch(b.icmp_signed("!=", stop, c64(0)), done, cont)
         b.position_at_end(cont)
-        b.call(forward, [w["ctx"], w["tid"]])
+        # a worker past the active thread count (NativeModel.set_threads) sits this step out
+        active = b.icmp_signed("<", w["tid"], w.load(w["ctx"], self.slots("nthreads")))
+        with b.if_then(active):
+            b.call(forward, [w["ctx"], w["tid"]])
         b.branch(wait)
         b.position_at_end(done)
         w.finish()

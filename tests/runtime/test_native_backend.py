@@ -21,7 +21,7 @@ from accelc.runtime.native import jit
 from accelc.runtime.native.config_check import check_config
 from accelc.runtime.native import kernels
 from accelc.runtime.native.kernels import int_isa
-from accelc.runtime.native.model import NativeModel
+from accelc.runtime.native.model import PROBE_EVERY, WINDOW, NativeModel
 
 from test_artifact_trust import art  # noqa: F401  (a copy of the tiny artifact, private cache)
 from test_runtime_graphs import PROMPT
@@ -294,3 +294,24 @@ def test_oversubscribed_threads_agree():
             np.testing.assert_allclose(many.step(ids, np.arange(10), 0, last_only=False), ref, atol=1e-5)
     finally:
         many.close()
+
+
+def test_fewer_active_threads_give_the_same_logits_and_slow_steps_switch_to_one():
+    model = _model("llama")
+    ids = np.array([3, 1, 4, 1, 5, 9, 2, 6])
+    m, _, _ = _native(model, threads=2)
+    try:
+        ref = m.step(ids, np.arange(8), 0, last_only=False).copy()
+        m.set_threads(1)
+        np.testing.assert_array_equal(m.step(ids, np.arange(8), 0, last_only=False), ref)
+        m.set_threads(2)
+        m._best = {2: 1e-4}                     # as if all threads once ran a step in 0.1 ms
+        for _ in range(WINDOW):
+            m._adapt(1e-2)                      # then steps 100x slower: a busy machine
+        assert m.active == 1
+        for _ in range(PROBE_EVERY):
+            m._adapt(1e-3)
+        assert m.active == 2                    # probes all threads again
+        np.testing.assert_array_equal(m.step(ids, np.arange(8), 0, last_only=False), ref)
+    finally:
+        m.close()
