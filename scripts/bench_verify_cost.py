@@ -7,6 +7,8 @@ the artifact's own decoder, every row's logits), and its ratio to the one-token 
     .venv/bin/python scripts/bench_verify_cost.py out/int8 --backends native openvino --load 2 \
         --widths 1 --json docs/results/native_under_load_DATE.json
 
+A backend may carry environment settings for its own load: native@ACCELC_NATIVE_PREFETCH=0 opens the native
+backend with that variable set (other backends see the process's environment as it was).
 --load N runs N CPU-bound busy loops (other processes) during the measurement, as on a busy machine.
 
 Each round times every (backend, T) once, backends alternating, after a --context token prefill that is kept
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -46,13 +49,21 @@ def main(argv=None) -> int:
     from accelc.runtime.speculative.artifact import DecoderStep
     steps = {}
     for b in args.backends:
-        art = open_artifact(args.artifact, backend=b, threads=args.threads, full_logits=True, report=False)
+        name, *sets = b.split("@")
+        saved = {k: os.environ.get(k) for k, _, _ in (x.partition("=") for x in sets)}
+        os.environ.update(dict(x.partition("=")[::2] for x in sets))
+        art = open_artifact(args.artifact, backend=name, threads=args.threads, full_logits=True, report=False)
         step = DecoderStep(art, args.context + max(args.widths) + 8)
         step.forward([(7 * i) % 1000 + 10 for i in range(args.context)])
         for w in args.widths:                       # warm-up: every width once
             step.forward([11] * w)
             step.truncate(args.context)
         steps[b] = step
+        for k, v in saved.items():               # the next backend sees the environment as it was
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     times = {b: {w: [] for w in args.widths} for b in args.backends}
     burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(args.load)]
     for p in burners:

@@ -1,7 +1,7 @@
 """The AVX2 integer linear kernel: q8a / q4s weights times int8-quantized activations, tokens in tiles.
 
 Same arguments and result as kernels.linear_vnni (the activation rows are quantized per block into the
-per-thread scratch first: kernels._quantize_rows), built for hosts with AVX2 but no AVX512-VNNI:
+per-thread scratch first: kernels.quantized_input), built for hosts with AVX2 but no AVX512-VNNI:
 
 - Per block of B inputs (B = 64 for q8a, the group for q4s) the weights are read and prepared once for a
   tile of up to TILE tokens (a verify or prefill step of T tokens reads each weight row once per tile, not
@@ -22,18 +22,19 @@ per-thread scratch first: kernels._quantize_rows), built for hosts with AVX2 but
 """
 from __future__ import annotations
 
+import os
+
 import llvmlite.ir as ir
 
 from .irgen import F32, I8, I16, I32, PF16, PF32, Fn, cf
 from .kernels import VNNI_ARGS, _cached, _intrinsic, quantized_input, vnni_block
 
 TILE = 4          # tokens sharing one read of a weight block (4 float accumulators + the block's chunks in ymm)
-PREFETCH_ROWS = 8  # software prefetch of the weight row this many rows ahead (0: off; ACCELC_NATIVE_PREFETCH):
-                   # measured 2026-12-04 on Zen 3 (AVX2), one-token steps: int8 9.71 -> 8.08 ms, int4 6.76 -> 6.10 ms
+PREFETCH_ROWS = 8  # software prefetch of the weight row this many rows ahead (0: off; ACCELC_NATIVE_PREFETCH);
+                   # measured in docs/runtime/native.md
 
 
 def prefetch_rows() -> int:
-    import os
     try:
         return max(0, int(os.environ.get("ACCELC_NATIVE_PREFETCH", PREFETCH_ROWS)))
     except ValueError:

@@ -198,8 +198,8 @@ class NativeModel:
     def _adapt(self, seconds: float) -> None:
         """Lockstep threads stall when another process preempts one of them (docs/runtime/native.md, "busy
         machine"). From the timing of one-token steps: when the last WINDOW run at SLOW_FACTOR x the best seen with
-        all threads, continue on one thread; after PROBE_EVERY steps there, try all threads again (kept if they
-        are faster than one thread's recent steps)."""
+        all threads (and one thread's best is not slower than that), continue on one thread; after PROBE_EVERY steps
+        there, try all threads again with their best re-learned."""
         self._recent.append(seconds)
         self._since_switch += 1
         best = self._best.get(self.active)
