@@ -10,6 +10,7 @@ Threads: threads - 1 workers wait inside native code (program.py); `step` is one
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 import time
@@ -19,7 +20,10 @@ import numpy as np
 from ...compiler.errors import InputError
 from .jit import compile_ir, host_target
 from .kernels import int_isa
-from .program import SYNC_JOB, SYNC_STOP, SYNC_WORDS, Program
+from .program import JOB_SHIFT, MAX_THREADS, SYNC_JOB, SYNC_STOP, SYNC_WORDS, Program
+
+log = logging.getLogger(__name__)
+_UNFREED = []        # (code, buffers) of models closed while a worker thread could still be running them
 
 TMAX = 32                 # tokens per native call (longer inputs run in chunks)
 FIRST_CAPACITY = 256
@@ -58,7 +62,7 @@ class NativeModel:
                  precision: str = "auto", int8_act: bool | None = None, bf16: bool | None = None):
         """precision: "auto" (the policy below) or "f32" (float32 activations and weights as stored: exact);
         int8_act / bf16 override the policy's two choices (tests, benchmarks)."""
-        self.threads, self.tmax = max(1, int(threads)), int(tmax)
+        self.threads, self.tmax = max(1, min(int(threads), MAX_THREADS)), int(tmax)
         self._keep = []                                  # arrays whose addresses are in ctx
         host = host_target()
         feats = host.features.split(",")
@@ -277,11 +281,17 @@ class NativeModel:
                 self._cache[j][w][:, :P] = np.transpose(past[2 * j + w][0], (1, 0, 2))
 
     def close(self) -> None:
+        """Stop the worker threads. A worker that does not stop in time keeps this model's code and buffers
+        alive for the rest of the process (freeing them under a running thread would crash it)."""
         if getattr(self, "_workers", None):
             self.sync[SYNC_STOP] = 1
-            self.sync[SYNC_JOB] += 1
-            for w in self._workers:
-                w.join(timeout=5)
+            self.sync[SYNC_JOB] += 1 << JOB_SHIFT
+            me = threading.current_thread()
+            stuck = [w for w in self._workers if w is not me and (w.join(timeout=30) or w.is_alive())]
+            if stuck or me in self._workers:
+                _UNFREED.append((self.compiled, self.ctx, self._keep, self._cache))
+                if stuck:
+                    log.warning("native: %d worker thread(s) did not stop; their model stays in memory", len(stuck))
             self._workers = []
 
     def __del__(self):

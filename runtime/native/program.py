@@ -19,9 +19,14 @@ from . import kernels
 from .kernels_avx2 import linear_avx2
 from .irgen import I32, I64, PF32, PI8, PI64, VOID, Fn, c64
 
-# sync block (int64 words, each on its own cache line): barrier count, barrier generation, job counter, stop
+# sync block (int64 words, each on its own cache line): barrier count, barrier generation, job word, stop.
+# The job word is (job number << JOB_SHIFT) | the job's thread count, posted in one store: a worker decides
+# whether it takes part in the job it sees from that same word, never from a later step's ctx (a worker that
+# read the thread count separately could join the next step early, out of lock step with thread 0).
 SYNC_COUNT, SYNC_GEN, SYNC_JOB, SYNC_STOP = 0, 8, 16, 24
 SYNC_WORDS = 32
+JOB_SHIFT = 8
+MAX_THREADS = (1 << JOB_SHIFT) - 1
 SPINS_BEFORE_SLEEP = 1 << 16
 SPINS_BEFORE_YIELD = 1 << 11
 ROW_BLOCK = 16
@@ -279,8 +284,8 @@ class Program:
         cont = b.append_basic_block("work")
         b.cbranch(b.icmp_signed("!=", stop, c64(0)), done, cont)
         b.position_at_end(cont)
-        # a worker past the active thread count (NativeModel.set_threads) sits this step out
-        active = b.icmp_signed("<", w["tid"], w.load(w["ctx"], self.slots("nthreads")))
+        # a worker past the job's thread count (NativeModel.set_threads) sits this step out
+        active = b.icmp_signed("<", w["tid"], b.and_(now, c64(MAX_THREADS)))
         with b.if_then(active):
             b.call(forward, [w["ctx"], w["tid"]])
         b.branch(wait)
@@ -290,6 +295,10 @@ class Program:
         r = Fn(mod, "run", [("ctx", PI64)], internal=False, noalias=False)
         b = r.b
         sync = b.inttoptr(r.load(r["ctx"], self.slots("sync")), PI64)
-        b.atomic_rmw("add", r.at(sync, SYNC_JOB), c64(1), "acq_rel")
+        job_p = r.at(sync, SYNC_JOB)      # only thread 0 posts jobs (and close(), after the last one)
+        number = b.ashr(b.load_atomic(job_p, "monotonic", 8), c64(JOB_SHIFT))
+        word = b.or_(b.shl(b.add(number, c64(1)), c64(JOB_SHIFT)),
+                     b.and_(r.load(r["ctx"], self.slots("nthreads")), c64(MAX_THREADS)))
+        b.store_atomic(word, job_p, "release", 8)
         b.call(forward, [r["ctx"], c64(0)])
         r.finish()

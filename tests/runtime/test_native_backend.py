@@ -315,3 +315,38 @@ def test_fewer_active_threads_give_the_same_logits_and_slow_steps_switch_to_one(
         np.testing.assert_array_equal(m.step(ids, np.arange(8), 0, last_only=False), ref)
     finally:
         m.close()
+
+
+def test_thread_count_changing_every_step_keeps_lock_step():
+    """set_threads between steps (the adaptive rule does it on a busy machine): each step's workers are those
+    the job was posted for. A worker that read the count apart from the job once joined the next step early,
+    out of lock step: wrong logits, then a deadlock or a crash. 4 threads on fewer cores preempt often."""
+    import threading
+    import time
+    model = _model("llama")
+    m, _, _ = _native(model, threads=4)
+    m.adaptive = False
+    ids = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8])
+    result = {}
+
+    def decode(toggle):
+        rows = []
+        for p in range(len(ids)):
+            m.set_threads(1 + p % 4 if toggle else 4)
+            rows.append(m.step(ids[p:p + 1], np.array([p]), p, last_only=True)[0].copy())
+        return np.stack(rows)
+
+    def loop():
+        ref, runs, end = decode(False), 0, time.monotonic() + 3
+        while time.monotonic() < end:
+            result.setdefault("bad", 0)
+            result["bad"] += not np.array_equal(decode(True), ref)
+            runs += 1
+        result["runs"] = runs
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "native threads deadlocked"
+    assert result["runs"] > 10 and result["bad"] == 0, result
+    m.close()
