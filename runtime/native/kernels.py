@@ -18,6 +18,7 @@ x rows `ldx` apart and y rows `ldy` apart, reading W in its stored format (expor
 from __future__ import annotations
 
 import math
+import os
 
 import llvmlite.ir as ir
 
@@ -506,6 +507,25 @@ def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
     return f.finish()
 
 
+PREFETCH_ROWS = 8  # software prefetch of weight rows this many rows ahead (0: off; ACCELC_NATIVE_PREFETCH);
+                   # measured in docs/runtime/native.md
+
+
+def prefetch_rows() -> int:
+    try:
+        return max(0, int(os.environ.get("ACCELC_NATIVE_PREFETCH", PREFETCH_ROWS)))
+    except ValueError:
+        return PREFETCH_ROWS
+
+
+def prefetch(f: Fn, base, nbytes: int) -> None:
+    """Software prefetch (read, into all cache levels) of nbytes from base, one call per 64-byte line."""
+    pf = f.module.globals.get("llvm.prefetch.p0i8") or ir.Function(
+        f.module, ir.FunctionType(ir.VoidType(), [PI8, I32, I32, I32]), "llvm.prefetch.p0i8")
+    for c in range(0, nbytes, 64):
+        f.b.call(pf, [f.at(base, c), ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+
 def _hsum(f: Fn, v, lanes: int):
     b = f.b
     total = b.extract_element(v, ir.Constant(I32, 0))
@@ -579,13 +599,21 @@ def linear_cb_lut(module: ir.Module, n: int, k: int, group: int, books: int, bia
     return f.finish()
 
 
+CB_TILE = 2     # tokens sharing one decode of a codebook group (2 rows x 2 tokens x 2 chains: 8 accumulators)
+
+
 def linear_cb_rows(module: ir.Module, n: int, k: int, group: int, books: int, bias: bool) -> ir.Function:
     """Codebook linear, decode-and-FMA over two rows at a time (the default codebook kernel): per input group,
-    x's group is loaded once for both rows, each row's M codebook vectors (G floats, contiguous in the
-    [M, 256, G] f32 codebooks, L1-resident) are summed and FMA'd into that row's vector accumulators. The
-    codes of four groups of a row are read with one integer load (4M bytes) and split with shifts, so the
-    load ports serve the codebook vectors: about (2M + 1) / 2 + M / 4 loads per group and row."""
-    name = f"lincbr_{n}x{k}_g{group}_m{books}{'_b' if bias else ''}"
+    each row's M codebook vectors (G floats, contiguous in the [M, 256, G] f32 codebooks, L1-resident) are
+    summed once and FMA'd into that row's accumulators for a tile of CB_TILE tokens (x's group loaded once per
+    token for both rows). The codes of four groups of a row are read with one integer load (4M bytes) and
+    split with shifts, so the load ports serve the codebook vectors.
+
+    Strict float arithmetic (no fast-math; explicit FMAs; groups alternate between two accumulators by their
+    parity; a fixed-order reduction): a token's output is bitwise the same whatever tile, row pair or thread
+    range computes it, so a multi-token verify step reproduces one-token decoding exactly."""
+    ahead = prefetch_rows()
+    name = f"lincbr2_{n}x{k}_g{group}_m{books}{'_b' if bias else ''}{f'_p{ahead}' if ahead else ''}"
     fn = _cached(module, name)
     if fn is not None:
         return fn
@@ -594,6 +622,7 @@ def linear_cb_rows(module: ir.Module, n: int, k: int, group: int, books: int, bi
     ng = k // group
     vt = ir.VectorType(F32, group)
     pv = vt.as_pointer()
+    fma = _intrinsic(f, f"llvm.fma.v{group}f32", vt, [ir.Constant(vt, None)] * 3)
     cbk = b.bitcast(f["w1"], PF32)
     scales = b.bitcast(f["w2"], PF32)
     word = ir.IntType(32 * books)              # the codes of 4 groups of one row
@@ -606,51 +635,77 @@ def linear_cb_rows(module: ir.Module, n: int, k: int, group: int, books: int, bi
         vals = [b.zext(b.trunc(b.lshr(w, ir.Constant(word, 8 * i)), I8), I64) for i in range(4 * books)]
         return [vals[j * books:(j + 1) * books] for j in range(4)]
 
-    def group_fma(g, xv, codes, acc):
+    def decoded(codes):
         vec = None
         for m, code in enumerate(codes):
             v = b.load(b.bitcast(f.at(cbk, f.mul(f.add(code, m * 256), group)), pv), align=4)
-            vec = v if vec is None else b.fadd(vec, v, flags=FAST)
-        b.store(b.fadd(b.load(acc), b.fmul(vec, xv, flags=FAST), flags=FAST), acc)
+            vec = v if vec is None else b.fadd(vec, v)
+        return vec
 
-    def finish(row, accs, t):
-        vals = [b.load(a) for a in accs]
-        tot = b.fadd(vals[0], vals[1], flags=FAST)
+    def x_of(t, g):
+        return b.load(b.bitcast(f.at(f["x"], f.mul(t, f["ldx"]), f.mul(g, group)), pv), align=4)
+
+    def step(g, parity, rows_codes, toks, accs):
+        xs = [x_of(t, g) for t in toks]
+        for i, codes in enumerate(rows_codes):
+            vec = decoded(codes)
+            for j, xv in enumerate(xs):
+                acc = accs[i][j][parity]
+                b.store(b.call(fma, [vec, xv, b.load(acc)]), acc)
+
+    def finish(row, accs2, t):
+        tot = b.fadd(b.load(accs2[0]), b.load(accs2[1]))
         total = b.extract_element(tot, ir.Constant(I32, 0))
         for i in range(1, group):
-            total = f.fadd(total, b.extract_element(tot, ir.Constant(I32, i)))
-        out = f.fmul(total, f.load(scales, row))
+            total = b.fadd(total, b.extract_element(tot, ir.Constant(I32, i)))
+        out = b.fmul(total, f.load(scales, row))
         if bias:
-            out = f.fadd(out, f.load(f["bias"], row))
+            out = b.fadd(out, f.load(f["bias"], row))
         f.store(out, f["y"], f.mul(t, f["ldy"]), row)
 
-    quads = ng // 4
-    with f.loop(0, f["T"]) as t:
-        xt = f.at(f["x"], f.mul(t, f["ldx"]))
-        span = b.sub(f["r1"], f["r0"])
-        pairs_end = b.add(f["r0"], b.mul(b.sdiv(span, c64(2)), c64(2)))
-        with f.loop(f["r0"], pairs_end, 2) as ra:
-            rows = [ra, f.add(ra, 1)]
-            accs = [[f.var(vt, zero), f.var(vt, zero)] for _ in rows]
+    def block(rows, toks):
+        """y[toks, rows] for 1-2 rows and 1-CB_TILE tokens."""
+        accs = [[[f.var(vt, zero), f.var(vt, zero)] for _ in toks] for _ in rows]
+        quads = ng // 4
+        if len(rows) == 2:
             with f.loop(0, quads) as q:
                 cs = [codes_of(r, q) for r in rows]
                 for j in range(4):
-                    g = f.add(f.mul(q, 4), j)
-                    xv = b.load(b.bitcast(f.at(xt, f.mul(g, group)), pv), align=4)
-                    for i in range(2):
-                        group_fma(g, xv, cs[i][j], accs[i][j % 2])
-            for g in range(quads * 4, ng):                 # groups past the last whole quad
-                xv = b.load(b.bitcast(f.at(xt, g * group), pv), align=4)
-                for i, r in enumerate(rows):
-                    cds = [b.zext(f.load(f["w0"], f.mul(r, ng * books), g * books + m), I64) for m in range(books)]
-                    group_fma(c64(g), xv, cds, accs[i][0])
-            for i, r in enumerate(rows):
-                finish(r, accs[i], t)
-        with f.loop(pairs_end, f["r1"]) as r:              # an odd last row
-            accs = [f.var(vt, zero), f.var(vt, zero)]
-            with f.loop(0, ng) as g:
-                xv = b.load(b.bitcast(f.at(xt, f.mul(g, group)), pv), align=4)
-                cds = [b.zext(f.load(f["w0"], f.mul(r, ng * books), f.mul(g, books), m), I64) for m in range(books)]
-                group_fma(g, xv, cds, accs[0])
-            finish(r, accs, t)
+                    step(f.add(f.mul(q, 4), j), j % 2, [c[j] for c in cs], toks, accs)
+            first = quads * 4
+            tail = range(first, ng)                  # groups past the last whole quad
+            for g in tail:
+                cds = [[b.zext(f.load(f["w0"], f.mul(r, ng * books), g * books + m), I64) for m in range(books)]
+                       for r in rows]
+                step(c64(g), g % 2, cds, toks, accs)
+        else:
+            r = rows[0]
+            with f.loop(0, ng // 2) as gp:
+                for par in range(2):
+                    g = f.add(f.mul(gp, 2), par)
+                    cds = [b.zext(f.load(f["w0"], f.mul(r, ng * books), f.mul(g, books), m), I64) for m in range(books)]
+                    step(g, par, [cds], toks, accs)
+            if ng % 2:
+                g = ng - 1
+                cds = [b.zext(f.load(f["w0"], f.mul(r, ng * books), g * books + m), I64) for m in range(books)]
+                step(c64(g), g % 2, [cds], toks, accs)
+        for i, r in enumerate(rows):
+            for j, t in enumerate(toks):
+                finish(r, accs[i][j], t)
+
+    T = f["T"]
+    whole = b.sub(T, b.srem(T, ir.Constant(T.type, CB_TILE)))
+    span = b.sub(f["r1"], f["r0"])
+    pairs_end = b.add(f["r0"], b.mul(b.sdiv(span, c64(2)), c64(2)))
+    with f.loop(f["r0"], pairs_end, 2) as ra:
+        rows = [ra, f.add(ra, 1)]
+        if ahead:       # the codes of the row pair `ahead` rows on (prefetch never faults past the end)
+            prefetch(f, f.at(f["w0"], f.mul(f.add(ra, ahead), ng * books)), 2 * ng * books)
+        with f.loop(0, whole, CB_TILE) as t0:
+            block(rows, [f.add(t0, j) for j in range(CB_TILE)])
+        with f.loop(whole, T) as t:
+            block(rows, [t])
+    with f.loop(pairs_end, f["r1"]) as r:              # an odd last row
+        with f.loop(0, T) as t:
+            block([r], [t])
     return f.finish()

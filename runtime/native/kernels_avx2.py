@@ -22,24 +22,12 @@ per-thread scratch first: kernels.quantized_input), built for hosts with AVX2 bu
 """
 from __future__ import annotations
 
-import os
-
 import llvmlite.ir as ir
 
 from .irgen import F32, I8, I16, I32, PF16, PF32, Fn, cf
-from .kernels import VNNI_ARGS, _cached, _intrinsic, quantized_input, vnni_block
+from .kernels import VNNI_ARGS, _cached, _intrinsic, prefetch, prefetch_rows, quantized_input, vnni_block
 
 TILE = 4          # tokens sharing one read of a weight block (4 float accumulators + the block's chunks in ymm)
-PREFETCH_ROWS = 8  # software prefetch of the weight row this many rows ahead (0: off; ACCELC_NATIVE_PREFETCH);
-                   # measured in docs/runtime/native.md
-
-
-def prefetch_rows() -> int:
-    try:
-        return max(0, int(os.environ.get("ACCELC_NATIVE_PREFETCH", PREFETCH_ROWS)))
-    except ValueError:
-        return PREFETCH_ROWS
-
 V8F = ir.VectorType(F32, 8)
 V8I = ir.VectorType(I32, 8)
 V16S = ir.VectorType(I16, 16)
@@ -74,12 +62,7 @@ def linear_avx2(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
     row_bytes = k if q8 else k // 2
     with f.loop(f["r0"], f["r1"]) as row:
         if ahead:       # prefetch never faults: rows past the matrix's end are harmless
-            pf = f.module.globals.get("llvm.prefetch.p0i8") or ir.Function(
-                f.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), I32, I32, I32]),
-                "llvm.prefetch.p0i8")
-            base = f.at(f["w0"], f.mul(f.add(row, ahead), row_bytes))
-            for c in range(0, row_bytes, 64):
-                b.call(pf, [f.at(base, c), ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+            prefetch(f, f.at(f["w0"], f.mul(f.add(row, ahead), row_bytes)), row_bytes)
         with f.loop(0, whole, TILE) as t0:
             _tile(f, ops, fmt, row, t0, TILE, k, nb, block, group, xq, sx, sq, corr_t, bias)
         with f.loop(whole, T) as t0:

@@ -143,6 +143,7 @@ def test_codebook_layers_equal_torch(scheme):
     tol = 1e-4 * max(1.0, np.abs(ref).max())
     np.testing.assert_allclose(full, ref, atol=tol)
     np.testing.assert_allclose(steps, ref, atol=tol)
+    np.testing.assert_array_equal(full, steps)      # chunks of 4 tokens = one at a time: lossless verification
 
 
 def test_generation_equals_transformers_greedy(tiny_artifact, torch_greedy):
@@ -337,8 +338,8 @@ def test_thread_count_changing_every_step_keeps_lock_step():
         return np.stack(rows)
 
     def loop():
-        ref, runs, end = decode(False), 0, time.monotonic() + 3
-        while time.monotonic() < end:
+        ref, runs, start = decode(False), 0, time.monotonic()
+        while (runs < 20 or time.monotonic() < start + 3) and time.monotonic() < start + 40:
             result.setdefault("bad", 0)
             result["bad"] += not np.array_equal(decode(True), ref)
             runs += 1
@@ -346,7 +347,7 @@ def test_thread_count_changing_every_step_keeps_lock_step():
 
     t = threading.Thread(target=loop, daemon=True)
     t.start()
-    t.join(timeout=60)
+    t.join(timeout=90)
     assert not t.is_alive(), "native threads deadlocked"
-    assert result["runs"] > 10 and result["bad"] == 0, result
+    assert result["runs"] >= 1 and result["bad"] == 0, result
     m.close()

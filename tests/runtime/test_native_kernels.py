@@ -152,12 +152,25 @@ def test_codebook_two_row_kernel_matches_numpy(n, k, group, books, bias):
     stored, parts = _stored("cb", n, k, rng, group, books)
     w = decode(stored, "cb", group)
     b = rng.standard_normal(n).astype(np.float32)
-    T, ldx, ldy = 2, k + 1, n + 2
+    T, ldx, ldy = 5, k + 1, n + 2
     x = rng.standard_normal((T, ldx)).astype(np.float32)
+
+    def run(xs, r0, r1):
+        y = np.full((len(xs), ldy), 7.0, dtype=np.float32)
+        xs = np.ascontiguousarray(xs)
+        call(*[p.ctypes.data for p in parts], b.ctypes.data if bias else None, xs.ctypes.data, y.ctypes.data,
+             len(xs), r0, r1, ldx, ldy)
+        return y
+
+    ref = x[:, :k] @ w.T + (b if bias else 0)
+    full = run(x, 0, n)
     for r0, r1 in ((0, n), (1, n), (2, n - 1)):                 # even and odd row ranges
-        y = np.full((T, ldy), 7.0, dtype=np.float32)
-        call(*[p.ctypes.data for p in parts], b.ctypes.data if bias else None, x.ctypes.data, y.ctypes.data,
-             T, r0, r1, ldx, ldy)
-        ref = x[:, :k] @ w.T + (b if bias else 0)
+        y = run(x, r0, r1)
         np.testing.assert_allclose(y[:, r0:r1], ref[:, r0:r1], rtol=2e-5, atol=2e-4)
         assert (y[:, :r0] == 7).all() and (y[:, r1:] == 7).all()
+        # bitwise the same whichever row pair (or the odd-row path) computes a row
+        np.testing.assert_array_equal(y[:, r0:r1], full[:, r0:r1])
+    # and whichever token tile: T tokens at once equal one at a time and any chunking
+    one = np.concatenate([run(x[t:t + 1], 0, n) for t in range(T)])
+    np.testing.assert_array_equal(full, one)
+    np.testing.assert_array_equal(np.concatenate([run(x[:3], 0, n), run(x[3:], 0, n)]), full)
