@@ -65,8 +65,12 @@ def linear_avx2(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
             prefetch(f, f.at(f["w0"], f.mul(f.add(row, ahead), row_bytes)), row_bytes)
         with f.loop(0, whole, TILE) as t0:
             _tile(f, ops, fmt, row, t0, TILE, k, nb, block, group, xq, sx, sq, corr_t, bias)
-        with f.loop(whole, T) as t0:
-            _tile(f, ops, fmt, row, t0, 1, k, nb, block, group, xq, sx, sq, corr_t, bias)
+        # the T % TILE tokens left run as one smaller tile (a verify step of 2 or 3 tokens reads each weight
+        # block once, not once per token)
+        left = b.sub(T, whole)
+        for tt in range(TILE - 1, 0, -1):
+            with b.if_then(b.icmp_signed("==", left, ir.Constant(T.type, tt))):
+                _tile(f, ops, fmt, row, whole, tt, k, nb, block, group, xq, sx, sq, corr_t, bias)
     return f.finish()
 
 

@@ -86,7 +86,7 @@ ISA_NEEDS = {"vnni": "+avx512vnni", "avx2": "+avx2"}
                                  for i in kernels.INT_ISAS])
 @pytest.mark.parametrize("fmt,n,k,group", VNNI_CASES)
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("T", [1, 3, 9])            # the AVX2 kernel's token tiles of 4 and their remainder
+@pytest.mark.parametrize("T", [1, 2, 3, 6, 9])      # the AVX2 kernel's token tiles of 4 and remainder tiles of 1-3
 def test_vnni_linear_matches_numpy(fmt, n, k, group, bias, isa, T):
     m = ir.Module("t")
     tmax = 12
