@@ -526,11 +526,13 @@ def prefetch(f: Fn, base, nbytes: int) -> None:
         f.b.call(pf, [f.at(base, c), ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
 
-def _hsum(f: Fn, v, lanes: int):
+def _hsum(f: Fn, v, lanes: int, strict: bool = False):
+    """Sum of a vector's lanes in lane order (strict: no fast-math flags, so the order is kept exactly)."""
     b = f.b
+    add = b.fadd if strict else f.fadd
     total = b.extract_element(v, ir.Constant(I32, 0))
     for i in range(1, lanes):
-        total = f.fadd(total, b.extract_element(v, ir.Constant(I32, i)))
+        total = add(total, b.extract_element(v, ir.Constant(I32, i)))
     return total
 
 
@@ -635,6 +637,11 @@ def linear_cb_rows(module: ir.Module, n: int, k: int, group: int, books: int, bi
         vals = [b.zext(b.trunc(b.lshr(w, ir.Constant(word, 8 * i)), I8), I64) for i in range(4 * books)]
         return [vals[j * books:(j + 1) * books] for j in range(4)]
 
+    def codes_at(row, g):
+        """The M code values (i64) of group g of `row` (g: an i64 value or a Python int)."""
+        first = f.mul(g, books) if not isinstance(g, int) else g * books
+        return [b.zext(f.load(f["w0"], f.mul(row, ng * books), first, m), I64) for m in range(books)]
+
     def decoded(codes):
         vec = None
         for m, code in enumerate(codes):
@@ -654,10 +661,7 @@ def linear_cb_rows(module: ir.Module, n: int, k: int, group: int, books: int, bi
                 b.store(b.call(fma, [vec, xv, b.load(acc)]), acc)
 
     def finish(row, accs2, t):
-        tot = b.fadd(b.load(accs2[0]), b.load(accs2[1]))
-        total = b.extract_element(tot, ir.Constant(I32, 0))
-        for i in range(1, group):
-            total = b.fadd(total, b.extract_element(tot, ir.Constant(I32, i)))
+        total = _hsum(f, b.fadd(b.load(accs2[0]), b.load(accs2[1])), group, strict=True)
         out = b.fmul(total, f.load(scales, row))
         if bias:
             out = b.fadd(out, f.load(f["bias"], row))
@@ -672,23 +676,16 @@ def linear_cb_rows(module: ir.Module, n: int, k: int, group: int, books: int, bi
                 cs = [codes_of(r, q) for r in rows]
                 for j in range(4):
                     step(f.add(f.mul(q, 4), j), j % 2, [c[j] for c in cs], toks, accs)
-            first = quads * 4
-            tail = range(first, ng)                  # groups past the last whole quad
-            for g in tail:
-                cds = [[b.zext(f.load(f["w0"], f.mul(r, ng * books), g * books + m), I64) for m in range(books)]
-                       for r in rows]
-                step(c64(g), g % 2, cds, toks, accs)
+            for g in range(quads * 4, ng):          # groups past the last whole quad
+                step(c64(g), g % 2, [codes_at(r, g) for r in rows], toks, accs)
         else:
             r = rows[0]
             with f.loop(0, ng // 2) as gp:
                 for par in range(2):
                     g = f.add(f.mul(gp, 2), par)
-                    cds = [b.zext(f.load(f["w0"], f.mul(r, ng * books), f.mul(g, books), m), I64) for m in range(books)]
-                    step(g, par, [cds], toks, accs)
+                    step(g, par, [codes_at(r, g)], toks, accs)
             if ng % 2:
-                g = ng - 1
-                cds = [b.zext(f.load(f["w0"], f.mul(r, ng * books), g * books + m), I64) for m in range(books)]
-                step(c64(g), g % 2, [cds], toks, accs)
+                step(c64(ng - 1), (ng - 1) % 2, [codes_at(r, ng - 1)], toks, accs)
         for i, r in enumerate(rows):
             for j, t in enumerate(toks):
                 finish(r, accs[i][j], t)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from .irgen import F32, I8, I16, I32, PF16, PF32, Fn, cf
-from .kernels import VNNI_ARGS, _cached, _intrinsic, prefetch, prefetch_rows, quantized_input, vnni_block
+from .kernels import VNNI_ARGS, _cached, _hsum, _intrinsic, prefetch, prefetch_rows, quantized_input, vnni_block
 
 TILE = 4          # tokens sharing one read of a weight block (4 float accumulators + the block's chunks in ymm)
 V8F = ir.VectorType(F32, 8)
@@ -159,10 +159,7 @@ def _tile(f: Fn, ops: _Ops, fmt: str, row, t0, tt: int, k: int, nb: int, block: 
                 b.store(b.fadd(b.load(corr[j]), b.fmul(sc, f.load(sq, cell))), corr[j])
             b.store(b.call(ops.fma, [b.sitofp(d, V8F), ops.splat(s), b.load(accs[j])]), accs[j])
     for j, t in enumerate(toks):
-        v = b.load(accs[j])
-        total = b.extract_element(v, ir.Constant(I32, 0))
-        for i in range(1, 8):
-            total = b.fadd(total, b.extract_element(v, ir.Constant(I32, i)))
+        total = _hsum(f, b.load(accs[j]), 8, strict=True)
         if q8:      # sum of (w - 128) xq s: add 128 sum(xq s) back, subtract the zero point's
             zero = b.fsub(f.load(b.bitcast(f["w2"], PF32), row), cf(128.0))
             c = b.load(b.gep(corr_t, [ir.Constant(I32, 0), t]))

@@ -287,7 +287,12 @@ class NativeModel:
             self.sync[SYNC_STOP] = 1
             self.sync[SYNC_JOB] += 1 << JOB_SHIFT
             me = threading.current_thread()
-            stuck = [w for w in self._workers if w is not me and (w.join(timeout=30) or w.is_alive())]
+            stuck = []
+            for w in self._workers:
+                if w is not me:
+                    w.join(timeout=30)
+                    if w.is_alive():
+                        stuck.append(w)
             if stuck or me in self._workers:
                 _UNFREED.append((self.compiled, self.ctx, self._keep, self._cache))
                 if stuck:

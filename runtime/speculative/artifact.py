@@ -239,8 +239,9 @@ def wants_full_logits(draft_mode: str, speculative: bool = True) -> bool:
     return speculative and draft_mode in LOOKUP_MODES
 
 
-def parse_fuzzy(spec: str | None) -> dict:
-    """'js:0.3' -> SpecConfig fields {fuzzy: "js", fuzzy_threshold: 0.3}; None or '' -> {} (exact acceptance)."""
+def check_fuzzy(spec: str | None) -> dict:
+    """'js:0.3' -> SpecConfig fields {fuzzy: "js", fuzzy_threshold: 0.3}, the divergence's name and the threshold
+    checked (InputError) before anything loads; None or '' -> {} (exact acceptance)."""
     if not spec:
         return {}
     div, sep, thr = spec.partition(":")
@@ -250,14 +251,8 @@ def parse_fuzzy(spec: str | None) -> dict:
         value = float(thr)
     except ValueError:
         raise InputError(f"--fuzzy threshold must be a number, got '{thr}'") from None
-    return {"fuzzy": div.strip().lower(), "fuzzy_threshold": value}
-
-
-def check_fuzzy(spec: str | None) -> dict:
-    """parse_fuzzy, with the divergence's name and the threshold checked (InputError), before anything loads."""
-    fz = parse_fuzzy(spec)
-    if fz:
-        SpecConfig(**fz)
+    fz = {"fuzzy": div.strip().lower(), "fuzzy_threshold": value}
+    SpecConfig(**fz)
     return fz
 
 
@@ -268,7 +263,7 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
     lookup mode asks for it (every artifact; open it with full_logits=True): None otherwise (the caller
     decodes token by token; `warn(message)` hears why when the drafter exists but cannot run),
     else (result, stats). k: draft length (fixed), start/cap (confidence, heuristic) or cap (cost and the lookup
-    modes: the cost model picks the length each round; default LOOKUP_K). fuzzy: "DIV:T" (parse_fuzzy) also accepts a
+    modes: the cost model picks the length each round; default LOOKUP_K). fuzzy: "DIV:T" (check_fuzzy) also accepts a
     draft whose divergence from the target is below T (a lookup draft's distribution is one-hot on it)."""
     fz = check_fuzzy(fuzzy)
     if draft_mode not in RUN_MODES:
