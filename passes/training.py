@@ -1,6 +1,6 @@
-"""Pieces shared by the passes that train (the EAGLE drafter, encoder-decoder adaptation): a key for a model's
-weights, the resume state (trainable weights, AdamW's moments, step, losses, seconds spent) as safetensors, the
-learning-rate schedule over a step or time budget, and one optimizer step."""
+"""Pieces shared by the passes that train (the EAGLE drafter, encoder-decoder adaptation): the device and precision
+they train in, a key for a model's weights, the resume state (trainable weights, AdamW's moments, step, losses,
+seconds spent) as safetensors, the learning-rate schedule over a step or time budget, and one optimizer step."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +9,43 @@ import math
 from pathlib import Path
 
 import torch
+
+from .spec_options import check_train_device
+
+
+def train_device(choice: str = "auto") -> torch.device:
+    """Where a pass trains: `auto` is a CUDA device when torch sees one (a lent GPU), else the CPU; `cuda` insists.
+    Training moves the modules there and back to the CPU afterwards: export and validation run on the CPU."""
+    check_train_device("training", choice)
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def device_name(dev: torch.device) -> str:
+    """'cpu', or 'cuda (NVIDIA H200)': what a training ran on, for the manifest and the docs."""
+    return f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "cpu"
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has native bfloat16 matrix instructions (AVX-512 BF16 or AMX), where autocast pays."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """precision auto: bfloat16 autocast on a GPU that has it and on a CPU with bf16 instructions (emulated bf16 is
+    several times slower than float32), else float32; bf16 / f32 as asked."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bf16_supported()
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bfloat16 autocast on `device` when bf16, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def fingerprint(model: torch.nn.Module, windows: torch.Tensor) -> str:
@@ -72,10 +109,12 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         f.write(blob)
         for t in tensors.values():
             if t.numel():
-                f.write(memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+                f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
-def save_state(path: Path, params, opt, step: int, losses: list[float], seconds: float) -> None:
+def save_state(path: Path, params, opt, step: int, losses: list[float], seconds: float,
+               devices: list[str] | tuple = ()) -> None:
+    """devices: what the training ran on so far (device_name), kept in the file's metadata."""
     t = {}
     for i, p in enumerate(params):
         t[f"p{i}"] = p.detach()
@@ -83,15 +122,49 @@ def save_state(path: Path, params, opt, step: int, losses: list[float], seconds:
         for k in ("exp_avg", "exp_avg_sq"):
             if k in st:
                 t[f"{k}{i}"] = st[k]
-    meta = {"step": str(step), "seconds": str(seconds), "losses": json.dumps([round(x, 5) for x in losses])}
+    meta = {"step": str(step), "seconds": str(seconds), "losses": json.dumps([round(x, 5) for x in losses]),
+            "devices": json.dumps(list(devices))}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_tensors(tmp, t, meta)
     tmp.replace(path)
 
 
+def state_devices(path: Path | None) -> list[str]:
+    """The devices a resumable training ran on so far, from its resume file's metadata ([] without one)."""
+    from safetensors import safe_open
+    if path is None or not path.is_file():
+        return []
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(json.loads((f.metadata() or {}).get("devices", "[]")))
+    except Exception:
+        return []
+
+
+def devices_after(prior: list[str], dev: torch.device, ran: bool) -> list[str]:
+    """prior (state_devices) plus `dev` when training steps ran on it in this call."""
+    here = device_name(dev)
+    return prior + [here] if (ran or not prior) and here not in prior else list(prior)
+
+
+def finished(path: Path, steps: int, seconds: float) -> bool:
+    """Whether the resume file at `path` holds a training that already ran its steps or its time budget (a rerun
+    then reuses its weights and needs no training data)."""
+    from safetensors import safe_open
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return int(meta["step"]) >= steps or float(meta.get("seconds", 0.0)) >= seconds
+    except Exception:
+        return False
+
+
 def load_state(path: Path, params, opt) -> tuple[int, list[float], float]:
-    """Restore the weights and AdamW's moments saved by save_state, one tensor at a time."""
+    """Restore the weights and AdamW's moments saved by save_state, one tensor at a time (onto each weight's device:
+    a run saved on a GPU resumes on the CPU and the other way round)."""
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
@@ -101,6 +174,7 @@ def load_state(path: Path, params, opt) -> tuple[int, list[float], float]:
             for i, p in enumerate(params):
                 p.copy_(f.get_tensor(f"p{i}"))
                 if f"exp_avg{i}" in keys:
-                    opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": f.get_tensor(f"exp_avg{i}").clone(),
-                                    "exp_avg_sq": f.get_tensor(f"exp_avg_sq{i}").clone()}
+                    opt.state[p] = {"step": torch.tensor(float(step)),
+                                    "exp_avg": f.get_tensor(f"exp_avg{i}").to(p.device, copy=True),
+                                    "exp_avg_sq": f.get_tensor(f"exp_avg_sq{i}").to(p.device, copy=True)}
     return step, json.loads(meta.get("losses", "[]")), float(meta.get("seconds", 0.0))

@@ -22,6 +22,10 @@ def machine() -> dict:
         info.update(cpu=model, isa=[f for f in ISA if f in flags])
     except OSError:
         info["cpu"] = platform.processor()
+    torch = sys.modules.get("torch")       # a GPU the run could use (a lent one), when the script uses torch
+    if torch is not None and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["torch"] = torch.__version__
     try:
         mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
         info["memory_gib"] = round(int(mem.split()[1]) / 2**20, 1)
@@ -37,7 +41,9 @@ def git_commit(repo: Path = ROOT) -> str:
                                capture_output=True, text=True).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        # a copy of the working tree without .git (a lent GPU machine): scripts/gpu_run.sh passes the commit it was
+        # prepared from
+        return os.environ.get("ACCELC_COMMIT", "unknown")
 
 
 PACKAGES = ("compiler", "passes", "runtime", "targets", "models")

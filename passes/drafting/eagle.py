@@ -34,7 +34,9 @@ class EagleConfig(PassConfig):
     noise: float = 0.1         # uniform noise on the input states, relative to their RMS (EAGLE: 0.1)
     unroll: int = 1            # 2: also train on the drafter's own estimated states (training-time test)
     seed: int = 0
-    precision: str = "auto"    # training matmuls: bf16 (autocast) where the CPU has bf16 instructions, else f32
+    precision: str = "auto"    # training matmuls: bf16 (autocast) where the CPU has bf16 instructions or on a GPU,
+                               # else f32
+    device: str = "auto"       # where the states and the training run: auto (a CUDA GPU when torch sees one), cpu, cuda
     eval_prompts: int = 8      # held-out prompts (evaluation split) for the acceptance measurement
     eval_tokens: int = 64
     calib: str | None = None   # calibration text file (default: Brown calibration split)
@@ -46,6 +48,8 @@ class EagleConfig(PassConfig):
             raise InputError("eagle options: seq_len must be >= 3 and unroll 1 or 2")
         if self.vocab < 0 or self.eval_prompts < 0 or self.eval_tokens < 1:
             raise InputError("eagle options vocab and eval_prompts must be >= 0, eval_tokens >= 1")
+        from ..spec_options import check_train_device
+        check_train_device("--drafter eagle", self.device)
         if self.precision not in ("auto", "bf16", "f32"):
             raise InputError(f"eagle option precision must be auto, bf16 or f32, got {self.precision!r}")
         if not self.seconds > 0 or not self.lr > 0 or self.cls < 0 or self.noise < 0:
@@ -87,8 +91,8 @@ class EagleDrafterPass(Pass):
         from ...models.corpus import load_text, token_stream
         from .drafter import _coverage
         from .drafter_train import frequent_tokens, token_windows
-        from ..training import fingerprint, run_key
-        from .eagle_train import bf16_supported, cache_root, held_out_acceptance, target_features, train_eagle
+        from ..training import finished, fingerprint, run_key, train_device, use_bf16
+        from .eagle_train import cache_root, held_out_acceptance, target_features, train_eagle
         cfg, model, ad = self.config, bundle.model, bundle.adapter
         stream = token_stream(bundle.tokenizer, load_text("calib", cfg.calib))
         V = ad.vocab_size
@@ -98,13 +102,16 @@ class EagleDrafterPass(Pass):
             vocab_ids = frequent_tokens(stream, cfg.vocab, V, [eos] if eos is not None else [])
         windows = token_windows(stream, cfg.windows, cfg.seq_len, cfg.seed)
         key = fingerprint(model, windows)
-        feats = target_features(model, ad, windows, key)
+        dev = train_device(cfg.device)
+        resume = cache_root() / f"train-{run_key(key, cfg.training_options())}.safetensors"
+        # a finished training (here, or on another machine with the same model and options) needs no target states
+        feats = None if finished(resume, cfg.steps, cfg.seconds) else \
+            target_features(model, ad, windows, key, chunk=4 if dev.type == "cpu" else 64, device=dev)
         init_from = default_init_layer(ad.num_layers)
         graph = EagleGraph(model, ad, vocab_ids, init_from)
-        resume = cache_root() / f"train-{run_key(key, cfg.training_options())}.safetensors"
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+        bf16 = use_bf16(cfg.precision, dev)
         train = train_eagle(graph, windows, feats, cfg.steps, cfg.seconds, cfg.batch, cfg.lr, cfg.seed,
-                            cfg.cls, cfg.noise, cfg.unroll, resume=resume, bf16=bf16)
+                            cfg.cls, cfg.noise, cfg.unroll, resume=resume, bf16=bf16, device=dev)
         graph.eval()
         prompts = held_out_prompts(bundle.tokenizer, cfg.eval_prompts)
         accept = (held_out_acceptance(model, ad, graph, prompts, cfg.eval_tokens) if prompts else None)

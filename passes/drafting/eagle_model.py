@@ -80,8 +80,8 @@ class EagleGraph(nn.Module):
     def forward(self, input_ids, hidden_in, position_ids, attention_mask, past_key, past_value):
         return self.layer(self.mix(input_ids, hidden_in), position_ids, attention_mask, past_key, past_value)
 
-    def empty_cache(self, batch: int, length: int = 0, dtype=torch.float32) -> list[torch.Tensor]:
-        return self.layer.empty_cache(batch, length, dtype)
+    def empty_cache(self, batch: int, length: int = 0, dtype=torch.float32, device=None) -> list[torch.Tensor]:
+        return self.layer.empty_cache(batch, length, dtype, device)
 
 
 def target_graph(model: nn.Module, adapter: ArchAdapter) -> DecoderGraph:

@@ -10,7 +10,8 @@ With unroll=2 a second pass feeds the drafter's own estimates back (inputs f^_t 
 at once) and adds the same losses for the next position: a cheap form of EAGLE-3's training-time test, whose
 context is all estimated rather than true-then-estimated (named as a departure in docs/passes/drafter.md).
 Resumable: the trainable weights, AdamW's moments and the step are saved every `save_s` seconds beside the
-features, and a rerun with the same configuration continues from there.
+features, and a rerun with the same configuration continues from there. Both the target's states and the training
+run on a CUDA device when one is there (device=auto; training.train_device), the modules moved there and back.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ...compiler.progress import bar
-from ..training import apply_step, cosine_rate, load_state, save_state
+from ..training import apply_step, autocast, cosine_rate, devices_after, load_state, save_state, state_devices
 from ..export.decoder_graph import DecoderGraph
 from .drafter_train import _summary
 from .eagle_model import EagleGraph
@@ -36,8 +37,10 @@ def cache_root() -> Path:
 
 
 @torch.no_grad()
-def target_features(model, adapter, windows: torch.Tensor, key: str | None = None, chunk: int = 4) -> torch.Tensor:
-    """The target's last hidden states [n, T, C] (float16 on disk and in memory), computed once per key."""
+def target_features(model, adapter, windows: torch.Tensor, key: str | None = None, chunk: int = 4,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """The target's last hidden states [n, T, C] (float16 on disk and in memory, on the CPU), computed once per key,
+    on `device` (the model is moved there and back)."""
     from safetensors.torch import load_file, save_file
     path = cache_root() / f"features-{key}.safetensors" if key else None
     if path is not None and path.is_file():
@@ -45,16 +48,20 @@ def target_features(model, adapter, windows: torch.Tensor, key: str | None = Non
             return load_file(str(path))["features"]
         except Exception as e:           # a damaged cache entry is recomputed
             log.warning("recomputing the EAGLE features (%s: %s)", path.name, e)
-    graph = DecoderGraph(model, adapter, output="hidden").eval()
+    dev = torch.device(device)
+    graph = DecoderGraph(model, adapter, output="hidden").eval().to(dev)
     out = []
-    with bar(len(windows), "eagle: target states") as pb:
-        for i in range(0, len(windows), chunk):
-            x = windows[i:i + chunk]
-            B, T = x.shape
-            h = graph(x, torch.arange(T)[None].expand(B, T), torch.ones(B, T, dtype=torch.long),
-                      *graph.empty_cache(B, 0))[0]
-            out.append(h.to(torch.float16))
-            pb.update(len(x))
+    try:
+        with bar(len(windows), "eagle: target states") as pb:
+            for i in range(0, len(windows), chunk):
+                x = windows[i:i + chunk].to(dev)
+                B, T = x.shape
+                h = graph(x, torch.arange(T, device=dev)[None].expand(B, T),
+                          torch.ones(B, T, dtype=torch.long, device=dev), *graph.empty_cache(B, 0, device=dev))[0]
+                out.append(h.to(torch.float16).cpu())
+                pb.update(len(x))
+    finally:
+        graph.to("cpu")         # the model's own weights (the graph shares them)
     feats = torch.cat(out)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,21 +81,15 @@ def _head_logits(drafter: EagleGraph, h: torch.Tensor) -> torch.Tensor:
     return torch.tanh(z / g.final_softcap) * g.final_softcap if g.final_softcap else z
 
 
-def bf16_supported() -> bool:
-    """Whether this CPU has native bfloat16 matrix instructions (AVX-512 BF16 or AMX), where autocast pays."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _losses(drafter: EagleGraph, ids, f_in, f_next, p_log, bf16: bool):
     """One drafter pass over pairs (f_in[t], ids[t]) -> (reg, cls, its estimates); matmuls in bfloat16 when asked,
     losses in float32."""
     B, T = ids.shape
-    pos = torch.arange(T)[None].expand(B, T)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits, h, *_ = drafter(ids, f_in, pos, torch.ones(B, T, dtype=torch.long), *drafter.empty_cache(B, 0))
+    dev = ids.device
+    pos = torch.arange(T, device=dev)[None].expand(B, T)
+    with autocast(dev, bf16):
+        logits, h, *_ = drafter(ids, f_in, pos, torch.ones(B, T, dtype=torch.long, device=dev),
+                                *drafter.empty_cache(B, 0, device=dev))
     h = h.float()
     reg = F.smooth_l1_loss(_unit(h), _unit(f_next))
     cls = F.kl_div(F.log_softmax(logits.float(), -1), p_log, log_target=True, reduction="none").sum(-1).mean()
@@ -97,15 +98,29 @@ def _losses(drafter: EagleGraph, ids, f_in, f_next, p_log, bf16: bool):
 
 def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor, steps: int, seconds: float,
                 batch: int, lr: float, seed: int, cls_weight: float = 0.1, noise: float = 0.1, unroll: int = 1,
-                resume: Path | None = None, save_s: float = 60.0, bf16: bool = False) -> dict:
+                resume: Path | None = None, save_s: float = 60.0, bf16: bool = False,
+                device: torch.device | str = "cpu") -> dict:
     """AdamW on the drafter's trainable weights (the rest frozen, master weights float32; bf16: bfloat16 autocast
-    for the matmuls); -> {"steps", "seconds", "loss", "resumed_at"}."""
+    for the matmuls) on `device` (the drafter, and the target modules it shares, are moved there and back to the
+    CPU afterwards); -> {"steps", "seconds", "loss", "resumed_at", "device"}."""
+    dev = torch.device(device)
+    drafter.to(dev)
+    try:
+        return _train(drafter, windows, feats, steps, seconds, batch, lr, seed, cls_weight, noise, unroll, resume,
+                      save_s, bf16, dev)
+    finally:
+        drafter.to("cpu")
+
+
+def _train(drafter, windows, feats, steps, seconds, batch, lr, seed, cls_weight, noise, unroll, resume, save_s,
+           bf16, dev) -> dict:
     params = drafter.trainable()
     ids_p = {id(p) for p in params}
     saved = {p: p.requires_grad for p in drafter.parameters()}
     for p in drafter.parameters():
         p.requires_grad_(id(p) in ids_p)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    prior = state_devices(resume)
     start, losses, spent = 0, [], 0.0
     if resume is not None and resume.is_file():
         start, losses, spent = load_state(resume, params, opt)
@@ -123,13 +138,13 @@ def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor,
                     log.info("EAGLE training stopped by its time budget after %d steps", step)
                     break
                 idx = torch.randint(0, len(windows), (min(batch, len(windows)),), generator=g)
-                ids, f = windows[idx], feats[idx].float()
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                ids, f = windows[idx].to(dev), feats[idx].to(dev).float()
+                with torch.no_grad(), autocast(dev, bf16):
                     p_log = F.log_softmax(_head_logits(drafter, f[:, 1:]).float(), dim=-1)
                     f_in = f[:, :-1]
                     if noise:   # EAGLE's uniform feature noise, relative to each state's scale
                         f_in = f_in + noise * f_in.pow(2).mean(-1, keepdim=True).sqrt() * \
-                            (2 * torch.rand(f_in.shape, generator=g) - 1)
+                            (2 * torch.rand(f_in.shape, generator=g) - 1).to(dev)
                 reg, cls, h = _losses(drafter, ids[:, 1:], f_in, f[:, 1:], p_log, bf16)
                 loss = reg + cls_weight * cls
                 if unroll >= 2:
@@ -139,7 +154,8 @@ def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor,
                                          cosine_rate(lr, step, steps, spent + time.perf_counter() - t0, seconds)))
                 pb.update(1)
                 if resume is not None and time.perf_counter() - last_save > save_s:
-                    save_state(resume, params, opt, step + 1, losses, spent + time.perf_counter() - t0)
+                    save_state(resume, params, opt, step + 1, losses, spent + time.perf_counter() - t0,
+                               devices_after(prior, dev, True))
                     last_save = time.perf_counter()
             else:
                 step = steps
@@ -148,9 +164,11 @@ def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor,
         for p, r in saved.items():          # the target's shared modules as they were; the drafter frozen
             p.requires_grad_(r and id(p) not in ids_p)
     total = spent + time.perf_counter() - t0
+    devices = devices_after(prior, dev, step > start)
     if resume is not None:
-        save_state(resume, params, opt, step, losses, total)
-    return {"steps": step, "seconds": round(total, 2), "resumed_at": start, "loss": _summary(losses)}
+        save_state(resume, params, opt, step, losses, total, devices)
+    return {"steps": step, "seconds": round(total, 2), "resumed_at": start, "loss": _summary(losses),
+            "device": ", ".join(devices)}
 
 
 def held_out_acceptance(model, adapter, drafter: EagleGraph, prompts: list[list[int]], new_tokens: int,

@@ -62,10 +62,12 @@ class ConvertEncDecPass(Pass):
         if cfg.steps:
             calib = token_stream(bundle.tokenizer, load_text("calib", cfg.calib)) if bundle.tokenizer is not None \
                 else torch.randint(3, bundle.adapter.vocab_size, (4 * cfg.seq_len,), generator=torch.Generator().manual_seed(0))
-            from ..drafting.eagle_train import bf16_supported
-            bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+            from ..training import train_device, use_bf16
+            dev = train_device(cfg.device)
+            bf16 = use_bf16(cfg.precision, dev)
             resume = cache_root() / f"adapt-{run_key(key, cfg.training_options())}.safetensors"
-            train = {**adapt(ed, teacher, calib, cfg, resume=resume, bf16=bf16), "precision": "bf16" if bf16 else "f32"}
+            train = {**adapt(ed, teacher, calib, cfg, resume=resume, bf16=bf16, device=dev),
+                     "precision": "bf16" if bf16 else "f32"}
             if windows is not None:
                 scores["adapted"] = score(encdec_logits(ed), windows, prefix)
         del teacher

@@ -85,9 +85,9 @@ class EncDec(nn.Module):
         """prefix [B, P] -> the decoder's memory: key, value [B, P, H, D] per decoder layer."""
         B, P = prefix.shape
         if P == 0:
-            return self.dec_graph.empty_cache(B, 0)
-        pos = torch.arange(P)[None].expand(B, P)
-        return list(self.enc_graph(prefix, pos, torch.ones(B, P, dtype=torch.long)))
+            return self.dec_graph.empty_cache(B, 0, device=prefix.device)
+        pos = torch.arange(P, device=prefix.device)[None].expand(B, P)
+        return list(self.enc_graph(prefix, pos, torch.ones(B, P, dtype=torch.long, device=prefix.device)))
 
     def forward(self, prefix: torch.Tensor, dec_ids: torch.Tensor) -> torch.Tensor:
         """prefix [B, P] (the encoder's), dec_ids [B, T] (the decoder's, at positions P..P+T-1) -> logits [B, T, V]."""
@@ -102,8 +102,9 @@ class EncDec(nn.Module):
         of positions at a time)."""
         B, P = mem[0].shape[:2]
         T = dec_ids.shape[1]
-        pos = torch.arange(P, P + T)[None].expand(B, T)
-        return self.dec_graph.trunk(dec_ids, pos, torch.ones(B, P + T, dtype=torch.long), *mem)[0]
+        dev = dec_ids.device
+        pos = torch.arange(P, P + T, device=dev)[None].expand(B, T)
+        return self.dec_graph.trunk(dec_ids, pos, torch.ones(B, P + T, dtype=torch.long, device=dev), *mem)[0]
 
     def checkpoint_layers(self, on: bool) -> None:
         """Activation checkpointing of every encoder and decoder layer while gradients are on (adaptation)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ...compiler.errors import InputError
-from ..spec_options import convert
+from ..spec_options import check_train_device, convert
 
 ATTENTION = ("merged", "cross")
 PICKS = ("ends", "spread", "last", "first")
@@ -33,8 +33,9 @@ class EncDecConfig:
     lr: float = 5e-5
     kd: float = 0.5                # loss = kd * KL(source || student) + (1 - kd) * cross-entropy on the text
     seed: int = 0
-    precision: str = "auto"        # bf16 autocast where the CPU has bf16 instructions (AVX-512 BF16, AMX), else f32
-                                   # (emulated bf16 is several times slower: docs/passes/encdec.md)
+    precision: str = "auto"        # bf16 autocast where the CPU has bf16 instructions (AVX-512 BF16, AMX) or on a
+                                   # GPU, else f32 (emulated bf16 is several times slower: docs/passes/encdec.md)
+    device: str = "auto"           # where the adaptation trains: auto (a CUDA GPU when torch sees one), cpu, cuda
     eval_windows: int = 16         # held-out windows (evaluation split) scored before and after adaptation
     calib: str | None = None       # calibration text file (from --calib; default: the Brown calibration split)
 
@@ -51,6 +52,7 @@ class EncDecConfig:
             raise bad(f"encoder must be one of {', '.join(ENCODERS)}, got '{self.encoder}'")
         if self.precision not in ("auto", "bf16", "f32"):
             raise bad(f"precision must be auto, bf16 or f32, got '{self.precision}'")
+        check_train_device("--convert encdec", self.device)
         if self.train not in TRAIN:
             raise bad(f"train must be one of {', '.join(TRAIN)}, got '{self.train}'")
         for key in ("decoder_layers", "steps", "eval_windows"):

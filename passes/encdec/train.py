@@ -8,9 +8,11 @@ where p_source is the frozen source model's distribution over the same window re
 parameter of the encoder and decoder trains (embeddings and head shared); with train=decoder only the decoder's
 layers and final norm (the embeddings and head, shared with the encoder, stay the source's), and with a causal
 encoder its memory is then taken from the teacher's own forward (the same keys/values, no encoder run). AdamW, warm-up then cosine decay
-over whichever of steps / seconds ends first; bf16 autocast where the CPU has bf16 instructions, else float32. Resumable: weights, AdamW's moments
-and the step are saved every `save_s` seconds under $ACCELC_CACHE/encdec/ and a rerun with the same source weights
-and options continues (or, when finished, reuses the result without training).
+over whichever of steps / seconds ends first; bf16 autocast where the CPU has bf16 instructions (or on a GPU), else
+float32. On a CUDA device when one is there (device=auto; training.train_device): the models move there for the
+adaptation and back to the CPU afterwards. Resumable: weights, AdamW's moments and the step are saved every `save_s`
+seconds under $ACCELC_CACHE/encdec/ and a rerun with the same source weights and options continues (or, when
+finished, reuses the result without training), on either device.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from ...compiler.progress import bar
 from ..drafting.drafter_train import _summary
-from ..training import apply_step, cosine_rate, load_state, save_state
+from ..training import apply_step, autocast, cosine_rate, devices_after, load_state, save_state, state_devices
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,10 @@ def _teacher(teacher, x: torch.Tensor, bf16: bool):
     """The source over the window x[:, :-1], causally: (its last residual stream [B, W-1, C], its keys/values per
     layer). The head runs later, a chunk of positions at a time (_step_loss)."""
     B, W = x.shape
-    T = W - 1
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        h, kv, _ = teacher.trunk(x[:, :-1], torch.arange(T)[None].expand(B, T), torch.ones(B, T, dtype=torch.long),
-                                 *teacher.empty_cache(B, 0))
+    T, dev = W - 1, x.device
+    with torch.no_grad(), autocast(dev, bf16):
+        h, kv, _ = teacher.trunk(x[:, :-1], torch.arange(T, device=dev)[None].expand(B, T),
+                                 torch.ones(B, T, dtype=torch.long, device=dev), *teacher.empty_cache(B, 0, device=dev))
         return h, kv
 
 
@@ -58,27 +60,28 @@ def _step_loss(ed, teacher, x: torch.Tensor, n: int, cfg, bf16: bool, source_mem
     465 MB, and the loss held several, with their gradients). scale: also backpropagate loss * scale now, each
     chunk to the decoder's last hidden states, then once through the layers; the loss is then returned detached."""
     t_h, kv = taught if taught is not None else _teacher(teacher, x, bf16)
+    dev = x.device
     mem = None
     with torch.no_grad():
         if source_memory:
             mem = [kv[2 * m + i][:, :n - 1].float() for m in ed.memory for i in (0, 1)]
         elif cfg.train == "decoder":
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with autocast(dev, bf16):
                 mem = [t.float() for t in ed.encode(x[:, :n - 1])]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with autocast(dev, bf16):
         s_h = ed.decode_hidden(ed.encode(x[:, :n - 1]) if mem is None else mem, x[:, n - 1:-1])
     flat = s_h.reshape(-1, s_h.shape[-1])
     hs = flat.detach().requires_grad_(True) if scale is not None else flat
     t_flat = t_h[:, n - 1:].reshape(-1, t_h.shape[-1])
     tgt = x[:, n:].reshape(-1)
     N = flat.shape[0]
-    total = torch.zeros(())
+    total = torch.zeros((), device=dev)
     for i in range(0, N, chunk):
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), autocast(dev, bf16):
             t_log = F.log_softmax(teacher.head_logits(t_flat[i:i + chunk]).float(), -1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(dev, bf16):
             s_log = F.log_softmax(ed.dec_graph.head_logits(hs[i:i + chunk]).float(), -1)
-        part = torch.zeros(())
+        part = torch.zeros((), device=dev)
         if cfg.kd > 0:
             part = part + cfg.kd * F.kl_div(s_log, t_log, log_target=True, reduction="sum") / N
         if cfg.kd < 1:
@@ -93,9 +96,21 @@ def _step_loss(ed, teacher, x: torch.Tensor, n: int, cfg, bf16: bool, source_mem
 
 
 def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, save_s: float = 600.0,
-          bf16: bool = False) -> dict:
+          bf16: bool = False, device: torch.device | str = "cpu") -> dict:
     """Train every parameter of `ed` (EncDec) against `teacher` (a DecoderGraph of the source, frozen) on windows of
-    `stream`; -> {"steps", "seconds", "resumed_at", "loss"}."""
+    `stream`, on `device` (both modules are moved there and back to the CPU afterwards, also on an error);
+    -> {"steps", "seconds", "resumed_at", "loss", "device"}."""
+    dev = torch.device(device)
+    ed.to(dev)
+    teacher.to(dev)
+    try:
+        return _adapt(ed, teacher, stream, cfg, resume, save_s, bf16, dev)
+    finally:
+        ed.to("cpu")
+        teacher.to("cpu")
+
+
+def _adapt(ed, teacher, stream, cfg, resume, save_s, bf16, dev) -> dict:
     if cfg.train == "decoder":      # its layers and final norm: the embeddings and head are the encoder's too
         shared = {id(p) for p in ed.encoder.parameters()}
         params = [p for p in ed.decoder.parameters() if id(p) not in shared]
@@ -107,6 +122,7 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
         p.requires_grad_(True)
     source_memory = cfg.train == "decoder" and ed.causal_encoder
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    prior = state_devices(resume)
     start, losses, spent = 0, [], 0.0
     if resume is not None and resume.is_file():
         start, losses, spent = load_state(resume, params, opt)
@@ -128,7 +144,7 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
                     log.info("adaptation stopped by its time budget after %d steps", step)
                     break
                 off = torch.randint(0, stream.numel() - cfg.seq_len, (cfg.batch,), generator=g)
-                x = torch.stack([stream[o:o + cfg.seq_len] for o in off.tolist()])
+                x = torch.stack([stream[o:o + cfg.seq_len] for o in off.tolist()]).to(dev)
                 taught = _teacher(teacher, x, bf16)          # shared by the step's split points
                 splits = torch.randint(cfg.min_prefix, cfg.seq_len - cfg.min_target + 1, (cfg.splits,), generator=g)
                 opt.zero_grad(set_to_none=True)              # each split point backpropagates its own share
@@ -139,7 +155,8 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
                 pb.update(max(0, min(int(spent + time.perf_counter() - t0), int(cfg.seconds)) - pb.n))
                 pb.set_description_str(f"encdec: adaptation, step {step + 1}, loss {losses[-1]:.3f}, seconds")
                 if resume is not None and time.perf_counter() - last_save > save_s:
-                    save_state(resume, params, opt, step + 1, losses, spent + time.perf_counter() - t0)
+                    save_state(resume, params, opt, step + 1, losses, spent + time.perf_counter() - t0,
+                               devices_after(prior, dev, True))
                     last_save = time.perf_counter()
             else:
                 step = cfg.steps
@@ -149,6 +166,9 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
         for p in ed.parameters():
             p.requires_grad_(False)
     total = spent + time.perf_counter() - t0
+    devices = devices_after(prior, dev, step > start)
     if resume is not None and step > start:
-        save_state(resume, params, opt, step, losses, total)
-    return {"steps": step, "seconds": round(total, 2), "resumed_at": start, "loss": _summary(losses)}
+        save_state(resume, params, opt, step, losses, total, devices)
+    return {"steps": step, "seconds": round(total, 2), "resumed_at": start, "loss": _summary(losses),
+            "device": ", ".join(devices)}
+

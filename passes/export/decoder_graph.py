@@ -170,8 +170,8 @@ class DecoderGraph(nn.Module):
             cnt = torch.cumsum(attention_mask, dim=-1)                                        # [B,S]
             dist = cnt[:, S - T:, None] - cnt[:, None, :]
             allowed = allowed & ((dist if self.causal else dist.abs()) < window)
-        zero = torch.zeros((), dtype=torch.float32)
-        neg = torch.full((), torch.finfo(torch.float32).min, dtype=torch.float32)
+        zero = torch.zeros((), dtype=torch.float32, device=kv.device)
+        neg = torch.full((), torch.finfo(torch.float32).min, dtype=torch.float32, device=kv.device)
         return torch.where(allowed, zero, neg)[:, None, None]
 
     def _rope(self, position_ids: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +266,7 @@ class DecoderGraph(nn.Module):
         m = mlp["down"](mlp["act"](mlp["gate"](x)) * mlp["up"](x))
         return h + (norms["post_ffn"](m) if self.sandwich else m), k, v, col
 
-    def empty_cache(self, batch: int, length: int = 0, dtype=torch.float32) -> list[torch.Tensor]:
+    def empty_cache(self, batch: int, length: int = 0, dtype=torch.float32, device=None) -> list[torch.Tensor]:
         """Zero cache tensors [batch, length, H, D] for every layer (key, value interleaved)."""
-        return [torch.zeros(batch, length, self.kv_heads, self.head_dim, dtype=dtype)
+        return [torch.zeros(batch, length, self.kv_heads, self.head_dim, dtype=dtype, device=device)
                 for _ in range(2 * (self.last - self.first))]

@@ -39,3 +39,45 @@ def test_state_round_trip_continues_training_identically(tmp_path):
     assert (start, spent) == (3, 1.5) and old == [round(v, 5) for v in losses]
     resumed = [step(net2, opt2, params2) for _ in range(2)]
     assert resumed == ahead                             # same weights and moments: the same next steps
+
+
+def test_state_records_its_devices_and_when_it_is_finished(tmp_path):
+    from accelc.passes.training import devices_after, finished, state_devices
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p])
+    path = tmp_path / "s.safetensors"
+    assert state_devices(path) == [] and not finished(path, 10, 60.0)
+    save_state(path, [p], opt, 4, [1.0], 30.0, ["cuda (NVIDIA H200)"])
+    assert state_devices(path) == ["cuda (NVIDIA H200)"]
+    cpu = torch.device("cpu")
+    assert devices_after(state_devices(path), cpu, ran=False) == ["cuda (NVIDIA H200)"]     # reused only
+    assert devices_after(state_devices(path), cpu, ran=True) == ["cuda (NVIDIA H200)", "cpu"]
+    assert devices_after([], cpu, ran=False) == ["cpu"]
+    assert not finished(path, 10, 60.0)                  # neither budget ran out
+    assert finished(path, 4, 60.0) and finished(path, 10, 30.0)
+    path.write_bytes(b"not a safetensors file")
+    assert not finished(path, 1, 1.0) and state_devices(path) == []
+
+
+def test_training_device_choice():
+    import pytest
+    from accelc.compiler.errors import InputError
+    from accelc.passes.drafting.eagle import parse_eagle
+    from accelc.passes.encdec.options import parse_convert
+    from accelc.passes.training import train_device, use_bf16
+    assert train_device("cpu").type == "cpu"
+    assert train_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="device=cuda, but torch sees no CUDA device"):
+            train_device("cuda")
+    with pytest.raises(InputError, match="device"):
+        train_device("tpu")
+    assert use_bf16("bf16", torch.device("cpu")) and not use_bf16("f32", torch.device("cpu"))
+    assert parse_convert("encdec:device=cpu").device == "cpu" and parse_eagle("device=auto").device == "auto"
+    for bad in (lambda: parse_convert("encdec:device=gpu"), lambda: parse_eagle("device=tpu")):
+        with pytest.raises(InputError, match="device must be one of auto, cpu, cuda"):
+            bad()
+    if not torch.cuda.is_available():       # refused when the options are read, before any model loads
+        for bad in (lambda: parse_convert("encdec:device=cuda"), lambda: parse_eagle("device=cuda")):
+            with pytest.raises(InputError, match="device=cuda, but torch sees no CUDA device"):
+                bad()

