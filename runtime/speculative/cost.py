@@ -6,14 +6,23 @@ where a_i is the running rate at which the i-th draft of that source was accepte
 (a Beta(1, 1) prior, so an untried position counts 0.5; counts decay by DECAY per round of the source, so the
 rate follows the prompt at hand rather than every prompt seen since the artifact was opened). The model picks the k in [0, k_max] with the most
 tokens per second. Everything is measured in the running generation on the backend in use:
-- verify(n): the mean time of the target's passes over n positions, an exponential moving average per width.
+- verify(n): the time of the target's passes over n positions per width: the plain mean of its first 1 / EMA
+  passes, then an exponential moving average that follows a faster pass with weight EMA_DOWN (timing noise on a
+  shared CPU only ever adds time, so a slow pass is the likelier outlier).
   Widths not seen yet come from a least-squares line through the seen widths' means (with one width seen, a
   slope of SLOPE_PRIOR of its time per extra position, optimistic so that longer drafts get tried) and are
   never below a narrower width's cost.
 - A plain step's cost is only measured when k = 0 is chosen, so a stale figure could keep k = 0 from ever being
   chosen again: when it is more than REFRESH rounds old, the round is a plain step (never slower than plain
   decoding) and refreshes it.
-- draft_per_token: the mean draft time per drafted token of that source (about 0 for prompt lookup).
+- Likewise a longer draft's figures (its verify width's cost, its last position's acceptance) are only updated when
+  that length is drafted, so one slow pass or an untried position could keep it away for good: when the width one
+  past the best draft is more than EXPLORE rounds old, the round drafts one more token than the best (at most one
+  round in EXPLORE + 1 costs that extra position).
+- draft_per_token: the draft time per drafted token of that source (about 0 for prompt lookup), averaged like
+  verify(n). A source's first drafting round is not timed: it pays one-time costs (a drafter's first pass, and its
+  catch-up on the whole prompt), and taken as the cost of every draft it kept an EAGLE drafter from ever drafting
+  again (2026-12-04).
 k = 0 is a plain decoding step, so speculation happens only when the measurements say it pays.
 
 `measure_verify` times the target's passes over 1..k_max+1 positions once, before the first generation, so the
@@ -27,16 +36,19 @@ import time
 import numpy as np
 
 EMA = 0.2
+EMA_DOWN = 0.5
 SLOPE_PRIOR = 0.05
 DECAY = 0.97          # per round of a source: its acceptance counts cover about the last 30 rounds
 REFRESH = 32          # rounds after which the one-position (plain step) cost is measured again
+EXPLORE = 16          # rounds after which a draft one longer than the best is tried again
 
 
 class CostModel:
     def __init__(self, k_max: int = 8):
         self.k_max = int(k_max)
         self.verify: dict[int, tuple[float, int]] = {}       # width -> (ema seconds, passes)
-        self.draft: dict[str, tuple[float, int]] = {}        # source -> (seconds, tokens drafted)
+        self.draft: dict[str, tuple[float, int]] = {}        # source -> (seconds per drafted token, rounds timed)
+        self.drafted_once: set[str] = set()                  # sources whose first (untimed) round is past
         self.tried: dict[str, np.ndarray] = {}               # source -> [k_max] drafts at position i
         self.accepted: dict[str, np.ndarray] = {}            # source -> [k_max] accepted at position i
         self.rounds = 0                                      # rounds observed
@@ -47,12 +59,12 @@ class CostModel:
         w = drafted + 1
         self.rounds += 1
         self.seen[w] = self.rounds
-        t, n = self.verify.get(w, (verify_s, 0))
-        self.verify[w] = (verify_s if n == 0 else (1 - EMA) * t + EMA * verify_s, n + 1)
+        self.verify[w] = _average(self.verify.get(w), verify_s)
         if source is None or drafted == 0:
             return
-        s, d = self.draft.get(source, (0.0, 0))
-        self.draft[source] = (s + draft_s, d + drafted)
+        if source in self.drafted_once:
+            self.draft[source] = _average(self.draft.get(source), draft_s / drafted)
+        self.drafted_once.add(source)
         tried, acc = self._counts(source)
         tried *= DECAY                    # recent rounds weigh more: acceptance changes with the prompt
         acc *= DECAY
@@ -89,8 +101,7 @@ class CostModel:
         return (acc + 1.0) / (tried + 2.0)
 
     def draft_cost(self, source: str) -> float:
-        s, d = self.draft.get(source, (0.0, 0))
-        return s / d if d else 0.0
+        return self.draft[source][0] if source in self.draft else 0.0
 
     def expected_rate(self, source: str, k: int) -> float:
         """Expected tokens per second of a round with k drafts from `source`."""
@@ -100,15 +111,32 @@ class CostModel:
         emitted = 1.0 + float(np.cumprod(self.acceptance(source)[:k]).sum())
         return emitted / (c + k * self.draft_cost(source))
 
+    def rate_best_k(self, source: str, cap: int) -> int:
+        """The draft length in [0, cap] with the highest expected rate."""
+        return int(np.argmax([self.expected_rate(source, k) for k in range(cap + 1)]))
+
     def best_k(self, source: str, cap: int | None = None) -> int:
-        """The draft length with the highest expected rate (the cap's length before any measurement)."""
+        """This round's draft length: the cap's before any measurement, a plain step when its cost is stale
+        (REFRESH), one past the best when that width is stale or never measured (EXPLORE), else the best."""
         cap = self.k_max if cap is None else min(int(cap), self.k_max)
         if not self.verify:
             return cap
         if self.rounds - self.seen.get(1, 0) > REFRESH:
             return 0
-        rates = [self.expected_rate(source, k) for k in range(cap + 1)]
-        return int(np.argmax(rates))
+        k = self.rate_best_k(source, cap)
+        if k < cap and self.rounds - self.seen.get(k + 2, 0) > EXPLORE:
+            return k + 1
+        return k
+
+
+def _average(old: tuple[float, int] | None, x: float) -> tuple[float, int]:
+    """(mean, samples) updated with x: the plain mean of the first 1 / EMA samples, then a moving average that
+    follows a smaller sample with weight EMA_DOWN and a larger one with EMA."""
+    if old is None or old[1] == 0:
+        return (x, 1)
+    t, n = old
+    a = max(EMA_DOWN if x < t else EMA, 1.0 / (n + 1))
+    return ((1 - a) * t + a * x, n + 1)
 
 
 def measure_verify(cost: CostModel, target, context: int = 32, reps: int = 3) -> float:

@@ -133,14 +133,24 @@ def test_cost_model_speculates_only_when_it_pays():
     for _ in range(40):                                     # drafts never accepted, verify of 7 costs 16 ms
         cm.observe("lookup:1", 6, 0, 0.0, 0.016)
     assert cm.verify_cost(4) == pytest.approx(0.010 + 0.001 * 3, rel=1e-3)    # the line through widths 1 and 7
-    assert cm.best_k("lookup:1") == 0                       # never accepted: plain decoding pays best
+    assert cm.rate_best_k("lookup:1", 6) == 0               # never accepted: plain decoding pays best
+    assert cm.best_k("lookup:1") == 0                       # (a plain step: its cost is REFRESH rounds old)
+    cm.observe(None, 0, 0, 0.0, 0.010)
+    assert cm.best_k("lookup:1") == 1                       # 1 draft (width 2) was never measured: tried once
+    cm.observe("lookup:1", 1, 0, 0.0, 0.0105)
+    assert cm.best_k("lookup:1") == 0
     for _ in range(40):                                     # always accepted: the cap pays
         cm.observe("lookup:3", 6, 6, 0.0, 0.016)
     assert cm.best_k("lookup:3") == 0                       # ... after a plain step every REFRESH rounds
     cm.observe(None, 0, 0, 0.0, 0.010)
     assert cm.best_k("lookup:3") == 6
+    cm.observe("model", 2, 2, 0.400, 0.011)                 # a first round: not timed (one-time costs)
+    assert cm.draft_cost("model") == 0.0
     cm.observe("model", 2, 2, 0.040, 0.011)                 # a drafter costing 20 ms per token never pays
-    assert cm.best_k("model") == 0
+    assert cm.draft_cost("model") == pytest.approx(0.020) and cm.rate_best_k("model", 6) == 0
+    for _ in range(3):                                       # ... until it gets cheap: followed within a few rounds
+        cm.observe("model", 2, 2, 0.002, 0.011)
+    assert cm.draft_cost("model") < 0.005 and cm.rate_best_k("model", 6) > 0
     assert cm.verify_cost(2) >= cm.verify_cost(1)
 
 
@@ -166,6 +176,25 @@ def test_cost_model_follows_the_prompt_at_hand():
         picks.append(k)
         cm.observe("eagle" if k else None, k, k, 0.001 * k, 0.010 + 0.001 * k)
     assert picks[0] == 0 and picks.count(0) <= 4 and cm.verify_cost(1) < 0.05    # one in REFRESH, moving to 10 ms
+
+
+def test_cost_model_tries_a_longer_draft_again():
+    """One slow pass over 3 positions, and every longer width estimated no cheaper: the model settles on one draft a
+    round. Every EXPLORE rounds it drafts one more; the second position's acceptance and the width's true cost are
+    measured, and it moves to longer drafts (without exploration it stays at one draft for good)."""
+    from accelc.runtime.speculative import cost as cost_mod
+    cm = CostModel(k_max=4)
+    for w, t in ((1, 0.010), (2, 0.0105), (3, 0.050)):
+        cm.verify[w], cm.seen[w] = (t, 3), 0
+    true_cost = lambda w: 0.010 + 0.0005 * (w - 1)          # noqa: E731
+    picks = []
+    for _ in range(10 * cost_mod.EXPLORE):
+        k = cm.best_k("lookup:3")
+        picks.append(k)
+        cm.observe("lookup:3", k, k, 0.0, true_cost(k + 1))    # every draft accepted
+    assert picks[0] == 1 and 2 in picks[:cost_mod.EXPLORE + 2]
+    assert picks[-5:] == [4] * 5 and cm.verify_cost(3) < 0.015
+    assert picks.count(1) < len(picks) / 2                     # it leaves the trap within a few explorations
 
 
 def test_measure_verify_skips_each_width_first_pass():
