@@ -130,15 +130,23 @@ def save_state(path: Path, params, opt, step: int, losses: list[float], seconds:
     tmp.replace(path)
 
 
-def state_devices(path: Path | None) -> list[str]:
-    """The devices a resumable training ran on so far, from its resume file's metadata ([] without one)."""
+def _state_meta(path: Path | None) -> dict:
+    """A resume file's metadata ({} without a readable one)."""
     from safetensors import safe_open
     if path is None or not path.is_file():
-        return []
+        return {}
     try:
         with safe_open(str(path), "pt") as f:
-            return list(json.loads((f.metadata() or {}).get("devices", "[]")))
+            return dict(f.metadata() or {})
     except Exception:
+        return {}
+
+
+def state_devices(path: Path | None) -> list[str]:
+    """The devices a resumable training ran on so far, from its resume file's metadata ([] without one)."""
+    try:
+        return list(json.loads(_state_meta(path).get("devices", "[]")))
+    except ValueError:
         return []
 
 
@@ -151,14 +159,10 @@ def devices_after(prior: list[str], dev: torch.device, ran: bool) -> list[str]:
 def finished(path: Path, steps: int, seconds: float) -> bool:
     """Whether the resume file at `path` holds a training that already ran its steps or its time budget (a rerun
     then reuses its weights and needs no training data)."""
-    from safetensors import safe_open
-    if not path.is_file():
-        return False
+    meta = _state_meta(path)
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
         return int(meta["step"]) >= steps or float(meta.get("seconds", 0.0)) >= seconds
-    except Exception:
+    except (KeyError, ValueError):
         return False
 
 

@@ -35,15 +35,16 @@ def machine() -> dict:
 
 
 def git_commit(repo: Path = ROOT) -> str:
+    if os.environ.get("ACCELC_COMMIT"):
+        # set by scripts/gpu_run.sh: a lent GPU machine's copy of the working tree may carry a stale .git
+        return os.environ["ACCELC_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                                capture_output=True, text=True).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        # a copy of the working tree without .git (a lent GPU machine): scripts/gpu_run.sh passes the commit it was
-        # prepared from
-        return os.environ.get("ACCELC_COMMIT", "unknown")
+        return "unknown"
 
 
 PACKAGES = ("compiler", "passes", "runtime", "targets", "models")
