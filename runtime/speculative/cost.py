@@ -18,7 +18,9 @@ tokens per second. Everything is measured in the running generation on the backe
 - Likewise a longer draft's figures (its verify width's cost, its last position's acceptance) are only updated when
   that length is drafted, so one slow pass or an untried position could keep it away for good: when the width one
   past the best draft is more than EXPLORE rounds old, the round drafts one more token than the best (at most one
-  round in EXPLORE + 1 costs that extra position).
+  round in EXPLORE + 1 costs that extra position). From k = 0 only while a draft costs under EXPLORE_FROM_PLAIN of
+  a plain step (prompt lookup): a model drafter idle since its last draft must first catch up on every token since,
+  and exploring it every EXPLORE rounds made an EAGLE drafter's decoding 9-16% slower than plain (2026-12-04).
 - draft_per_token: the draft time per drafted token of that source (about 0 for prompt lookup), averaged like
   verify(n). A source's first drafting round is not timed: it pays one-time costs (a drafter's first pass, and its
   catch-up on the whole prompt), and taken as the cost of every draft it kept an EAGLE drafter from ever drafting
@@ -41,6 +43,7 @@ SLOPE_PRIOR = 0.05
 DECAY = 0.97          # per round of a source: its acceptance counts cover about the last 30 rounds
 REFRESH = 32          # rounds after which the one-position (plain step) cost is measured again
 EXPLORE = 16          # rounds after which a draft one longer than the best is tried again
+EXPLORE_FROM_PLAIN = 0.05   # ... from k = 0 only for sources whose draft costs less than this share of a plain step
 
 
 class CostModel:
@@ -124,7 +127,8 @@ class CostModel:
         if self.rounds - self.seen.get(1, 0) > REFRESH:
             return 0
         k = self.rate_best_k(source, cap)
-        if k < cap and self.rounds - self.seen.get(k + 2, 0) > EXPLORE:
+        cheap = self.draft_cost(source) < EXPLORE_FROM_PLAIN * (self.verify_cost(1) or 0.0)
+        if k < cap and (k > 0 or cheap) and self.rounds - self.seen.get(k + 2, 0) > EXPLORE:
             return k + 1
         return k
 

@@ -151,6 +151,32 @@ def test_cost_model_speculates_only_when_it_pays():
     for _ in range(3):                                       # ... until it gets cheap: followed within a few rounds
         cm.observe("model", 2, 2, 0.002, 0.011)
     assert cm.draft_cost("model") < 0.005 and cm.rate_best_k("model", 6) > 0
+
+
+def test_cost_model_explores_an_expensive_drafter_only_while_it_drafts():
+    """From k = 0, a longer draft is explored only for a source whose drafts cost little (prompt lookup): a model
+    drafter that pays its catch-up on every token since its last draft is not woken every EXPLORE rounds."""
+    from accelc.runtime.speculative import cost as cost_mod
+    cm = CostModel(k_max=4)
+    for w in range(1, 6):
+        cm.verify[w], cm.seen[w] = (0.010 * (1 + 0.1 * (w - 1)), 3), 0
+    for _ in range(2):                               # the first round is not timed; then 8 ms per draft: never pays
+        cm.observe("eagle", 1, 0, 0.008, 0.011)
+    picks = [cm.best_k("eagle") for _ in range(1)]
+    for _ in range(3 * cost_mod.EXPLORE):
+        k = cm.best_k("eagle")
+        picks.append(k)
+        cm.observe("eagle" if k else None, k, 0, 0.008 * k, 0.010 * (1 + 0.1 * k))
+    assert set(picks) == {0}
+    for _ in range(40):                              # prompt lookup: free drafts, never accepted so far
+        cm.observe("lookup:2", 4, 0, 0.0, 0.014)
+    assert cm.rate_best_k("lookup:2", 4) == 0
+    looks = []
+    for _ in range(3 * cost_mod.EXPLORE):
+        k = cm.best_k("lookup:2")
+        looks.append(k)
+        cm.observe("lookup:2" if k else None, k, 0, 0.0, 0.010 * (1 + 0.1 * k))
+    assert 0 < looks.count(1) <= 4 and set(looks) == {0, 1}      # explored every EXPLORE rounds
     assert cm.verify_cost(2) >= cm.verify_cost(1)
 
 
