@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,6 +42,19 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     return bf16_supported()
+
+
+@contextmanager
+def moved_to(dev: torch.device, *modules: torch.nn.Module):
+    """The modules on `dev` inside the block and back on the CPU after it, also on an error (a training pass trains
+    on a GPU; export and validation read the weights on the CPU). Modules sharing parameters stay sharing."""
+    for m in modules:
+        m.to(dev)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.to("cpu")
 
 
 def autocast(device: torch.device, bf16: bool):

@@ -55,7 +55,6 @@ def main() -> None:
     result = {**provenance(), "model": args.model, "threads": torch.get_num_threads(), "rows": []}
     bundle = load_model(args.model)
     for spec in args.specs:
-        before = set(cache_root().glob("train-*.safetensors"))
         t0 = time.perf_counter()
         res = EagleDrafterPass(parse_eagle(spec.partition(":")[2]))(bundle)
         rec = bundle.records.pop("drafter")
@@ -63,11 +62,9 @@ def main() -> None:
         row = {"spec": spec, "seconds": round(time.perf_counter() - t0, 1), "metrics": res.metrics,
                **{k: rec[k] for k in ("train", "acceptance_held_out", "vocab_size", "vocab_coverage",
                                       "trainable_parameters")}}
-        new = sorted(set(cache_root().glob("train-*.safetensors")) - before) or \
-            sorted(cache_root().glob("train-*.safetensors"), key=lambda p: p.stat().st_mtime)[-1:]
-        row["state"] = new[-1].name if new else None
-        if args.keep_weights and new:
-            row["weight_parts"] = keep_weights(new[-1], Path(args.keep_weights), args.part_mb)
+        row["state"] = rec["train"]["state"]          # the resume file under $ACCELC_CACHE/eagle/
+        if args.keep_weights:
+            row["weight_parts"] = keep_weights(cache_root() / row["state"], Path(args.keep_weights), args.part_mb)
         add_row(result, row, args.out)
 
 

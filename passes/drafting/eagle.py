@@ -121,7 +121,7 @@ class EagleDrafterPass(Pass):
                   "vocab_coverage": _coverage(stream, vocab_ids),
                   "train": {**train, "windows": cfg.windows, "seq_len": cfg.seq_len, "batch": cfg.batch,
                             "lr": cfg.lr, "cls": cfg.cls, "noise": cfg.noise, "unroll": cfg.unroll,
-                            "precision": "bf16" if bf16 else "f32"},
+                            "precision": "bf16" if bf16 else "f32", "state": resume.name},
                   "acceptance_held_out": accept, "trainable_parameters": n_train,
                   "head_parameters": graph.body.lm_head.weight.numel()}
         bundle.records["drafter"] = record

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ...compiler.progress import bar
-from ..training import apply_step, autocast, cosine_rate, devices_after, load_state, save_state, state_devices
+from ..training import (apply_step, autocast, cosine_rate, devices_after, load_state, moved_to, save_state,
+                        state_devices)
 from ..export.decoder_graph import DecoderGraph
 from .drafter_train import _summary
 from .eagle_model import EagleGraph
@@ -49,19 +50,16 @@ def target_features(model, adapter, windows: torch.Tensor, key: str | None = Non
         except Exception as e:           # a damaged cache entry is recomputed
             log.warning("recomputing the EAGLE features (%s: %s)", path.name, e)
     dev = torch.device(device)
-    graph = DecoderGraph(model, adapter, output="hidden").eval().to(dev)
+    graph = DecoderGraph(model, adapter, output="hidden").eval()
     out = []
-    try:
-        with bar(len(windows), "eagle: target states") as pb:
-            for i in range(0, len(windows), chunk):
-                x = windows[i:i + chunk].to(dev)
-                B, T = x.shape
-                h = graph(x, torch.arange(T, device=dev)[None].expand(B, T),
-                          torch.ones(B, T, dtype=torch.long, device=dev), *graph.empty_cache(B, 0, device=dev))[0]
-                out.append(h.to(torch.float16).cpu())
-                pb.update(len(x))
-    finally:
-        graph.to("cpu")         # the model's own weights (the graph shares them)
+    with moved_to(dev, graph), bar(len(windows), "eagle: target states") as pb:     # the graph shares the model's weights
+        for i in range(0, len(windows), chunk):
+            x = windows[i:i + chunk].to(dev)
+            B, T = x.shape
+            h = graph(x, torch.arange(T, device=dev)[None].expand(B, T),
+                      torch.ones(B, T, dtype=torch.long, device=dev), *graph.empty_cache(B, 0, device=dev))[0]
+            out.append(h.to(torch.float16).cpu())
+            pb.update(len(x))
     feats = torch.cat(out)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,12 +102,9 @@ def train_eagle(drafter: EagleGraph, windows: torch.Tensor, feats: torch.Tensor,
     for the matmuls) on `device` (the drafter, and the target modules it shares, are moved there and back to the
     CPU afterwards); -> {"steps", "seconds", "loss", "resumed_at", "device"}."""
     dev = torch.device(device)
-    drafter.to(dev)
-    try:
+    with moved_to(dev, drafter):
         return _train(drafter, windows, feats, steps, seconds, batch, lr, seed, cls_weight, noise, unroll, resume,
                       save_s, bf16, dev)
-    finally:
-        drafter.to("cpu")
 
 
 def _train(drafter, windows, feats, steps, seconds, batch, lr, seed, cls_weight, noise, unroll, resume, save_s,

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from ...compiler.progress import bar
 from ..drafting.drafter_train import _summary
-from ..training import apply_step, autocast, cosine_rate, devices_after, load_state, save_state, state_devices
+from ..training import (apply_step, autocast, cosine_rate, devices_after, load_state, moved_to, save_state,
+                        state_devices)
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +102,8 @@ def adapt(ed, teacher, stream: torch.Tensor, cfg, resume: Path | None = None, sa
     `stream`, on `device` (both modules are moved there and back to the CPU afterwards, also on an error);
     -> {"steps", "seconds", "resumed_at", "loss", "device"}."""
     dev = torch.device(device)
-    ed.to(dev)
-    teacher.to(dev)
-    try:
+    with moved_to(dev, ed, teacher):
         return _adapt(ed, teacher, stream, cfg, resume, save_s, bf16, dev)
-    finally:
-        ed.to("cpu")
-        teacher.to("cpu")
 
 
 def _adapt(ed, teacher, stream, cfg, resume, save_s, bf16, dev) -> dict:
