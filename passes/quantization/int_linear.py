@@ -82,3 +82,27 @@ class IntGroupLinear(RebuiltLinear):
 
 def int_layers(model: nn.Module) -> dict[str, IntGroupLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, IntGroupLinear)}
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes in [-2^(B-1), 2^(B-1)) packed densely, B bytes per 8 codes (uint8, little-endian within each
+    8-code word; padded with zero codes to a multiple of 8): what a tuned-state file stores (int3 at 3 bits, not 8)."""
+    lo, _ = code_range(bits)
+    flat = (codes.reshape(-1).to(torch.int64) - lo)
+    flat = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)]).view(-1, 8)
+    word = (flat << (bits * torch.arange(8, dtype=torch.int64))).sum(1)
+    return torch.stack([(word >> (8 * i)) & 255 for i in range(bits)], 1).to(torch.uint8).reshape(-1)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, shape) -> torch.Tensor:
+    """The inverse of pack_codes: int8 codes of `shape`."""
+    lo, _ = code_range(bits)
+    n = 1
+    for s in shape:
+        n *= int(s)
+    if packed.numel() != (n + (-n % 8)) // 8 * bits:
+        raise ValueError(f"{packed.numel()} packed bytes do not hold {n} codes of {bits} bits")
+    b = packed.reshape(-1, bits).to(torch.int64)
+    word = (b << (8 * torch.arange(bits, dtype=torch.int64))).sum(1)
+    flat = ((word.unsqueeze(1) >> (bits * torch.arange(8, dtype=torch.int64))) & ((1 << bits) - 1)).reshape(-1)
+    return (flat[:n] + lo).to(torch.int8).reshape(tuple(shape))

@@ -175,7 +175,7 @@ class IntPVTrainer(PVTrainer):
         lo, hi = code_range(q.nbits)
         far = (target - w_hat).abs().flatten()
         n_sel = far.numel() if tau >= 1 else int(math.ceil(tau * far.numel()))
-        sel = far.topk(n_sel).indices if n_sel < far.numel() else torch.arange(far.numel())   # farthest first
+        sel = far.topk(n_sel).indices if n_sel < far.numel() else torch.arange(far.numel(), device=far.device)   # farthest first
         s = q.scales.detach().float().expand(-1, -1, q.group).reshape(-1)[sel]
         flat = q.codes.view(-1)
         old = flat[sel].long()

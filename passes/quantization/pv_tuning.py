@@ -25,7 +25,8 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +35,13 @@ from ...compiler.errors import InputError, PreconditionError
 from ...compiler.pass_base import Pass, PassConfig, PassResult
 from ...compiler.progress import bar
 from ..calibration import calibration_ids
+from ..spec_options import check_train_device
+from ..training import device_name, moved_to, train_device
 from .codebook import TEACHER
 from .codebook_linear import CodebookLinear, codebook_layers
 from .codebook_search import directional_encode, l2_encode
 from .quant_bits import bits_summary
+from .tuned_state import load_tuned, save_tuned, state_key
 
 log = logging.getLogger(__name__)
 MODES = ("pv", "ste")
@@ -61,8 +65,15 @@ class PVTuningConfig(PassConfig):
                                    # 1e-2 is the reference's code_trust_ratio in its PV-Tuning commands)
     seed: int = 1
     calib: str | None = None
+    device: str = "auto"           # where the steps run: auto (a CUDA device when torch sees one), cpu, cuda
+    seconds: float = 0.0           # a time budget: stop after the step that passes it (0: steps alone)
+    state: str | None = None       # a tuned-state file: loaded when it exists (same key), else written (tuned_state.py)
+    init: str = ""                 # the quantizer's options (quant_methods.py), part of the state file's key
 
     def __post_init__(self):
+        check_train_device(f"--quantize {self.mode}", self.device)
+        if self.seconds < 0:
+            raise InputError(f"seconds must be >= 0, got {self.seconds}")
         if self.mode not in MODES:
             raise InputError(f"tuning mode must be one of {', '.join(MODES)}, got '{self.mode}'")
         for name in ("steps", "batch", "samples", "seqlen", "v_every"):
@@ -107,7 +118,7 @@ def distill_loss(student, teacher, ids: torch.Tensor, backward: bool = False,
     sh = _hidden(student, ids)
     n = sh.shape[0]
     hs = sh.detach().requires_grad_(True) if backward else sh
-    total = torch.zeros(())
+    total = torch.zeros((), device=sh.device)
     for i in range(0, n, chunk):
         with torch.no_grad():
             t = _log_probs(teacher, th[i:i + chunk])
@@ -234,7 +245,7 @@ class PVTrainer:
         g = q.scheme.group
         far = (target - w_hat).square().reshape(out_f, ng, g).sum(-1).flatten()      # [out * ng]
         n_sel = far.numel() if tau >= 1 else int(math.ceil(tau * far.numel()))
-        sel = far.topk(n_sel).indices if n_sel < far.numel() else torch.arange(far.numel())   # farthest first
+        sel = far.topk(n_sel).indices if n_sel < far.numel() else torch.arange(far.numel(), device=far.device)   # farthest first
         flat_codes = q.codes.reshape(-1, nc)
         old = flat_codes[sel].long()
         goal = (target / q.scales).reshape(out_f * ng, g)[sel]
@@ -286,6 +297,7 @@ class PVTuningPass(Pass):
         ids = bundle.records.get("calibration_ids")
         if not isinstance(ids, torch.Tensor):
             ids = calibration_ids(bundle, cfg.samples, cfg.seqlen, cfg.seed, cfg.calib)
+        key = state_key(teacher, ids, asdict(cfg)) if cfg.state else None
         if ids.shape[0] > cfg.batch:            # the last windows are held out for the before/after KL
             ids, held = ids[: -cfg.batch], ids[-cfg.batch:]
         else:
@@ -296,9 +308,40 @@ class PVTuningPass(Pass):
         shared = share_frozen_embeddings(model, teacher)
         if shared:
             log.info("teacher shares the student's frozen embedding/head (%.0f MB)", shared / 2**20)
-        trainer = self.trainer_class(model, teacher, norm_parameters(bundle.adapter), cfg.lr, cfg.lr_v, cfg.decay,
-                            cfg.trust)
+        norms = norm_parameters(bundle.adapter)
+        if cfg.state and Path(cfg.state).is_file():
+            tuned = load_tuned(Path(cfg.state), key, self.trainer_class.find_layers(model), norms)
+            log.info("%s tuning: loaded %s (%s steps on %s), no training", cfg.mode, cfg.state, tuned.get("steps"),
+                     tuned.get("device"))
+            tuned["loaded_from"] = {"state": cfg.state, "key": key}
+        else:
+            dev = train_device(cfg.device)
+            with moved_to(dev, model, teacher):
+                tuned = self._train(model, teacher, norms, ids.to(dev), held.to(dev))
+            tuned["device"] = device_name(dev)
+            if cfg.state:
+                save_tuned(Path(cfg.state), key, self.trainer_class.find_layers(model), norms, tuned)
+                tuned["saved_to"] = {"state": cfg.state, "key": key}
+        del teacher
+        seconds = time.perf_counter() - t0
+        rec = bundle.records.setdefault("quantization", {})
+        rec["method"] = self.label or cfg.mode
+        rec.update(bits_summary(bundle.adapter))
+        rec["tuning"] = {"mode": cfg.mode, "batch": cfg.batch, "lr": cfg.lr, "lr_v": cfg.lr_v,
+                         "tau": 1.0 if cfg.mode == "ste" else cfg.tau, "v_every": cfg.v_every,
+                         "trust": cfg.trust, "seconds_budget": cfg.seconds, **tuned}
+        rec.setdefault("seconds", {})["pv_tuning"] = round(seconds, 1)
+        log.info("%s tuning: %d steps, held-out KL %.4f -> %.4f, %.1fs", cfg.mode, tuned["steps"],
+                 tuned["kl_heldout_before"], tuned["kl_heldout_after"], seconds)
+        return PassResult(True, {"mode": cfg.mode, "steps": tuned["steps"], "kl_before": tuned["kl_heldout_before"],
+                                 "kl_after": tuned["kl_heldout_after"]})
+
+    def _train(self, model, teacher, norms: list, ids: torch.Tensor, held: torch.Tensor) -> dict:
+        """The P and V steps on ids (on the training device), up to cfg.steps or past cfg.seconds; -> the record."""
+        cfg = self.config
+        trainer = self.trainer_class(model, teacher, norms, cfg.lr, cfg.lr_v, cfg.decay, cfg.trust)
         losses, changes = [], []
+        t0 = time.perf_counter()
         try:
             with torch.no_grad():
                 kl_before = float(distill_loss(model, teacher, held))
@@ -306,7 +349,7 @@ class PVTuningPass(Pass):
             with bar(cfg.steps, f"{cfg.mode}-tuning") as pb:
                 for step in range(cfg.steps):
                     pick = order[(torch.arange(cfg.batch) + step * cfg.batch) % ids.shape[0]]
-                    batch = ids[pick]
+                    batch = ids[pick.to(ids.device)]
                     if cfg.mode == "ste":
                         loss, frac = trainer.v_step(batch, tau=1.0, also_p=True)
                         changes.append(frac)
@@ -318,22 +361,15 @@ class PVTuningPass(Pass):
                     losses.append(round(loss, 5))
                     pb.set_postfix_str(f"kl {loss:.4f}")
                     pb.update(1)
+                    if cfg.seconds and time.perf_counter() - t0 >= cfg.seconds:
+                        log.info("%s tuning: time budget %.0fs reached after %d steps", cfg.mode, cfg.seconds,
+                                 step + 1)
+                        break
         finally:
             trainer.finish()
         with torch.no_grad():
             kl_after = float(distill_loss(model, teacher, held))
-        del teacher
-        seconds = time.perf_counter() - t0
-        rec = bundle.records.setdefault("quantization", {})
-        rec["method"] = self.label or cfg.mode
-        rec.update(bits_summary(bundle.adapter))
-        rec["tuning"] = {"mode": cfg.mode, "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr, "lr_v": cfg.lr_v,
-                         "tau": 1.0 if cfg.mode == "ste" else cfg.tau, "v_every": cfg.v_every,
-                         "trust": cfg.trust,
-                         "kl_heldout_before": round(kl_before, 5), "kl_heldout_after": round(kl_after, 5),
-                         "losses": losses, "code_change_fraction": [round(c, 6) for c in changes]}
-        rec.setdefault("seconds", {})["pv_tuning"] = round(seconds, 1)
-        log.info("%s tuning: %d steps, held-out KL %.4f -> %.4f, %.1fs", cfg.mode, cfg.steps, kl_before, kl_after,
-                 seconds)
-        return PassResult(True, {"mode": cfg.mode, "steps": cfg.steps, "kl_before": round(kl_before, 5),
-                                 "kl_after": round(kl_after, 5)})
+        return {"steps": len(losses), "steps_asked": cfg.steps, "kl_heldout_before": round(kl_before, 5),
+                "kl_heldout_after": round(kl_after, 5), "losses": losses,
+                "code_change_fraction": [round(c, 6) for c in changes],
+                "train_seconds": round(time.perf_counter() - t0, 1)}

@@ -6,9 +6,15 @@
     rtn:BgS                     round-to-nearest B-bit, groups of S         e.g. rtn:2g64
     gptq-int:B[,key=value...]   GPTQ into NNCF's INT{B}_SYM groups          e.g. gptq-int:4,group=64
     pv-int:B[,key=value...]     GPTQ init + PV-Tuning of codes and scales   e.g. pv-int:2,group=64,steps=200
+
+The tuned methods (pv, ste, pv-int) also take device=auto|cpu|cuda (where the steps run), seconds=S (a time budget)
+state=FILE (a tuned-state file: loaded when it exists, written when it does not; passes/quantization/tuned_state.py)
+and tune_samples=N (the tuning's calibration windows; samples= sets the quantizer's, and the tuning's unless given).
 """
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from typing import Any
 
 from ...compiler.errors import InputError
@@ -16,6 +22,7 @@ from ..spec_options import convert
 from .codebook import CodebookQuantConfig, CodebookQuantPass
 from .codebook_linear import Scheme
 from .pv_tuning import PVTuningConfig, PVTuningPass
+from .tuned_state import check_state_path
 from .rtn import RTNConfig, RTNQuantPass, parse_rtn
 
 # option name on the command line -> (config field, type)
@@ -24,7 +31,8 @@ QUANT_KEYS = {"samples": ("samples", int), "seqlen": ("seqlen", int), "kmeans": 
               "cb_steps": ("cb_steps", int), "cb_lr": ("cb_lr", float), "seed": ("seed", int)}
 TUNE_KEYS = {"steps": ("steps", int), "batch": ("batch", int), "lr": ("lr", float), "lr_v": ("lr_v", float),
              "tau": ("tau", float), "v_every": ("v_every", int), "decay": ("decay", float),
-             "trust": ("trust", float)}
+             "trust": ("trust", float), "device": ("device", str), "seconds": ("seconds", float),
+             "state": ("state", str), "tune_samples": ("tune_samples", int)}
 INT_KEYS = {"group": ("group", int), "samples": ("samples", int), "seqlen": ("seqlen", int),
             "damp": ("damp", float), "clip": ("clip", bool), "act_order": ("act_order", bool),
             "seed": ("seed", int)}
@@ -40,7 +48,15 @@ def parse_options(method: str, items: list[str], keys: dict[str, tuple[str, type
             raise InputError(f"--quantize {method}: unknown option '{item}' (options: {', '.join(sorted(keys)) or 'none'})")
         field, typ = keys[key]
         out[field] = convert("--quantize", method, key, val, typ)
+    if "state" in out:
+        out["state"] = check_state_path(f"--quantize {method}", out["state"])
     return out
+
+
+def init_key(config) -> str:
+    """The quantizer's options as one string: part of a tuned-state file's key (tuned_state.py)."""
+    return json.dumps({k: v for k, v in asdict(config).items() if k not in ("keep_teacher", "calib")},
+                      sort_keys=True)
 
 
 def build(method: str, arg: str, options) -> list:
@@ -69,7 +85,9 @@ def build(method: str, arg: str, options) -> list:
         for k in ("samples", "seqlen"):
             if k in quant:
                 tune[k] = quant[k]
-        passes.append(PVTuningPass(PVTuningConfig(mode=method, calib=calib, **tune)))
+        if "tune_samples" in opts:              # the tuning's own window count (the quantizer's: samples)
+            tune["samples"] = opts["tune_samples"]
+        passes.append(PVTuningPass(PVTuningConfig(mode=method, calib=calib, init=init_key(passes[0].config), **tune)))
     return passes
 
 
@@ -92,5 +110,7 @@ def build_int(method: str, head: str, items: list[str], calib, options=None) -> 
         for k in ("samples", "seqlen", "seed"):
             if k in quant:
                 tune[k] = quant[k]
-        passes.append(IntPVTuningPass(PVTuningConfig(mode="pv", calib=calib, **tune)))
+        if "tune_samples" in opts:
+            tune["samples"] = opts["tune_samples"]
+        passes.append(IntPVTuningPass(PVTuningConfig(mode="pv", calib=calib, init=init_key(passes[0].config), **tune)))
     return passes

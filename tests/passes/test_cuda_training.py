@@ -1,7 +1,7 @@
 """Training on a CUDA device (issues 18 and 19: "faster on a lent GPU"): encoder-decoder adaptation and EAGLE
 training give the CPU's losses and weights on a GPU (float32), resume across devices, and leave every module on the
 CPU afterwards; a compile with device=cuda makes a validated artifact. Skipped where torch sees no CUDA device (CI);
-run on a lent GPU machine by scripts/gpu_check.sh."""
+run on a lent GPU machine by scripts/gpu_run.sh tests."""
 import copy
 
 import pytest
@@ -153,3 +153,37 @@ def test_torch_backend_on_cuda_generates_the_cpu_tokens(tmp_path):
     np.testing.assert_allclose(prefill(gpu.new_state(64), prompt, all_logits=True),
                                prefill(cpu.new_state(64), prompt, all_logits=True), atol=1e-3)
     assert generate(gpu, prompt, 24).tokens == generate(cpu, prompt, 24).tokens
+
+
+@pytest.mark.parametrize("spec,method", [("4,group=32,steps=6,batch=4,lr=3e-3,lr_v=1e-2,tau=0.05", "pv-int"),
+                                         ("1x4g4,steps=4,batch=4,lr=1e-3,tau=0.1", "pv")])
+def test_pv_tuning_on_cuda_matches_cpu_and_its_state_loads_on_cpu(tmp_path, spec, method):
+    """PV-Tuning's steps on the GPU: the CPU's losses (float32, summation order aside), every module back on the
+    CPU, codes in range; the state file written on the GPU loads on the CPU (same key) into the same weights."""
+    from accelc.compiler.bundle import ModelBundle
+    from accelc.models.adapter import ArchAdapter
+    from accelc.passes.quantization.quant_methods import build
+    runs = {}
+    for dev in ("cpu", "cuda"):
+        model = tiny_model("llama", seed=0, initializer_range=0.25)
+        b = ModelBundle(model=model, tokenizer=None, adapter=ArchAdapter(model))
+        b.records["calibration_ids"] = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+        for p in build(method, f"{spec},device={dev},state={tmp_path / dev}.st", None):
+            p(b)
+        assert _on_cpu(b.model)
+        runs[dev] = b
+    t_cpu, t_gpu = (runs[d].records["quantization"]["tuning"] for d in ("cpu", "cuda"))
+    assert t_gpu["device"].startswith("cuda") and t_gpu["steps"] == t_cpu["steps"]
+    assert t_gpu["losses"] == pytest.approx(t_cpu["losses"], rel=2e-3, abs=1e-5)
+    a, g = runs["cpu"].model.state_dict(), runs["cuda"].model.state_dict()
+    codes = [k for k in a if k.endswith(".codes")]
+    same = sum(int((a[k] == g[k]).sum()) for k in codes) / sum(a[k].numel() for k in codes)
+    assert same > 0.99
+    model = tiny_model("llama", seed=0, initializer_range=0.25)
+    b = ModelBundle(model=model, tokenizer=None, adapter=ArchAdapter(model))
+    b.records["calibration_ids"] = runs["cpu"].records["calibration_ids"]
+    for p in build(method, f"{spec},device=cpu,state={tmp_path / 'cuda'}.st", None):
+        p(b)
+    assert "loaded_from" in b.records["quantization"]["tuning"]
+    loaded = b.model.state_dict()
+    assert all(torch.equal(loaded[k], g[k]) for k in codes)
