@@ -99,7 +99,7 @@ class ExportDrafterPass(Pass):
     def call(self, bundle: ModelBundle) -> PassResult:
         cfg = self.config
         records = bundle.records["graphs"]
-        scratch = _scratch() if needs_scratch(cfg.weights, cfg.formats) else None
+        scratch = _scratch(bundle.workdir) if needs_scratch(cfg.weights, cfg.formats) else None
         vocab = write_vocab(bundle, bundle.records["drafter_module"].vocab_ids)
         metrics = {}
         for name, graph in self.graphs(bundle).items():

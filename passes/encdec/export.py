@@ -76,7 +76,7 @@ class ExportEncoderPass(Pass):
         cfg, ed = self.config, bundle.records["encdec_module"]
         graph = ed.enc_graph.eval()
         emit = "onnx" in cfg.formats
-        src = (_scratch() / "encoder.onnx") if needs_scratch(cfg.weights, cfg.formats) \
+        src = (_scratch(bundle.workdir) / "encoder.onnx") if needs_scratch(cfg.weights, cfg.formats) \
             else bundle.workdir / "graphs" / "encoder.onnx"
         src.parent.mkdir(parents=True, exist_ok=True)
         metrics = {}

@@ -156,8 +156,15 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
-def _scratch() -> Path:
-    d = Path(tempfile.mkdtemp(prefix="accelc-fp32-onnx-"))
+def _scratch(workdir: Path | None = None) -> Path:
+    """The fp32 graph's folder, removed at exit. Beside the staging dir when there is one, named after it
+    (`.NAME.partial-PID-...-fp32-...`): on the output's file system rather than a small /tmp, and a compile that
+    dies without its exit handlers (a crash, SIGKILL) leaves it to the next compile's sweep of dead processes'
+    staging dirs (compiler/artifact.py remove_stale_stages)."""
+    if workdir is not None and workdir.name.startswith("."):
+        d = Path(tempfile.mkdtemp(prefix=f"{workdir.name}-fp32-", dir=workdir.parent))
+    else:
+        d = Path(tempfile.mkdtemp(prefix="accelc-fp32-onnx-"))
     atexit.register(shutil.rmtree, d, True)
     return d
 
@@ -233,7 +240,7 @@ class ExportOnnxPass(Pass):
         graph = DecoderGraph(bundle.model, ad, scores=bool(cfg.kv_cache)).eval()
         records = bundle.records.setdefault("graphs", {})
         int4 = int4_layers(bundle)
-        scratch = _scratch() if needs_scratch(cfg.weights, cfg.formats) or int4 else None
+        scratch = _scratch(bundle.workdir) if needs_scratch(cfg.weights, cfg.formats) or int4 else None
         metrics = {}
         for name, spec in graph_specs(cfg).items():
             records[name] = write_graph(bundle, graph, name, spec, cfg.weights, scratch, metrics,

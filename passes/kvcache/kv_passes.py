@@ -94,7 +94,7 @@ class ExportCompressPass(Pass):
         ad = bundle.adapter.describe()
         emit = "onnx" in self.config.formats
         rel = "graphs/compress.onnx"
-        path = bundle.workdir / rel if emit else _scratch() / "compress.onnx"
+        path = bundle.workdir / rel if emit else _scratch(bundle.workdir) / "compress.onnx"
         t0 = time.perf_counter()
         rec = export_compress(comps, path, int(ad["kv_heads"]), int(ad["head_dim"]), spec.slots,
                               self.config.capacity if self.config.capacity else "slots")

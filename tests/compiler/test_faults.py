@@ -82,6 +82,20 @@ def test_stale_staging_dirs_of_dead_processes_are_removed(tmp_path):
         assert not stale.exists() and stage.name.startswith(f".art.partial-{os.getpid()}-")
 
 
+
+def test_fp32_scratch_sits_beside_the_stage_and_is_swept_after_a_crash(tmp_path):
+    """The export's fp32 scratch folder is named after the staging dir, so a compile that died without its exit
+    handlers leaves it to the next compile's sweep, not to /tmp for ever."""
+    from accelc.passes.export.export_onnx import _scratch
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stage = tmp_path / f".art.partial-{dead.pid}-abc123"
+    stage.mkdir()
+    scratch = _scratch(stage)
+    assert scratch.parent == tmp_path and scratch.name.startswith(stage.name + "-fp32-")
+    (scratch / "decoder.onnx").write_bytes(b"0" * 10)
+    assert scratch in remove_stale_stages(tmp_path) and not scratch.exists()
+
 SLOW_COMPILE = textwrap.dedent("""
     import sys, time
     from accelc.compiler.pass_base import Pass
