@@ -24,7 +24,9 @@ tokens per second. Everything is measured in the running generation on the backe
 - draft_per_token: the draft time per drafted token of that source (about 0 for prompt lookup), averaged like
   verify(n). A source's first drafting round is not timed: it pays one-time costs (a drafter's first pass, and its
   catch-up on the whole prompt), and taken as the cost of every draft it kept an EAGLE drafter from ever drafting
-  again (2026-12-04).
+  again (2026-12-04). Later rounds are timed without a catch-up after idle rounds (loop.catch_up: a drafter lagging
+  by more than CATCH_UP positions feeds them in a pass of its own, reported as the loop's catch_up_s): a drafter
+  used every round pays only its steady cost, which is what a choice of k commits to.
 k = 0 is a plain decoding step, so speculation happens only when the measurements say it pays.
 
 `measure_verify` times the target's passes over 1..k_max+1 positions once, before the first generation, so the

@@ -12,11 +12,13 @@ reduced head), so the loop's acceptance rules apply unchanged.
 """
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
 
 from ..kv_cache import KVCache
+from .loop import CATCH_UP
 from .steps import GraphFn, _run
 
 
@@ -77,6 +79,7 @@ class EagleProposer:
         self.vocab_size = vocab_size
         self.vocab_ids = None if vocab_ids is None else np.asarray(vocab_ids, dtype=np.int64)
         self.true = 0           # pairs (f_t, token t+1) in the cache computed from the target's own f_t
+        self.catch_up_s = 0.0   # this round's catch-up after idle rounds (as loop.catch_up)
 
     def start(self) -> None:
         self.cache.rollback(0)
@@ -102,6 +105,12 @@ class EagleProposer:
         if self.target.length < n:
             raise ValueError(f"the target holds {self.target.length} tokens, the drafter needs {n}")
         self.cache.rollback(min(self.true, self.cache.length))
+        self.catch_up_s = 0.0
+        if n - 1 - self.true > CATCH_UP:        # idle since its last draft: all but the newest pair apart, timed
+            t0 = time.perf_counter()
+            self._step(seq[self.true + 1:n], self.target.features[self.true:n - 1])
+            self.true = n - 1
+            self.catch_up_s = time.perf_counter() - t0
         row, h = self._step(seq[self.true + 1:n + 1], self.target.features[self.true:n])
         self.true = n
         drafts, rows, confidence = [], [], 1.0

@@ -91,6 +91,7 @@ class SpecStats:
     verify_s: float = 0.0
     prefill_s: float = 0.0
     other_s: float = 0.0             # acceptance maths, bookkeeping
+    catch_up_s: float = 0.0          # part of draft_s: an idle drafter catching up (CATCH_UP), not drafting
     k_history: list[int] = field(default_factory=list)
     position_drafted: list[int] = field(default_factory=list)    # [i]: rounds that drafted an (i+1)-th token
     position_accepted: list[int] = field(default_factory=list)   # [i]: ... and had it accepted
@@ -112,7 +113,8 @@ class SpecStats:
 
     def add(self, other: "SpecStats") -> None:
         """Sum another generation's statistics into these (a benchmark over several prompts)."""
-        for name in ("draft_s", "verify_s", "other_s", "prefill_s", "emitted", "rounds", "drafted", "accepted"):
+        for name in ("draft_s", "verify_s", "other_s", "prefill_s", "catch_up_s", "emitted", "rounds", "drafted",
+                     "accepted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.k_history += other.k_history
         for i, (d, a) in enumerate(zip(other.position_drafted, other.position_accepted)):
@@ -139,6 +141,7 @@ class SpecStats:
                 "acceptance_rate": round(self.acceptance_rate, 4), "mean_accepted": round(self.mean_accepted, 3),
                 "mean_k": round(float(np.mean(self.k_history)), 3) if self.k_history else 0.0,
                 "draft_share": round(self.draft_s / decode, 4) if decode else 0.0,
+                "catch_up_share": round(self.catch_up_s / decode, 4) if decode else 0.0,
                 "verify_share": round(self.verify_s / decode, 4) if decode else 0.0,
                 "prefill_s": round(self.prefill_s, 4), "decode_s": round(decode, 4),
                 "acceptance_by_position": [round(a / d, 4) for a, d in zip(self.position_accepted,
@@ -167,6 +170,23 @@ def _feed(model: StepModel, seq: list[int], extra: Sequence[int] = (), rows: int
         return model.forward_last(pending, rows)
     out = model.forward(pending)
     return out if rows is None else out[-rows:]
+
+
+CATCH_UP = 16     # a drafter lagging by more positions than this was idle (k = 0 rounds): its catch-up is apart
+
+
+def catch_up(model: StepModel, seq: list[int]) -> float:
+    """Feed a lagging drafter every pending token of `seq` but the last, in one pass, when it lags by more than
+    CATCH_UP positions; -> the seconds it took (0.0 otherwise). A drafter used every round lags by the last round's
+    accepted tokens plus one and feeds them with its first draft pass: that is its steady cost per round. After
+    idle rounds it must first catch up on every token since; the cost model (cost.py) keeps that time out of the
+    draft cost per token, or one catch-up after idleness would price the drafter out for good."""
+    pending = len(seq) - 1 - model.length
+    if pending <= CATCH_UP:
+        return 0.0
+    t0 = time.perf_counter()
+    model.forward(seq[model.length:len(seq) - 1])
+    return time.perf_counter() - t0
 
 
 def _done(tokens: list[int], n_new: int, max_new: int, eos: set[int]) -> bool:
@@ -232,7 +252,9 @@ def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_ne
             k_round = min(k, budget)
         drafts, rows = proposer.propose(seq, k_round, config, sampling, sampler) if k_round else ([], [])
         t1 = time.perf_counter()
+        caught = getattr(proposer, "catch_up_s", 0.0) if k_round else 0.0
         stats.draft_s += t1 - t0
+        stats.catch_up_s += caught
         # -- verify: one target pass over [last, d1..dk] -> k+1 distributions ---------------------
         logits = _feed(target, seq, drafts, rows=len(drafts) + 1)
         t2 = time.perf_counter()
@@ -249,7 +271,7 @@ def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_ne
         proposer.rolled_back(len(seq) - 1)
         stats.record(len(drafts), accepted, source if drafts else None)
         if cost is not None:
-            cost.observe(source, len(drafts), accepted, t1 - t0, t2 - t1)
+            cost.observe(source, len(drafts), accepted, t1 - t0 - caught, t2 - t1)
         if config.draft_mode == "heuristic" and drafts:
             k = min(config.k_max, k + 2) if accepted == len(drafts) else max(config.k_min, k - 1)
         stats.other_s += time.perf_counter() - t2

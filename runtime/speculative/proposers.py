@@ -12,6 +12,7 @@ A proposer has
     source(seq) -> str | None     the draft source this round would use ("model", "lookup:3", ...) or None
                                   when it has nothing to propose (the round then verifies one token)
     propose(seq, k, config, sampling, sampler) -> (drafts, rows)    up to k drafts; rows[i]: logits or None
+    catch_up_s                    (optional) seconds of this round's propose spent catching up after idle rounds
     rolled_back(length)           the target kept `length` tokens of the sequence
 The source names key the cost model's acceptance statistics (cost.py): matches of different n-gram
 lengths are accepted at different rates.
@@ -26,6 +27,7 @@ from ...compiler.errors import InputError
 class ModelProposer:
     def __init__(self, step):
         self.step = step
+        self.catch_up_s = 0.0          # this round's catch-up after idle rounds (loop.catch_up)
 
     def start(self) -> None:
         self.step.truncate(0)
@@ -34,7 +36,8 @@ class ModelProposer:
         return "model"
 
     def propose(self, seq, k, config, sampling, sampler):
-        from .loop import _draft
+        from .loop import _draft, catch_up
+        self.catch_up_s = catch_up(self.step, seq)
         return _draft(self.step, seq, k, config, sampling, sampler)
 
     def rolled_back(self, length: int) -> None:
@@ -113,6 +116,10 @@ class CombinedProposer:
 
     def rolled_back(self, length: int) -> None:
         self.model.rolled_back(length)
+
+    @property
+    def catch_up_s(self) -> float:
+        return getattr(self._use, "catch_up_s", 0.0) if self._use is self.model else 0.0
 
 
 def as_proposer(draft):

@@ -170,3 +170,20 @@ def test_sampling_with_eagle_keeps_the_target_distribution():
     # the test has teeth: accepting every draft (fuzzy, huge threshold) samples the drafter instead
     broken = histogram(SpecConfig(k=2, draft_mode="fixed", fuzzy="tv", fuzzy_threshold=2.0))
     assert chisquare(broken, expected * broken.sum() / expected.sum()).pvalue < 1e-6
+
+
+def test_eagle_catch_up_in_a_pass_of_its_own_drafts_the_same(model, monkeypatch):
+    """A lag of more than CATCH_UP positions (here the prompt, in the first round) is fed in a pass of its own, timed
+    as catch-up; the drafts are those of one pass over everything (the cache holds the same pairs)."""
+    from accelc.runtime.speculative import eagle as eagle_mod
+    m, ad = model
+    drafter = EagleGraph(m, ad, None, init_from=2).eval()
+    prompt = (_stream()[:eagle_mod.CATCH_UP + 8]).tolist()
+    g = DecoderGraph(m, ad)
+    ref = autoregressive_generate(GraphStep(torch_graph_fn(g), cache_for(g, 96)), prompt, 20)
+    split, s1 = _generate(m, ad, drafter, prompt, 20, 3)
+    monkeypatch.setattr(eagle_mod, "CATCH_UP", 10_000)
+    whole, s2 = _generate(m, ad, drafter, prompt, 20, 3)
+    assert split == ref and whole == ref
+    assert s1.catch_up_s > 0 and s2.catch_up_s == 0
+    assert s1.position_drafted == s2.position_drafted and s1.position_accepted == s2.position_accepted

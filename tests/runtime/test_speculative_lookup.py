@@ -306,3 +306,52 @@ def test_cli_fuzzy_accepts_more_than_exact(tiny_artifact, capsys):
     assert main(args + ["--fuzzy", "js:1"]) == 0
     fuzzy = json.loads(capsys.readouterr().out)["speculative"]
     assert fuzzy["accepted"] == fuzzy["drafted"] and fuzzy["accepted"] >= exact["accepted"]
+
+
+class Slow(Cyclic):
+    """A drafter whose pass costs 2 ms per token fed, recording each pass's width."""
+
+    def forward(self, tokens):
+        import time
+        self.widths = getattr(self, "widths", []) + [len(tokens)]
+        time.sleep(0.002 * len(tokens))
+        return super().forward(tokens)
+
+
+class Scripted(CostModel):
+    """best_k from a script (idle rounds, then drafting); records the draft seconds the loop observes."""
+
+    def __init__(self, ks):
+        super().__init__(k_max=2)
+        self.ks, self.seen_draft = list(ks), []
+
+    def best_k(self, source, k_max=None):
+        return self.ks.pop(0) if self.ks else 2
+
+    def observe(self, source, drafted, accepted, draft_s, verify_s):
+        if drafted:
+            self.seen_draft.append(draft_s)
+        super().observe(source, drafted, accepted, draft_s, verify_s)
+
+
+def test_catch_up_after_idle_rounds_is_kept_out_of_the_draft_cost():
+    """A drafter idle for more than CATCH_UP positions first catches up in a pass of its own; the loop reports it as
+    catch_up_s and the cost model sees only the drafting time (else one catch-up priced the drafter out for good)."""
+    from accelc.runtime.speculative.loop import CATCH_UP
+    target = Cyclic(12, 3)
+    draft = Slow(12, 40, base=target, noise=0.3)
+    prompt = [1, 4]
+    ref = autoregressive_generate(target, prompt, 60)
+    cost = Scripted([0] * (CATCH_UP + 10))                 # idle rounds, then two drafts per round
+    out, stats = speculative_generate(target, ModelProposer(draft), prompt, 60,
+                                      SpecConfig(k=2, k_max=2, draft_mode="cost"), cost=cost)
+    assert out == ref
+    first = draft.widths.index(max(draft.widths))
+    assert draft.widths[first] > CATCH_UP and draft.widths[first + 1] == 1       # catch-up, then the draft pass
+    assert stats.catch_up_s >= 0.002 * CATCH_UP and stats.catch_up_s < stats.draft_s
+    assert max(cost.seen_draft) < 0.002 * CATCH_UP                               # never the catch-up's time
+    assert stats.to_json()["catch_up_share"] > 0
+    # a drafter used every round lags by a few tokens: no separate pass, no catch-up time
+    d2 = Slow(12, 40, base=target, noise=0.3)
+    _, s2 = speculative_generate(target, ModelProposer(d2), prompt, 60, SpecConfig(k=2, k_max=2, draft_mode="fixed"))
+    assert s2.catch_up_s == 0.0 and max(d2.widths[1:]) <= 3
