@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import InputError
+from .train_device import check_train_device
 
 KINDS = ("full", "window", "sink", "h2o", "lococo")
 BUFFER = 16
 LOCOCO_KEYS = {"steps": int, "keep": float, "kernel": int, "chunk": int, "seq_len": int, "lr": float, "buffer": int,
-               "seed": int, "local": int}
+               "seed": int, "local": int, "device": str}
 HELP = "full, window:M, sink:M[,sinks=4], h2o:M, lococo:M[,steps=N]"
 
 
@@ -94,6 +95,7 @@ def parse_kv_cache(text: str | None) -> KVCacheSpec:
         if not 0 <= opts.get("local", 0) <= round(m * keep):
             raise InputError(f"--kv-cache lococo:{m}: local must be in 0..{round(m * keep)} (the kept slots), "
                              f"got {opts['local']}")
+        check_train_device("--kv-cache lococo", opts.get("device", "auto"))
         if opts.get("kernel", 1) % 2 == 0:
             raise InputError(f"--kv-cache lococo: kernel must be odd (same padding), got {opts['kernel']}")
     return KVCacheSpec(kind, m, sinks, buffer, opts)

@@ -26,8 +26,9 @@ class FixedCacheRun:
         self.reset()
 
     def reset(self) -> None:
-        self.cache = self.graph.empty_cache(1)
-        self.scores = [torch.zeros(1, self.graph.kv_heads, 0) for _ in range(self.layers)]
+        self.device = next(self.graph.parameters()).device       # the graph's (a training may run on a GPU)
+        self.cache = self.graph.empty_cache(1, device=self.device)
+        self.scores = [torch.zeros(1, self.graph.kv_heads, 0, device=self.device) for _ in range(self.layers)]
         self.pos = 0
         self.cuts = 0
 
@@ -40,7 +41,7 @@ class FixedCacheRun:
             k, v, s = self.cache[2 * j], self.cache[2 * j + 1], self.scores[j]
             if self.spec.kind == "lococo":
                 k, v = self.compressors[j](k, v, s)
-                s = torch.zeros(1, s.shape[1], k.shape[1])
+                s = torch.zeros(1, s.shape[1], k.shape[1], device=s.device)
             else:
                 idx = select(self.spec, s)
                 k, v, s = gather_slots(k, idx), gather_slots(v, idx), torch.gather(s, 2, idx)
@@ -54,8 +55,8 @@ class FixedCacheRun:
         if sp.fixed and self.slots > sp.slots and self.slots + T > sp.slots + sp.buffer:
             self._cut()
         P = self.slots
-        pos = torch.arange(self.pos, self.pos + T)[None]
-        mask = torch.ones(1, P + T, dtype=torch.long)
+        pos = torch.arange(self.pos, self.pos + T, device=ids.device)[None]
+        mask = torch.ones(1, P + T, dtype=torch.long, device=ids.device)
         out = self.graph(ids, pos, mask, *self.cache)
         n = 2 * self.layers
         logits, new, cols = out[0], out[1:1 + n], out[1 + n:1 + 2 * n]
@@ -65,7 +66,7 @@ class FixedCacheRun:
             col = cols[j].detach()
             if sp.kind == "h2o":
                 prev = self.scores[j]
-                col = col + torch.cat((prev, torch.zeros(*prev.shape[:2], T)), dim=-1)
+                col = col + torch.cat((prev, torch.zeros(*prev.shape[:2], T, device=prev.device)), dim=-1)
             self.scores[j] = col
         self.pos += T
         return logits

@@ -50,8 +50,8 @@ class Compressor(nn.Module):
             vm = valid.to(torch.bool)[:, None, :].expand(B, H, S)                   # [B, H, S]
             scores = torch.where(vm, scores, torch.full_like(scores, -1.0))       # attention scores are >= 0
         if self.local:      # the `local` most recent filled slots rank above every score: always kept
-            slot = torch.arange(S)[None]
-            filled = valid.sum(-1, keepdim=True) if valid is not None else torch.full((B, 1), S)
+            slot = torch.arange(S, device=k.device)[None]
+            filled = valid.sum(-1, keepdim=True) if valid is not None else torch.full((B, 1), S, device=k.device)
             recent = (slot >= filled - self.local) & (slot < filled)                # [B, S]
             scores = torch.where(recent[:, None, :], torch.full_like(scores, 1e9), scores)
         order = scores.argsort(dim=-1, descending=True)                           # [B, H, S]
@@ -73,7 +73,7 @@ class Compressor(nn.Module):
             a = torch.softmax(logit, dim=-1)
             rs = torch.gather(scores, 2, rest)                                     # scores of the remaining slots
             top = keep_order(rs.topk(self.fused, dim=-1).indices)                  # [B, H, F] positions in rest
-            onehot = (top[..., None] == torch.arange(R)).to(a.dtype)               # [B, H, F, R]
+            onehot = (top[..., None] == torch.arange(R, device=a.device)).to(a.dtype)               # [B, H, F, R]
             w = (1 - self.lam) * onehot + self.lam * a
             parts_k.append(torch.matmul(w, kr))
             parts_v.append(torch.matmul(w, vr))

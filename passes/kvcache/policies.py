@@ -30,11 +30,12 @@ def select(spec: KVCacheSpec, scores: torch.Tensor) -> torch.Tensor:
     B, H, S = scores.shape
     m = spec.slots
     if S <= m:
-        return torch.arange(S).expand(B, H, S)
+        return torch.arange(S, device=scores.device).expand(B, H, S)
     if spec.kind == "window":
-        return torch.arange(S - m, S).expand(B, H, m)
+        return torch.arange(S - m, S, device=scores.device).expand(B, H, m)
     if spec.kind == "sink":
-        idx = torch.cat((torch.arange(spec.sinks), torch.arange(S - (m - spec.sinks), S)))
+        idx = torch.cat((torch.arange(spec.sinks, device=scores.device),
+                         torch.arange(S - (m - spec.sinks), S, device=scores.device)))
         return idx.expand(B, H, m)
     if spec.kind == "h2o":
         return keep_order(scores.topk(m, dim=-1).indices)

@@ -5,7 +5,8 @@ tokens) through the torch decoder graph with a lococo:M cache (passes/kvcache/fi
 cross-entropy is back-propagated at once: the cache is detached between chunks (as in the reference), so the
 gradient reaches the compressors through the compressed slots the chunk attends to. Adam on every compressor's
 convolution and lambda. The reference also trains norm and embedding parameters in its "inference mode"; here the
-model stays frozen (a departure, named in the docs).
+model stays frozen (a departure, named in the docs). `device=` (auto: a CUDA device when torch sees one) is where the
+steps run; the model and the compressors are moved there and back to the CPU afterwards, float32 on either device.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ...compiler.progress import bar
+from ..training import device_name, moved_to, train_device
 from .fixed_run import FixedCacheRun
 from .lococo import KEEP_RATE, KERNEL, Compressor
 from .policies import KVCacheSpec
@@ -34,6 +36,7 @@ class LoCoCoTrainConfig:
     kernel: int = KERNEL
     local: int = 0            # the reference's local_len: most recent slots always kept
     seed: int = 0
+    device: str = "auto"      # where it trains: auto (a CUDA device when torch sees one), cpu, cuda
 
     @classmethod
     def from_spec(cls, spec: KVCacheSpec) -> "LoCoCoTrainConfig":
@@ -56,13 +59,14 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
         p.requires_grad_(False)
     for p in comps.parameters():
         p.requires_grad_(True)
-    opt = torch.optim.Adam(comps.parameters(), lr=cfg.lr)
-    run = FixedCacheRun(graph, spec, comps)
+    dev = train_device(cfg.device)
     losses, t0 = [], time.perf_counter()
     try:
-        with bar(cfg.steps, f"lococo:{spec.slots} training") as pb:
+        with moved_to(dev, graph, comps), bar(cfg.steps, f"lococo:{spec.slots} training") as pb:
+            opt = torch.optim.Adam(comps.parameters(), lr=cfg.lr)
+            run = FixedCacheRun(graph, spec, comps)
             for step in range(cfg.steps):
-                seq = sequences[step % sequences.shape[0]][None, :cfg.seq_len]
+                seq = sequences[step % sequences.shape[0]][None, :cfg.seq_len].to(dev)
                 run.reset()
                 total, n = 0.0, 0
                 for i in range(0, seq.shape[1] - 1, cfg.chunk):
@@ -85,7 +89,7 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
             p.requires_grad_(req)
     rec = {"steps": cfg.steps, "seq_len": cfg.seq_len, "chunk": cfg.chunk, "lr": cfg.lr, "keep": cfg.keep,
            "kernel": cfg.kernel, "local": cfg.local, "losses": losses, "seconds": round(time.perf_counter() - t0, 1),
-           "lambda": [round(float(c.lam.detach()), 4) for c in comps]}
+           "lambda": [round(float(c.lam.detach()), 4) for c in comps], "device": device_name(dev)}
     log.info("lococo:%d: %d sequences, loss %.4f -> %.4f, %.1fs", spec.slots, cfg.steps, losses[0] if losses else 0,
              losses[-1] if losses else 0, rec["seconds"])
     return comps, rec

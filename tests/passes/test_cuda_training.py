@@ -187,3 +187,19 @@ def test_pv_tuning_on_cuda_matches_cpu_and_its_state_loads_on_cpu(tmp_path, spec
     assert "loaded_from" in b.records["quantization"]["tuning"]
     loaded = b.model.state_dict()
     assert all(torch.equal(loaded[k], g[k]) for k in codes)
+
+
+def test_lococo_training_on_cuda_matches_cpu():
+    """LoCoCo's compressors train on the GPU to the CPU's losses (float32), and end on the CPU with the model."""
+    from accelc.passes.kvcache.policies import parse_kv_cache
+    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, train
+    spec = parse_kv_cache("lococo:8,buffer=4")
+    seq = torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(5))
+    runs = {}
+    for dev in ("cpu", "cuda"):
+        graph = DecoderGraph(tiny_model("llama", seed=0), scores=True).eval()
+        comps, rec = train(graph, spec, seq, LoCoCoTrainConfig(steps=6, seq_len=64, chunk=8, lr=1e-2, device=dev))
+        assert _on_cpu(graph) and _on_cpu(comps)
+        runs[dev] = rec
+    assert runs["cuda"]["device"].startswith("cuda") and runs["cpu"]["device"] == "cpu"
+    assert runs["cuda"]["losses"] == pytest.approx(runs["cpu"]["losses"], rel=1e-3)

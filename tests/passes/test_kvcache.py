@@ -24,10 +24,14 @@ def test_spec_spellings():
     s = parse_kv_cache("sink:128,sinks=8")
     assert (s.kind, s.slots, s.sinks) == ("sink", 128, 8)
     assert parse_kv_cache("h2o:256").kind == "h2o"
+    assert parse_kv_cache("lococo:128,device=cpu").options["device"] == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            parse_kv_cache("lococo:128,device=cuda")
     lc = parse_kv_cache("lococo:128,steps=50")
     assert (lc.kind, lc.slots, lc.options["steps"]) == ("lococo", 128, 50)
     for bad in ("ring:4", "window", "window:x", "sink:8,sinks=8", "h2o:64,sinks=2", "lococo:64,keep=0",
-                "lococo:64,steps=0", "full:3"):
+                "lococo:64,steps=0", "full:3", "lococo:64,device=gpu"):
         with pytest.raises(InputError):
             parse_kv_cache(bad)
 
@@ -143,6 +147,7 @@ def test_training_lowers_the_loss_of_a_compressed_cache(graph):
     # the per-step curve is measured while the weights move; the check is a fixed evaluation before and after
     assert _compressed_loss(graph, spec, comps, seq, cfg.chunk) < 0.97 * start
     assert [p.requires_grad for p in graph.parameters()] == before          # restored
+    assert rec["device"] == ("cpu" if not torch.cuda.is_available() else rec["device"])
     assert all(torch.equal(a, b) for a, b in zip(weights, graph.parameters()))     # the model stays frozen
 
 
