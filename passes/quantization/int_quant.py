@@ -6,7 +6,8 @@ budget as `pv:` codebooks.
   P step  codes fixed: Adam on the group scales, norms (and biases).
   V step  the same linearised update as the codebook pass: a float buffer T takes Adam-normalised steps
           of lr_v against the gradient w.r.t. the dequantized weight; the fraction `tau` of *weights*
-          where T is farthest from the current weight get the code nearest to T / scale, or one level
+          where T is farthest from the current weight in quantization levels (|T - W| / scale) get the
+          code nearest to T / scale, or one level
           towards T where rounding would keep the old code (the scalar form of the codebook pass's
           directional re-encoding); with `trust` > 0 the changes are truncated, largest first, so that
           ||Ŵ_new - Ŵ_old|| <= trust * ||Ŵ_old|| (plus one weight). Codes never leave their range.
@@ -173,10 +174,11 @@ class IntPVTrainer(PVTrainer):
         w_hat = q.dequantize()
         target = self.move_target(name, w_hat, grad)
         lo, hi = code_range(q.nbits)
-        far = (target - w_hat).abs().flatten()
+        levels = q.scales.detach().float().expand(-1, -1, q.group).reshape(-1)
+        far = ((target - w_hat).abs().flatten() / levels)
         n_sel = far.numel() if tau >= 1 else int(math.ceil(tau * far.numel()))
         sel = far.topk(n_sel).indices if n_sel < far.numel() else torch.arange(far.numel(), device=far.device)   # farthest first
-        s = q.scales.detach().float().expand(-1, -1, q.group).reshape(-1)[sel]
+        s = levels[sel]
         flat = q.codes.view(-1)
         old = flat[sel].long()
         goal = target.flatten()[sel] / s

@@ -97,6 +97,25 @@ def test_v_step_moves_codes_within_range_and_trust(quantized):
         assert moved.norm() <= 0.02 * old_w.norm() + step + 1e-6
 
 
+def test_v_step_ranks_weights_by_their_distance_in_quantization_levels():
+    """The first V step moves the buffer by the same amount everywhere (Adam's first step is sign-like), so ranking
+    by absolute distance is all ties: the rank is |T - W| over the weight's scale, the fraction of a level T has
+    moved, so the forced one-level changes go first where a level is small. (Ranked by absolute distance, the
+    tie order put them anywhere, and on SmolLM2 at int3 one such step made the next batch's loss jump five-fold.)"""
+    from accelc.passes.quantization.int_quant import IntPVTrainer as Tr
+    codes = torch.zeros(2, 2, 32, dtype=torch.int8)
+    scales = torch.tensor([0.1, 0.001, 0.1, 0.1]).reshape(2, 2, 1)        # group (0, 1) has the small level
+    q = IntGroupLinear(codes, scales, 4)
+    q.unpack()
+    tr = Tr.__new__(Tr)
+    tr.buffers, tr.lr_v, tr.decay, tr.trust = {}, 1e-3, 0.0, 0.0
+    changed, total = tr._update_codes("l", q, torch.ones(2, 64), tau=16 / 128)
+    moved = (q.codes != 0).reshape(2, 2, 32)
+    assert changed == 16 and total == 128
+    assert moved[0, 1].sum() == 16 and moved.sum() == 16                # all in the small-level group
+    assert (q.codes[0, 1][moved[0, 1]] == -1).all()                       # one level against the gradient
+
+
 def test_pv_lowers_the_distillation_loss(quantized):
     b = _fresh(quantized)
     ids = b.records["calibration_ids"][:4]        # the pass trains on these (it holds out the last batch)
