@@ -17,6 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
+from parts import cut
 from provenance import add_row, provenance
 
 
@@ -30,13 +31,7 @@ def keep_weights(resume: Path, out_dir: Path, part_mb: float) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     whole = out_dir / resume.name
     save_tensors(whole, weights, meta)
-    blob, size, parts = whole.read_bytes(), int(part_mb * 2**20), []
-    whole.unlink()
-    for i in range(0, len(blob), size):
-        part = out_dir / f"{resume.name}.part{i // size}"
-        part.write_bytes(blob[i:i + size])
-        parts.append(part.name)
-    return parts
+    return cut(whole, out_dir, part_mb, remove=True)
 
 
 def main() -> None:

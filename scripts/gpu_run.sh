@@ -57,7 +57,7 @@ import json, sys
 rows = [json.load(open(f'$OUT/pv_int_gpu_{i}.json'))['rows'][0] for i in (0, 1)]
 print(min((r['perplexity']['brown-eval'], i) for i, r in enumerate(rows))[1])" 2>>"$OUT/pvint.log") || best=0
     [ -f "$work/pvint$best.st" ] && python3 -c "
-import sys; sys.path.insert(0, '.'); from pathlib import Path; from pv_int_tune import cut
+import sys; sys.path.insert(0, '.'); from pathlib import Path; from parts import cut
 print(cut(Path('$work/pvint$best.st'), Path('$OUT'), 15))" | tee -a "$OUT/pvint.log"
     ;;
 train)

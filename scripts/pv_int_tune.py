@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+from parts import cut
 from provenance import add_row, provenance
 
 
@@ -22,17 +23,6 @@ def evaluate(bundle) -> dict:
     from accelc.compiler.evaluate import Protocol, evaluate_torch
     return {text: evaluate_torch(bundle, Protocol(text=text), sample=False)["perplexity"]
             for text in ("brown-eval", "sotu")}
-
-
-def cut(path: Path, out_dir: Path, part_mb: float) -> list[str]:
-    blob, size = path.read_bytes(), int(part_mb * 2**20)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(0, len(blob), size):
-        part = out_dir / f"{path.name}.part{i // size}"
-        part.write_bytes(blob[i:i + size])
-        names.append(part.name)
-    return names
 
 
 def main() -> None:
