@@ -53,10 +53,17 @@ def parse_options(method: str, items: list[str], keys: dict[str, tuple[str, type
     return out
 
 
-def init_key(config) -> str:
-    """The quantizer's options as one string: part of a tuned-state file's key (tuned_state.py)."""
-    return json.dumps({k: v for k, v in asdict(config).items() if k not in ("keep_teacher", "calib")},
+def tuning_config(mode: str, opts: dict, quantizer, shared: tuple[str, ...], calib) -> PVTuningConfig:
+    """The tuning pass's config from the parsed options: its own (TUNE_KEYS), the quantizer options it shares when
+    given (`shared`: its calibration windows; tune_samples= gives the tuning a window count of its own), and the
+    quantizer's options as one string, part of a tuned-state file's key (tuned_state.py)."""
+    tune = {k: v for k, v in opts.items() if k in TUNE_KEYS and k in PVTuningConfig.__dataclass_fields__}
+    tune.update({k: opts[k] for k in shared if k in opts})
+    if "tune_samples" in opts:
+        tune["samples"] = opts["tune_samples"]
+    init = json.dumps({k: v for k, v in asdict(quantizer).items() if k not in ("keep_teacher", "calib")},
                       sort_keys=True)
+    return PVTuningConfig(mode=mode, calib=calib, init=init, **tune)
 
 
 def build(method: str, arg: str, options) -> list:
@@ -81,13 +88,7 @@ def build(method: str, arg: str, options) -> list:
     passes = [CodebookQuantPass(CodebookQuantConfig(scheme=head, calib=calib, keep_teacher=method != "aqlm",
                                                      method=method, **quant))]
     if method in ("pv", "ste"):
-        tune = {k: v for k, v in opts.items() if k in PVTuningConfig.__dataclass_fields__ and k not in quant}
-        for k in ("samples", "seqlen"):
-            if k in quant:
-                tune[k] = quant[k]
-        if "tune_samples" in opts:              # the tuning's own window count (the quantizer's: samples)
-            tune["samples"] = opts["tune_samples"]
-        passes.append(PVTuningPass(PVTuningConfig(mode=method, calib=calib, init=init_key(passes[0].config), **tune)))
+        passes.append(PVTuningPass(tuning_config(method, opts, passes[0].config, ("samples", "seqlen"), calib)))
     return passes
 
 
@@ -106,11 +107,6 @@ def build_int(method: str, head: str, items: list[str], calib, options=None) -> 
     passes = [IntQuantPass(IntQuantConfig(bits=int(head), calib=calib, keep_teacher=method == "pv-int",
                                           method=method, **quant))]
     if method == "pv-int":
-        tune = {k: v for k, v in opts.items() if k in PVTuningConfig.__dataclass_fields__ and k in TUNE_KEYS}
-        for k in ("samples", "seqlen", "seed"):
-            if k in quant:
-                tune[k] = quant[k]
-        if "tune_samples" in opts:
-            tune["samples"] = opts["tune_samples"]
-        passes.append(IntPVTuningPass(PVTuningConfig(mode="pv", calib=calib, init=init_key(passes[0].config), **tune)))
+        passes.append(IntPVTuningPass(tuning_config("pv", opts, passes[0].config, ("samples", "seqlen", "seed"),
+                                                    calib)))
     return passes

@@ -101,7 +101,7 @@ def test_v_step_ranks_weights_by_their_distance_in_quantization_levels():
     """The first V step moves the buffer by the same amount everywhere (Adam's first step is sign-like), so ranking
     by absolute distance is all ties: the rank is |T - W| over the weight's scale, the fraction of a level T has
     moved, so the forced one-level changes go first where a level is small. (Ranked by absolute distance, the
-    tie order put them anywhere, and on SmolLM2 at int3 one such step made the next batch's loss jump five-fold.)"""
+    tie order put them anywhere.)"""
     from accelc.passes.quantization.int_quant import IntPVTrainer as Tr
     codes = torch.zeros(2, 2, 32, dtype=torch.int8)
     scales = torch.tensor([0.1, 0.001, 0.1, 0.1]).reshape(2, 2, 1)        # group (0, 1) has the small level

@@ -147,7 +147,7 @@ def test_training_lowers_the_loss_of_a_compressed_cache(graph):
     # the per-step curve is measured while the weights move; the check is a fixed evaluation before and after
     assert _compressed_loss(graph, spec, comps, seq, cfg.chunk) < 0.97 * start
     assert [p.requires_grad for p in graph.parameters()] == before          # restored
-    assert rec["device"] == ("cpu" if not torch.cuda.is_available() else rec["device"])
+    assert rec["device"] == "cpu" or torch.cuda.is_available()       # auto: the CPU where torch sees no GPU
     assert all(torch.equal(a, b) for a, b in zip(weights, graph.parameters()))     # the model stays frozen
 
 
