@@ -38,6 +38,18 @@ def test_lookup_index_finds_the_longest_latest_match():
         LookupProposer(max_ngram=1, min_ngram=2)
 
 
+def test_lookup_source_names_the_match_length_bucket():
+    text = list(range(10, 22))                 # 12 distinct tokens, then their first n again
+    for n, name in ((1, "lookup:1"), (3, "lookup:3"), (5, "lookup:4"), (7, "lookup:6"), (8, "lookup:8"),
+                    (11, "lookup:8")):
+        lk = LookupProposer()
+        seq = [99] + text + text[:n]
+        assert lk.match(seq) == (min(n, 8), 1 + n)
+        assert lk.source(seq) == name
+        assert lk.propose(seq, 4, None, None, None)[0] == seq[1 + n:5 + n]
+    assert LookupProposer(max_ngram=3).source([99] + text + text[:8]) == "lookup:3"
+
+
 class Cyclic(ToyLM):
     """Greedy output that falls into repeats (logits from the last token only), so lookup has matches."""
 
