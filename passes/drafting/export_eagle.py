@@ -49,6 +49,52 @@ class ExportEaglePass(ExportDrafterPass):
         return {"weight_storage": "second copy of the target (the decoder graph holds the first)"}
 
 
+# -- the native drafter ---------------------------------------------------------------------------------
+NATIVE_CONFIG = "native/eagle_draft.json"
+NATIVE_WEIGHTS = "native/eagle_draft.safetensors"
+
+
+def describe_eagle(drafter, family, weights: str) -> tuple[dict, dict]:
+    """The EAGLE drafter for the native backend (runtime/speculative/native_draft.py): its layer, final norm and
+    head as a native model fed hidden states (export_native.describe, the artifact's linear format), and the
+    input mix (cfg["mix"]): the runtime RMS-norms the embedding row (the target's native embedding, with its
+    embed_scale) and the input state in float32 and concatenates them; the native model's first linear, fc [C, 2C]
+    in the artifact's linear format, maps them to the layer's input."""
+    from ..export.export_native import LINEAR_FORMAT, _np, _Writer, describe, int4_group
+    cfg, tensors = describe(drafter.layer, family, weights)
+    fmt = LINEAR_FORMAT[weights]
+    C = drafter.hidden_size
+    w = _Writer()
+    fc = w.weight("mix.fc", drafter.fc, fmt, int4_group([C, 2 * C, cfg["layers"][0]["down"]["shape"][1]])
+                  if fmt == "q4s" else None)
+    tensors.update(w.tensors)
+    tensors["mix.norm_embed"] = _np(drafter.norm_embed.weight)
+    tensors["mix.norm_hidden"] = _np(drafter.norm_hidden.weight)
+    cfg["mix"] = {"fc": fc, "norm_embed": {"weight": "mix.norm_embed", "eps": drafter.norm_embed.eps},
+                  "norm_hidden": {"weight": "mix.norm_hidden", "eps": drafter.norm_hidden.eps}}
+    return cfg, tensors
+
+
+def export_native_eagle(bundle: ModelBundle, weights: str) -> dict | None:
+    """Write native/eagle_draft.{json,safetensors} when an EAGLE drafter is attached; -> their record or None."""
+    import json
+    import torch
+    from ..export.export_native import save_safetensors
+    d = bundle.records.get("drafter_module")
+    if not isinstance(d, EagleDrafter):
+        return None
+    with torch.no_grad():
+        cfg, tensors = describe_eagle(d.graph.eval(), bundle.adapter.family, weights)
+    folder = bundle.workdir / "native"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_safetensors(bundle.workdir / NATIVE_WEIGHTS, tensors)
+    (bundle.workdir / NATIVE_CONFIG).write_text(json.dumps(cfg, indent=1))
+    bundle.add_file(NATIVE_WEIGHTS, bundle.workdir / NATIVE_WEIGHTS)
+    bundle.add_file(NATIVE_CONFIG, bundle.workdir / NATIVE_CONFIG)
+    return {"config": NATIVE_CONFIG, "weights": NATIVE_WEIGHTS,
+            "bytes": int(sum(a.nbytes for a in tensors.values()))}
+
+
 # -- validation ------------------------------------------------------------------------------------
 def run_eagle(drafter, tokens: np.ndarray, n_prompt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The runtime's EAGLE steps, teacher-forced: the target prefills n_prompt tokens then takes one at a time; the

@@ -191,7 +191,8 @@ def _norm(writer: _Writer, name: str, norm) -> dict:
 
 
 def describe(graph: DecoderGraph, family, weights: str, embed_format: str | None = None):
-    """-> (model.json dict, tensors) for a whole-model DecoderGraph."""
+    """-> (model.json dict, tensors) for a whole-model DecoderGraph, or for one fed hidden states (an EAGLE
+    drafter's layer: "input": "hidden", no embedding, the head's own rows)."""
     if weights not in LINEAR_FORMAT:
         raise InputError(f"the native backend has no weight format for --weights {weights}")
     fmt = LINEAR_FORMAT[weights]
@@ -201,21 +202,24 @@ def describe(graph: DecoderGraph, family, weights: str, embed_format: str | None
     efmt = embed_format or ("q8a" if low_bit else EMBED_FORMAT[weights])
     group = int4_group({m.in_features for m in linears} | {graph.hidden_size}) if fmt == "q4s" else None
     w = _Writer()
-    tied = graph.head.weight.data_ptr() == graph.embed.weight.data_ptr() if isinstance(graph.head, nn.Linear) else False
+    fed = graph.input_kind == "hidden"
+    tied = (not fed and isinstance(graph.head, nn.Linear)
+            and graph.head.weight.data_ptr() == graph.embed.weight.data_ptr())
     cfg = {
         "format_version": FORMAT_VERSION,
         "family": family.name,
         "hidden": graph.hidden_size, "heads": graph.num_heads, "kv_heads": graph.kv_heads,
-        "head_dim": graph.head_dim, "vocab": graph.vocab,
+        "head_dim": graph.head_dim, "vocab": graph.head.weight.shape[0] if fed else graph.vocab,
+        "input": graph.input_kind,
         "activation": family.activation,
-        "embed_scale": graph.embed_scale if graph.embed_scale is not None else (
+        "embed_scale": None if fed else graph.embed_scale if graph.embed_scale is not None else (
             float(graph.embed.embed_scale) if hasattr(graph.embed, "embed_scale") else None),
         "final_softcap": graph.final_softcap, "attn_softcap": graph.attn_softcap,
         "sandwich": bool(graph.sandwich), "qk_norm": bool(graph.qk_norm),
         "weights": weights,
         "rope": {name: {"inv_freq": w.vector(f"rope.{name}.inv_freq", getattr(graph, f"inv_freq_{name}")),
                         "scaling": float(s)} for name, s in graph.rope_scaling.items()},
-        "embed": w.weight("embed", _EmbedView(graph.embed.weight), efmt, None),
+        "embed": None if fed else w.weight("embed", _EmbedView(graph.embed.weight), efmt, None),
         "tied": bool(tied),
         "final_norm": _norm(w, "final_norm", graph.final_norm),
         "layers": [],
@@ -289,6 +293,11 @@ class ExportNativePass(Pass):
                                                               for p in ("q", "k", "v", "o", "gate", "up", "down")}),
                                     "embed_format": cfg["embed"]["format"], "bytes": nbytes}
         metrics = {"native_mb": round(nbytes / 2 ** 20, 1)}
+        from ..drafting.export_eagle import export_native_eagle
+        eagle = export_native_eagle(bundle, self.config.weights)
+        if eagle is not None:           # the EAGLE drafter's layer and head, run by the native runtime beside the decoder
+            bundle.records["native"]["eagle_draft"] = eagle
+            metrics["native_eagle_mb"] = round(eagle["bytes"] / 2 ** 20, 1)
         if self.config.validate:
             metrics.update(validate_native(bundle, cfg, folder / "weights.safetensors"))
             bundle.records["native"]["validation"] = metrics

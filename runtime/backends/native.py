@@ -47,6 +47,7 @@ class NativeBackend:
         for key, have in (("layers", len(cfg["layers"])), ("kv_heads", cfg["kv_heads"]), ("head_dim", cfg["head_dim"])):
             if key in model and model[key] != have:
                 raise ArtifactError(f"the manifest says {key} = {model[key]} but native/model.json has {have}")
+        self.cfg, self.tensors = cfg, tensors          # as stored (an EAGLE drafter reads the embedding rows)
         self.layers = len(cfg["layers"])
         self.vocab = cfg["vocab"]
         self.last_logits_only = not full_logits

@@ -102,9 +102,19 @@ def check_config(cfg, t: dict) -> None:
             raise ArtifactError(f"native/model.json: rope {name!r} is not a rotary record")
         _num(r.get("scaling"), f"rope.{name}.scaling")
         _tensor(t, r["inv_freq"], np.float32, (D // 2,))
-    check_weight(cfg.get("embed"), t, "embed", (V, C))
+    hidden_input = cfg.get("input", "ids") == "hidden"      # a drafter fed hidden states (no embedding)
+    if cfg.get("input", "ids") not in ("ids", "hidden"):
+        raise ArtifactError(f"native/model.json: input must be ids or hidden, got {cfg.get('input')!r}")
+    if hidden_input and (cfg.get("embed") is not None or cfg["tied"]):
+        raise ArtifactError("native/model.json: a model fed hidden states has no embedding (and no tied head)")
+    if not hidden_input:
+        check_weight(cfg.get("embed"), t, "embed", (V, C))
+    if cfg.get("mix") is not None:
+        if not hidden_input or not isinstance(cfg["mix"], dict):
+            raise ArtifactError("native/model.json: an input mix belongs to a model fed hidden states")
+        check_weight(cfg["mix"].get("fc"), t, "mix.fc", (C, 2 * C))
     check_weight(cfg.get("head"), t, "head", (V, C))
-    if cfg["head"]["format"] in ("q4s", "cb") or cfg["embed"]["format"] in ("q4s", "cb"):
+    if any(r is not None and r["format"] in ("q4s", "cb") for r in (cfg["head"], cfg.get("embed"))):
         raise ArtifactError("native/model.json: the embedding and head must be f32, f16 or q8a")
     if cfg["tied"] and cfg["head"] != cfg["embed"]:
         raise ArtifactError("native/model.json: a tied head must be the embedding record")

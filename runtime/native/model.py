@@ -37,13 +37,20 @@ def BF16_HOST(features: list[str]) -> bool:
     return "+avx512bf16" in features or "+amx-bf16" in features
 
 
+def weight_records(cfg: dict) -> list[dict]:
+    """The embedding (absent in a model fed hidden states), head and every layer's linear records."""
+    return [r for r in (cfg.get("embed"), cfg["head"]) if r is not None] + \
+        [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")] + \
+        ([cfg["mix"]["fc"]] if cfg.get("mix") else [])
+
+
 def to_bf16(cfg: dict, tensors: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """The precision policy for float32 weights: every f32 linear (and embedding / head) becomes bfloat16
     (round to nearest even) in memory; activations, norms, attention and the KV cache stay float32."""
     import copy
     cfg = copy.deepcopy(cfg)
     tensors = dict(tensors)
-    recs = [cfg["embed"], cfg["head"]] + [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
+    recs = weight_records(cfg)
     done = set()
     for rec in recs:
         if rec["format"] != "f32":
@@ -67,8 +74,7 @@ class NativeModel:
         host = host_target()
         feats = host.features.split(",")
         auto = precision == "auto"
-        fmts = {r["format"] for r in [cfg["embed"], cfg["head"]] +
-                [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]}
+        fmts = {r["format"] for r in weight_records(cfg)}
         wants_int = bool(fmts & {"q8a", "q4s"}) and (auto if int8_act is None else int8_act)
         self.int_isa = int_isa(feats) if wants_int else None        # vpdpbusd (VNNI) or vpmaddubsw (AVX2)
         self.int8_activations = self.int_isa is not None
@@ -121,8 +127,7 @@ class NativeModel:
 
     def _weights(self, t: dict[str, np.ndarray], prog_cb: str) -> None:
         cfg = self.cfg
-        recs = [cfg["embed"], cfg["head"]] + [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
-        for rec in recs:
+        for rec in weight_records(cfg):
             n = rec["name"]
             fmt = rec["format"]
             if fmt in ("f32", "f16", "bf16"):
@@ -152,7 +157,7 @@ class NativeModel:
         C, H, Hkv, D, V = cfg["hidden"], cfg["heads"], cfg["kv_heads"], cfg["head_dim"], cfg["vocab"]
         ff = max(L["gate"]["shape"][0] for L in cfg["layers"])
         sizes = {"h": C, "xn": C, "qkv": (H + 2 * Hkv) * D, "attn": H * D, "gu": 2 * ff, "act": ff, "mlp": C,
-                 "logits": V}
+                 "logits": V, **({"mix_in": 2 * C} if cfg.get("mix") else {})}
         self.buf = {k: np.zeros((T, n), dtype=np.float32) for k, n in sizes.items()}
         for k, a in self.buf.items():
             self._set(k, a)
@@ -224,11 +229,13 @@ class NativeModel:
 
     # -- running -----------------------------------------------------------------------------------
     def step(self, ids: np.ndarray, positions: np.ndarray, past_len: int, last_only: bool,
-             hidden: np.ndarray | None = None) -> np.ndarray:
+             hidden: np.ndarray | None = None, x: np.ndarray | None = None) -> np.ndarray:
         """Run tokens ids [T] at rope positions [T] after past_len cached positions -> logits [T, V] (or the
         last row [1, V] with last_only). The result is a view, valid until the next step. hidden: a [T, C]
         float32 array that receives each token's residual stream after the last layer (before the final norm:
-        the EAGLE drafter's feature)."""
+        the EAGLE drafter's feature). x: the input rows of a model fed hidden states (model.json "input":
+        "hidden"): [T, C] states, or [T, 2C] rows that its "mix" fc maps to states (an EAGLE drafter); its ids are
+        then only counted."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         T = ids.shape[0]
@@ -238,6 +245,10 @@ class NativeModel:
         if ids.min() < 0 or ids.max() >= V:
             raise InputError(f"token id {int(ids.max() if ids.max() >= V else ids.min())} is outside the vocabulary "
                              f"(0..{V - 1})")
+        fed = self.cfg.get("input", "ids") == "hidden"
+        width = self.cfg["hidden"] * (2 if self.cfg.get("mix") else 1)
+        if fed != (x is not None) or (fed and np.shape(x) != (T, width)):
+            raise InputError(f"this native model takes {f'[T, {width}] input rows' if fed else 'token ids'}")
         self._grow(past_len + T, past_len)
         rows = []
         for s in range(0, T, self.tmax):
@@ -253,6 +264,8 @@ class NativeModel:
             self._set_int("P", past_len + s)
             row0 = (n - 1 if last else n) if last_only else 0
             self._set_int("logit_row0", row0)
+            if fed:
+                self.buf["mix_in" if self.cfg.get("mix") else "h"][:n] = x[s:s + n]
             if self.adaptive and T == 1:
                 t0 = time.perf_counter()
                 self._run(self.ctx.ctypes.data)

@@ -65,6 +65,8 @@ class Program:
         self.cfg, self.tmax, self.int_isa = cfg, tmax, int_isa
         self.cb_kernel = cb_kernel()
         recs = [L[p] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")]
+        if cfg.get("mix"):
+            recs.append(cfg["mix"]["fc"])
         ks = [r["shape"][1] for r in recs]
         luts = [kernels.lut_bytes(r["shape"][1], r["group"], r["codebooks"]) for r in recs if r["format"] == "cb"]
         self.scratch_stride = max([kernels.scratch_bytes(tmax, max(ks + [cfg["hidden"]]))] + luts)
@@ -193,11 +195,16 @@ class Program:
         scores = f.at(self._ptr(f, "scores"), f.mul(tid, cap))
         t0, t1 = self._split(f, tid, nth, T)
 
-        # embedding, then the first layer's input norm
-        e = cfg["embed"]
-        b.call(kernels.embed(mod, e["format"], C, cfg.get("embed_scale")),
-               [self._weight(f, e, "w0"), self._weight(f, e, "w1"), self._weight(f, e, "w2"),
-                self._ptr(f, "ids", PI64), h, t0, t1])
+        # embedding (a model fed hidden states finds them in h, or mixes them into h: an EAGLE drafter's fc over
+        # [normed embedding; normed state] rows in mix_in), then the first layer's input norm
+        e = cfg.get("embed")
+        if cfg.get("mix"):
+            self._linear(f, tid, nth, cfg["mix"]["fc"], self._ptr(f, "mix_in"), c64(2 * C), h, c64(C), T)
+            sync_all()
+        elif e is not None:
+            b.call(kernels.embed(mod, e["format"], C, cfg.get("embed_scale")),
+                   [self._weight(f, e, "w0"), self._weight(f, e, "w1"), self._weight(f, e, "w2"),
+                    self._ptr(f, "ids", PI64), h, t0, t1])
         layers = cfg["layers"]
         null = ir.Constant(PF32, None)
         first = layers[0]["norms"]["input"]

@@ -14,6 +14,7 @@ drafter's draft graph runs on OpenVINO and the native decoder itself verifies (e
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -99,7 +100,8 @@ def onnxruntime_graph_fn(path, input_names: Sequence[str], output_names: Sequenc
 def load_drafter(art, backend: str | None = None) -> Drafter | None:
     """The drafter's graph functions on the artifact's backend (openvino or onnxruntime); None without drafter.
     On the native backend (EAGLE drafters only) the artifact's native decoder verifies and reports the features,
-    and only the one-layer draft graph runs, on OpenVINO with one thread (the native workers hold the cores)."""
+    and the drafter runs natively beside it (native/eagle_draft.*: runtime/speculative/native_draft.py) when the
+    artifact has it and ACCELC_NATIVE_DRAFT is not 0, else its draft graph on OpenVINO with one thread."""
     backend = backend or art.choice.backend
     if backend == NATIVE:
         recs = drafter_records(art.manifest)
@@ -108,8 +110,16 @@ def load_drafter(art, backend: str | None = None) -> Drafter | None:
         if "eagle_draft" not in recs:
             raise InputError("the native backend verifies for EAGLE drafters only; this artifact's fused drafter "
                              "runs on openvino or onnxruntime (pass --backend openvino)")
-        drafter = open_drafter(art.path, art.manifest, "openvino", 1, "cpu", roles=("eagle_draft",))
-        drafter.target = art.runners["decoder"]
+        target = art.runners["decoder"]
+        native = ((art.manifest.get("records") or {}).get("native") or {}).get("eagle_draft")
+        if native and os.environ.get("ACCELC_NATIVE_DRAFT", "1").strip() != "0":
+            from .native_draft import open_native_draft
+            drafter = open_drafter(art.path, art.manifest, "openvino", 1, "cpu", roles=())
+            drafter.fns["eagle_draft"] = open_native_draft(art.path, native, target)
+            drafter.backend = NATIVE
+        else:
+            drafter = open_drafter(art.path, art.manifest, "openvino", 1, "cpu", roles=("eagle_draft",))
+        drafter.target = target
         return drafter
     device = art.choice.device if art.choice.backend == "openvino" else "cpu"
     return open_drafter(art.path, art.manifest, backend, art.threads, device)

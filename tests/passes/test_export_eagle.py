@@ -131,3 +131,25 @@ def test_native_features_are_the_eagle_targets_hidden_state(compiled):
     ref_logits = target.forward(ids[0].tolist())
     np.testing.assert_allclose(hidden, target.features[:7], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(logits[0], ref_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_native_drafter_matches_the_draft_graph(compiled, monkeypatch):
+    """The native drafter (native/eagle_draft.*, runtime/speculative/native_draft.py) gives the eagle_draft graph's
+    logits and states on the same teacher-forced inputs; ACCELC_NATIVE_DRAFT=0 keeps the OpenVINO graph."""
+    import numpy as np
+    from accelc.passes.drafting.export_eagle import run_eagle
+    from accelc.runtime.speculative.native_draft import NativeDraftFn
+    out, bundle, _ = compiled
+    rec = json.loads((out / "manifest.json").read_text())["records"]["native"]["eagle_draft"]
+    assert (out / rec["config"]).is_file() and (out / rec["weights"]).is_file()
+    tokens = np.array([[5, 17, 99, 3, 200, 11, 42, 7, 64, 9]], dtype=np.int64)
+    runs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("ACCELC_NATIVE_DRAFT", flag)
+        drafter = load_drafter(open_artifact(out, backend="native", report=False))
+        assert isinstance(drafter.fns["eagle_draft"], NativeDraftFn) == (flag == "1")
+        runs[flag] = run_eagle(drafter, tokens, 4)
+    (lo_n, f_n, d_n), (lo_o, f_o, d_o) = runs["1"], runs["0"]
+    np.testing.assert_array_equal(lo_n, lo_o)          # the same native decoder verifies in both
+    assert np.abs(d_o).max() > 0.1 and np.abs(d_n - d_o).max() < 1e-3 * max(1.0, np.abs(d_o).max())
+    assert (d_n.argmax(-1) == d_o.argmax(-1)).all()
