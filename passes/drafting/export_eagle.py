@@ -102,6 +102,8 @@ def run_eagle(drafter, tokens: np.ndarray, n_prompt: int) -> tuple[np.ndarray, n
     draft logits [N-1, S] over the head's own vocabulary)."""
     from ...runtime.speculative.steps import _run
     target, prop = drafter.steps(tokens.shape[1])
+    if getattr(prop.fn, "last_only", False):     # the native drafter: every row's logits, to compare them all
+        prop.fn.last_only = False
     cuts = [0, n_prompt, *range(n_prompt + 1, tokens.shape[1] + 1)]
     logits = np.concatenate([target.forward(tokens[0, a:b]) for a, b in zip(cuts[:-1], cuts[1:])])
     feats = target.features[:tokens.shape[1]]

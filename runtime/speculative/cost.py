@@ -29,6 +29,15 @@ tokens per second. Everything is measured in the running generation on the backe
   used every round pays only its steady cost, which is what a choice of k commits to.
 k = 0 is a plain decoding step, so speculation happens only when the measurements say it pays.
 
+The estimates above leave out what a round costs beyond its draft and verify passes (a model drafter's catch-up
+after idle rounds, the acceptance bookkeeping), and a drafter whose first draft is accepted a quarter of the time
+sits near break-even, where a small bias decides: an EAGLE drafter on the native backend, estimated to pay on the
+grounded prompts, decoded them at 0.90x plain (2026-12-04). So each source's realized rate is also kept: the tokens
+its drafting rounds emitted over their whole wall time, against the plain rounds' (decayed sums, REALIZED_DECAY
+per round of that kind; before GUARD_ROUNDS plain rounds, plain's rate is one over a one-position pass's cost).
+After GUARD_ROUNDS of its rounds, a source whose realized rate is below plain's drafts nothing (k = 0) except one
+round every RETRY rounds, which keeps its figure current.
+
 `measure_verify` times the target's passes over 1..k_max+1 positions once, before the first generation, so the
 first rounds do not guess; the artifact runtime keeps one model per loaded artifact and drafter
 (runtime/speculative/artifact.py), so acceptance learned on one prompt carries to the next.
@@ -46,6 +55,10 @@ DECAY = 0.97          # per round of a source: its acceptance counts cover about
 REFRESH = 32          # rounds after which the one-position (plain step) cost is measured again
 EXPLORE = 16          # rounds after which a draft one longer than the best is tried again
 EXPLORE_FROM_PLAIN = 0.05   # ... from k = 0 only for sources whose draft costs less than this share of a plain step
+REALIZED_DECAY = 0.97 # per round of a kind: the realized rates follow about the last 30 rounds of each
+GUARD_ROUNDS = 8      # rounds of a source and of plain steps before their realized rates are compared
+RETRY = 64            # rounds between the drafting rounds of a source whose realized rate is below plain's
+PLAIN = "plain"
 
 
 class CostModel:
@@ -58,13 +71,26 @@ class CostModel:
         self.accepted: dict[str, np.ndarray] = {}            # source -> [k_max] accepted at position i
         self.rounds = 0                                      # rounds observed
         self.seen: dict[int, int] = {}                       # width -> the round it was last observed
+        self.realized: dict[str, list[float]] = {}           # source or PLAIN -> [tokens, seconds, rounds] (decayed)
+        self.last_draft: dict[str, int] = {}                 # source -> the round it last drafted
 
     # -- measurements -------------------------------------------------------------------------------
-    def observe(self, source: str | None, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+    def observe(self, source: str | None, drafted: int, accepted: int, draft_s: float, verify_s: float,
+                round_s: float | None = None, emitted: int | None = None) -> None:
+        """One round: its draft source and lengths, the draft and verify passes' seconds, and (round_s, emitted)
+        the whole round's wall time and the tokens it emitted (the realized rates)."""
         w = drafted + 1
         self.rounds += 1
         self.seen[w] = self.rounds
         self.verify[w] = _average(self.verify.get(w), verify_s)
+        if round_s is not None and emitted is not None:
+            kind = source if (source is not None and drafted) else PLAIN
+            r = self.realized.setdefault(kind, [0.0, 0.0, 0.0])
+            r[0] = r[0] * REALIZED_DECAY + emitted
+            r[1] = r[1] * REALIZED_DECAY + round_s
+            r[2] += 1
+        if source is not None and drafted:
+            self.last_draft[source] = self.rounds
         if source is None or drafted == 0:
             return
         if source in self.drafted_once:
@@ -116,6 +142,18 @@ class CostModel:
         emitted = 1.0 + float(np.cumprod(self.acceptance(source)[:k]).sum())
         return emitted / (c + k * self.draft_cost(source))
 
+    def realized_rate(self, kind: str) -> float | None:
+        """Tokens per second of the rounds of `kind` (a source, or PLAIN), None before GUARD_ROUNDS of them."""
+        r = self.realized.get(kind)
+        return r[0] / r[1] if r is not None and r[2] >= GUARD_ROUNDS and r[1] > 0 else None
+
+    def losing(self, source: str) -> bool:
+        """Whether the source's drafting rounds have emitted tokens more slowly than plain steps."""
+        mine, plain = self.realized_rate(source), self.realized_rate(PLAIN)
+        if plain is None and self.verify_cost(1):      # few plain rounds yet: a one-position pass's rate
+            plain = 1.0 / self.verify_cost(1)
+        return mine is not None and plain is not None and mine < plain
+
     def rate_best_k(self, source: str, cap: int) -> int:
         """The draft length in [0, cap] with the highest expected rate."""
         return int(np.argmax([self.expected_rate(source, k) for k in range(cap + 1)]))
@@ -129,6 +167,8 @@ class CostModel:
         if self.rounds - self.seen.get(1, 0) > REFRESH:
             return 0
         k = self.rate_best_k(source, cap)
+        if k > 0 and self.losing(source) and self.rounds - self.last_draft.get(source, 0) <= RETRY:
+            return 0
         cheap = self.draft_cost(source) < EXPLORE_FROM_PLAIN * (self.verify_cost(1) or 0.0)
         if k < cap and (k > 0 or cheap) and self.rounds - self.seen.get(k + 2, 0) > EXPLORE:
             return k + 1

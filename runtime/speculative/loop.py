@@ -271,7 +271,8 @@ def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_ne
         proposer.rolled_back(len(seq) - 1)
         stats.record(len(drafts), accepted, source if drafts else None)
         if cost is not None:
-            cost.observe(source, len(drafts), accepted, t1 - t0 - caught, t2 - t1)
+            cost.observe(source, len(drafts), accepted, t1 - t0 - caught, t2 - t1,
+                         round_s=time.perf_counter() - t0, emitted=len(new))
         if config.draft_mode == "heuristic" and drafts:
             k = min(config.k_max, k + 2) if accepted == len(drafts) else max(config.k_min, k - 1)
         stats.other_s += time.perf_counter() - t2

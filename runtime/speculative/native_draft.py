@@ -43,9 +43,13 @@ def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 
 class NativeDraftFn:
-    """The eagle_draft graph function (steps.GraphFn, stateful) over the native drafter of an artifact."""
+    """The eagle_draft graph function (steps.GraphFn, stateful) over the native drafter of an artifact.
+    last_only (default): the head runs on the last input row only and the logits output is that row [1, 1, S]
+    (the proposer feeds the pairs since its last draft and reads the last row; the head is half a row's work);
+    False: every row (validation compares them all)."""
 
     stateful = True
+    last_only = True
 
     def __init__(self, cfg: dict, tensors: dict, target_cfg: dict, target_tensors: dict, threads: int = THREADS,
                  precision: str = "auto"):
@@ -84,7 +88,7 @@ class NativeDraftFn:
         T = ids.shape[1]
         past_len = int(np.asarray(attention_mask).shape[1]) - T
         out = np.empty((T, self.hidden_size), dtype=np.float32)
-        logits = self.model.step(np.zeros(T, dtype=np.int64), np.asarray(position_ids)[0], past_len, False,
+        logits = self.model.step(np.zeros(T, dtype=np.int64), np.asarray(position_ids)[0], past_len, self.last_only,
                                  hidden=out, x=self.mix(np.asarray(ids)[0], states[0]))
         return (logits[None], out[None]), None
 

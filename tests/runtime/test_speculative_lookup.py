@@ -340,10 +340,10 @@ class Scripted(CostModel):
     def best_k(self, source, k_max=None):
         return self.ks.pop(0) if self.ks else 2
 
-    def observe(self, source, drafted, accepted, draft_s, verify_s):
+    def observe(self, source, drafted, accepted, draft_s, verify_s, **round_):
         if drafted:
             self.seen_draft.append(draft_s)
-        super().observe(source, drafted, accepted, draft_s, verify_s)
+        super().observe(source, drafted, accepted, draft_s, verify_s, **round_)
 
 
 def test_catch_up_after_idle_rounds_is_kept_out_of_the_draft_cost():
@@ -367,3 +367,35 @@ def test_catch_up_after_idle_rounds_is_kept_out_of_the_draft_cost():
     d2 = Slow(12, 40, base=target, noise=0.3)
     _, s2 = speculative_generate(target, ModelProposer(d2), prompt, 60, SpecConfig(k=2, k_max=2, draft_mode="fixed"))
     assert s2.catch_up_s == 0.0 and max(d2.widths[1:]) <= 3
+
+
+def test_cost_model_stops_a_source_whose_rounds_are_slower_than_plain():
+    """The component estimates say a drafter pays (cheap drafts, a quarter accepted), but its whole rounds emit
+    tokens more slowly than plain steps (a cost the estimates leave out): after GUARD_ROUNDS of each it drafts only
+    once every RETRY rounds; a source whose rounds beat plain keeps drafting."""
+    from accelc.runtime.speculative import cost as cost_mod
+    cm = CostModel(k_max=2)
+    for w in range(1, 4):
+        cm.verify[w], cm.seen[w] = (0.010 * (1 + 0.05 * (w - 1)), 3), 0
+    for _ in range(20):                      # estimates: 1 ms drafts, a quarter accepted -> k = 1 looks better
+        cm.observe("eagle", 1, 0, 0.001, 0.0105, round_s=0.016, emitted=1)
+        cm.observe("eagle", 1, 0, 0.001, 0.0105, round_s=0.016, emitted=1)
+        cm.observe("eagle", 1, 0, 0.001, 0.0105, round_s=0.016, emitted=1)
+        cm.observe("eagle", 1, 1, 0.001, 0.0105, round_s=0.016, emitted=2)
+    assert cm.rate_best_k("eagle", 2) > 0 and cm.best_k("eagle") == 0      # no plain rounds seen yet: REFRESH
+    picks = []
+    for _ in range(3 * cost_mod.RETRY):
+        k = cm.best_k("eagle")
+        picks.append(k)
+        if k:
+            cm.observe("eagle", k, 0, 0.001 * k, 0.0105, round_s=0.016, emitted=1)
+        else:
+            cm.observe(None, 0, 0, 0.0, 0.010, round_s=0.010, emitted=1)
+    assert cm.losing("eagle") and 1 <= sum(1 for k in picks if k) <= 6
+    good = CostModel(k_max=2)
+    for w in range(1, 4):
+        good.verify[w], good.seen[w] = (0.010 * (1 + 0.05 * (w - 1)), 3), 0
+    for _ in range(40):
+        good.observe("eagle", 2, 2, 0.002, 0.011, round_s=0.014, emitted=3)
+        good.observe(None, 0, 0, 0.0, 0.010, round_s=0.010, emitted=1)
+    assert not good.losing("eagle") and good.best_k("eagle") == 2
