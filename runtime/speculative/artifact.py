@@ -295,7 +295,17 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
             warn(problem)
         return None
     if draft_mode == "combined":
-        return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling,
+        return generate_speculative(art, _drafter(art), prompt_ids, max_new_tokens, sampling,
                                     SpecConfig(k=k, draft_mode="cost", k_max=k, **fz), stop, LookupProposer())
     config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode == "heuristic" else k, **fz)
-    return generate_speculative(art, load_drafter(art), prompt_ids, max_new_tokens, sampling, config, stop)
+    return generate_speculative(art, _drafter(art), prompt_ids, max_new_tokens, sampling, config, stop)
+
+
+def _drafter(art) -> Drafter | None:
+    """The artifact's drafter, loaded once per opened artifact (compiling its graphs or native kernels takes a
+    fraction of a second: per prompt it was a second load every time, and an unreleased model each)."""
+    key = art.choice.backend
+    cache = art.__dict__.setdefault("_spec_drafters", {})
+    if key not in cache:
+        cache[key] = load_drafter(art)
+    return cache[key]

@@ -7,12 +7,17 @@
   first feeds, in one pass, the pairs whose f_t the target computed since the last round (all true states: the
   target holds every token of the sequence but the last), which yields the first draft; further drafts feed back
   the drafter's own estimate of the next state. Drafted pairs are dropped from its cache at the next round.
+  After idle rounds (more than CATCH_UP pairs behind, and at a prompt's first draft) it restarts its cache from
+  the last CATCH_UP pairs instead of feeding every pair since (a departure from EAGLE, whose drafter attends to
+  all earlier pairs): rotary attention depends only on relative positions, so the window sits at cache positions
+  0.. and is exact for the pairs it holds; what is lost is context older than the window, which the target's
+  states carry anyway. Catching up on a 180-token prompt cost the native drafter about 100 ms, 11% of the decode
+  time of a 100-token answer (2026-12-04).
 Greedy drafts are the argmax of the drafter's logits (rows expanded to the full vocabulary, -inf outside its
 reduced head), so the loop's acceptance rules apply unchanged.
 """
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import numpy as np
@@ -78,12 +83,13 @@ class EagleProposer:
         self.target, self.fn, self.cache = target, fn, cache
         self.vocab_size = vocab_size
         self.vocab_ids = None if vocab_ids is None else np.asarray(vocab_ids, dtype=np.int64)
-        self.true = 0           # pairs (f_t, token t+1) in the cache computed from the target's own f_t
-        self.catch_up_s = 0.0   # this round's catch-up after idle rounds (as loop.catch_up)
+        self.true = 0           # the pairs (f_t, token t+1) for t < true are the target's own (true) states
+        self.offset = 0         # the sequence position of the pair in cache slot 0 (a restart's window start)
+        self.catch_up_s = 0.0   # kept at 0: a restart feeds its window with the round's first draft pass
 
     def start(self) -> None:
         self.cache.rollback(0)
-        self.true = 0
+        self.true = self.offset = 0
 
     def source(self, seq) -> str:
         return "eagle"
@@ -104,13 +110,11 @@ class EagleProposer:
         n = len(seq) - 1                      # the target holds seq[:n]: f_0 .. f_{n-1} are known
         if self.target.length < n:
             raise ValueError(f"the target holds {self.target.length} tokens, the drafter needs {n}")
-        self.cache.rollback(min(self.true, self.cache.length))
-        self.catch_up_s = 0.0
-        if n - 1 - self.true > CATCH_UP:        # idle since its last draft: all but the newest pair apart, timed
-            t0 = time.perf_counter()
-            self._step(seq[self.true + 1:n], self.target.features[self.true:n - 1])
-            self.true = n - 1
-            self.catch_up_s = time.perf_counter() - t0
+        if n - self.true > CATCH_UP:            # idle since its last draft: restart from the last CATCH_UP pairs
+            self.offset = self.true = n - CATCH_UP
+            self.cache.rollback(0)
+        else:
+            self.cache.rollback(min(self.true - self.offset, self.cache.length))
         row, h = self._step(seq[self.true + 1:n + 1], self.target.features[self.true:n])
         self.true = n
         drafts, rows, confidence = [], [], 1.0
@@ -128,7 +132,7 @@ class EagleProposer:
         return drafts, rows
 
     def rolled_back(self, length: int) -> None:
-        self.true = min(self.true, length)
+        self.true = max(min(self.true, length), self.offset)
 
 
 def eagle_steps(target, draft: tuple[GraphFn, KVCache], hidden_size: int,

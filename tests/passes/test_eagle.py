@@ -172,18 +172,32 @@ def test_sampling_with_eagle_keeps_the_target_distribution():
     assert chisquare(broken, expected * broken.sum() / expected.sum()).pvalue < 1e-6
 
 
-def test_eagle_catch_up_in_a_pass_of_its_own_drafts_the_same(model, monkeypatch):
-    """A lag of more than CATCH_UP positions (here the prompt, in the first round) is fed in a pass of its own, timed
-    as catch-up; the drafts are those of one pass over everything (the cache holds the same pairs)."""
+def test_eagle_restarts_from_a_window_after_idle_rounds(model):
+    """A lag of more than CATCH_UP pairs (here the prompt, in the first round) restarts the drafter's cache from the
+    last CATCH_UP pairs at cache positions 0..: output stays lossless, nothing is timed as catch-up, and the
+    cache never holds more than the window plus the drafts. Rotary attention makes the window exact: the drafter's
+    outputs on the same pairs do not depend on where the positions start."""
     from accelc.runtime.speculative import eagle as eagle_mod
     m, ad = model
     drafter = EagleGraph(m, ad, None, init_from=2).eval()
-    prompt = (_stream()[:eagle_mod.CATCH_UP + 8]).tolist()
+    prompt = (_stream()[:eagle_mod.CATCH_UP + 20]).tolist()
     g = DecoderGraph(m, ad)
     ref = autoregressive_generate(GraphStep(torch_graph_fn(g), cache_for(g, 96)), prompt, 20)
-    split, s1 = _generate(m, ad, drafter, prompt, 20, 3)
-    monkeypatch.setattr(eagle_mod, "CATCH_UP", 10_000)
-    whole, s2 = _generate(m, ad, drafter, prompt, 20, 3)
-    assert split == ref and whole == ref
-    assert s1.catch_up_s > 0 and s2.catch_up_s == 0
-    assert s1.position_drafted == s2.position_drafted and s1.position_accepted == s2.position_accepted
+    out, stats = _generate(m, ad, drafter, prompt, 20, 3)
+    assert out == ref and stats.catch_up_s == 0 and stats.drafted > 0
+    tg = target_graph(m, ad)
+    target, prop = eagle_steps((torch_graph_fn(tg), cache_for(tg, 96)), (torch_graph_fn(drafter), cache_for(drafter, 96)),
+                               ad.hidden_size, ad.vocab_size, None)
+    target.forward(prompt)
+    seq = prompt + [7]
+    drafts, _ = prop.propose(seq, 3, SpecConfig(k=3, draft_mode="fixed"), SamplingConfig(), lambda r: int(np.argmax(r)))
+    assert prop.offset == len(prompt) - eagle_mod.CATCH_UP and prop.cache.length == eagle_mod.CATCH_UP + len(drafts) - 1
+    W = eagle_mod.CATCH_UP
+    ids = torch.tensor([seq[-W:]])
+    h = torch.from_numpy(target.features[len(prompt) - W:len(prompt)])[None]
+    with torch.no_grad():
+        outs = [drafter(ids, h, torch.arange(s, s + W)[None], torch.ones(1, W, dtype=torch.long), *drafter.empty_cache(1))
+                for s in (0, 57)]
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-4)
+    assert outs[0][0].abs().max() > 0.1
