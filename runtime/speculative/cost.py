@@ -36,7 +36,9 @@ grounded prompts, decoded them at 0.90x plain (2026-12-04). So each source's rea
 its drafting rounds emitted over their whole wall time, against the plain rounds' (decayed sums, REALIZED_DECAY
 per round of that kind; before GUARD_ROUNDS plain rounds, plain's rate is one over a one-position pass's cost).
 After GUARD_ROUNDS of its rounds, a source whose realized rate is below plain's drafts nothing (k = 0) except one
-round every RETRY rounds, which keeps its figure current.
+round after RETRY rounds, which keeps its figure current; each such round that leaves it still below doubles the
+wait, up to RETRY_MAX (a drafter that does not pay on the prompts at hand then costs a restart every thousand
+rounds, not every 64).
 
 `measure_verify` times the target's passes over 1..k_max+1 positions once, before the first generation, so the
 first rounds do not guess; the artifact runtime keeps one model per loaded artifact and drafter
@@ -57,7 +59,8 @@ EXPLORE = 16          # rounds after which a draft one longer than the best is t
 EXPLORE_FROM_PLAIN = 0.05   # ... from k = 0 only for sources whose draft costs less than this share of a plain step
 REALIZED_DECAY = 0.97 # per round of a kind: the realized rates follow about the last 30 rounds of each
 GUARD_ROUNDS = 8      # rounds of a source and of plain steps before their realized rates are compared
-RETRY = 64            # rounds between the drafting rounds of a source whose realized rate is below plain's
+RETRY = 64            # rounds between the drafting rounds of a source whose realized rate is below plain's ...
+RETRY_MAX = 1024      # ... doubling after each such round that leaves it still below, up to this
 PLAIN = "plain"
 
 
@@ -73,6 +76,7 @@ class CostModel:
         self.seen: dict[int, int] = {}                       # width -> the round it was last observed
         self.realized: dict[str, list[float]] = {}           # source or PLAIN -> [tokens, seconds, rounds] (decayed)
         self.last_draft: dict[str, int] = {}                 # source -> the round it last drafted
+        self.retry: dict[str, int] = {}                      # source -> its current RETRY interval
 
     # -- measurements -------------------------------------------------------------------------------
     def observe(self, source: str | None, drafted: int, accepted: int, draft_s: float, verify_s: float,
@@ -91,6 +95,9 @@ class CostModel:
             r[2] += 1
         if source is not None and drafted:
             self.last_draft[source] = self.rounds
+            # a source still below plain after this round waits twice as long for its next try
+            self.retry[source] = min(2 * self.retry.get(source, RETRY // 2), RETRY_MAX) if self.losing(source) \
+                else RETRY // 2
         if source is None or drafted == 0:
             return
         if source in self.drafted_once:
@@ -179,7 +186,7 @@ class CostModel:
             return cap
         if self.rounds - self.seen.get(1, 0) > REFRESH:
             return 0
-        if self.losing(source) and self.rounds - self.last_draft.get(source, 0) <= RETRY:
+        if self.losing(source) and self.rounds - self.last_draft.get(source, 0) <= self.retry.get(source, RETRY):
             return 0
         k = self.rate_best_k(source, cap)
         cheap = self.draft_cost(source) < EXPLORE_FROM_PLAIN * (self.verify_cost(1) or 0.0)

@@ -62,16 +62,25 @@ class BackendFeatureTarget:
     def length(self) -> int:
         return self.held
 
-    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+    def _pass(self, tokens: Sequence[int], every: bool = True) -> np.ndarray:
         ids = np.asarray([list(tokens)], dtype=np.int64)
         start, n = self.held, ids.shape[1]
         if start + n > self.capacity:
             raise ValueError(f"the target's capacity is {self.capacity} positions; {start + n} needed")
         pos = np.arange(start, start + n, dtype=np.int64)[None]
         logits = self.backend.forward_stateful(ids, pos, None, start, hidden=self.features[start:start + n],
-                                               all_logits=True)
+                                               all_logits=every)
         self.held = start + n
-        return np.array(logits[0])           # a copy: the backend reuses its output buffer
+        return logits[0]
+
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        return np.array(self._pass(tokens))     # a copy: the backend reuses its output buffer
+
+    def forward_last(self, tokens: Sequence[int], n: int) -> np.ndarray:
+        """The last n rows of forward(tokens) as a view of the backend's buffer, valid until the next call (the
+        loop reads them at once: a k = 0 round then copies no 196 KB row). For n = 1 a backend opened for
+        generation computes only the last row's logits (a prompt's prefill skips the head on the others)."""
+        return self._pass(tokens, every=n > 1)[-n:]
 
     def truncate(self, length: int) -> None:
         self.held = min(int(length), self.held)

@@ -372,7 +372,7 @@ def test_catch_up_after_idle_rounds_is_kept_out_of_the_draft_cost():
 def test_cost_model_stops_a_source_whose_rounds_are_slower_than_plain():
     """The component estimates say a drafter pays (cheap drafts, a quarter accepted), but its whole rounds emit
     tokens more slowly than plain steps (a cost the estimates leave out): after GUARD_ROUNDS of each it drafts only
-    once every RETRY rounds; a source whose rounds beat plain keeps drafting."""
+    after RETRY rounds, then after twice as many, up to RETRY_MAX; a source whose rounds beat plain keeps drafting."""
     from accelc.runtime.speculative import cost as cost_mod
     cm = CostModel(k_max=2)
     for w in range(1, 4):
@@ -383,15 +383,17 @@ def test_cost_model_stops_a_source_whose_rounds_are_slower_than_plain():
         cm.observe("eagle", 1, 0, 0.001, 0.0105, round_s=0.016, emitted=1)
         cm.observe("eagle", 1, 1, 0.001, 0.0105, round_s=0.016, emitted=2)
     assert cm.rate_best_k("eagle", 2) > 0 and cm.best_k("eagle") == 0      # no plain rounds seen yet: REFRESH
-    picks = []
-    for _ in range(3 * cost_mod.RETRY):
+    tries = []
+    for r in range(3 * cost_mod.RETRY_MAX):
         k = cm.best_k("eagle")
-        picks.append(k)
         if k:
+            tries.append(r)
             cm.observe("eagle", k, 0, 0.001 * k, 0.0105, round_s=0.016, emitted=1)
         else:
             cm.observe(None, 0, 0, 0.0, 0.010, round_s=0.010, emitted=1)
-    assert cm.losing("eagle") and 1 <= sum(1 for k in picks if k) <= 6
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert cm.losing("eagle") and 2 <= len(tries) <= 6               # a try now and then, each still slower
+    assert all(cost_mod.RETRY < g <= cost_mod.RETRY_MAX + 2 for g in gaps) and gaps == sorted(gaps), (tries, gaps)
     good = CostModel(k_max=2)
     for w in range(1, 4):
         good.verify[w], good.seen[w] = (0.010 * (1 + 0.05 * (w - 1)), 3), 0
