@@ -32,7 +32,7 @@ k = 0 is a plain decoding step, so speculation happens only when the measurement
 The estimates above leave out what a round costs beyond its draft and verify passes (a model drafter's catch-up
 after idle rounds, the acceptance bookkeeping), and a drafter whose first draft is accepted a quarter of the time
 sits near break-even, where a small bias decides: an EAGLE drafter on the native backend, estimated to pay on the
-grounded prompts, decoded them at 0.90x plain (2026-12-04). So each source's realized rate is also kept: the tokens
+benchmark's grounded prompts, decoded them about a tenth slower than plain (docs/passes/drafter.md). So each source's realized rate is also kept: the tokens
 its drafting rounds emitted over their whole wall time, against the plain rounds' (decayed sums, REALIZED_DECAY
 per round of that kind; before GUARD_ROUNDS plain rounds, plain's rate is one over a one-position pass's cost).
 After GUARD_ROUNDS of its rounds, a source whose realized rate is below plain's drafts nothing (k = 0) except one

@@ -75,7 +75,7 @@ class NativeDraftFn:
     def mix(self, ids: np.ndarray, states: np.ndarray) -> np.ndarray:
         """The rows [T, 2C] the native model's fc maps to the layer's input, for tokens ids [T] and the states
         [T, C] before them (elementwise numpy only: a BLAS call here would wake BLAS threads that spin on the
-        cores the decoder's lockstep workers need, 7 ms target steps measured at 50-100 ms after one)."""
+        cores the decoder's lockstep workers need, and the next target step then stalls many times over)."""
         e = embed_rows(self.embed_rec, self.embed_tensors, ids)
         if self.embed_scale is not None:
             e *= np.float32(self.embed_scale)
