@@ -85,18 +85,25 @@ class NativeBackend:
 
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
          full_logits: bool = True, precision: str = "auto") -> NativeBackend:
-    from ..native.weights import map_safetensors
     if device != "cpu":
         raise ArtifactError(f"the native backend runs on cpu, not {device}")
     rec = native_record(manifest)
     if rec is None:
         raise ArtifactError("this artifact has no native weights for the native backend")
-    cfg_path = artifact_file(Path(artifact_dir), rec.get("config"), "native config")
-    weights = artifact_file(Path(artifact_dir), rec.get("weights"), "native weights")
+    cfg, tensors = read_native(artifact_dir, rec, "native")
+    if precision == "auto" and rec.get("precision") == "f32":
+        precision = "f32"          # the compiler's validation found the reduced-precision drift too large
+    return NativeBackend(cfg, tensors, threads, full_logits, manifest, precision)
+
+
+def read_native(artifact_dir, rec: dict, what: str) -> tuple[dict, dict]:
+    """(model.json dict, mapped tensors) of a native record {"config": ..., "weights": ...} of the artifact (the
+    decoder's, or the EAGLE drafter's); a missing file or bad JSON is one ArtifactError line."""
+    from ..native.weights import map_safetensors
+    cfg_path = artifact_file(Path(artifact_dir), rec.get("config"), f"{what} config")
+    weights = artifact_file(Path(artifact_dir), rec.get("weights"), f"{what} weights")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"native/model.json is not valid JSON ({e})") from None
-    if precision == "auto" and rec.get("precision") == "f32":
-        precision = "f32"          # the compiler's validation found the reduced-precision drift too large
-    return NativeBackend(cfg, map_safetensors(weights), threads, full_logits, manifest, precision)
+        raise ArtifactError(f"{cfg_path.name} is not valid JSON ({e})") from None
+    return cfg, map_safetensors(weights)

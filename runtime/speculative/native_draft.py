@@ -16,12 +16,8 @@ KV cache: the past length comes from the attention mask, so a rollback is the ne
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
-from ...compiler.artifact import artifact_file
 from ...compiler.errors import ArtifactError
 
 THREADS = 1
@@ -99,12 +95,7 @@ class NativeDraftFn:
 def open_native_draft(folder, record: dict, target, threads: int = THREADS) -> NativeDraftFn:
     """The native drafter named by the manifest's records.native.eagle_draft, beside the native decoder
     backend `target` (its embedding rows and precision choice)."""
-    from ..native.weights import map_safetensors
-    cfg_path = artifact_file(Path(folder), record.get("config"), "native drafter config")
-    weights = artifact_file(Path(folder), record.get("weights"), "native drafter weights")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"native/eagle_draft.json is not valid JSON ({e})") from None
-    return NativeDraftFn(cfg, map_safetensors(weights), target.cfg, target.tensors, threads,
+    from ..backends.native import read_native
+    cfg, tensors = read_native(folder, record, "native drafter")
+    return NativeDraftFn(cfg, tensors, target.cfg, target.tensors, threads,
                          precision=target.model.precision)

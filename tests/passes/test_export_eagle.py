@@ -153,3 +153,29 @@ def test_native_drafter_matches_the_draft_graph(compiled, monkeypatch):
     np.testing.assert_array_equal(lo_n, lo_o)          # the same native decoder verifies in both
     assert np.abs(d_o).max() > 0.1 and np.abs(d_n - d_o).max() < 1e-3 * max(1.0, np.abs(d_o).max())
     assert (d_n.argmax(-1) == d_o.argmax(-1)).all()
+
+
+def test_native_drafter_model_takes_input_rows_only(compiled):
+    """The native drafter's model is fed [T, 2C] rows (its fc's input), never token ids, and its config refuses an
+    embedding beside hidden input."""
+    import numpy as np
+    from accelc.compiler.errors import ArtifactError, InputError
+    from accelc.runtime.native.config_check import check_config
+    from accelc.runtime.native.weights import map_safetensors
+    out, *_ = compiled
+    drafter = load_drafter(open_artifact(out, backend="native", report=False))
+    model = drafter.fns["eagle_draft"].model
+    C = model.cfg["hidden"]
+    with pytest.raises(InputError):
+        model.step(np.zeros(2, dtype=np.int64), np.arange(2), 0, True)
+    with pytest.raises(InputError):
+        model.step(np.zeros(2, dtype=np.int64), np.arange(2), 0, True, x=np.zeros((2, C), np.float32))
+    assert model.step(np.zeros(2, dtype=np.int64), np.arange(2), 0, True, x=np.ones((2, 2 * C), np.float32)).shape \
+        == (1, len(drafter.vocab_ids))
+    cfg = json.loads((out / "native" / "eagle_draft.json").read_text())
+    tensors = map_safetensors(out / "native" / "eagle_draft.safetensors")
+    check_config(cfg, tensors)
+    with pytest.raises(ArtifactError):
+        check_config({**cfg, "embed": cfg["head"]}, tensors)
+    with pytest.raises(ArtifactError):
+        check_config({**cfg, "input": "ids"}, tensors)
