@@ -87,8 +87,10 @@ def prefill(state: DecodeState, ids, all_logits: bool = False) -> np.ndarray:
             raise InputError("this artifact was opened for generation (last-token logits only): "
                              "open it with full_logits=True for every position's logits")
         P = cache.length
+        # the native backend computes only the rows asked for (the OpenVINO graph's are fixed when it is opened)
+        rows = {"all_logits": all_logits} if getattr(state.prefiller, "name", None) == "native" else {}
         logits = state.prefiller.forward_stateful(ids[None], np.arange(P, P + T, dtype=np.int64)[None],
-                                                  state.mask[:, :P + T], P)
+                                                  state.mask[:, :P + T], P, **rows)
         cache.advance(T)
         return np.array(logits[0]) if all_logits else np.array(logits[0, -1])
     if not state.static:

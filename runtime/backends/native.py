@@ -55,13 +55,15 @@ class NativeBackend:
         self.held = 0
 
     def forward_stateful(self, input_ids, position_ids, attention_mask, past_len: int, hidden=None,
-                         all_logits: bool = False):
+                         all_logits: bool | None = None):
         """hidden: [T, C] float32, receives the last layer's residual stream (the EAGLE feature); all_logits:
-        every row's logits even when opened for generation (speculative verification)."""
+        True, every row's logits even when opened for generation (speculative verification); False, the last row
+        only even when opened with full logits (a prompt's prefill: the head skips the other rows); None, as
+        opened."""
         if attention_mask is not None and not np.all(np.asarray(attention_mask) == 1):
             raise InputError("the native backend runs unpadded inputs (an all-ones attention mask)")
-        logits = self.model.step(input_ids[0], position_ids[0], int(past_len),
-                                 self.last_logits_only and not all_logits, hidden)
+        last = self.last_logits_only if all_logits is None else not all_logits
+        logits = self.model.step(input_ids[0], position_ids[0], int(past_len), last, hidden)
         self.held = int(past_len) + input_ids.shape[1]
         return logits[None]
 
