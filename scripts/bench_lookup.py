@@ -167,17 +167,22 @@ def drafter_info(path: Path) -> dict | None:
     return {"record": rec, "graph_mb": sizes}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--artifact", help="a compiled cpu artifact with a genai folder (default: compile the packaged "
-                    "model into --workdir)")
-    ap.add_argument("--workdir", default="out/bench-lookup", help="where the default artifact is compiled")
+def add_prompt_args(ap) -> None:
+    """The options of the two prompt sets and of our decoding (shared with scripts/lookup_match_stats.py)."""
     ap.add_argument("--backend", help="our backend (default: the artifact's choice)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--general", type=int, default=40)
     ap.add_argument("--grounded", type=int, default=20)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--max-new", type=int, default=128)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--artifact", help="a compiled cpu artifact with a genai folder (default: compile the packaged "
+                    "model into --workdir)")
+    ap.add_argument("--workdir", default="out/bench-lookup", help="where the default artifact is compiled")
+    add_prompt_args(ap)
     ap.add_argument("-k", type=int, default=8, help="our lookup draft cap (the cost model picks each round's length)")
     ap.add_argument("--genai-k", type=int, nargs="*", default=[5, 8], help="genai num_assistant_tokens values")
     ap.add_argument("--no-genai", action="store_true")

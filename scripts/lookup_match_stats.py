@@ -52,13 +52,9 @@ def summarise(rows: list[tuple[int, str, int]]) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from bench_lookup import add_prompt_args
     ap.add_argument("--artifact", required=True)
-    ap.add_argument("--backend")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--general", type=int, default=40)
-    ap.add_argument("--grounded", type=int, default=20)
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--max-new", type=int, default=128)
+    add_prompt_args(ap)
     ap.add_argument("--max-ngram", type=int, default=8)
     ap.add_argument("--run", type=int, default=32, help="longest draft whose run is counted")
     ap.add_argument("--json")

@@ -65,8 +65,7 @@ def describe_eagle(drafter, family, weights: str) -> tuple[dict, dict]:
     fmt = LINEAR_FORMAT[weights]
     C = drafter.hidden_size
     w = _Writer()
-    fc = w.weight("mix.fc", drafter.fc, fmt, int4_group([C, 2 * C, cfg["layers"][0]["down"]["shape"][1]])
-                  if fmt == "q4s" else None)
+    fc = w.weight("mix.fc", drafter.fc, fmt, int4_group([2 * C]) if fmt == "q4s" else None)
     tensors.update(w.tensors)
     tensors["mix.norm_embed"] = _np(drafter.norm_embed.weight)
     tensors["mix.norm_hidden"] = _np(drafter.norm_hidden.weight)

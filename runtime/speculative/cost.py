@@ -141,14 +141,6 @@ class CostModel:
     def draft_cost(self, source: str) -> float:
         return self.draft[source][0] if source in self.draft else 0.0
 
-    def expected_rate(self, source: str, k: int) -> float:
-        """Expected tokens per second of a round with k drafts from `source`."""
-        c = self.verify_cost(k + 1)
-        if c is None:
-            return 0.0
-        emitted = 1.0 + float(np.cumprod(self.acceptance(source)[:k]).sum())
-        return emitted / (c + k * self.draft_cost(source))
-
     def realized_rate(self, kind: str) -> float | None:
         """Tokens per second of the rounds of `kind` (a source, or PLAIN), None before GUARD_ROUNDS of them."""
         r = self.realized.get(kind)
@@ -162,8 +154,9 @@ class CostModel:
         return mine is not None and plain is not None and mine < plain
 
     def rate_best_k(self, source: str, cap: int) -> int:
-        """The draft length in [0, cap] with the highest expected rate (expected_rate for every k in one pass:
-        this runs every round, and per-k numpy calls cost a quarter of a millisecond a round)."""
+        """The draft length in [0, cap] with the most expected tokens per second, (1 + sum_{j<=k} prod_{i<=j} a_i) /
+        (verify(k + 1) + k * draft cost), every k in one Python pass (this runs every round; per-k numpy calls
+        cost a quarter of a millisecond a round)."""
         if not self.verify:
             return 0
         acc = self.acceptance(source).tolist()

@@ -94,7 +94,6 @@ class EagleProposer:
         self.vocab_ids = None if vocab_ids is None else np.asarray(vocab_ids, dtype=np.int64)
         self.true = 0           # the pairs (f_t, token t+1) for t < true are the target's own (true) states
         self.offset = 0         # the sequence position of the pair in cache slot 0 (a restart's window start)
-        self.catch_up_s = 0.0   # kept at 0: a restart feeds its window with the round's first draft pass
 
     def start(self) -> None:
         self.cache.rollback(0)
