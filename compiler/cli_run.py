@@ -28,16 +28,18 @@ def add_parser(sub):
     # speculative decoding (drafter graphs from --drafter eagle|fused, or prompt lookup; runtime/speculative/artifact.py)
     p.add_argument("--no-speculative", action="store_true", help="decode token by token even when the artifact "
                    "has drafter graphs (speculative decoding is the default then)")
-    p.add_argument("--draft-mode", choices=["cost", "confidence", "fixed", "heuristic", "lookup", "combined"],
+    p.add_argument("--draft-mode", choices=["cost", "specdec", "confidence", "fixed", "heuristic", "lookup",
+                                             "combined"],
                    default="cost",
                    help="with drafter graphs: cost (default: each round's draft length, 0 = no speculation, from "
-                   "measured draft/verify costs and acceptance), confidence (stop when the drafter's own "
+                   "measured draft/verify costs and acceptance), specdec (EAGLE drafters: the cost model decides whether to "
+                   "speculate, the drafter's trained acceptance head when to stop drafting; SpecDec++), confidence (stop when the drafter's own "
                    "probabilities fall; the baseline), fixed k, or heuristic grow/shrink; lookup: prompt lookup "
                    "(drafts what followed the text's last n-gram earlier in the prompt or output; any artifact, no "
                    "training); combined: lookup, and the drafter where lookup finds nothing (both under the cost "
                    "model)")
     p.add_argument("--draft-k", type=int, help="draft tokens per round (fixed), start/cap (confidence, heuristic; "
-                   "default 4) or cap (cost, lookup, combined; default 8)")
+                   "default 4) or cap (cost, specdec, lookup, combined; default 8)")
     p.add_argument("--fuzzy", metavar="DIV:T", help="fuzzy acceptance (not lossless): also accept a model draft when "
                    "the divergence DIV (js or tv) between the drafter's and the target's distributions is below T, "
                    "e.g. js:0.3 (docs/passes/drafter.md)")

@@ -39,11 +39,18 @@ class EagleConfig(PassConfig):
     device: str = "auto"       # where the states and the training run: auto (a CUDA GPU when torch sees one), cpu, cuda
     eval_prompts: int = 8      # held-out prompts (evaluation split) for the acceptance measurement
     eval_tokens: int = 64
+    head: int = 1              # 1: train SpecDec++'s acceptance head (draft mode specdec) on calibration rollouts
+    head_prompts: int = 48     # its rollouts: calibration prompts x new tokens (greedy, 8 drafts a round)
+    head_tokens: int = 96
+    head_hidden: int = 64
     calib: str | None = None   # calibration text file (default: Brown calibration split)
 
     def __post_init__(self):
         from .drafter import positive_ints
-        positive_ints(self, ("steps", "batch", "seq_len", "windows", "unroll"), "eagle option")
+        positive_ints(self, ("steps", "batch", "seq_len", "windows", "unroll", "head_prompts", "head_tokens",
+                             "head_hidden"), "eagle option")
+        if self.head not in (0, 1):
+            raise InputError(f"eagle option head must be 0 or 1, got {self.head}")
         if self.seq_len < 3 or self.unroll > 2:
             raise InputError("eagle options: seq_len must be >= 3 and unroll 1 or 2")
         if self.vocab < 0 or self.eval_prompts < 0 or self.eval_tokens < 1:
@@ -67,6 +74,7 @@ class EagleDrafter:
 
     graph: EagleGraph
     vocab_ids: np.ndarray | None
+    accept_head: dict | None = None     # SpecDec++'s acceptance head (accept_head.train_head's tensors)
 
 
 def held_out_prompts(tokenizer, n: int, length: int = 64) -> list[list[int]]:
@@ -114,7 +122,9 @@ class EagleDrafterPass(Pass):
                             cfg.cls, cfg.noise, cfg.unroll, resume=resume, bf16=bf16, device=dev)
         graph.eval()
         prompts = held_out_prompts(bundle.tokenizer, cfg.eval_prompts)
-        accept = (held_out_acceptance(model, ad, graph, prompts, cfg.eval_tokens) if prompts else None)
+        accept, held = (held_out_acceptance(model, ad, graph, prompts, cfg.eval_tokens) if prompts
+                        else (None, None))
+        head, head_record = (self._head(bundle, graph, stream, held) if cfg.head else (None, None))
         n_train = sum(p.numel() for p in graph.trainable())
         record = {"kind": "eagle", "layers": ad.num_layers, "init_from_layer": init_from,
                   "vocab_size": len(vocab_ids) if vocab_ids is not None else V, "full_vocab": V,
@@ -123,13 +133,30 @@ class EagleDrafterPass(Pass):
                             "lr": cfg.lr, "cls": cfg.cls, "noise": cfg.noise, "unroll": cfg.unroll,
                             "precision": "bf16" if bf16 else "f32", "state": resume.name},
                   "acceptance_held_out": accept, "trainable_parameters": n_train,
-                  "head_parameters": graph.body.lm_head.weight.numel()}
+                  "head_parameters": graph.body.lm_head.weight.numel(), "accept_head": head_record}
         bundle.records["drafter"] = record
-        bundle.records["drafter_module"] = EagleDrafter(graph, vocab_ids)
+        bundle.records["drafter_module"] = EagleDrafter(graph, vocab_ids, head)
         first = (accept or {}).get("acceptance_by_position") or [None]
         return PassResult(True, {"vocab": record["vocab_size"], "steps": train["steps"],
                                  "loss": train["loss"]["last"], "accept_1": first[0],
                                  "tokens_per_round": (accept or {}).get("tokens_per_round")})
+
+    def _head(self, bundle, graph, stream, held) -> tuple[dict, dict]:
+        """SpecDec++'s acceptance head: rollouts on calibration prompts, training, and its metrics on the held-out
+        rollouts beside the drafter's own probability (passes/drafting/accept_head.py)."""
+        from .accept_head import evaluate_head, rollouts, train_head
+        cfg = self.config
+        n = stream.numel()
+        length = 64
+        step = max(length, (n - length) // cfg.head_prompts)
+        prompts = [stream[i * step:i * step + length].tolist() for i in range(cfg.head_prompts)
+                   if i * step + length <= n]
+        data, stats = rollouts(bundle.model, bundle.adapter, graph, prompts, cfg.head_tokens, k=8)
+        tensors, summary = train_head(data, hidden=cfg.head_hidden, seed=cfg.seed)
+        record = {"train": {**summary, "prompts": len(prompts), "new_tokens": cfg.head_tokens, "k": 8,
+                            "rollout_acceptance_by_position": stats.get("acceptance_by_position")},
+                  "held_out": evaluate_head(tensors, held) if held is not None else None}
+        return tensors, record
 
     def ensures(self, bundle, result) -> None:
         d = bundle.records.get("drafter_module")

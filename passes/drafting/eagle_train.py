@@ -167,22 +167,11 @@ def _train(drafter, windows, feats, steps, seconds, batch, lr, seed, cls_weight,
 
 
 def held_out_acceptance(model, adapter, drafter: EagleGraph, prompts: list[list[int]], new_tokens: int,
-                        k: int = 6) -> dict:
-    """Per-position acceptance in greedy generation (torch, fixed k drafts per round) on held-out prompts."""
-    from ...runtime.speculative.eagle import eagle_steps
-    from ...runtime.speculative.loop import SpecConfig, SpecStats, speculative_generate
-    from ...runtime.speculative.steps import cache_for, torch_graph_fn
-    from .eagle_model import target_graph
-    tg = target_graph(model, adapter)
-    stats = SpecStats()
-    for ids in prompts:
-        cap = len(ids) + new_tokens + k + 2
-        target, proposer = eagle_steps((torch_graph_fn(tg), cache_for(tg, cap)),
-                                       (torch_graph_fn(drafter), cache_for(drafter, cap)), adapter.hidden_size,
-                                       adapter.vocab_size, drafter.vocab_ids)
-        speculative_generate(target, proposer, ids, new_tokens, SpecConfig(k=k, draft_mode="fixed", k_max=k),
-                             stats=stats)
-    j = stats.to_json()
-    return {"prompts": len(prompts), "new_tokens": new_tokens, "k": k,
-            "acceptance_by_position": j.get("acceptance_by_position"),
-            "tokens_per_round": j["mean_accepted"], "acceptance_rate": j["acceptance_rate"]}
+                        k: int = 8) -> tuple[dict, dict]:
+    """Per-position acceptance in greedy generation (torch, fixed k drafts per round) on held-out prompts; -> (the
+    summary, the rollouts' acceptance-head data: accept_head.rollouts)."""
+    from .accept_head import rollouts
+    data, j = rollouts(model, adapter, drafter, prompts, new_tokens, k, what="eagle: held-out acceptance")
+    return ({"prompts": len(prompts), "new_tokens": new_tokens, "k": k,
+             "acceptance_by_position": j.get("acceptance_by_position"),
+             "tokens_per_round": j["mean_accepted"], "acceptance_rate": j["acceptance_rate"]}, data)

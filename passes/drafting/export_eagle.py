@@ -44,9 +44,26 @@ class ExportEaglePass(ExportDrafterPass):
 
     def fields(self, name: str, graph, bundle: ModelBundle, vocab: str | None) -> dict:
         if name == "eagle_draft":
-            return {"vocab_ids": vocab,
+            return {"vocab_ids": vocab, "accept_head": write_accept_head(bundle),
                     "weight_storage": "own fc, layer, kept head rows and a copy of the embedding table"}
         return {"weight_storage": "second copy of the target (the decoder graph holds the first)"}
+
+
+ACCEPT_HEAD = "graphs/eagle_accept.safetensors"
+
+
+def write_accept_head(bundle: ModelBundle) -> str | None:
+    """SpecDec++'s acceptance head (runtime/speculative/accept_head.py) as safetensors; -> its path, or None when
+    the drafter was trained without one (eagle option head=0)."""
+    from safetensors.numpy import save_file
+    head = bundle.records["drafter_module"].accept_head
+    if not head:
+        return None
+    (bundle.workdir / "graphs").mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in head.items()},
+              str(bundle.workdir / ACCEPT_HEAD))
+    bundle.add_file(ACCEPT_HEAD, bundle.workdir / ACCEPT_HEAD)
+    return ACCEPT_HEAD
 
 
 # -- the native drafter ---------------------------------------------------------------------------------

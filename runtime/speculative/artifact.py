@@ -47,6 +47,7 @@ class Drafter:
     hidden_size: int
     vocab_size: int
     target: object | None = None         # a decoder backend that verifies and reports features itself (native)
+    accept_head: object | None = None    # EAGLE: SpecDec++'s acceptance head (accept_head.AcceptHead), if trained
 
     @property
     def kind(self) -> str:
@@ -62,8 +63,10 @@ class Drafter:
         if self.kind == "eagle":
             target = (BackendFeatureTarget(self.target, capacity, self.hidden_size) if self.target is not None
                       else (self.fns["eagle_target"], cache("eagle_target")))
-            return eagle_steps(target, (self.fns["eagle_draft"], cache("eagle_draft")), self.hidden_size,
-                               self.vocab_size, self.vocab_ids)
+            t, proposer = eagle_steps(target, (self.fns["eagle_draft"], cache("eagle_draft")), self.hidden_size,
+                                      self.vocab_size, self.vocab_ids)
+            proposer.head = self.accept_head
+            return t, proposer
         return fused_steps(*((self.fns[r], cache(r)) for r in ("trunk", "draft_head", "verify_tail")),
                            self.hidden_size, self.vocab_size, self.vocab_ids)
 
@@ -163,8 +166,12 @@ def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str
     draft, target = ("eagle_draft", "eagle_target") if eagle else ("draft_head", "verify_tail")
     vocab = recs[draft].get("vocab_ids")
     vocab_ids = np.asarray(json.loads(artifact_file(folder, vocab).read_text()), dtype=np.int64) if vocab else None
+    head = recs[draft].get("accept_head") if eagle else None
+    if head:
+        from .accept_head import load_head
+        head = load_head(artifact_file(folder, head, "the drafter's acceptance head"))
     return Drafter(backend, fns, recs, vocab_ids, int(recs[draft if eagle else "trunk"]["hidden_size"]),
-                   int(recs[target]["vocab"]))
+                   int(recs[target]["vocab"]), accept_head=head)
 
 
 class DecoderStep:
@@ -213,7 +220,7 @@ def generate_speculative(art, drafter: Drafter | None, prompt_ids: Sequence[int]
     else:
         target, proposer = DecoderStep(art, capacity), lookup
     cost = None
-    if config.draft_mode == "cost":      # one cost model per artifact, drafter and cap: it learns across prompts
+    if config.draft_mode in ("cost", "specdec"):   # one cost model per artifact, drafter and cap: it learns across prompts
         key = (drafter.kind if drafter is not None else None, lookup is not None, config.k_max)
         models = art.__dict__.setdefault("_spec_costs", {})
         if key not in models:
@@ -237,7 +244,7 @@ def generate_speculative(art, drafter: Drafter | None, prompt_ids: Sequence[int]
     return result, stats
 
 
-MODEL_MODES = ("confidence", "fixed", "heuristic", "cost")   # the drafter's draft-length rules
+MODEL_MODES = ("confidence", "fixed", "heuristic", "cost", "specdec")   # the drafter's draft-length rules
 LOOKUP_MODES = ("lookup", "combined")                    # prompt lookup; combined adds the drafter where it has none
 RUN_MODES = MODEL_MODES + LOOKUP_MODES
 LOOKUP_K = 8                                             # draft cap of the lookup modes
@@ -268,17 +275,18 @@ def check_fuzzy(spec: str | None) -> dict:
 
 def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling: SamplingConfig,
                     k: int | None = None, draft_mode: str = "fixed", stop: Sequence[str] = (), warn=None,
-                    fuzzy: str | None = None):
+                    fuzzy: str | None = None, reject_threshold: float | None = None):
     """Speculative decoding when the artifact has drafter graphs on a backend that can run them, or when a
     lookup mode asks for it (every artifact; open it with full_logits=True): None otherwise (the caller
     decodes token by token; `warn(message)` hears why when the drafter exists but cannot run),
-    else (result, stats). k: draft length (fixed), start/cap (confidence, heuristic) or cap (cost and the lookup
-    modes: the cost model picks the length each round; default LOOKUP_K). fuzzy: "DIV:T" (check_fuzzy) also accepts a
-    draft whose divergence from the target is below T (a lookup draft's distribution is one-hot on it)."""
+    else (result, stats). k: draft length (fixed), start/cap (confidence, heuristic) or cap (cost, specdec and the
+    lookup modes: the cost model or the acceptance head picks the length each round; default LOOKUP_K). fuzzy: "DIV:T" (check_fuzzy) also accepts a
+    draft whose divergence from the target is below T (a lookup draft's distribution is one-hot on it).
+    reject_threshold: specdec's fixed threshold h (SpecDec++); None sets it from the measured costs each round."""
     fz = check_fuzzy(fuzzy)
     if draft_mode not in RUN_MODES:
         raise InputError(f"unknown draft mode '{draft_mode}' (choose from {', '.join(RUN_MODES)})")
-    k = int(k if k is not None else (LOOKUP_K if draft_mode in LOOKUP_MODES + ("cost",) else 4))
+    k = int(k if k is not None else (LOOKUP_K if draft_mode in LOOKUP_MODES + ("cost", "specdec") else 4))
     if k < 1:
         raise InputError(f"--draft-k must be >= 1, got {k}")
     has_drafter = drafter_records(art.manifest) is not None
@@ -297,8 +305,13 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
     if draft_mode == "combined":
         return generate_speculative(art, _drafter(art), prompt_ids, max_new_tokens, sampling,
                                     SpecConfig(k=k, draft_mode="cost", k_max=k, **fz), stop, LookupProposer())
-    config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode == "heuristic" else k, **fz)
-    return generate_speculative(art, _drafter(art), prompt_ids, max_new_tokens, sampling, config, stop)
+    config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode == "heuristic" else k,
+                        reject_threshold=reject_threshold, **fz)
+    drafter = _drafter(art)
+    if draft_mode == "specdec" and drafter.accept_head is None:
+        raise InputError("--draft-mode specdec needs the drafter's acceptance head: this artifact has none "
+                         "(compile it with --drafter eagle, which trains one)")
+    return generate_speculative(art, drafter, prompt_ids, max_new_tokens, sampling, config, stop)
 
 
 def _drafter(art) -> Drafter | None:

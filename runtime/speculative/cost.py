@@ -171,6 +171,11 @@ class CostModel:
                 best, best_rate = k, rate
         return best
 
+    def stopper(self, source: str, cap: int):
+        """Draft mode "specdec": this round's stop rule from the measured costs (accept_head.CostStop)."""
+        from .accept_head import CostStop
+        return CostStop([0.0] + [self.verify_cost(w) or 0.0 for w in range(1, cap + 2)], self.draft_cost(source))
+
     def best_k(self, source: str, cap: int | None = None) -> int:
         """This round's draft length: the cap's before any measurement, a plain step when its cost is stale
         (REFRESH), one past the best when that width is stale or never measured (EXPLORE), else the best."""

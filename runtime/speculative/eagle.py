@@ -94,6 +94,10 @@ class EagleProposer:
         self.vocab_ids = None if vocab_ids is None else np.asarray(vocab_ids, dtype=np.int64)
         self.true = 0           # the pairs (f_t, token t+1) for t < true are the target's own (true) states
         self.offset = 0         # the sequence position of the pair in cache slot 0 (a restart's window start)
+        self.head = None        # SpecDec++'s acceptance head (accept_head.AcceptHead), read when propose gets `stop`
+        self.collect = False    # keep each round's head features in `features` (the head's training rollouts)
+        self.features: list[np.ndarray] = []
+        self._col = None        # token id -> its column in the drafter's head
 
     def start(self) -> None:
         self.cache.rollback(0)
@@ -109,11 +113,22 @@ class EagleProposer:
         full[self.vocab_ids] = row
         return full
 
-    def _step(self, ids: Sequence[int], feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _step(self, ids: Sequence[int], feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         logits, hidden = _run(self.fn, self.cache, (np.asarray([list(ids)], dtype=np.int64), feats[None]))
-        return self._full(logits[-1]), hidden[-1]
+        return self._full(logits[-1]), hidden[-1], logits[-1]
 
-    def propose(self, seq, k, config, sampling, sampler):
+    def _head_input(self, h: np.ndarray, own: np.ndarray, tok: int, position: int) -> np.ndarray:
+        from .accept_head import features
+        if self.vocab_ids is None:
+            return features(h, own, tok, position)
+        if self._col is None:
+            self._col = np.full(self.vocab_size, -1, dtype=np.int64)
+            self._col[self.vocab_ids] = np.arange(len(self.vocab_ids))
+        return features(h, own, int(self._col[tok]), position)
+
+    def propose(self, seq, k, config, sampling, sampler, stop=None):
+        """Up to k drafts. stop(p) (draft mode "specdec", accept_head.py): called with the head's acceptance
+        probability after each draft, True ends the round's drafting."""
         from .loop import _soft
         n = len(seq) - 1                      # the target holds seq[:n]: f_0 .. f_{n-1} are known
         if self.target.length < n:
@@ -123,20 +138,29 @@ class EagleProposer:
             self.cache.rollback(0)
         else:
             self.cache.rollback(min(self.true - self.offset, self.cache.length))
-        row, h = self._step(seq[self.true + 1:n + 1], self.target.features[self.true:n])
+        row, h, own = self._step(seq[self.true + 1:n + 1], self.target.features[self.true:n])
         self.true = n
         drafts, rows, confidence = [], [], 1.0
+        head = self.head if (stop is not None or self.collect) else None
+        if self.collect:
+            self.features = []
         while True:
             tok = sampler(row)
             drafts.append(tok)
             rows.append(row)
+            if head is not None or self.collect:
+                x = self._head_input(h, own, tok, len(drafts) - 1)
+                if self.collect:
+                    self.features.append(x)
+                if stop is not None and head is not None and len(drafts) < k and stop(head.prob(x)):
+                    break
             if len(drafts) >= k:
                 break
             if config.draft_mode == "confidence" and len(drafts) >= config.k_min:
                 confidence *= float(_soft(row, sampling)[tok])
                 if confidence < config.stop_threshold:
                     break
-            row, h = self._step([tok], h[None])
+            row, h, own = self._step([tok], h[None])
         return drafts, rows
 
     def rolled_back(self, length: int) -> None:

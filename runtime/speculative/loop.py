@@ -29,6 +29,10 @@ Draft length:
 - "cost": the draft length (0 = no speculation this round) that maximises expected tokens per second
   from the measured verify cost per width, draft cost per token and acceptance per draft position of
   the round's draft source (runtime/speculative/cost.py).
+- "specdec" (SpecDec++, an EAGLE drafter with a trained acceptance head: runtime/speculative/accept_head.py):
+  the cost model decides whether to speculate this round; when it does, drafting runs up to k_max and stops
+  once the head's predicted probability that some draft is rejected crosses the threshold (`reject_threshold`,
+  or by default the one the measured costs set each round).
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ import numpy as np
 from ...compiler.errors import InputError
 from ..sampling import Sampler, SamplingConfig, probabilities
 
-DRAFT_MODES = ("fixed", "confidence", "heuristic", "cost")
+DRAFT_MODES = ("fixed", "confidence", "heuristic", "cost", "specdec")
 DIVERGENCES = ("js", "tv")
 
 
@@ -62,6 +66,7 @@ class SpecConfig:
     k_max: int = 8                   # cap for "heuristic" and "confidence"
     fuzzy: str | None = None         # "js" or "tv" to enable fuzzy acceptance
     fuzzy_threshold: float = 0.0
+    reject_threshold: float | None = None   # "specdec": SpecDec++'s fixed h; None: from the measured costs
 
     def __post_init__(self):
         if self.draft_mode not in DRAFT_MODES:
@@ -76,6 +81,8 @@ class SpecConfig:
             raise InputError(f"unknown divergence '{self.fuzzy}' (choose from {', '.join(DIVERGENCES)})")
         if not self.fuzzy_threshold >= 0:
             raise InputError(f"fuzzy threshold must be >= 0, got {self.fuzzy_threshold}")
+        if self.reject_threshold is not None and not 0.0 <= self.reject_threshold <= 1.0:
+            raise InputError(f"reject threshold must be in [0, 1], got {self.reject_threshold}")
 
     def first_k(self) -> int:
         return self.k_max if self.draft_mode == "confidence" else self.k
@@ -220,13 +227,17 @@ def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_ne
     Invariant between rounds: `seq` = prompt + emitted tokens; the target has cached all of `seq`
     but its last token; a model drafter has cached a prefix of `seq` (it is fed what it lacks).
     """
+    from .accept_head import FixedStop
     from .proposers import as_proposer
     if max_new_tokens < 1 or not prompt:
         raise InputError("need a non-empty prompt and max_new_tokens >= 1")
     sampler = sampler or Sampler(sampling)
     stats = stats or SpecStats()
     proposer = as_proposer(draft)
-    if config.draft_mode == "cost" and cost is None:
+    if config.draft_mode == "specdec" and getattr(proposer, "head", None) is None:
+        raise InputError("draft mode specdec needs an EAGLE drafter with an acceptance head "
+                         "(compile with --drafter eagle; the head is trained with it)")
+    if config.draft_mode in ("cost", "specdec") and cost is None:
         from .cost import CostModel
         cost = CostModel(config.k_max)
     eos = set(eos_ids)
@@ -246,11 +257,17 @@ def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_ne
         source = proposer.source(seq)                              # None: nothing to draft from this round
         if source is None:
             k_round = 0
-        elif config.draft_mode == "cost":
+        elif config.draft_mode in ("cost", "specdec"):
             k_round = min(cost.best_k(source, config.k_max), budget)
         else:
             k_round = min(k, budget)
-        drafts, rows = proposer.propose(seq, k_round, config, sampling, sampler) if k_round else ([], [])
+        if config.draft_mode == "specdec" and k_round:       # the head decides the length, up to k_max
+            k_round = min(config.k_max, budget)
+            stop = (FixedStop(config.reject_threshold) if config.reject_threshold is not None
+                    else cost.stopper(source, k_round))
+            drafts, rows = proposer.propose(seq, k_round, config, sampling, sampler, stop=stop)
+        else:
+            drafts, rows = proposer.propose(seq, k_round, config, sampling, sampler) if k_round else ([], [])
         t1 = time.perf_counter()
         caught = getattr(proposer, "catch_up_s", 0.0) if k_round else 0.0
         stats.draft_s += t1 - t0

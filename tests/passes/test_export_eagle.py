@@ -17,7 +17,8 @@ from accelc.targets import CompileOptions, get_target
 from tiny_compile import EOS, compile_tiny
 
 torch.set_num_threads(1)
-SPEC = "eagle:steps=20,seq_len=32,windows=8,batch=2,vocab=96,eval_prompts=1,eval_tokens=8"
+SPEC = ("eagle:steps=20,seq_len=32,windows=8,batch=2,vocab=96,eval_prompts=2,eval_tokens=8,head_prompts=6,"
+        "head_tokens=16,head_hidden=8")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,12 @@ def test_artifact_has_eagle_graphs_that_match_torch(compiled):
     for b in ("onnxruntime", "openvino"):
         assert val[f"{b}_target_max_diff"] < 1e-3 and val[f"{b}_draft_max_diff"] < 1e-3
         assert val[f"{b}_target_greedy"] == 1.0 and val[f"{b}_draft_greedy"] == 1.0
+    # SpecDec++'s acceptance head: a file of the artifact, trained on rollouts, measured on held-out ones
+    assert g["eagle_draft"]["accept_head"] == "graphs/eagle_accept.safetensors"
+    assert "graphs/eagle_accept.safetensors" in m["files"]
+    head = json.loads(json.dumps(bundle.records["drafter"]["accept_head"]))      # JSON, for the manifest
+    assert head["train"]["examples"] > 0 and head["held_out"]["examples"] > 0
+    assert set(head["held_out"]) >= {"head", "drafter_probability"}
     # the target's states were cached once, and the training run can resume
     assert len(list(cache.glob("eagle/features-*.safetensors"))) == 1
     assert len(list(cache.glob("eagle/train-*.safetensors"))) == 1
@@ -74,7 +81,8 @@ def test_runtime_eagle_greedy_is_lossless(compiled, backend):
     if backend == "native":      # the native decoder verifies: only the draft graph is opened
         assert set(drafter.fns) == {"eagle_draft"} and drafter.target is art.runners["decoder"]
     prompts = [[(7 * i + s) % EOS for i in range(5 + s)] for s in range(5)]
-    for mode in ("fixed", "confidence", "cost"):
+    assert drafter.accept_head is not None
+    for mode in ("fixed", "confidence", "cost", "specdec"):
         for p in prompts:
             ref = generate(art, p, 20).tokens
             res, stats = generate_speculative(art, drafter, p, 20, config=SpecConfig(k=3, draft_mode=mode))
@@ -106,6 +114,9 @@ def test_cli_run_with_eagle(compiled, capsys, backend):
                  "--draft-mode", "cost", "--backend", backend]) == 0
     spec = json.loads(capsys.readouterr().out)
     assert spec["backend"] == backend and spec["speculative"]["rounds"] >= 1
+    assert main(["run", str(out), "--prompt", "abc", "--raw", "--max-new-tokens", "12", "--json",
+                 "--draft-mode", "specdec", "--backend", backend]) == 0
+    assert json.loads(capsys.readouterr().out)["speculative"]["rounds"] >= 1
     assert main(["run", str(out), "--prompt", "abc", "--raw", "--max-new-tokens", "12", "--json",
                  "--no-speculative", "--backend", backend]) == 0
     assert json.loads(capsys.readouterr().out)["tokens"] == spec["tokens"]
