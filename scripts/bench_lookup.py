@@ -75,10 +75,15 @@ class Ours:
     def __init__(self, path, backend, threads, mode: str, k: int):
         from accelc.runtime.artifact import open_artifact
         from accelc.runtime.speculative.artifact import wants_full_logits
+        mode, _, h = mode.partition(":")            # specdec:H = SpecDec++ with the fixed threshold H
+        mode, _, rule = mode.partition("+")         # combined+specdec: the drafter's rounds stop on its head
+        self.rule = rule or "cost"
         self.art = open_artifact(path, backend=backend, threads=threads, full_logits=wants_full_logits(mode),
                                  report=False)
-        self.mode, self.k = mode, k
-        label = {"plain": "plain", "lookup": "lookup", "cost": "drafter", "combined": "drafter+lookup"}[mode]
+        self.mode, self.k, self.h = mode, k, float(h) if h else None
+        label = {"plain": "plain", "lookup": "lookup", "cost": "drafter", "combined": "drafter+lookup",
+                 "confidence": "drafter confidence", "specdec": "drafter specdec"}[mode] + (f" {rule}" if rule else "") \
+            + (f" h={h}" if h else "")
         self.name = f"accelc {label} ({self.art.choice.backend})"
 
     def run(self, ids, n):
@@ -88,7 +93,8 @@ class Ours:
         if self.mode == "plain":
             r = generate(self.art, ids, n)
             return r.tokens, r.decode_s, r.decode_steps, None
-        r, stats = run_speculative(self.art, ids, n, SamplingConfig(), k=self.k, draft_mode=self.mode)
+        r, stats = run_speculative(self.art, ids, n, SamplingConfig(), k=self.k, draft_mode=self.mode,
+                                   reject_threshold=self.h, model_rule=self.rule)
         return r.tokens, r.decode_s, r.decode_steps, stats
 
 
@@ -187,6 +193,9 @@ def main(argv=None) -> int:
     ap.add_argument("--genai-k", type=int, nargs="*", default=[5, 8], help="genai num_assistant_tokens values")
     ap.add_argument("--no-genai", action="store_true")
     ap.add_argument("--no-drafter", action="store_true", help="skip the artifact's drafter engines")
+    ap.add_argument("--modes", nargs="*", help="our speculative engines (default: lookup, and with a drafter cost and "
+                    "combined, and specdec when it has an acceptance head); specdec:H = a fixed SpecDec++ threshold; "
+                    "combined+specdec: the drafter's rounds of combined under its acceptance head")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -197,7 +206,11 @@ def main(argv=None) -> int:
         accelc.compile("smollm2-135m", "cpu", path, force=True)
     from accelc.runtime.speculative.artifact import drafter_records
     has_drafter = drafter_records(json.loads((path / "manifest.json").read_text())) is not None
-    modes = ["plain", "lookup"] + (["cost", "combined"] if has_drafter and not args.no_drafter else [])
+    manifest = json.loads((path / "manifest.json").read_text())
+    head = bool(((manifest.get("graphs") or {}).get("eagle_draft") or {}).get("accept_head"))
+    modes = ["plain"] + (args.modes if args.modes is not None else
+                         ["lookup"] + (["cost", "combined"] + (["specdec"] if head else [])
+                                       if has_drafter and not args.no_drafter else []))
     engines = [Ours(path, args.backend, args.threads, m, args.k) for m in modes]
     if not args.no_genai:
         folder = path / "openvino"

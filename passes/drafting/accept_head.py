@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from ...runtime.speculative.accept_head import SCALARS
+
 log = logging.getLogger(__name__)
 
 
@@ -91,15 +93,19 @@ def rollouts(model, adapter, drafter, prompts: list[list[int]], new_tokens: int,
     return data, stats.to_json()
 
 
-def train_head(data: dict, hidden: int = 64, epochs: int = 300, lr: float = 3e-3, weight_decay: float = 1e-2,
-               seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
-    """Fit the head on rollout data; -> (tensors w0, b0, w1, b1, w2, b2 as float32, training summary)."""
+def train_head(data: dict, hidden: int = 16, rank: int = 4, epochs: int = 400, lr: float = 1e-2,
+               holdout: float = 0.2, seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
+    """Fit the head on rollout data; -> (tensors w0, b0, w1, b1, w2, b2 as float32 over accept_head.features'
+    layout, training summary). The state enters through its top `rank` principal directions (of the training
+    rows) and every input is standardised; both are folded into w0 / b0, so the runtime reads the plain layout.
+    The last `holdout` share of the rows (the last prompts' rounds) is kept out of the fit and picks the epoch."""
     import torch
-    X = torch.from_numpy(data["features"])
-    y = torch.from_numpy(data["labels"])
+    X, y = np.asarray(data["features"], dtype=np.float64), np.asarray(data["labels"], dtype=np.float32)
     n_acc, n_rej = float(y.sum()), float(len(y) - y.sum())
+    S = SCALARS
+    C = X.shape[1] - S
     sizes = [X.shape[1], hidden, hidden, 1]
-    if n_acc == 0 or n_rej == 0:        # one outcome only: a constant head at the smoothed rate (Beta(1, 1) prior)
+    if n_acc == 0 or n_rej == 0 or len(y) < 10:   # one outcome only: a constant head at the smoothed rate
         log.warning("acceptance head: the rollouts had %d accepted and %d rejected drafts; the head is a constant",
                     n_acc, n_rej)
         rate = (n_acc + 1.0) / (len(y) + 2.0)
@@ -108,32 +114,50 @@ def train_head(data: dict, hidden: int = 64, epochs: int = 300, lr: float = 3e-3
         tensors["b2"][0] = np.log(rate / (1.0 - rate))
         return tensors, {"examples": int(len(y)), "accepted_share": round(n_acc / max(len(y), 1), 4),
                          "hidden": hidden, "constant": True}
-    g = torch.Generator().manual_seed(seed)
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        lin = torch.nn.Linear(a, b)
-        with torch.no_grad():
-            lin.weight.normal_(0.0, a ** -0.5, generator=g)
-            lin.bias.zero_()
-        layers.append(lin)
-    net = torch.nn.Sequential(layers[0], torch.nn.SiLU(), layers[1], torch.nn.SiLU(), layers[2])
-    w = torch.where(y > 0.5, torch.tensor(1.0), torch.tensor(n_acc / n_rej))
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    cut = max(1, int(round(len(y) * (1.0 - holdout))))
+    state, scal = X[:, :C], X[:, C:]
+    mu = state[:cut].mean(axis=0)
+    rank = int(min(rank, C, cut))
+    proj = np.linalg.svd(state[:cut] - mu, full_matrices=False)[2][:rank] if rank else np.zeros((0, C))
+    Z = np.concatenate([scal, (state - mu) @ proj.T], axis=1)           # [N, S + rank]
+    zm, zs = Z[:cut].mean(axis=0), Z[:cut].std(axis=0) + 1e-6
+    Z = ((Z - zm) / zs).astype(np.float32)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(Z.shape[1], hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden),
+                              torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    Zt, yt = torch.from_numpy(Z), torch.from_numpy(y)
+    fit, val = slice(0, cut), slice(cut, len(y))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
     t0 = time.perf_counter()
-    first = last = None
-    for _ in range(int(epochs)):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(X)[:, 0], y, weight=w)
+    best, best_state, best_epoch, first = float("inf"), None, 0, None
+    for epoch in range(1, int(epochs) + 1):
+        loss = bce(net(Zt[fit])[:, 0], yt[fit])
         opt.zero_grad()
         loss.backward()
         opt.step()
-        last = float(loss.detach())
-        first = last if first is None else first
-    tensors = {}
-    for i, lin in enumerate(layers):
-        tensors[f"w{i}"] = lin.weight.detach().numpy().astype(np.float32).copy()
-        tensors[f"b{i}"] = lin.bias.detach().numpy().astype(np.float32).copy()
-    return tensors, {"examples": int(len(y)), "accepted_share": round(n_acc / len(y), 4), "hidden": hidden,
-                     "epochs": int(epochs), "weighted_bce": {"first": round(first, 4), "last": round(last, 4)},
+        first = float(loss.detach()) if first is None else first
+        if epoch % 10 == 0 or epoch == epochs:
+            with torch.no_grad():
+                v = float(bce(net(Zt[val])[:, 0], yt[val])) if cut < len(y) else float(loss.detach())
+            if v < best:
+                best, best_epoch = v, epoch
+                best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
+    net.load_state_dict(best_state)
+    with torch.no_grad():
+        fit_loss = float(bce(net(Zt[fit])[:, 0], yt[fit]))
+    lin = [m for m in net if isinstance(m, torch.nn.Linear)]
+    w0 = lin[0].weight.detach().double().numpy() / zs                   # [H, S + rank] on unstandardised Z
+    b0 = lin[0].bias.detach().double().numpy() - w0 @ zm
+    w_state = w0[:, S:] @ proj                                          # [H, C]: folds the projection
+    tensors = {"w0": np.concatenate([w_state, w0[:, :S]], axis=1), "b0": b0 - w_state @ mu}
+    for i, m in enumerate(lin[1:], start=1):
+        tensors[f"w{i}"] = m.weight.detach().numpy()
+        tensors[f"b{i}"] = m.bias.detach().numpy()
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    return tensors, {"examples": int(len(y)), "fit_examples": cut, "accepted_share": round(n_acc / len(y), 4),
+                     "hidden": hidden, "state_rank": rank, "epochs": best_epoch,
+                     "bce": {"first": round(first, 4), "fit": round(fit_loss, 4), "holdout": round(best, 4)},
                      "seconds": round(time.perf_counter() - t0, 2)}
 
 

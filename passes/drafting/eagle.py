@@ -42,13 +42,16 @@ class EagleConfig(PassConfig):
     head: int = 1              # 1: train SpecDec++'s acceptance head (draft mode specdec) on calibration rollouts
     head_prompts: int = 48     # its rollouts: calibration prompts x new tokens (greedy, 8 drafts a round)
     head_tokens: int = 96
-    head_hidden: int = 64
+    head_hidden: int = 16
+    head_rank: int = 4         # the drafter's state enters the head through its top principal directions
     calib: str | None = None   # calibration text file (default: Brown calibration split)
 
     def __post_init__(self):
         from .drafter import positive_ints
         positive_ints(self, ("steps", "batch", "seq_len", "windows", "unroll", "head_prompts", "head_tokens",
                              "head_hidden"), "eagle option")
+        if self.head_rank < 0:
+            raise InputError(f"eagle option head_rank must be >= 0, got {self.head_rank}")
         if self.head not in (0, 1):
             raise InputError(f"eagle option head must be 0 or 1, got {self.head}")
         if self.seq_len < 3 or self.unroll > 2:
@@ -152,7 +155,7 @@ class EagleDrafterPass(Pass):
         prompts = [stream[i * step:i * step + length].tolist() for i in range(cfg.head_prompts)
                    if i * step + length <= n]
         data, stats = rollouts(bundle.model, bundle.adapter, graph, prompts, cfg.head_tokens, k=8)
-        tensors, summary = train_head(data, hidden=cfg.head_hidden, seed=cfg.seed)
+        tensors, summary = train_head(data, hidden=cfg.head_hidden, rank=cfg.head_rank, seed=cfg.seed)
         record = {"train": {**summary, "prompts": len(prompts), "new_tokens": cfg.head_tokens, "k": 8,
                             "rollout_acceptance_by_position": stats.get("acceptance_by_position")},
                   "held_out": evaluate_head(tensors, held) if held is not None else None}

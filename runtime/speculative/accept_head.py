@@ -91,10 +91,10 @@ class FixedStop:
 
 class CostStop:
     """Stop once one more draft is expected to lower the round's tokens per second. verify[w]: a pass over w
-    positions (seconds, w = 1 .. cap + 1; verify[0] unused); draft: seconds per draft step. After i drafts with chain P_i = prod p_j
-    the round expects E_i = 1 + sum_{j<=i} P_j tokens in T_i = i * draft + verify[i + 1] seconds; the next draft
-    would add about P_i * p_i tokens (its own p is unknown until it is drafted: the last one's stands in) and
-    draft + verify[i + 2] - verify[i + 1] seconds. Stop when E_{i+1} / T_{i+1} <= E_i / T_i."""
+    positions (seconds, w = 1 .. cap + 1; verify[0] unused); draft: seconds per draft step. After i drafts with
+    chain P_i = prod p_j the round expects E_i = 1 + sum_{j<=i} P_j tokens in T_i = i * draft + verify[i + 1]
+    seconds; the next draft would add about P_i * p_i tokens (its own p is unknown until it is drafted: the last
+    one's stands in) and draft + verify[i + 2] - verify[i + 1] seconds. Stop when E_{i+1} / T_{i+1} <= E_i / T_i."""
 
     def __init__(self, verify: list[float], draft: float):
         self.verify, self.draft = verify, float(draft)

@@ -220,7 +220,7 @@ def generate_speculative(art, drafter: Drafter | None, prompt_ids: Sequence[int]
     else:
         target, proposer = DecoderStep(art, capacity), lookup
     cost = None
-    if config.draft_mode in ("cost", "specdec"):   # one cost model per artifact, drafter and cap: it learns across prompts
+    if config.draft_mode in ("cost", "specdec"):   # one cost model per artifact, drafter and cap: learns across prompts
         key = (drafter.kind if drafter is not None else None, lookup is not None, config.k_max)
         models = art.__dict__.setdefault("_spec_costs", {})
         if key not in models:
@@ -275,14 +275,16 @@ def check_fuzzy(spec: str | None) -> dict:
 
 def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, sampling: SamplingConfig,
                     k: int | None = None, draft_mode: str = "fixed", stop: Sequence[str] = (), warn=None,
-                    fuzzy: str | None = None, reject_threshold: float | None = None):
+                    fuzzy: str | None = None, reject_threshold: float | None = None, model_rule: str = "cost"):
     """Speculative decoding when the artifact has drafter graphs on a backend that can run them, or when a
     lookup mode asks for it (every artifact; open it with full_logits=True): None otherwise (the caller
     decodes token by token; `warn(message)` hears why when the drafter exists but cannot run),
     else (result, stats). k: draft length (fixed), start/cap (confidence, heuristic) or cap (cost, specdec and the
-    lookup modes: the cost model or the acceptance head picks the length each round; default LOOKUP_K). fuzzy: "DIV:T" (check_fuzzy) also accepts a
-    draft whose divergence from the target is below T (a lookup draft's distribution is one-hot on it).
-    reject_threshold: specdec's fixed threshold h (SpecDec++); None sets it from the measured costs each round."""
+    lookup modes: the cost model or the acceptance head picks the length each round; default LOOKUP_K).
+    fuzzy: "DIV:T" (check_fuzzy) also accepts a draft whose divergence from the target is below T (a lookup
+    draft's distribution is one-hot on it).
+    reject_threshold: specdec's fixed threshold h (SpecDec++); None sets it from the measured costs each round.
+    model_rule: the drafter's rounds in combined mode, "cost" or "specdec" (its acceptance head)."""
     fz = check_fuzzy(fuzzy)
     if draft_mode not in RUN_MODES:
         raise InputError(f"unknown draft mode '{draft_mode}' (choose from {', '.join(RUN_MODES)})")
@@ -302,9 +304,14 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
         if warn:
             warn(problem)
         return None
+    if model_rule not in ("cost", "specdec"):
+        raise InputError(f"the drafter's rule in combined mode is cost or specdec, got '{model_rule}'")
     if draft_mode == "combined":
-        return generate_speculative(art, _drafter(art), prompt_ids, max_new_tokens, sampling,
-                                    SpecConfig(k=k, draft_mode="cost", k_max=k, **fz), stop, LookupProposer())
+        drafter = _drafter(art)
+        rule = model_rule if drafter.accept_head is not None else "cost"
+        return generate_speculative(art, drafter, prompt_ids, max_new_tokens, sampling,
+                                    SpecConfig(k=k, draft_mode=rule, k_max=k, reject_threshold=reject_threshold,
+                                               **fz), stop, LookupProposer())
     config = SpecConfig(k=k, draft_mode=draft_mode, k_max=max(k, 8) if draft_mode == "heuristic" else k,
                         reject_threshold=reject_threshold, **fz)
     drafter = _drafter(art)

@@ -234,7 +234,8 @@ def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_ne
     sampler = sampler or Sampler(sampling)
     stats = stats or SpecStats()
     proposer = as_proposer(draft)
-    if config.draft_mode == "specdec" and getattr(proposer, "head", None) is None:
+    if config.draft_mode == "specdec" and not (proposer.has_head() if hasattr(proposer, "has_head")
+                                               else getattr(proposer, "head", None) is not None):
         raise InputError("draft mode specdec needs an EAGLE drafter with an acceptance head "
                          "(compile with --drafter eagle; the head is trained with it)")
     if config.draft_mode in ("cost", "specdec") and cost is None:
@@ -261,7 +262,8 @@ def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_ne
             k_round = min(cost.best_k(source, config.k_max), budget)
         else:
             k_round = min(k, budget)
-        if config.draft_mode == "specdec" and k_round:       # the head decides the length, up to k_max
+        if config.draft_mode == "specdec" and k_round and getattr(proposer, "head", None) is not None:
+            # the head decides the length, up to k_max (prompt lookup's rounds in a combined proposer: the cost model)
             k_round = min(config.k_max, budget)
             stop = (FixedStop(config.reject_threshold) if config.reject_threshold is not None
                     else cost.stopper(source, k_round))

@@ -124,9 +124,19 @@ class CombinedProposer:
         self._use = self.lookup if s is not None else self.model
         return s if s is not None else self.model.source(seq)
 
-    def propose(self, seq, k, config, sampling, sampler):
+    @property
+    def head(self):
+        """The model drafter's acceptance head in a round it drafts (draft mode specdec), else None."""
+        return getattr(self.model, "head", None) if self._use is self.model else None
+
+    def has_head(self) -> bool:
+        return getattr(self.model, "head", None) is not None
+
+    def propose(self, seq, k, config, sampling, sampler, stop=None):
         if self._use is None:
             self.source(seq)
+        if stop is not None:
+            return self._use.propose(seq, k, config, sampling, sampler, stop=stop)
         return self._use.propose(seq, k, config, sampling, sampler)
 
     def rolled_back(self, length: int) -> None:
