@@ -14,8 +14,13 @@ Engines (greedy, --threads threads, the same token ids; ours stop at EOS, and so
 - accelc drafter:     the artifact's drafter graphs (an EAGLE or fused drafter; --artifact compiled with
                       --drafter) under the cost model (draft_mode="cost"); only when the artifact has them
 - accelc drafter+lookup: draft_mode="combined": lookup where the text has a match, the drafter elsewhere
+- --modes picks our speculative engines instead: also "specdec" (the EAGLE drafter's acceptance head decides the
+  draft length; "specdec:H" with SpecDec++'s fixed threshold H), "confidence" (the baseline stop rule) and
+  "combined+specdec" (combined, the drafter's rounds under the head)
 - genai plain:        openvino_genai.LLMPipeline on the artifact's genai folder (openvino/), prefix caching off
 - genai lookup k=N:   the same with prompt_lookup=True, num_assistant_tokens=N, max_ngram_size=3
+- genai draft-model:  the same with draft_model= another artifact's genai folder (--genai-draft, e.g. the int4
+                      build of the same model), num_assistant_tokens=--genai-draft-k
 Every speculative output of ours is checked token for token against our plain output. Decode tok/s = (new tokens - 1) /
 (time after the first token), summed over a set's prompts. Writes raw JSON with the machine (scripts/provenance.py).
 """
@@ -82,8 +87,8 @@ class Ours:
                                  report=False)
         self.mode, self.k, self.h = mode, k, float(h) if h else None
         label = {"plain": "plain", "lookup": "lookup", "cost": "drafter", "combined": "drafter+lookup",
-                 "confidence": "drafter confidence", "specdec": "drafter specdec"}[mode] + (f" {rule}" if rule else "") \
-            + (f" h={h}" if h else "")
+                 "confidence": "drafter confidence", "specdec": "drafter specdec"}[mode]
+        label += (f" {rule}" if rule else "") + (f" h={h}" if h else "")
         self.name = f"accelc {label} ({self.art.choice.backend})"
 
     def run(self, ids, n):
@@ -99,15 +104,23 @@ class Ours:
 
 
 class GenAI:
-    def __init__(self, folder: Path, threads: int, lookup_k: int | None):
+    """openvino-genai's LLMPipeline on the artifact's genai folder: plain, prompt lookup (lookup_k), or speculative
+    with a draft model (draft: another genai folder with the same tokenizer, num_assistant_tokens = draft_k)."""
+
+    def __init__(self, folder: Path, threads: int, lookup_k: int | None, draft: Path | None = None,
+                 draft_k: int = 5):
         import openvino_genai as g
         from accelc.compiler.harness.bench_engines import ov_cpu_config
-        self.g, self.k = g, lookup_k
+        self.g, self.k = g, lookup_k or (draft_k if draft else None)
+        self.lookup = bool(lookup_k)
         sched = g.SchedulerConfig()
         sched.enable_prefix_caching = False
         kw = {"prompt_lookup": True} if lookup_k else {}
+        if draft is not None:
+            kw["draft_model"] = g.draft_model(str(draft), "CPU", **ov_cpu_config(threads))
         self.pipe = g.LLMPipeline(str(folder), "CPU", scheduler_config=sched, **kw, **ov_cpu_config(threads))
-        self.name = f"genai lookup k={lookup_k}" if lookup_k else "genai plain"
+        self.name = (f"genai lookup k={lookup_k}" if lookup_k else
+                     f"genai draft-model {draft.parent.name} k={draft_k}" if draft is not None else "genai plain")
 
     def run(self, ids, n):
         import numpy as np
@@ -115,6 +128,7 @@ class GenAI:
         cfg = self.g.GenerationConfig(max_new_tokens=n, do_sample=False)
         if self.k:
             cfg.num_assistant_tokens = self.k
+        if self.lookup:
             cfg.max_ngram_size = 3
         x = np.array([ids], dtype=np.int64)
         res = self.pipe.generate(self.g.TokenizedInputs(ov.Tensor(x), ov.Tensor(np.ones_like(x))), cfg)
@@ -192,6 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("-k", type=int, default=8, help="our lookup draft cap (the cost model picks each round's length)")
     ap.add_argument("--genai-k", type=int, nargs="*", default=[5, 8], help="genai num_assistant_tokens values")
     ap.add_argument("--no-genai", action="store_true")
+    ap.add_argument("--genai-draft", nargs="*", default=[], metavar="ARTIFACT",
+                    help="artifacts whose genai folders serve as genai's draft model (same tokenizer)")
+    ap.add_argument("--genai-draft-k", type=int, default=5, help="genai's num_assistant_tokens with a draft model")
     ap.add_argument("--no-drafter", action="store_true", help="skip the artifact's drafter engines")
     ap.add_argument("--modes", nargs="*", help="our speculative engines (default: lookup, and with a drafter cost and "
                     "combined, and specdec when it has an acceptance head); specdec:H = a fixed SpecDec++ threshold; "
@@ -217,12 +234,15 @@ def main(argv=None) -> int:
         if not (folder / "openvino_model.xml").is_file():
             raise SystemExit(f"{path} has no genai folder (compile with --formats ...,genai)")
         engines += [GenAI(folder, args.threads, None)] + [GenAI(folder, args.threads, k) for k in args.genai_k]
+        engines += [GenAI(folder, args.threads, None, Path(d) / "openvino", args.genai_draft_k)
+                    for d in args.genai_draft]
     tok = engines[0].art.tokenizer
     sets = {"general": general_prompts(tok, args.general, args.prompt_len),
             "grounded": grounded_prompts(tok, args.grounded)}
     t0 = time.perf_counter()
     result = {"artifact": str(path), "backend": engines[0].art.choice.backend, "threads": args.threads,
               "max_new": args.max_new, "k": args.k, "genai_k": [] if args.no_genai else args.genai_k,
+              "genai_draft": [] if args.no_genai else args.genai_draft, "genai_draft_k": args.genai_draft_k,
               "prompt_tokens": {k: [len(p) for p in v] for k, v in sets.items()}, "sets": {}}
     for name, prompts in sets.items():
         if prompts:
