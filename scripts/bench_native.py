@@ -111,12 +111,20 @@ def _llama_bench(gguf: Path, threads: int, new: int) -> dict:
     exe = Path(bindir) / "llama-bench" if bindir else None
     if not exe or not exe.exists():
         return {"error": "no llama.cpp build (set ACCELC_LLAMA_CPP to its bin folder)"}
-    r = subprocess.run([str(exe), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(new), "-r", "1",
-                        "-o", "json"], capture_output=True, text=True)
-    if r.returncode:
-        return {"error": r.stderr[-500:]}
-    rec = json.loads(r.stdout)[0]
-    return {"decode_tok_s": rec["avg_ts"], "file_mb": gguf.stat().st_size / 2**20}
+    import tempfile
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([str(exe), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(new), "-r", "1",
+                              "-o", "json"], stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(p.pid, 0)        # this child's own peak resident set (KiB on Linux)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if p.returncode:
+        return {"error": stderr[-500:]}
+    rec = json.loads(stdout)[0]
+    return {"decode_tok_s": rec["avg_ts"], "file_mb": gguf.stat().st_size / 2**20,
+            "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def weight_bytes(art: Path) -> dict:
