@@ -11,7 +11,9 @@ rounds alternate the engines (the order rotates every round) and the figure is t
 Engines: native (accelc --backend native, its default precision policy), native-f32 (--precision f32, for
 fp32 artifacts), openvino (accelc --backend openvino: f32 inference), genai (openvino_genai.LLMPipeline on
 ARTIFACT/openvino at its defaults: bf16 inference on bf16 CPUs, prefix caching off), and llama.cpp
-(llama-bench tg128 on each --gguf file, when ACCELC_LLAMA_CPP names a build's bin folder).
+(llama-bench tg128 on each --gguf file, when ACCELC_LLAMA_CPP names a build's bin folder). Resident memory: ours
+after decoding (rss_mb) and at peak (peak_rss_mb); llama.cpp's at peak only (peak_rss_mb, the llama-bench process's
+own, from os.wait4), so compare llama.cpp with our peak column.
 Bandwidth: a native read kernel streaming 576 MB on `threads` threads, measured in every round; an engine's
 roofline is bandwidth / bytes of weights it reads per token. Writes raw JSON with machine, date, commit and
 command line.
