@@ -13,7 +13,7 @@ fp32 artifacts), openvino (accelc --backend openvino: f32 inference), genai (ope
 ARTIFACT/openvino at its defaults: bf16 inference on bf16 CPUs, prefix caching off), and llama.cpp
 (llama-bench tg128 on each --gguf file, when ACCELC_LLAMA_CPP names a build's bin folder). Resident memory: ours
 after decoding (rss_mb) and at peak (peak_rss_mb); llama.cpp's at peak only (peak_rss_mb, the llama-bench process's
-own, from os.wait4), so compare llama.cpp with our peak column.
+own, its VmHWM sampled while it runs: bench_llama.run_child), so compare llama.cpp with our peak column.
 Bandwidth: a native read kernel streaming 576 MB on `threads` threads, measured in every round; an engine's
 roofline is bandwidth / bytes of weights it reads per token. Writes raw JSON with machine, date, commit and
 command line.
@@ -113,20 +113,13 @@ def _llama_bench(gguf: Path, threads: int, new: int) -> dict:
     exe = Path(bindir) / "llama-bench" if bindir else None
     if not exe or not exe.exists():
         return {"error": "no llama.cpp build (set ACCELC_LLAMA_CPP to its bin folder)"}
-    import tempfile
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen([str(exe), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(new), "-r", "1",
-                              "-o", "json"], stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(p.pid, 0)        # this child's own peak resident set (KiB on Linux)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if p.returncode:
+    from accelc.compiler.harness.bench_llama import run_child
+    rc, stdout, stderr, peak = run_child([str(exe), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(new),
+                                          "-r", "1", "-o", "json"])
+    if rc:
         return {"error": stderr[-500:]}
     rec = json.loads(stdout)[0]
-    return {"decode_tok_s": rec["avg_ts"], "file_mb": gguf.stat().st_size / 2**20,
-            "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"decode_tok_s": rec["avg_ts"], "file_mb": gguf.stat().st_size / 2**20, "peak_rss_mb": peak}
 
 
 def weight_bytes(art: Path) -> dict:
