@@ -12,7 +12,8 @@ Engines: native (accelc --backend native, its default precision policy), native-
 fp32 artifacts), openvino (accelc --backend openvino: f32 inference), genai (openvino_genai.LLMPipeline on
 ARTIFACT/openvino at its defaults: bf16 inference on bf16 CPUs, prefix caching off), and llama.cpp
 (llama-bench tg128 on each --gguf file, when ACCELC_LLAMA_CPP names a build's bin folder). Resident memory: ours
-after decoding (rss_mb) and at peak (peak_rss_mb); llama.cpp's at peak only (peak_rss_mb, the llama-bench process's
+after decoding (rss_mb) and at peak (peak_rss_mb, VmHWM: getrusage's ru_maxrss would carry this parent's
+high-water mark through fork and exec); llama.cpp's at peak only (peak_rss_mb, the llama-bench process's
 own, its VmHWM sampled while it runs: bench_llama.run_child), so compare llama.cpp with our peak column.
 Bandwidth: a native read kernel streaming 576 MB on `threads` threads, measured in every round; an engine's
 roofline is bandwidth / bytes of weights it reads per token. Writes raw JSON with machine, date, commit and
@@ -31,7 +32,7 @@ from pathlib import Path
 from provenance import ROOT, provenance
 
 PROBE = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 engine, art, threads, new = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rss = lambda: int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
 PROMPT = "Write a short story about a robot who learns to paint. Once upon a time"
@@ -73,7 +74,8 @@ else:
     pm = pipe.generate(x, cfg).perf_metrics
     out.update(decode_tok_s=1000.0 / pm.get_tpot().mean, new_tokens=int(pm.get_num_generated_tokens()),
                ttft_s=pm.get_ttft().mean / 1000)
-out.update(rss_mb=rss(), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+hwm = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024   # this process's own peak
+out.update(rss_mb=rss(), peak_rss_mb=hwm)
 print("RESULT " + json.dumps(out))
 """
 
@@ -120,6 +122,10 @@ def _llama_bench(gguf: Path, threads: int, new: int) -> dict:
         return {"error": stderr[-500:]}
     rec = json.loads(stdout)[0]
     return {"decode_tok_s": rec["avg_ts"], "file_mb": gguf.stat().st_size / 2**20, "peak_rss_mb": peak}
+
+
+def _mb(x) -> str:
+    return f"{x:.0f}" if x else ""
 
 
 def weight_bytes(art: Path) -> dict:
@@ -230,13 +236,13 @@ def render(out: dict, doc: Path, src: Path, marker: str = "native-table") -> Non
              f"{', '.join(m.get('isa', []))}), {out['threads']} threads, greedy, {out['new_tokens']} new tokens, "
              f"median of {out['rounds']} alternating rounds, each run in a fresh process; read bandwidth "
              f"{out['read_bandwidth_gb_s']:.1f} GB/s (native streaming kernel, same run). Raw: `{src}`.", "",
-             "| model | engine | decode tok/s | vs genai | vs accelc openvino | resident MB | weights MB/token | "
-             "roofline |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| model | engine | decode tok/s | vs genai | vs accelc openvino | resident MB | peak MB | "
+             "weights MB/token | roofline |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         g, o = by.get(("genai", r["model"])), by.get(("openvino", r["model"]))
         ratio = lambda ref: f"{r['decode_tok_s'] / ref['decode_tok_s']:.2f}x" if ref and ref is not r else ""
         lines.append(f"| {r['model']} | {r['engine']} | {r['decode_tok_s']:.1f} | {ratio(g)} | {ratio(o)} | "
-                     f"{r.get('rss_mb', r.get('peak_rss_mb', 0)):.0f} | {r.get('weight_mb_per_token', 0):.0f} | "
+                     f"{_mb(r.get('rss_mb'))} | {_mb(r.get('peak_rss_mb'))} | {r.get('weight_mb_per_token', 0):.0f} | "
                      f"{r.get('roofline_fraction', 0):.2f} |")
     nat = [r for r in rows if r["engine"].startswith("native")]
     if nat:
