@@ -165,23 +165,53 @@ class ValidateEaglePass(Pass):
             refs.append((ids.shape[1], tokens, logits[0], *torch_eagle(bundle, tokens)))
         results = {}
         for backend in self.config.backends:
-            drafter = open_drafter(bundle.workdir, {"graphs": recs}, backend, default_threads())
-            res = {"target_max_diff": 0.0, "draft_max_diff": 0.0, "target_greedy": 0, "draft_greedy": 0,
-                   "state_rel_diff": 0.0}
-            total, total_draft = 0, 0
-            for n_prompt, tokens, ref, ref_h, ref_draft in refs:
-                logits, feats, draft = run_eagle(drafter, tokens, n_prompt)
-                res["target_max_diff"] = max(res["target_max_diff"], float(np.abs(logits - ref).max()))
-                res["draft_max_diff"] = max(res["draft_max_diff"], float(np.abs(draft - ref_draft).max()))
-                res["state_rel_diff"] = max(res["state_rel_diff"], float(np.abs(feats - ref_h).max()
-                                                                         / max(np.abs(ref_h).max(), 1e-6)))
-                picks = slice(n_prompt - 1, None)
-                res["target_greedy"] += int((logits[picks].argmax(-1) == ref[picks].argmax(-1)).sum())
-                res["draft_greedy"] += int((draft[picks].argmax(-1) == ref_draft[picks].argmax(-1)).sum())
-                total += ref.shape[0] - n_prompt + 1
-                total_draft += draft.shape[0] - n_prompt + 1
-            res["target_greedy"] = round(res["target_greedy"] / total, 4)
-            res["draft_greedy"] = round(res["draft_greedy"] / max(total_draft, 1), 4)
-            results[backend] = res
+            results[backend] = compare_eagle(open_drafter(bundle.workdir, {"graphs": recs}, backend,
+                                                          default_threads()), refs)
+        native = (bundle.records.get("native") or {}).get("eagle_draft")
+        if native:          # the native drafter beside the native decoder (export-native ran before this pass)
+            drafter = native_drafter(bundle, recs)
+            try:
+                results["native"] = compare_eagle(drafter, refs)
+            finally:
+                drafter.fns["eagle_draft"].close()
+                drafter.target.model.close()
         return judge(bundle, self.config, results, "EAGLE")
 
+
+def native_drafter(bundle: ModelBundle, recs: dict):
+    """The runtime's EAGLE drafter on the native backend (f32 precision: the weights' own tolerance applies), built
+    from the artifact being written as runtime/speculative/artifact.load_drafter builds it."""
+    import json
+    from ...runtime.backends.native import NativeBackend, read_native
+    from ...runtime.speculative.artifact import Drafter
+    from ...runtime.speculative.native_draft import open_native_draft
+    rec = bundle.records["native"]
+    cfg, tensors = read_native(bundle.workdir, rec, "native decoder")
+    target = NativeBackend(cfg, tensors, default_threads(), True, {}, precision="f32")
+    fn = open_native_draft(bundle.workdir, rec["eagle_draft"], target)
+    vocab = recs["eagle_draft"].get("vocab_ids")
+    ids = np.asarray(json.loads((bundle.workdir / vocab).read_text()), dtype=np.int64) if vocab else None
+    return Drafter("native", {"eagle_draft": fn}, recs, ids, int(recs["eagle_draft"]["hidden_size"]),
+                   int(recs["eagle_target"]["vocab"]), target=target)
+
+
+def compare_eagle(drafter, refs: list) -> dict:
+    """Max |logit diff|, state drift and greedy agreement of a drafter's target and draft steps against the torch
+    references [(prompt length, tokens, target logits, target states, draft logits)]."""
+    res = {"target_max_diff": 0.0, "draft_max_diff": 0.0, "target_greedy": 0, "draft_greedy": 0,
+           "state_rel_diff": 0.0}
+    total, total_draft = 0, 0
+    for n_prompt, tokens, ref, ref_h, ref_draft in refs:
+        logits, feats, draft = run_eagle(drafter, tokens, n_prompt)
+        res["target_max_diff"] = max(res["target_max_diff"], float(np.abs(logits - ref).max()))
+        res["draft_max_diff"] = max(res["draft_max_diff"], float(np.abs(draft - ref_draft).max()))
+        res["state_rel_diff"] = max(res["state_rel_diff"], float(np.abs(feats - ref_h).max()
+                                                                 / max(np.abs(ref_h).max(), 1e-6)))
+        picks = slice(n_prompt - 1, None)
+        res["target_greedy"] += int((logits[picks].argmax(-1) == ref[picks].argmax(-1)).sum())
+        res["draft_greedy"] += int((draft[picks].argmax(-1) == ref_draft[picks].argmax(-1)).sum())
+        total += ref.shape[0] - n_prompt + 1
+        total_draft += draft.shape[0] - n_prompt + 1
+    res["target_greedy"] = round(res["target_greedy"] / total, 4)
+    res["draft_greedy"] = round(res["draft_greedy"] / max(total_draft, 1), 4)
+    return res

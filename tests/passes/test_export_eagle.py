@@ -57,7 +57,7 @@ def test_artifact_has_eagle_graphs_that_match_torch(compiled):
     for rec in g.values():
         assert (out / rec["onnx"]).is_file() and (out / rec["openvino"]).is_file()
     val = next(p for p in m["passes"] if p["name"] == "validate-eagle")["metrics"]
-    for b in ("onnxruntime", "openvino"):
+    for b in ("onnxruntime", "openvino", "native"):       # native: its decoder verifying, its drafter drafting
         assert val[f"{b}_target_max_diff"] < 1e-3 and val[f"{b}_draft_max_diff"] < 1e-3
         assert val[f"{b}_target_greedy"] == 1.0 and val[f"{b}_draft_greedy"] == 1.0
     # SpecDec++'s acceptance head: a file of the artifact, trained on rollouts, measured on held-out ones
