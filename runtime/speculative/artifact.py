@@ -298,6 +298,9 @@ def run_speculative(art, prompt_ids: Sequence[int], max_new_tokens: int, samplin
         return generate_speculative(art, None, prompt_ids, max_new_tokens, sampling,
                                     SpecConfig(k=k, draft_mode="cost", k_max=k, **fz), stop, LookupProposer())
     if not has_drafter:
+        if warn and draft_mode != "cost":        # cost is the default: an artifact without a drafter decodes plainly
+            warn(f"--draft-mode {draft_mode} needs drafter graphs and this artifact has none: decoding token by "
+                 "token (--draft-mode lookup needs no drafter)")
         return None
     problem = spec_backend_problem(art)
     if problem:

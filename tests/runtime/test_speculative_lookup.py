@@ -281,6 +281,12 @@ def test_combined_without_drafter_warns_and_runs_lookup(tiny_artifact):
     assert said and "lookup only" in said[0] and len(res.tokens) == 12
     with pytest.raises(InputError):
         run_speculative(art, PROMPT, 12, SamplingConfig(), draft_mode="sometimes")
+    said.clear()        # a drafter's mode asked of an artifact without one: a note, then plain decoding
+    assert run_speculative(art, PROMPT, 12, SamplingConfig(), draft_mode="specdec", warn=said.append) is None
+    assert said and "has none" in said[0]
+    said.clear()
+    assert run_speculative(art, PROMPT, 12, SamplingConfig(), draft_mode="cost", warn=said.append) is None
+    assert not said
 
 
 def test_cli_run_lookup_json(tiny_artifact, capsys):
