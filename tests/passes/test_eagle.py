@@ -154,19 +154,35 @@ def test_sampling_with_eagle_keeps_the_target_distribution():
              for k in keys}
     tg = target_graph(m, ad)
 
-    def histogram(spec):
+    lengths = set()
+
+    def histogram(spec, head=None, n=3):
         counts = dict.fromkeys(keys, 0)
         for seed in range(runs):
             target, prop = eagle_steps((torch_graph_fn(tg), cache_for(tg, 16)), (torch_graph_fn(drafter),
                                        cache_for(drafter, 16)), ad.hidden_size, V)
-            out, stats = speculative_generate(target, prop, prompt, 3, spec, cfg,
+            prop.head = head
+            out, stats = speculative_generate(target, prop, prompt, n, spec, cfg,
                                               sampler=Sampler(SamplingConfig(1.0, seed=seed)))
             assert stats.drafted > 0
-            counts[tuple(out)] += 1
+            counts[tuple(out[:3])] += 1
+            lengths.add(stats.k_history[0])
         return np.array([counts[k] for k in keys], dtype=float)
     expected = np.array([exact[k] for k in keys]) * runs
     obs = histogram(SpecConfig(k=2, draft_mode="fixed"))
     assert chisquare(obs, expected * obs.sum() / expected.sum()).pvalue > 1e-3
+    # SpecDec++'s stop (a head that reads the drafted token's own features) keeps it too: the length of a round
+    # depends on the drafts, each still checked by the rejection rule (4 tokens, so that the first round may draft
+    # 2 and the head decides; the first 3 are counted)
+    from accelc.runtime.speculative.accept_head import AcceptHead
+    rng = np.random.default_rng(0)
+    F = ad.hidden_size + 3
+    head = AcceptHead({"w0": rng.normal(size=(4, F)).astype(np.float32), "b0": np.zeros(4, np.float32),
+                       "w1": rng.normal(size=(1, 4)).astype(np.float32), "b1": np.zeros(1, np.float32)})
+    lengths.clear()
+    obs = histogram(SpecConfig(k=2, k_max=2, draft_mode="specdec", reject_threshold=0.5), head, n=4)
+    assert chisquare(obs, expected * obs.sum() / expected.sum()).pvalue > 1e-3
+    assert lengths == {1, 2}            # the head stopped some first rounds after one draft, not others
     # the test has teeth: accepting every draft (fuzzy, huge threshold) samples the drafter instead
     broken = histogram(SpecConfig(k=2, draft_mode="fixed", fuzzy="tv", fuzzy_threshold=2.0))
     assert chisquare(broken, expected * broken.sum() / expected.sum()).pvalue < 1e-6
