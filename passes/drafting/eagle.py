@@ -83,7 +83,11 @@ class EagleDrafter:
 def held_out_prompts(tokenizer, n: int, length: int = 64) -> list[list[int]]:
     """n windows of `length` tokens spread over the evaluation split (never calibration text)."""
     from ...models.corpus import load_text, token_stream
-    ids = token_stream(tokenizer, load_text("eval"))
+    return spread_windows(token_stream(tokenizer, load_text("eval")), n, length)
+
+
+def spread_windows(ids, n: int, length: int = 64) -> list[list[int]]:
+    """Up to n windows of `length` tokens spread evenly over the token stream ids."""
     if n == 0 or ids.numel() < length:
         return []
     step = max(length, (ids.numel() - length) // n)
@@ -149,11 +153,7 @@ class EagleDrafterPass(Pass):
         rollouts beside the drafter's own probability (passes/drafting/accept_head.py)."""
         from .accept_head import evaluate_head, rollouts, train_head
         cfg = self.config
-        n = stream.numel()
-        length = 64
-        step = max(length, (n - length) // cfg.head_prompts)
-        prompts = [stream[i * step:i * step + length].tolist() for i in range(cfg.head_prompts)
-                   if i * step + length <= n]
+        prompts = spread_windows(stream, cfg.head_prompts)
         data, stats = rollouts(bundle.model, bundle.adapter, graph, prompts, cfg.head_tokens, k=8)
         tensors, summary = train_head(data, hidden=cfg.head_hidden, rank=cfg.head_rank, seed=cfg.seed)
         record = {"train": {**summary, "prompts": len(prompts), "new_tokens": cfg.head_tokens, "k": 8,

@@ -181,18 +181,12 @@ class ValidateEaglePass(Pass):
 def native_drafter(bundle: ModelBundle, recs: dict):
     """The runtime's EAGLE drafter on the native backend (f32 precision: the weights' own tolerance applies), built
     from the artifact being written as runtime/speculative/artifact.load_drafter builds it."""
-    import json
     from ...runtime.backends.native import NativeBackend, read_native
-    from ...runtime.speculative.artifact import Drafter
-    from ...runtime.speculative.native_draft import open_native_draft
+    from ...runtime.speculative.artifact import native_eagle_drafter
     rec = bundle.records["native"]
     cfg, tensors = read_native(bundle.workdir, rec, "native decoder")
     target = NativeBackend(cfg, tensors, default_threads(), True, {}, precision="f32")
-    fn = open_native_draft(bundle.workdir, rec["eagle_draft"], target)
-    vocab = recs["eagle_draft"].get("vocab_ids")
-    ids = np.asarray(json.loads((bundle.workdir / vocab).read_text()), dtype=np.int64) if vocab else None
-    return Drafter("native", {"eagle_draft": fn}, recs, ids, int(recs["eagle_draft"]["hidden_size"]),
-                   int(recs["eagle_target"]["vocab"]), target=target)
+    return native_eagle_drafter(bundle.workdir, {"graphs": recs}, rec["eagle_draft"], target)
 
 
 def compare_eagle(drafter, refs: list) -> dict:

@@ -116,16 +116,22 @@ def load_drafter(art, backend: str | None = None) -> Drafter | None:
         target = art.runners["decoder"]
         native = ((art.manifest.get("records") or {}).get("native") or {}).get("eagle_draft")
         if native and os.environ.get("ACCELC_NATIVE_DRAFT", "1").strip() != "0":
-            from .native_draft import open_native_draft
-            drafter = open_drafter(art.path, art.manifest, "openvino", 1, "cpu", roles=())
-            drafter.fns["eagle_draft"] = open_native_draft(art.path, native, target)
-            drafter.backend = NATIVE
-        else:
-            drafter = open_drafter(art.path, art.manifest, "openvino", 1, "cpu", roles=("eagle_draft",))
+            return native_eagle_drafter(art.path, art.manifest, native, target)
+        drafter = open_drafter(art.path, art.manifest, "openvino", 1, "cpu", roles=("eagle_draft",))
         drafter.target = target
         return drafter
     device = art.choice.device if art.choice.backend == "openvino" else "cpu"
     return open_drafter(art.path, art.manifest, backend, art.threads, device)
+
+
+def native_eagle_drafter(folder, manifest: dict, record: dict, target) -> Drafter:
+    """The EAGLE drafter run natively (record: the manifest's records.native.eagle_draft) beside the native decoder
+    backend `target`, which verifies and reports the features (load_drafter; the compiler's validate-eagle)."""
+    from .native_draft import open_native_draft
+    drafter = open_drafter(folder, manifest, "openvino", 1, "cpu", roles=())   # vocabulary and head, no graphs
+    drafter.fns["eagle_draft"] = open_native_draft(folder, record, target)
+    drafter.backend, drafter.target = NATIVE, target
+    return drafter
 
 
 def spec_backend_problem(art) -> str | None:

@@ -141,18 +141,18 @@ class EagleProposer:
         row, h, own = self._step(seq[self.true + 1:n + 1], self.target.features[self.true:n])
         self.true = n
         drafts, rows, confidence = [], [], 1.0
-        head = self.head if (stop is not None or self.collect) else None
+        stop = stop if self.head is not None else None
         if self.collect:
             self.features = []
         while True:
             tok = sampler(row)
             drafts.append(tok)
             rows.append(row)
-            if head is not None or self.collect:
+            if stop is not None or self.collect:
                 x = self._head_input(h, own, tok, len(drafts) - 1)
                 if self.collect:
                     self.features.append(x)
-                if stop is not None and head is not None and len(drafts) < k and stop(head.prob(x)):
+                if stop is not None and len(drafts) < k and stop(self.head.prob(x)):
                     break
             if len(drafts) >= k:
                 break

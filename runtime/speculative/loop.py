@@ -234,8 +234,7 @@ def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_ne
     sampler = sampler or Sampler(sampling)
     stats = stats or SpecStats()
     proposer = as_proposer(draft)
-    if config.draft_mode == "specdec" and not (proposer.has_head() if hasattr(proposer, "has_head")
-                                               else getattr(proposer, "head", None) is not None):
+    if config.draft_mode == "specdec" and getattr(getattr(proposer, "model", proposer), "head", None) is None:
         raise InputError("draft mode specdec needs an EAGLE drafter with an acceptance head "
                          "(compile with --drafter eagle; the head is trained with it)")
     if config.draft_mode in ("cost", "specdec") and cost is None:
@@ -262,14 +261,13 @@ def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_ne
             k_round = min(cost.best_k(source, config.k_max), budget)
         else:
             k_round = min(k, budget)
+        stop = None
         if config.draft_mode == "specdec" and k_round and getattr(proposer, "head", None) is not None:
             # the head decides the length, up to k_max (prompt lookup's rounds in a combined proposer: the cost model)
             k_round = min(config.k_max, budget)
             stop = (FixedStop(config.reject_threshold) if config.reject_threshold is not None
                     else cost.stopper(source, k_round))
-            drafts, rows = proposer.propose(seq, k_round, config, sampling, sampler, stop=stop)
-        else:
-            drafts, rows = proposer.propose(seq, k_round, config, sampling, sampler) if k_round else ([], [])
+        drafts, rows = proposer.propose(seq, k_round, config, sampling, sampler, stop=stop) if k_round else ([], [])
         t1 = time.perf_counter()
         caught = getattr(proposer, "catch_up_s", 0.0) if k_round else 0.0
         stats.draft_s += t1 - t0

@@ -50,7 +50,7 @@ class ModelProposer:
     def source(self, seq) -> str:
         return "model"
 
-    def propose(self, seq, k, config, sampling, sampler):
+    def propose(self, seq, k, config, sampling, sampler, stop=None):     # stop: no acceptance head here
         from .loop import _draft, catch_up
         self.catch_up_s = catch_up(self.step, seq)
         return _draft(self.step, seq, k, config, sampling, sampler)
@@ -96,7 +96,7 @@ class LookupProposer:
         self._match = self.match(seq)
         return None if self._match is None else f"lookup:{bucket(self._match[0])}"
 
-    def propose(self, seq, k, config, sampling, sampler):
+    def propose(self, seq, k, config, sampling, sampler, stop=None):     # stop: no acceptance head here
         m = self._match if self._match is not None else self.match(seq)
         if m is None:
             return [], []
@@ -129,15 +129,10 @@ class CombinedProposer:
         """The model drafter's acceptance head in a round it drafts (draft mode specdec), else None."""
         return getattr(self.model, "head", None) if self._use is self.model else None
 
-    def has_head(self) -> bool:
-        return getattr(self.model, "head", None) is not None
-
     def propose(self, seq, k, config, sampling, sampler, stop=None):
         if self._use is None:
             self.source(seq)
-        if stop is not None:
-            return self._use.propose(seq, k, config, sampling, sampler, stop=stop)
-        return self._use.propose(seq, k, config, sampling, sampler)
+        return self._use.propose(seq, k, config, sampling, sampler, stop=stop)
 
     def rolled_back(self, length: int) -> None:
         self.model.rolled_back(length)
