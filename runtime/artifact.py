@@ -21,6 +21,7 @@ from ..compiler.graph import decoder_roles
 from .backends import Backend, default_threads
 from .device import Choice, select
 from .graph_set import load_graphs, static_geometry
+from .heap import trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def load_tokenizer(path: Path):
             from .tokenizer import runtime_tokenizer
             tok = runtime_tokenizer(tdir)
             if tok is not None:
+                trim_heap()        # the tokenizer's parse leaves ~20 MB free in the heap (runtime/heap.py)
                 return tok
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(str(tdir))

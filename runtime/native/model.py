@@ -18,13 +18,15 @@ import time
 import numpy as np
 
 from ...compiler.errors import InputError
-from .jit import compile_ir, host_target
+from ..heap import trim_heap
+from .jit import compile_ir, host_target, load_recipe, recipe_key
 from .kernels import int_isa
-from .program import JOB_SHIFT, MAX_THREADS, SYNC_JOB, SYNC_STOP, SYNC_WORDS, Program
+from .program import JOB_SHIFT, MAX_THREADS, SYNC_JOB, SYNC_STOP, SYNC_WORDS, Program, Slots
 
 log = logging.getLogger(__name__)
 _UNFREED = []        # (code, buffers) of models closed while a worker thread could still be running them
 
+ENTRY_POINTS = ["forward", "worker", "run"]
 TMAX = 32                 # tokens per native call (longer inputs run in chunks)
 FIRST_CAPACITY = 256
 SLOW_FACTOR = 3.0         # one-token steps this much slower than the best seen: the machine is busy
@@ -85,10 +87,19 @@ class NativeModel:
         self.cfg = cfg
         self.precision = precision
         prog = Program(cfg, self.tmax, self.int_isa)
-        module = prog.build()
-        self.compiled = compile_ir(str(module), ["forward", "worker", "run"])
-        self.slots = prog.slots
-        self.ctx = np.zeros(len(prog.slots.names), dtype=np.int64)
+        # cached kernels load without LLVM (jit.load_recipe); otherwise build the IR and compile it
+        recipe = recipe_key("model", cfg, self.tmax, self.int_isa)
+        got = load_recipe(recipe, ENTRY_POINTS)
+        if got is not None:
+            self.compiled, meta = got
+            self.slots = Slots(list(meta.get("slots") or []))
+        if got is None or not self.slots.names:
+            module = prog.build()
+            self.compiled = compile_ir(str(module), ENTRY_POINTS, recipe=recipe, meta={"slots": prog.slots.names})
+            self.slots = prog.slots
+            del module
+            trim_heap()
+        self.ctx = np.zeros(len(self.slots.names), dtype=np.int64)
         self.sync = np.zeros(SYNC_WORDS, dtype=np.int64)
         self._set("sync", self.sync)
         self._set_int("nthreads", self.threads)
@@ -110,7 +121,7 @@ class NativeModel:
                                           name=f"accelc-native-{t}") for t in range(1, self.threads)]
         for w in self._workers:
             w.start()
-        missing = [n for i, n in enumerate(prog.slots.names) if self.ctx[i] == 0 and n not in
+        missing = [n for i, n in enumerate(self.slots.names) if self.ctx[i] == 0 and n not in
                    ("T", "P", "logit_row0") and not n.endswith(":bias")]
         if missing:
             self.close()

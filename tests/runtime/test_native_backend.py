@@ -351,3 +351,82 @@ def test_thread_count_changing_every_step_keeps_lock_step():
     assert not t.is_alive(), "native threads deadlocked"
     assert result["runs"] >= 1 and result["bad"] == 0, result
     m.close()
+
+
+_CHILD = """
+import json, sys
+import numpy as np
+from accelc.runtime.native.model import NativeModel
+from accelc.runtime.native import objload
+cfg = json.load(open(sys.argv[1]))
+t = dict(np.load(sys.argv[2], allow_pickle=False))
+m = NativeModel(cfg, t, 1, tmax=4, precision="f32")
+assert isinstance(m.compiled.engine, objload.Loaded) and m.compiled.cached, type(m.compiled.engine)
+assert "llvmlite.binding" not in sys.modules
+np.save(sys.argv[3], m.step(np.array([3, 1, 4, 1, 5]), np.arange(5), 0, last_only=False))
+m.close()
+"""
+
+
+def test_cached_kernels_load_without_llvm(tmp_path, monkeypatch):
+    """A second process opening the same model finds its recipe and loads the cached object with objload.py:
+    no LLVM in the process, the same logits bit for bit."""
+    import subprocess
+    import sys
+    monkeypatch.setenv("ACCELC_CACHE", str(tmp_path / "cache"))
+    m, cfg, t = _native(_model("qwen2"), threads=1)
+    try:
+        ref = m.step(np.array([3, 1, 4, 1, 5]), np.arange(5), 0, last_only=False).copy()
+    finally:
+        m.close()
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    np.savez(tmp_path / "t.npz", **t)
+    (tmp_path / "child.py").write_text(_CHILD)
+    r = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "cfg.json"),
+                        str(tmp_path / "t.npz"), str(tmp_path / "out.npy")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), ref)
+
+
+def test_recipe_key_follows_what_shapes_the_code(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACCELC_CACHE", str(tmp_path))
+    base = jit.recipe_key("model", {"hidden": 8}, 4, None)
+    assert jit.recipe_key("model", {"hidden": 8}, 4, None) == base
+    assert jit.recipe_key("model", {"hidden": 16}, 4, None) != base
+    assert jit.recipe_key("model", {"hidden": 8}, 8, None) != base
+    monkeypatch.setenv("ACCELC_NATIVE_PREFETCH", "0")
+    assert jit.recipe_key("model", {"hidden": 8}, 4, None) != base
+
+
+def test_object_loader_refuses_what_it_cannot_place(tmp_path, monkeypatch):
+    import struct
+    from accelc.runtime.native import objload
+    monkeypatch.setenv("ACCELC_CACHE", str(tmp_path))
+    with pytest.raises(objload.LoadError):
+        objload.load(b"not an object at all" * 4, ["f"])
+    m = __import__("llvmlite.ir", fromlist=["x"]).Module("t")
+    fn = kernels.gated_act(m, "silu", 24)
+    fn.linkage = "external"
+    c = jit.compile_ir(str(m), [fn.name])
+    obj = jit._ObjectCache(c.key).load()
+    loaded = objload.load(obj, [fn.name])             # loads, and computes what the LLVM-loaded code does
+    gu = np.random.default_rng(0).standard_normal((2, 48)).astype(np.float32)
+    import ctypes
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+    outs = []
+    for addr in (c.addresses[fn.name], loaded.addresses[fn.name]):
+        y = np.zeros((2, 24), np.float32)
+        proto(addr)(gu.ctypes.data, y.ctypes.data, 2, 0, 24)
+        outs.append(y)
+    np.testing.assert_array_equal(*outs)
+    with pytest.raises(objload.LoadError):
+        objload.load(obj, ["no_such_function"])
+    # an unknown relocation type in the first relocation entry: refused, not guessed
+    secs = objload._sections(obj)
+    rela = next(s for s in secs if s.type == objload.SHT_RELA and s.size)
+    bad = bytearray(obj)
+    off, info = struct.unpack_from("<QQ", bad, rela.offset)
+    struct.pack_into("<Q", bad, rela.offset + 8, (info >> 32) << 32 | 37)
+    with pytest.raises(objload.LoadError, match="relocation type 37"):
+        objload.load(bytes(bad), [fn.name])
