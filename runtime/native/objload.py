@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import mmap
+import os
 import struct
 import sys
 from dataclasses import dataclass
@@ -123,9 +124,9 @@ def load(obj: bytes, names: list[str]) -> Loaded:
     if symtab is None:
         raise LoadError("the object has no symbol table")
     strs = secs[symtab.link]
-    syms, globals_ = [], {}
+    syms, globals_, funcs = [], {}, []
     for k in range(symtab.size // 24):
-        st_name, st_info, _other, shndx, value, _size = struct.unpack_from("<IBBHQQ", obj, symtab.offset + k * 24)
+        st_name, st_info, _other, shndx, value, size = struct.unpack_from("<IBBHQQ", obj, symtab.offset + k * 24)
         end = obj.index(b"\0", strs.offset + st_name)
         name = obj[strs.offset + st_name:end].decode()
         if shndx == SHN_UNDEF:
@@ -139,6 +140,8 @@ def load(obj: bytes, names: list[str]) -> Loaded:
         else:
             addr = None          # a section we did not load (unwind tables): nothing may refer to it
         syms.append(addr)
+        if st_info & 0xF == 2 and addr and shndx in place:                       # STT_FUNC: kernels
+            funcs.append((addr, size, name))
         if st_info >> 4 == 1 and addr is not None and shndx != SHN_UNDEF:       # STB_GLOBAL
             globals_[name] = addr
     # relocations of the loaded sections
@@ -175,7 +178,17 @@ def load(obj: bytes, names: list[str]) -> Loaded:
     for kind, start, end in spans:
         if end > start and libc.mprotect(base + start, end - start, prot[kind]) != 0:
             raise LoadError(f"mprotect failed (errno {ctypes.get_errno()})")
+    if os.environ.get("ACCELC_NATIVE_PERFMAP", "").strip() not in ("", "0"):
+        _perf_map(funcs)
     missing = [n for n in names if n not in globals_]
     if missing:
         raise LoadError(f"the object lacks {missing}")
     return Loaded(mem, {n: globals_[n] for n in names})
+
+
+def _perf_map(funcs: list[tuple[int, int, str]]) -> None:
+    """ACCELC_NATIVE_PERFMAP=1: name every kernel for `perf report` in /tmp/perf-PID.map (perf's convention for
+    code generated at run time)."""
+    with open(f"/tmp/perf-{os.getpid()}.map", "a") as fh:
+        for addr, size, name in funcs:
+            fh.write(f"{addr:x} {size:x} accelc:{name}\n")
