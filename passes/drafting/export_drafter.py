@@ -87,13 +87,25 @@ class ExportDrafterPass(Pass):
                     "weight_storage": "own copy of the exit layer and of the kept head rows"}
         return {**rec, "weight_storage": "second copy of the target's layers (the decoder graph holds the first)"}
 
-    def requires(self, bundle: ModelBundle) -> None:
+    def static_specs(self, cache_len: int) -> dict[str, tuple] | None:
+        """name -> (B, T, P) of each graph for a static-shape artifact (--target npu); None: not supported."""
+        return None
+
+    def specs(self, bundle: ModelBundle) -> dict[str, tuple]:
         graphs = bundle.records.get("graphs") or {}
-        if "decoder" not in graphs:
-            if graphs:
-                raise PreconditionError(f"{self.what} need dynamic shapes: use --target cpu or cuda "
-                                        "(static npu graphs have no drafter export yet)")
+        if "decoder" in graphs:
+            return {name: DYNAMIC for name in self.roles}
+        decode = graphs.get("decode") or {}
+        if not decode.get("static"):
             raise PreconditionError("no decoder graph exported (run export-onnx first)")
+        specs = self.static_specs(int(decode["inputs"][next(k for k in decode["inputs"] if k.startswith("past_key"))][1]))
+        if specs is None:
+            raise PreconditionError(f"{self.what} need dynamic shapes: use --target cpu or cuda "
+                                    "(static npu graphs are exported for the EAGLE drafter only)")
+        return specs
+
+    def requires(self, bundle: ModelBundle) -> None:
+        self.specs(bundle)
         self.graphs(bundle)
 
     def call(self, bundle: ModelBundle) -> PassResult:
@@ -102,9 +114,11 @@ class ExportDrafterPass(Pass):
         scratch = _scratch(bundle.workdir) if needs_scratch(cfg.weights, cfg.formats) else None
         vocab = write_vocab(bundle, bundle.records["drafter_module"].vocab_ids)
         metrics = {}
+        specs = self.specs(bundle)
         for name, graph in self.graphs(bundle).items():
-            rec = write_graph(bundle, graph, name, DYNAMIC, cfg.weights, scratch, metrics, emit="onnx" in cfg.formats)
-            rec.update(static=False, role=self.roles[name], hidden_size=graph.hidden_size,
+            spec = specs[name]
+            rec = write_graph(bundle, graph, name, spec, cfg.weights, scratch, metrics, emit="onnx" in cfg.formats)
+            rec.update(static=spec is not DYNAMIC, role=self.roles[name], hidden_size=graph.hidden_size,
                        **self.fields(name, graph, bundle, vocab))
             records[name] = rec
         return PassResult(True, metrics)

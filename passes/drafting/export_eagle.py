@@ -25,6 +25,7 @@ from .eagle_model import target_graph
 from .export_drafter import ExportDrafterPass, ValidateDrafterConfig, judge
 
 ROLES = {"eagle_target": "eagle_target", "eagle_draft": "eagle_draft"}
+STATIC_VERIFY = 9        # static graphs: tokens per target call, the runtime's default draft cap (8) + 1
 
 
 def eagle_graphs(bundle: ModelBundle) -> dict:
@@ -41,6 +42,11 @@ class ExportEaglePass(ExportDrafterPass):
 
     def graphs(self, bundle: ModelBundle) -> dict:
         return eagle_graphs(bundle)
+
+    def static_specs(self, cache_len: int) -> dict[str, tuple]:
+        """--target npu: the target verifies (and prefills) STATIC_VERIFY tokens per call, the drafter drafts one;
+        both over the artifact's fixed cache (the runtime pads and windows: runtime/speculative/steps.StaticGraph)."""
+        return {"eagle_target": (1, min(STATIC_VERIFY, cache_len), cache_len), "eagle_draft": (1, 1, cache_len)}
 
     def fields(self, name: str, graph, bundle: ModelBundle, vocab: str | None) -> dict:
         if name == "eagle_draft":

@@ -31,7 +31,7 @@ from .cost import CostModel, measure_verify
 from .loop import SpecConfig, speculative_generate
 from .proposers import CombinedProposer, LookupProposer, as_proposer
 from .eagle import BackendFeatureTarget, eagle_steps
-from .steps import GraphFn, fused_steps, is_stateful
+from .steps import GraphFn, StaticGraph, fused_steps, is_stateful
 
 ROLES = DRAFTER_ROLES
 SPEC_BACKENDS = ("openvino", "onnxruntime")
@@ -58,7 +58,14 @@ class Drafter:
         models, or EAGLE's feature-keeping target and its proposer (runtime/speculative/eagle.py)."""
         def cache(role):
             r = self.records[role]
-            return KVCache(r["num_layers"], capacity, r["kv_heads"], r["head_dim"],
+            size = capacity
+            if r.get("static"):         # a fixed-shape graph reads its whole cache of the compiled length
+                size = static_capacity(r)
+                if capacity > size:
+                    raise InputError(f"speculative decoding needs {capacity} cache positions; the artifact's static "
+                                     f"KV cache holds {size} (shorten the prompt or --max-new-tokens, or compile "
+                                     "with a larger --cache-len)")
+            return KVCache(r["num_layers"], size, r["kv_heads"], r["head_dim"],
                            allocate=not is_stateful(self.fns[role]))
         if self.kind == "eagle":
             target = (BackendFeatureTarget(self.target, capacity, self.hidden_size) if self.target is not None
@@ -69,6 +76,16 @@ class Drafter:
             return t, proposer
         return fused_steps(*((self.fns[r], cache(r)) for r in ("trunk", "draft_head", "verify_tail")),
                            self.hidden_size, self.vocab_size, self.vocab_ids)
+
+
+def static_width(record: dict) -> int:
+    """New tokens per call of a fixed-shape drafter graph (its first input's second dimension)."""
+    return int(next(iter(record["inputs"].values()))[1])
+
+
+def static_capacity(record: dict) -> int:
+    """Cache positions a fixed-shape drafter graph reads (its first past key's second dimension)."""
+    return int(next(v for k, v in record["inputs"].items() if k.startswith("past_key"))[1])
 
 
 def drafter_records(manifest: dict) -> dict[str, dict] | None:
@@ -163,11 +180,14 @@ def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str
             raise ArtifactError(f"the drafter graph '{role}' has no {key} file")
         path = artifact_file(folder, r[key], f"drafter graph {role}")
         ins, outs = list(r["inputs"]), list(r["outputs"])
+        static = bool(r.get("static"))
         if backend == "openvino":
             from .openvino import openvino_graph_fn
-            fns[role] = openvino_graph_fn(path, ins, outs, threads, device)
+            fns[role] = openvino_graph_fn(path, ins, outs, threads, device, stateful=False if static else None)
         else:
             fns[role] = onnxruntime_graph_fn(path, ins, outs, threads)
+        if static:          # --target npu: fixed shapes, run in windows of the graph's width (steps.StaticGraph)
+            fns[role] = StaticGraph(fns[role], static_width(r))
     eagle = "eagle_draft" in recs
     draft, target = ("eagle_draft", "eagle_target") if eagle else ("draft_head", "verify_tail")
     vocab = recs[draft].get("vocab_ids")

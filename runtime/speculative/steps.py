@@ -32,11 +32,46 @@ def _positions(start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return pos, mask
 
 
+class StaticGraph:
+    """A fixed-shape graph (`--target npu`: T = width new tokens over the whole cache of its fixed length) behind
+    the contract's call: inputs of any length n run in windows of `width` tokens, the last one padded; each call
+    gets the whole cache buffers and a mask [1, capacity + width] marking the filled slots and the real new tokens
+    (as decode.py feeds the static decoder); only the real rows' outputs and new keys / values are kept."""
+
+    static = True
+
+    def __init__(self, fn: GraphFn, width: int):
+        self.fn, self.width = fn, int(width)
+
+    def run(self, inputs, cache: KVCache):
+        xs = inputs if isinstance(inputs, tuple) else (inputs,)
+        n, W, C = xs[0].shape[1], self.width, cache.capacity
+        outs = []
+        for a in range(0, n, W):
+            m = min(W, n - a)
+            chunk = tuple(np.concatenate([x[:, a:a + m], np.zeros((1, W - m, *x.shape[2:]), x.dtype)], axis=1)
+                          if m < W else x[:, a:a + W] for x in xs)
+            L = cache.length
+            pos = np.arange(L, L + W, dtype=np.int64)[None]
+            mask = np.zeros((1, C + W), dtype=np.int64)
+            mask[0, :L] = 1
+            mask[0, C:C + m] = 1
+            out, new_kv = self.fn(chunk if len(chunk) > 1 else chunk[0], pos, mask, cache.full())
+            cache.append([kv[:, :m] for kv in new_kv], m)
+            outs.append(tuple(np.array(o[:, :m]) for o in out) if isinstance(out, tuple) else np.array(out[:, :m]))
+        if isinstance(outs[0], tuple):
+            return tuple(np.concatenate(parts, axis=1) for parts in zip(*outs))
+        return np.concatenate(outs, axis=1)
+
+
 def _run(fn: GraphFn, cache: KVCache, inputs):
     """Run fn on inputs [1, T, ...] (or a tuple of them) after the cache's content; append the new KV; -> out[0]
     (or a tuple of the outputs' [0])."""
     n = (inputs[0] if isinstance(inputs, tuple) else inputs).shape[1]
     cache.check_room(n)
+    if getattr(fn, "static", False):     # a fixed-shape graph: windows of its width over the whole cache
+        out = fn.run(inputs, cache)
+        return tuple(o[0] for o in out) if isinstance(out, tuple) else out[0]
     pos, mask = _positions(cache.length, n)
     out, new_kv = fn(inputs, pos, mask, cache.views())
     if new_kv is None:                   # a stateful graph appended to its own states (speculative/openvino.py)
