@@ -48,6 +48,7 @@ if engine in ("native", "native-f32", "openvino"):
     if backend == "native":
         nm = a.runners["decoder"].model
         out.update(compile_s=nm.compiled.seconds, kernel_cache_hit=nm.compiled.cached,
+                   llvm_loaded="llvmlite.binding" in sys.modules,
                    int8_activations=nm.int8_activations, int_isa=nm.int_isa, bf16_weights=nm.bf16_weights, isa=nm.compiled.target.isa)
     from accelc.runtime.decode import decode_one, prefill
     ids = encode_prompt(a.tokenizer, PROMPT, raw=True)
@@ -202,6 +203,8 @@ def main() -> None:
             for k in ("rss_mb", "peak_rss_mb", "load_s", "compile_s", "file_mb"):
                 if k in ok[0]:
                     row[k] = statistics.median(x[k] for x in ok)
+            if "llvm_loaded" in ok[0]:
+                row["llvm_loaded"] = any(x.get("llvm_loaded") for x in ok)
             if e != "llama.cpp":
                 wb = weight_bytes(Path(arts[n]))
                 per_tok = (wb.get("native_fp32_to_bf16") if e == "native" else wb.get("native")) \
@@ -247,12 +250,13 @@ def render(out: dict, doc: Path, src: Path, marker: str = "native-table") -> Non
     nat = [r for r in rows if r["engine"].startswith("native")]
     if nat:
         cold = out.get("native_cold_compile", {})
-        lines += ["", "| model | engine | load s (cached kernels) | kernel load s (cached) | kernel compile s (cold cache) |",
-                  "| --- | --- | --- | --- | --- |"]
+        llvm = any("llvm_loaded" in r for r in nat)      # recorded since 2026-12-05 (cached loads without LLVM)
+        lines += ["", "| model | engine | load s (cached kernels) | kernel load s (cached) | kernel compile s (cold cache) |"
+                  + (" LLVM loaded (cached run) |" if llvm else ""), "| --- | --- | --- | --- | --- |" + (" --- |" if llvm else "")]
         for r in nat:
             c = cold.get(r["model"], {})
             lines.append(f"| {r['model']} | {r['engine']} | {r.get('load_s', 0):.2f} | {r.get('compile_s', 0):.2f} | "
-                         f"{c.get('compile_s') or 0:.2f} |")
+                         f"{c.get('compile_s') or 0:.2f} |" + (f" {'yes' if r.get('llvm_loaded') else 'no'} |" if llvm else ""))
     text = doc.read_text()
     marker = f"<!-- {marker} -->"
     if marker not in text:
