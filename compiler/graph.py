@@ -162,6 +162,8 @@ ROLES = {
     "verify_tail": Role("hidden", "logits", False, "fused drafter: layers [exit, N), norm and head"),
     "eagle_target": Role("ids", "both", True, "EAGLE drafter: the whole model, logits and its last hidden state"),
     "eagle_draft": Role("ids+hidden", "both", False, "EAGLE drafter: fc(token, state) -> one layer, norm, head"),
+    "eagle_target_step": Role("ids", "both", True, "EAGLE drafter, static artifacts: eagle_target at one token per "
+                                                   "call (rounds without drafts cost a plain step)"),
     "compress": Role("cache", "cache", False, "fixed KV cache: S filled slots -> M (LoCoCo's compressors)"),
     "encoder": Role("ids", "cache", False, "encoder-decoder: the prompt, bidirectionally -> the decoder's memory "
                                            "(its cache before the first decoder call)"),
@@ -171,6 +173,7 @@ ROLES = {
 DECODER_STATES = ((("prefill", "decode"), True), (("decoder",), None))
 DRAFTER_ROLES = ("trunk", "draft_head", "verify_tail")
 EAGLE_ROLES = ("eagle_target", "eagle_draft")
+EAGLE_STEP = "eagle_target_step"     # static artifacts only: the EAGLE target at one token per call (optional role)
 # full: every past position's keys/values, [B, P, H, D] per layer; fixed: at most M + buffer slots (the record's
 # "kv_cache" spec, compiler/kv_spec.py), the graph also outputs attn_scores per layer and the runtime cuts the cache
 CACHE_KINDS = ("full", "fixed")

@@ -76,6 +76,7 @@ class ExportDrafterPass(Pass):
     config_class = ExportDrafterConfig
     roles = ROLES
     what = "the fused drafter's graphs"
+    source: dict = {}        # an exported graph that is another graph at other shapes: its name -> that graph's
 
     def graphs(self, bundle: ModelBundle) -> dict:
         return drafter_graphs(bundle)
@@ -115,8 +116,9 @@ class ExportDrafterPass(Pass):
         vocab = write_vocab(bundle, bundle.records["drafter_module"].vocab_ids)
         metrics = {}
         specs = self.specs(bundle)
-        for name, graph in self.graphs(bundle).items():
-            spec = specs[name]
+        graphs = self.graphs(bundle)
+        for name, spec in specs.items():
+            graph = graphs[self.source.get(name, name)]
             rec = write_graph(bundle, graph, name, spec, cfg.weights, scratch, metrics, emit="onnx" in cfg.formats)
             rec.update(static=spec is not DYNAMIC, role=self.roles[name], hidden_size=graph.hidden_size,
                        **self.fields(name, graph, bundle, vocab))
@@ -124,7 +126,7 @@ class ExportDrafterPass(Pass):
         return PassResult(True, metrics)
 
     def ensures(self, bundle: ModelBundle, result: PassResult) -> None:
-        for name in self.roles:
+        for name in self.specs(bundle):
             rec = bundle.records["graphs"].get(name)
             if rec is None or ("onnx" in self.config.formats and not (bundle.workdir / rec["onnx"]).is_file()):
                 raise PreconditionError(f"drafter graph {name} was not written")

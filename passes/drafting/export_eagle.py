@@ -20,11 +20,13 @@ from ...compiler.pass_base import Pass, PassResult
 from ...runtime.backends import default_threads
 from ...runtime.speculative.artifact import open_drafter
 from ..export.validate import prompt_ids, torch_reference
+from ...compiler.graph import EAGLE_STEP
 from .eagle import EagleDrafter
 from .eagle_model import target_graph
 from .export_drafter import ExportDrafterPass, ValidateDrafterConfig, judge
 
 ROLES = {"eagle_target": "eagle_target", "eagle_draft": "eagle_draft"}
+STATIC_ROLES = {**ROLES, EAGLE_STEP: EAGLE_STEP}
 STATIC_VERIFY = 9        # static graphs: tokens per target call, the runtime's default draft cap (8) + 1
 
 
@@ -43,15 +45,28 @@ class ExportEaglePass(ExportDrafterPass):
     def graphs(self, bundle: ModelBundle) -> dict:
         return eagle_graphs(bundle)
 
+    roles = STATIC_ROLES
+    source = {EAGLE_STEP: "eagle_target"}
+
+    def specs(self, bundle: ModelBundle) -> dict[str, tuple]:
+        from .export_drafter import DYNAMIC
+        specs = super().specs(bundle)
+        return {n: s for n, s in specs.items() if n != EAGLE_STEP} if specs.get("eagle_target") == DYNAMIC else specs
+
     def static_specs(self, cache_len: int) -> dict[str, tuple]:
-        """--target npu: the target verifies (and prefills) STATIC_VERIFY tokens per call, the drafter drafts one;
-        both over the artifact's fixed cache (the runtime pads and windows: runtime/speculative/steps.StaticGraph)."""
-        return {"eagle_target": (1, min(STATIC_VERIFY, cache_len), cache_len), "eagle_draft": (1, 1, cache_len)}
+        """--target npu: the target verifies (and prefills) STATIC_VERIFY tokens per call, and takes single tokens
+        (rounds without drafts) through a one-token copy, eagle_target_step, as cheap as plain decoding; the drafter
+        drafts one token per call. All over the artifact's fixed cache (the runtime pads and windows:
+        runtime/speculative/steps.StaticGraph)."""
+        return {"eagle_target": (1, min(STATIC_VERIFY, cache_len), cache_len), EAGLE_STEP: (1, 1, cache_len),
+                "eagle_draft": (1, 1, cache_len)}
 
     def fields(self, name: str, graph, bundle: ModelBundle, vocab: str | None) -> dict:
         if name == "eagle_draft":
             return {"vocab_ids": vocab, "accept_head": write_accept_head(bundle),
                     "weight_storage": "own fc, layer, kept head rows and a copy of the embedding table"}
+        if name == EAGLE_STEP:
+            return {"weight_storage": "the target's weights again (eagle_target's, at one token per call)"}
         return {"weight_storage": "second copy of the target (the decoder graph holds the first)"}
 
 
@@ -164,7 +179,7 @@ class ValidateEaglePass(Pass):
         eagle_graphs(bundle)
 
     def call(self, bundle: ModelBundle) -> PassResult:
-        recs = {n: bundle.records["graphs"][n] for n in ROLES}
+        recs = {n: bundle.records["graphs"][n] for n in STATIC_ROLES if n in bundle.records["graphs"]}
         refs = []
         for ids in prompt_ids(bundle):
             tokens, logits = torch_reference(bundle.model, ids, self.config.steps)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ...compiler.artifact import artifact_file
 from ...compiler.errors import ArtifactError, InputError
-from ...compiler.graph import DRAFTER_ROLES, EAGLE_ROLES, is_new, role_of
+from ...compiler.graph import DRAFTER_ROLES, EAGLE_ROLES, EAGLE_STEP, is_new, role_of
 from ..decode import prefill
 from ..kv_cache import KVCache
 from ..sampling import Sampler, SamplingConfig
@@ -91,14 +91,15 @@ def static_capacity(record: dict) -> int:
 def drafter_records(manifest: dict) -> dict[str, dict] | None:
     """role -> graph record of the drafter's graphs (fused or EAGLE), or None when the artifact has none."""
     found = {role_of(n, r): r for n, r in (manifest.get("graphs") or {}).items()
-             if role_of(n, r) in ROLES + EAGLE_ROLES}
+             if role_of(n, r) in ROLES + EAGLE_ROLES + (EAGLE_STEP,)}
     if not found:
         return None
     roles = EAGLE_ROLES if any(r in EAGLE_ROLES for r in found) else ROLES
     missing = [r for r in roles if r not in found]
     if missing:
         raise ArtifactError(f"the artifact's drafter graphs are incomplete (missing roles: {', '.join(missing)})")
-    return {r: found[r] for r in roles}
+    optional = (EAGLE_STEP,) if roles == EAGLE_ROLES and EAGLE_STEP in found else ()
+    return {r: found[r] for r in roles + optional}
 
 
 def onnxruntime_graph_fn(path, input_names: Sequence[str], output_names: Sequence[str], threads: int) -> GraphFn:
@@ -173,7 +174,7 @@ def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str
                          "(pass --no-speculative, or --backend openvino)")
     fns = {}
     for role, r in recs.items():
-        if roles is not None and role not in roles:
+        if roles is not None and role not in roles and not (role == EAGLE_STEP and "eagle_target" in roles):
             continue
         key = "openvino" if backend == "openvino" else "onnx"
         if not r.get(key):
@@ -187,7 +188,10 @@ def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str
         else:
             fns[role] = onnxruntime_graph_fn(path, ins, outs, threads)
         if static:          # --target npu: fixed shapes, run in windows of the graph's width (steps.StaticGraph)
-            fns[role] = StaticGraph(fns[role], static_width(r))
+            fns[role] = StaticGraph({static_width(r): fns[role]})
+    step = fns.pop(EAGLE_STEP, None)
+    if step is not None and "eagle_target" in fns:    # the one-token target joins the verifying one
+        fns["eagle_target"] = StaticGraph({**step.fns, **fns["eagle_target"].fns})
     eagle = "eagle_draft" in recs
     draft, target = ("eagle_draft", "eagle_target") if eagle else ("draft_head", "verify_tail")
     vocab = recs[draft].get("vocab_ids")

@@ -33,21 +33,31 @@ def _positions(start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class StaticGraph:
-    """A fixed-shape graph (`--target npu`: T = width new tokens over the whole cache of its fixed length) behind
-    the contract's call: inputs of any length n run in windows of `width` tokens, the last one padded; each call
-    gets the whole cache buffers and a mask [1, capacity + width] marking the filled slots and the real new tokens
-    (as decode.py feeds the static decoder); only the real rows' outputs and new keys / values are kept."""
+    """Fixed-shape graphs of one model (`--target npu`: T = width new tokens over the whole cache of its fixed
+    length; one graph per width) behind the contract's call: n new tokens run in windows, each on the narrowest
+    graph that holds what is left (else the widest), padded; each call gets the whole cache buffers and a mask
+    [1, capacity + width] marking the filled slots and the real new tokens (as decode.py feeds the static
+    decoder); only the real rows' outputs and new keys / values are kept."""
 
     static = True
 
-    def __init__(self, fn: GraphFn, width: int):
-        self.fn, self.width = fn, int(width)
+    def __init__(self, fns: dict[int, GraphFn]):
+        self.fns = {int(w): fn for w, fn in sorted(fns.items())}
+
+    @property
+    def width(self) -> int:
+        return max(self.fns)
+
+    def _pick(self, left: int) -> int:
+        return next((w for w in self.fns if w >= left), self.width)
 
     def run(self, inputs, cache: KVCache):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
-        n, W, C = xs[0].shape[1], self.width, cache.capacity
+        n, C = xs[0].shape[1], cache.capacity
         outs = []
-        for a in range(0, n, W):
+        a = 0
+        while a < n:
+            W = self._pick(n - a)
             m = min(W, n - a)
             chunk = tuple(np.concatenate([x[:, a:a + m], np.zeros((1, W - m, *x.shape[2:]), x.dtype)], axis=1)
                           if m < W else x[:, a:a + W] for x in xs)
@@ -56,9 +66,10 @@ class StaticGraph:
             mask = np.zeros((1, C + W), dtype=np.int64)
             mask[0, :L] = 1
             mask[0, C:C + m] = 1
-            out, new_kv = self.fn(chunk if len(chunk) > 1 else chunk[0], pos, mask, cache.full())
+            out, new_kv = self.fns[W](chunk if len(chunk) > 1 else chunk[0], pos, mask, cache.full())
             cache.append([kv[:, :m] for kv in new_kv], m)
             outs.append(tuple(np.array(o[:, :m]) for o in out) if isinstance(out, tuple) else np.array(out[:, :m]))
+            a += m
         if isinstance(outs[0], tuple):
             return tuple(np.concatenate(parts, axis=1) for parts in zip(*outs))
         return np.concatenate(outs, axis=1)

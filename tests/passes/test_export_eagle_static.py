@@ -47,9 +47,11 @@ def test_static_eagle_graphs_have_fixed_shapes_and_match_torch(compiled):
     m = json.loads((out / "manifest.json").read_text())
     g = m["graphs"]
     assert {n: r.get("role") for n, r in g.items()} == {"prefill": "prefill", "decode": "decode",
-                                                         "eagle_target": "eagle_target", "eagle_draft": "eagle_draft"}
-    t, d = g["eagle_target"], g["eagle_draft"]
-    assert t["static"] and d["static"]
+                                                         "eagle_target": "eagle_target", "eagle_draft": "eagle_draft",
+                                                         "eagle_target_step": "eagle_target_step"}
+    t, d, one = g["eagle_target"], g["eagle_draft"], g["eagle_target_step"]
+    assert t["static"] and d["static"] and one["static"]
+    assert one["inputs"]["input_ids"] == [1, 1] and list(one["outputs"])[:2] == ["logits", "hidden_out"]
     assert t["inputs"]["input_ids"] == [1, 9] and t["inputs"]["attention_mask"] == [1, CACHE + 9]
     assert d["inputs"]["input_ids"] == [1, 1] and d["inputs"]["hidden_in"] == [1, 1, t["hidden_size"]]
     assert t["inputs"]["past_key.0"][1] == CACHE and d["inputs"]["past_key.0"][1] == CACHE
@@ -69,6 +71,7 @@ def test_static_eagle_greedy_is_lossless(compiled, backend):
     assert art.static
     drafter = load_drafter(art)
     assert drafter.kind == "eagle" and all(isinstance(f, StaticGraph) for f in drafter.fns.values())
+    assert sorted(drafter.fns["eagle_target"].fns) == [1, 9] and sorted(drafter.fns) == ["eagle_draft", "eagle_target"]
     prompts = [[(7 * i + s) % EOS for i in range(5 + 3 * s)] for s in range(4)]    # up to 14 tokens: 2 windows
     for mode, k in (("fixed", 3), ("cost", 8), ("confidence", 12)):           # k = 12: verify in two windows
         for p in prompts:
@@ -111,6 +114,8 @@ def test_fused_drafter_keeps_refusing_static_graphs():
     with pytest.raises(PreconditionError, match="EAGLE drafter only"):
         ExportDrafterPass(ExportDrafterConfig()).specs(bundle)
     specs = ExportEaglePass(ExportDrafterConfig()).specs(bundle)
-    assert specs == {"eagle_target": (1, 9, 96), "eagle_draft": (1, 1, 96)}
+    assert specs == {"eagle_target": (1, 9, 96), "eagle_target_step": (1, 1, 96), "eagle_draft": (1, 1, 96)}
+    dynamic = SimpleNamespace(records={"graphs": {"decoder": {"static": False}}})
+    assert set(ExportEaglePass(ExportDrafterConfig()).specs(dynamic)) == {"eagle_target", "eagle_draft"}
     with pytest.raises(PreconditionError, match="no decoder graph"):
         ExportEaglePass(ExportDrafterConfig()).specs(SimpleNamespace(records={"graphs": {}}))
