@@ -24,7 +24,7 @@ import numpy as np
 from ...compiler.artifact import artifact_file
 from ...compiler.errors import ArtifactError, InputError
 from ...compiler.graph import DRAFTER_ROLES, EAGLE_ROLES, EAGLE_STEP, is_new, role_of
-from ..decode import prefill
+from ..decode import decode_one, prefill
 from ..kv_cache import KVCache
 from ..sampling import Sampler, SamplingConfig
 from .cost import CostModel, measure_verify
@@ -211,17 +211,23 @@ class DecoderStep:
 
     def __init__(self, art, capacity: int):
         self.state = art.new_state(capacity)
+        self.static = bool(art.static)
 
     @property
     def length(self) -> int:
         return self.state.cache.length
 
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
-        return prefill(self.state, list(tokens), all_logits=True)
+        tokens = list(tokens)
+        if self.static and len(tokens) == 1:    # the one-token graph: a round without drafts costs a plain step
+            return np.array(decode_one(self.state, tokens[0]))[None]     # (prefill pads to the chunk graph)
+        return prefill(self.state, tokens, all_logits=True)
 
     def forward_last(self, tokens: Sequence[int], n: int) -> np.ndarray:
         """Logits of the last n tokens only (a long prompt's other rows are never copied out)."""
         tokens = list(tokens)
+        if self.static and len(tokens) == 1:
+            return self.forward(tokens)
         if len(tokens) > n:
             prefill(self.state, tokens[:-n])
         return prefill(self.state, tokens[-n:], all_logits=True)

@@ -57,6 +57,9 @@ DECAY = 0.97          # per round of a source: its acceptance counts cover about
 REFRESH = 32          # rounds after which the one-position (plain step) cost is measured again
 EXPLORE = 16          # rounds after which a draft one longer than the best is tried again
 EXPLORE_FROM_PLAIN = 0.05   # ... from k = 0 only for sources whose draft costs less than this share of a plain step
+EXPLORE_OVERHEAD = 0.02     # ... and less often when a two-position pass costs EXPLORE_PADDED or more plain steps
+EXPLORE_PADDED = 2.0        # (a padded static pass; a small model's timings below that are mostly noise): at most
+                            # this share of the time then
 REALIZED_DECAY = 0.97 # per round of a kind: the realized rates follow about the last 30 rounds of each
 GUARD_ROUNDS = 8      # rounds of a source and of plain steps before their realized rates are compared
 RETRY = 64            # rounds between the drafting rounds of a source whose realized rate is below plain's ...
@@ -188,9 +191,20 @@ class CostModel:
             return 0
         k = self.rate_best_k(source, cap)
         cheap = self.draft_cost(source) < EXPLORE_FROM_PLAIN * (self.verify_cost(1) or 0.0)
-        if k < cap and (k > 0 or cheap) and self.rounds - self.seen.get(k + 2, 0) > EXPLORE:
+        if k < cap and (k > 0 or cheap) and self.rounds - self.seen.get(k + 2, 0) > self.explore_every(k):
             return k + 1
         return k
+
+    def explore_every(self, k: int) -> float:
+        """Rounds between tries of one draft longer than the best (k): EXPLORE; from plain steps (k = 0) more when
+        a two-position pass costs EXPLORE_PADDED plain steps or more, so that trying stays within EXPLORE_OVERHEAD of
+        the time (a static graph's padded pass at 7x a one-token step on a CPU, explored every 16 rounds, cost a fifth
+        of the time). Past k = 0 the widths differ less, and a slow figure for one of them is more likely noise
+        that exploring must be able to correct (test_cost_model_tries_a_longer_draft_again)."""
+        now, longer = self.verify_cost(k + 1), self.verify_cost(k + 2)
+        if k > 0 or not now or not longer or longer < EXPLORE_PADDED * now:
+            return EXPLORE
+        return max(EXPLORE, (longer / now - 1.0) / EXPLORE_OVERHEAD)
 
 
 def _average(old: tuple[float, int] | None, x: float) -> tuple[float, int]:

@@ -263,7 +263,11 @@ PROMPT = [72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 46, 32, 72, 101, 
 
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "native"])
-def test_lookup_on_artifacts_equals_plain_decoding(backend, tiny_artifact, tiny_static_artifact):
+def test_lookup_on_artifacts_equals_plain_decoding(backend, tiny_artifact, tiny_static_artifact, monkeypatch):
+    from accelc.runtime.speculative import cost as cost_mod
+    # this tiny model's multi-token passes can time at several one-token steps (overhead-bound), which would space
+    # the cost model's tries from plain steps far apart (EXPLORE_PADDED): keep every EXPLORE rounds, so it drafts
+    monkeypatch.setattr(cost_mod, "EXPLORE_PADDED", float("inf"))
     art = open_artifact(tiny_artifact, backend=backend, full_logits=True, report=False)
     ref = generate(open_artifact(tiny_artifact, backend=backend, report=False), PROMPT, 30).tokens
     res, stats = run_speculative(art, PROMPT, 30, SamplingConfig(), draft_mode="lookup")
@@ -407,3 +411,22 @@ def test_cost_model_stops_a_source_whose_rounds_are_slower_than_plain():
         good.observe("eagle", 2, 2, 0.002, 0.011, round_s=0.014, emitted=3)
         good.observe(None, 0, 0, 0.0, 0.010, round_s=0.010, emitted=1)
     assert not good.losing("eagle") and good.best_k("eagle") == 2
+
+
+def test_cost_model_explores_from_plain_steps_in_proportion_to_the_cost():
+    """A static graph's padded pass (two positions cost 7 one-token steps): free lookup drafts that never pay are
+    tried from k = 0 rarely enough that trying costs at most EXPLORE_OVERHEAD of the time, not every EXPLORE rounds."""
+    from accelc.runtime.speculative import cost as cost_mod
+    cm = CostModel(k_max=8)
+    cm.verify[1], cm.seen[1] = (0.024, 3), 0
+    for w in range(2, 10):
+        cm.verify[w], cm.seen[w] = (0.165, 3), 0
+    assert cm.explore_every(0) == (0.165 / 0.024 - 1) / cost_mod.EXPLORE_OVERHEAD
+    picks, spent = [], 0.0
+    for _ in range(1000):
+        k = cm.best_k("lookup:2")
+        picks.append(k)
+        t = 0.165 if k else 0.024
+        spent += t
+        cm.observe("lookup:2" if k else None, k, 0, 0.0, t)
+    assert picks.count(0) >= 990 and spent / (1000 * 0.024) < 1.03
