@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compiler.errors import InputError
-from .kv_cache import KVCache
+from .kv_cache import KVCache, static_mask
 
 BUCKET = 64
 
@@ -58,13 +58,8 @@ class DecodeState:
 
 def _static_mask(state: DecodeState, n_new: int, width: int) -> np.ndarray:
     """[1, C + width]: cache slots [0, L) and the first n_new of `width` new tokens are visible."""
-    C, L = state.cache.capacity, state.cache.length
-    m = state.mask[:, :C + width]
-    m[0, :L] = 1
-    m[0, L:C] = 0
-    m[0, C:C + n_new] = 1
-    m[0, C + n_new:] = 0
-    return m
+    C = state.cache.capacity
+    return static_mask(state.mask[:, :C + width], C, state.cache.length, n_new)
 
 
 def prefill(state: DecodeState, ids, all_logits: bool = False) -> np.ndarray:

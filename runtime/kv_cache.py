@@ -72,3 +72,13 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = self.floor = 0
+
+
+def static_mask(mask: np.ndarray, capacity: int, length: int, n_new: int) -> np.ndarray:
+    """Fill `mask` [1, capacity + width] for a static graph's call: cache slots [0, length) and the first n_new of
+    its width new tokens are visible. -> mask."""
+    mask[0, :length] = 1
+    mask[0, length:capacity] = 0
+    mask[0, capacity:capacity + n_new] = 1
+    mask[0, capacity + n_new:] = 0
+    return mask

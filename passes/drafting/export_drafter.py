@@ -26,6 +26,7 @@ import numpy as np
 
 from ...compiler.bundle import ModelBundle
 from ...compiler.errors import InputError, PreconditionError, ValidationError
+from ...compiler.graph import cache_dims
 from ...compiler.pass_base import Pass, PassConfig, PassResult
 from ...runtime.backends import default_threads
 from ...runtime.speculative.artifact import open_drafter
@@ -94,12 +95,12 @@ class ExportDrafterPass(Pass):
 
     def specs(self, bundle: ModelBundle) -> dict[str, tuple]:
         graphs = bundle.records.get("graphs") or {}
-        if "decoder" in graphs:
-            return {name: DYNAMIC for name in self.roles}
+        if "decoder" in graphs:          # a graph that is another at other shapes has nothing to add here
+            return {name: DYNAMIC for name in self.roles if name not in self.source}
         decode = graphs.get("decode") or {}
         if not decode.get("static"):
             raise PreconditionError("no decoder graph exported (run export-onnx first)")
-        specs = self.static_specs(int(decode["inputs"][next(k for k in decode["inputs"] if k.startswith("past_key"))][1]))
+        specs = self.static_specs(int(cache_dims(decode)[1]))
         if specs is None:
             raise PreconditionError(f"{self.what} need dynamic shapes: use --target cpu or cuda "
                                     "(static npu graphs are exported for the EAGLE drafter only)")

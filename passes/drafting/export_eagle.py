@@ -19,8 +19,8 @@ from ...compiler.errors import PreconditionError
 from ...compiler.pass_base import Pass, PassResult
 from ...runtime.backends import default_threads
 from ...runtime.speculative.artifact import open_drafter
-from ..export.validate import prompt_ids, torch_reference
 from ...compiler.graph import EAGLE_STEP
+from ..export.validate import prompt_ids, torch_reference
 from .eagle import EagleDrafter
 from .eagle_model import target_graph
 from .export_drafter import ExportDrafterPass, ValidateDrafterConfig, judge
@@ -39,19 +39,12 @@ def eagle_graphs(bundle: ModelBundle) -> dict:
 
 class ExportEaglePass(ExportDrafterPass):
     name = "export-eagle"
-    roles = ROLES
+    roles = STATIC_ROLES
     what = "the EAGLE drafter's graphs"
+    source = {EAGLE_STEP: "eagle_target"}    # static artifacts only: eagle_target again, one token per call
 
     def graphs(self, bundle: ModelBundle) -> dict:
         return eagle_graphs(bundle)
-
-    roles = STATIC_ROLES
-    source = {EAGLE_STEP: "eagle_target"}
-
-    def specs(self, bundle: ModelBundle) -> dict[str, tuple]:
-        from .export_drafter import DYNAMIC
-        specs = super().specs(bundle)
-        return {n: s for n, s in specs.items() if n != EAGLE_STEP} if specs.get("eagle_target") == DYNAMIC else specs
 
     def static_specs(self, cache_len: int) -> dict[str, tuple]:
         """--target npu: the target verifies (and prefills) STATIC_VERIFY tokens per call, and takes single tokens

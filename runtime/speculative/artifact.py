@@ -23,7 +23,7 @@ import numpy as np
 
 from ...compiler.artifact import artifact_file
 from ...compiler.errors import ArtifactError, InputError
-from ...compiler.graph import DRAFTER_ROLES, EAGLE_ROLES, EAGLE_STEP, is_new, role_of
+from ...compiler.graph import DRAFTER_ROLES, EAGLE_ROLES, EAGLE_STEP, cache_dims, is_new, record_dim, role_of
 from ..decode import decode_one, prefill
 from ..kv_cache import KVCache
 from ..sampling import Sampler, SamplingConfig
@@ -80,12 +80,12 @@ class Drafter:
 
 def static_width(record: dict) -> int:
     """New tokens per call of a fixed-shape drafter graph (its first input's second dimension)."""
-    return int(next(iter(record["inputs"].values()))[1])
+    return int(record_dim(record, next(iter(record["inputs"])), 1))
 
 
 def static_capacity(record: dict) -> int:
-    """Cache positions a fixed-shape drafter graph reads (its first past key's second dimension)."""
-    return int(next(v for k, v in record["inputs"].items() if k.startswith("past_key"))[1])
+    """Cache positions a fixed-shape drafter graph reads."""
+    return int(cache_dims(record)[1])
 
 
 def drafter_records(manifest: dict) -> dict[str, dict] | None:

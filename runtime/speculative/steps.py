@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..kv_cache import KVCache
+from ..kv_cache import KVCache, static_mask
 
 GraphFn = Callable[..., tuple[np.ndarray, list[np.ndarray]]]
 
@@ -63,9 +63,7 @@ class StaticGraph:
                           if m < W else x[:, a:a + W] for x in xs)
             L = cache.length
             pos = np.arange(L, L + W, dtype=np.int64)[None]
-            mask = np.zeros((1, C + W), dtype=np.int64)
-            mask[0, :L] = 1
-            mask[0, C:C + m] = 1
+            mask = static_mask(np.zeros((1, C + W), dtype=np.int64), C, L, m)
             out, new_kv = self.fns[W](chunk if len(chunk) > 1 else chunk[0], pos, mask, cache.full())
             cache.append([kv[:, :m] for kv in new_kv], m)
             outs.append(tuple(np.array(o[:, :m]) for o in out) if isinstance(out, tuple) else np.array(out[:, :m]))
