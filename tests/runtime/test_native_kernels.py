@@ -9,6 +9,7 @@ from accelc.passes.export.export_native import decode, encode
 from accelc.runtime.native import kernels
 from accelc.runtime.native.jit import compile_ir
 from accelc.runtime.native.kernels_avx2 import linear_avx2
+from accelc.runtime.native.kernels_dense import linear_dense_rows
 
 
 def _linear(fmt, n, k, bias, group=0, books=0):
@@ -115,51 +116,18 @@ def test_vnni_linear_matches_numpy(fmt, n, k, group, bias, isa, T):
     assert np.abs(y[:, r0:r1] - exact[:, r0:r1]).max() < 0.05 * np.abs(exact).max()   # int8 activations: close
 
 
-@pytest.mark.parametrize("n,k,group,books", [(19, 72, 8, 2), (23, 40, 8, 1), (9, 64, 16, 2), (11, 36, 4, 3), (7, 24, 8, 2)])
-@pytest.mark.parametrize("bias", [False, True])
-def test_codebook_lookup_kernel_matches_numpy(n, k, group, books, bias):
-    m = ir.Module("t")
-    fn = kernels.linear_cb_lut(m, n, k, group, books, bias)
-    fn.linkage = "external"
-    c = compile_ir(str(m), [fn.name])
-    call = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_void_p]))(c.addresses[fn.name])
-    rng = np.random.default_rng(n * k)
-    stored, _ = _stored("cb", n, k, rng, group, books)
-    w = decode(stored, "cb", group)
-    books_t = np.ascontiguousarray(stored["codebooks"].astype(np.float32).transpose(0, 2, 1))
-    scales = stored["scales"].astype(np.float32)
+def _check_tiled(call, parts, w, n, k, bias, seed):
+    """A row-pair x token-tile kernel against numpy, and bitwise the same over row ranges and token tiles."""
+    rng = np.random.default_rng(seed)
     b = rng.standard_normal(n).astype(np.float32)
-    T, ldx, ldy = 2, k + 1, n + 2
-    x = rng.standard_normal((T, ldx)).astype(np.float32)
-    y = np.full((T, ldy), 7.0, dtype=np.float32)
-    scratch = np.zeros(kernels.lut_bytes(k, group, books), dtype=np.uint8)
-    call(stored["codes"].ctypes.data, books_t.ctypes.data, scales.ctypes.data, b.ctypes.data if bias else None,
-         x.ctypes.data, y.ctypes.data, T, 1, n, ldx, ldy, scratch.ctypes.data)
-    ref = x[:, :k] @ w.T + (b if bias else 0)
-    np.testing.assert_allclose(y[:, 1:n], ref[:, 1:n], rtol=2e-5, atol=2e-4)
-    assert (y[:, 0] == 7).all() and (y[:, n:] == 7).all()
-
-
-@pytest.mark.parametrize("n,k,group,books", [(19, 72, 8, 2), (23, 40, 8, 1), (9, 64, 16, 2), (11, 36, 4, 3), (8, 24, 8, 2)])
-@pytest.mark.parametrize("bias", [False, True])
-def test_codebook_two_row_kernel_matches_numpy(n, k, group, books, bias):
-    m = ir.Module("t")
-    fn = kernels.linear_cb_rows(m, n, k, group, books, bias)
-    fn.linkage = "external"
-    c = compile_ir(str(m), [fn.name])
-    call = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5))(c.addresses[fn.name])
-    rng = np.random.default_rng(n * k + 1)
-    stored, parts = _stored("cb", n, k, rng, group, books)
-    w = decode(stored, "cb", group)
-    b = rng.standard_normal(n).astype(np.float32)
-    T, ldx, ldy = 5, k + 1, n + 2
+    T, ldx, ldy = 7, k + 1, n + 2                 # tiles of 4, 2 and 1 tokens
     x = rng.standard_normal((T, ldx)).astype(np.float32)
 
     def run(xs, r0, r1):
         y = np.full((len(xs), ldy), 7.0, dtype=np.float32)
         xs = np.ascontiguousarray(xs)
-        call(*[p.ctypes.data for p in parts], b.ctypes.data if bias else None, xs.ctypes.data, y.ctypes.data,
-             len(xs), r0, r1, ldx, ldy)
+        call(*[p.ctypes.data for p in parts], *[None] * (3 - len(parts)), b.ctypes.data if bias else None,
+             xs.ctypes.data, y.ctypes.data, len(xs), r0, r1, ldx, ldy)
         return y
 
     ref = x[:, :k] @ w.T + (b if bias else 0)
@@ -174,6 +142,41 @@ def test_codebook_two_row_kernel_matches_numpy(n, k, group, books, bias):
     one = np.concatenate([run(x[t:t + 1], 0, n) for t in range(T)])
     np.testing.assert_array_equal(full, one)
     np.testing.assert_array_equal(np.concatenate([run(x[:3], 0, n), run(x[3:], 0, n)]), full)
+
+
+def _compiled(fn_of):
+    m = ir.Module("t")
+    fn = fn_of(m)
+    fn.linkage = "external"
+    c = compile_ir(str(m), [fn.name])
+    return c, ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5))(c.addresses[fn.name])
+
+
+@pytest.mark.parametrize("n,k,group,books", [(19, 72, 8, 2), (23, 40, 8, 1), (9, 64, 16, 2), (11, 36, 4, 3), (8, 24, 8, 2)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_codebook_two_row_kernel_matches_numpy(n, k, group, books, bias):
+    keep, call = _compiled(lambda m: kernels.linear_cb_rows(m, n, k, group, books, bias))
+    rng = np.random.default_rng(n * k + 1)
+    stored, parts = _stored("cb", n, k, rng, group, books)
+    _check_tiled(call, parts, decode(stored, "cb", group), n, k, bias, n * k + 2)
+
+
+@pytest.mark.parametrize("fmt", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("n,k", [(19, 75), (8, 16), (13, 33), (6, 7), (17, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_dense_two_row_kernel_matches_numpy(fmt, n, k, bias):
+    keep, call = _compiled(lambda m: linear_dense_rows(m, fmt, n, k, bias))
+    rng = np.random.default_rng(n * k + 3)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    if fmt == "bf16":                       # bfloat16: the upper half of a float32's bits
+        bits = (w.view(np.uint32) >> 16).astype(np.uint16)
+        parts, w = [bits], (bits.astype(np.uint32) << 16).view(np.float32)
+    elif fmt == "f16":
+        parts = [w.astype(np.float16)]
+        w = parts[0].astype(np.float32)
+    else:
+        parts = [w]
+    _check_tiled(call, parts, w, n, k, bias, n * k + 4)
 
 
 def test_inline_exp_matches_numpy_to_a_few_ulp():
