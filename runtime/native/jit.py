@@ -174,11 +174,15 @@ def _generator_digest() -> str:
     return h.hexdigest()
 
 
+RUN_ONLY_ENV = ("ACCELC_NATIVE_PERFMAP", "ACCELC_NATIVE_ADAPT")
+
+
 def recipe_key(*inputs) -> str:
     """The key of a program built from `inputs` (JSON-serialisable: the model description, runtime sizes,
-    options) by this generator, for this host, with this environment's ACCELC_NATIVE_* settings."""
+    options) by this generator, for this host, with this environment's ACCELC_NATIVE_* settings (but those that
+    only steer the running program: a perf map, adaptive threads)."""
     host = host_target()
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("ACCELC_NATIVE_"))
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("ACCELC_NATIVE_") and k not in RUN_ONLY_ENV)
     text = json.dumps([_generator_digest(), inputs, env, host.cpu, host.features, _llvmlite_version()],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:40]

@@ -395,6 +395,9 @@ def test_recipe_key_follows_what_shapes_the_code(monkeypatch, tmp_path):
     assert jit.recipe_key("model", {"hidden": 8}, 4, None) == base
     assert jit.recipe_key("model", {"hidden": 16}, 4, None) != base
     assert jit.recipe_key("model", {"hidden": 8}, 8, None) != base
+    monkeypatch.setenv("ACCELC_NATIVE_PERFMAP", "1")          # steers the run, not the code: same object
+    monkeypatch.setenv("ACCELC_NATIVE_ADAPT", "0")
+    assert jit.recipe_key("model", {"hidden": 8}, 4, None) == base
     monkeypatch.setenv("ACCELC_NATIVE_PREFETCH", "0")
     assert jit.recipe_key("model", {"hidden": 8}, 4, None) != base
 
