@@ -82,8 +82,9 @@ def prefill(state: DecodeState, ids, all_logits: bool = False) -> np.ndarray:
             raise InputError("this artifact was opened for generation (last-token logits only): "
                              "open it with full_logits=True for every position's logits")
         P = cache.length
-        # the native backend computes only the rows asked for (the OpenVINO graph's are fixed when it is opened)
-        rows = {"all_logits": all_logits} if getattr(state.prefiller, "name", None) == "native" else {}
+        # a backend that computes only the rows asked for takes all_logits (the OpenVINO graph's rows are fixed
+        # when it is opened)
+        rows = {"all_logits": all_logits} if getattr(state.prefiller, "rows_on_request", False) else {}
         logits = state.prefiller.forward_stateful(ids[None], np.arange(P, P + T, dtype=np.int64)[None],
                                                   state.mask[:, :P + T], P, **rows)
         cache.advance(T)

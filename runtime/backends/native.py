@@ -37,6 +37,7 @@ class NativeBackend:
     name = "native"
     device = "cpu"
     stateful = True
+    rows_on_request = True          # forward_stateful(all_logits=...) computes only the logits rows asked for
 
     def __init__(self, cfg: dict, tensors: dict, threads: int, full_logits: bool, manifest: dict,
                  precision: str = "auto"):
