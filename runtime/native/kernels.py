@@ -770,19 +770,30 @@ def linear_cb_rows(module: ir.Module, n: int, k: int, group: int, books: int, bi
             for j, t in enumerate(toks):
                 finish(r, accs[i][j], t)
 
+    def ahead_of(ra):   # the codes of the row pair `ahead` rows on (prefetch never faults past the end)
+        prefetch(f, f.at(f["w0"], f.mul(f.add(ra, ahead), ng * books)), 2 * ng * books)
+
+    row_pairs_in_tiles(f, CB_TILE, block, ahead_of if ahead else None)
+    return f.finish()
+
+
+def row_pairs_in_tiles(f: Fn, tile: int, block, before_pair=None) -> None:
+    """The loops of a two-row kernel: rows [r0, r1) in pairs (an odd last row alone), tokens [0, T) in tiles of
+    `tile`, the T mod tile left one at a time; block(rows, toks) computes y[toks, rows]; before_pair(first row)
+    runs once per pair (a prefetch)."""
+    b = f.b
     T = f["T"]
-    whole = b.sub(T, b.srem(T, ir.Constant(T.type, CB_TILE)))
+    whole = b.sub(T, b.srem(T, ir.Constant(T.type, tile)))
     span = b.sub(f["r1"], f["r0"])
     pairs_end = b.add(f["r0"], b.mul(b.sdiv(span, c64(2)), c64(2)))
     with f.loop(f["r0"], pairs_end, 2) as ra:
         rows = [ra, f.add(ra, 1)]
-        if ahead:       # the codes of the row pair `ahead` rows on (prefetch never faults past the end)
-            prefetch(f, f.at(f["w0"], f.mul(f.add(ra, ahead), ng * books)), 2 * ng * books)
-        with f.loop(0, whole, CB_TILE) as t0:
-            block(rows, [f.add(t0, j) for j in range(CB_TILE)])
+        if before_pair is not None:
+            before_pair(ra)
+        with f.loop(0, whole, tile) as t0:
+            block(rows, [f.add(t0, j) for j in range(tile)])
         with f.loop(whole, T) as t:
             block(rows, [t])
     with f.loop(pairs_end, f["r1"]) as r:              # an odd last row
         with f.loop(0, T) as t:
             block([r], [t])
-    return f.finish()

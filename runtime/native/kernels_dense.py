@@ -17,7 +17,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from .irgen import F32, I16, I32, PF16, PF32, PI8, Fn, c64
-from .kernels import LINEAR_ARGS, _cached, _hsum, _intrinsic, prefetch
+from .kernels import LINEAR_ARGS, _cached, _hsum, _intrinsic, prefetch, row_pairs_in_tiles
 
 DENSE_TILE = 2       # tokens per weight load (2 rows x 2 tokens x 2 chains: 8 accumulators + 4 operands)
 PREFETCH_AHEAD = 4096  # bytes: software prefetch in token tiles (their longer loop keeps fewer loads in flight:
@@ -98,18 +98,6 @@ def linear_dense_rows(module: ir.Module, fmt: str, n: int, k: int, bias: bool) -
             for j, t in enumerate(toks):
                 finish(r, accs[i][j], t)
 
-    T = f["T"]
-    whole = b.sub(T, b.srem(T, ir.Constant(T.type, DENSE_TILE)))
-    span = b.sub(f["r1"], f["r0"])
-    pairs_end = b.add(f["r0"], b.mul(b.sdiv(span, c64(2)), c64(2)))
-    with f.loop(f["r0"], pairs_end, 2) as ra:
-        rows = [ra, f.add(ra, 1)]
-        with f.loop(0, whole, DENSE_TILE) as t0:
-            block(rows, [f.add(t0, j) for j in range(DENSE_TILE)])
-        with f.loop(whole, T) as t:
-            block(rows, [t])
-    with f.loop(pairs_end, f["r1"]) as r:              # an odd last row
-        with f.loop(0, T) as t:
-            block([r], [t])
+    row_pairs_in_tiles(f, DENSE_TILE, block)
     return f.finish()
 
