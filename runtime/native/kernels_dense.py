@@ -20,9 +20,8 @@ from .irgen import F32, I16, I32, PF16, PF32, PI8, Fn, c64
 from .kernels import LINEAR_ARGS, _cached, _hsum, _intrinsic, prefetch, row_pairs_in_tiles
 
 DENSE_TILE = 2       # tokens per weight load (2 rows x 2 tokens x 2 chains: 8 accumulators + 4 operands)
-PREFETCH_AHEAD = 4096  # bytes: software prefetch in token tiles (their longer loop keeps fewer loads in flight:
-                       # ad hoc, fp32 SmolLM2, a step of 8 tokens 40.8 -> 28.9 ms, of 4 30.5 -> 25.3; one-token steps,
-                       # unchanged by it, go without)
+PREFETCH_AHEAD = 4096  # bytes: software prefetch in token tiles, whose longer loop keeps fewer weight loads in
+                       # flight (its effect on speculative decoding: docs/passes/drafter.md); one-token steps go without
 LANES = 8
 V8F = ir.VectorType(F32, LANES)
 
@@ -37,7 +36,7 @@ def linear_dense_rows(module: ir.Module, fmt: str, n: int, k: int, bias: bool) -
     f = Fn(module, name, LINEAR_ARGS)
     b = f.b
     fma = _intrinsic(f, "llvm.fma.v8f32", V8F, [ir.Constant(V8F, None)] * 3)
-    groups, tail = divmod(k, LANES)
+    groups = k // LANES
     zero = ir.Constant(V8F, [0.0] * LANES)
     elem = {"f32": 4, "f16": 2, "bf16": 2}[fmt]
     wbase = b.bitcast(f["w0"], {"f32": PF32, "f16": PF16, "bf16": I16.as_pointer()}[fmt])
