@@ -37,6 +37,9 @@ def _cached(module: ir.Module, name: str):
 
 
 def linear(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int = 0, books: int = 0) -> ir.Function:
+    if fmt in ("f32", "f16", "bf16"):      # dense rows: two rows x a token tile per weight load
+        from .kernels_dense import linear_dense_rows
+        return linear_dense_rows(module, fmt, n, k, bias)
     name = f"lin_{fmt}_{n}x{k}_g{group}_m{books}{'_b' if bias else ''}"
     fn = _cached(module, name)
     if fn is not None:
@@ -47,13 +50,7 @@ def linear(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int =
     with f.loop(f["r0"], f["r1"]) as row:
         with f.loop(0, T) as t:
             xt = f.at(x, f.mul(t, f["ldx"]))
-            if fmt in ("f32", "f16", "bf16"):
-                wr = f.at(_dense(f, fmt), f.mul(row, k))
-                acc = f.var(F32, cf(0))
-                with f.loop(0, k) as i:
-                    f.accumulate(acc, f.fmul(_dense_value(f, fmt, f.load(wr, i)), f.load(xt, i)))
-                out = b.load(acc)
-            elif fmt == "q8a":
+            if fmt == "q8a":
                 q = f.at(f["w0"], f.mul(row, k))
                 scale = f.load(b.bitcast(f["w1"], PF32), row)
                 zero = f.load(b.bitcast(f["w2"], PF32), row)

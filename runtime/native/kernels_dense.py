@@ -1,6 +1,6 @@
 """The dense float linear kernel (f32, f16, bf16 weights): two rows times a tile of tokens per weight load.
 
-Same arguments and result as kernels.linear. A verify or prefill step of T tokens used to read each weight
+Same arguments and result as kernels.linear, which hands dense formats here. A verify or prefill step of T tokens used to read each weight
 vector once per token (one load of W and one of x per FMA: the load ports, not the FMA units, set the
 pace once the weights are in cache). Here each 8-float weight vector of a row pair is loaded (and, for f16 /
 bf16, widened) once per tile of DENSE_TILE tokens, each token's 8 inputs once per row pair: two rows x two
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from .irgen import F32, I16, I32, PF16, PF32, PI8, Fn, c64
-from .kernels import LINEAR_ARGS, _cached, _hsum, _intrinsic, prefetch, row_pairs_in_tiles
+from .irgen import F32, I32, PI8, Fn, c64
+from .kernels import LINEAR_ARGS, _cached, _dense, _dense_value, _hsum, _intrinsic, prefetch, row_pairs_in_tiles
 
 DENSE_TILE = 2       # tokens per weight load (2 rows x 2 tokens x 2 chains: 8 accumulators + 4 operands)
 PREFETCH_AHEAD = 4096  # bytes: software prefetch in token tiles, whose longer loop keeps fewer weight loads in
@@ -39,7 +39,7 @@ def linear_dense_rows(module: ir.Module, fmt: str, n: int, k: int, bias: bool) -
     groups = k // LANES
     zero = ir.Constant(V8F, [0.0] * LANES)
     elem = {"f32": 4, "f16": 2, "bf16": 2}[fmt]
-    wbase = b.bitcast(f["w0"], {"f32": PF32, "f16": PF16, "bf16": I16.as_pointer()}[fmt])
+    wbase = _dense(f, fmt)
 
     def widen(v):
         """A loaded vector of stored weights as <8 x float>."""
@@ -56,10 +56,7 @@ def linear_dense_rows(module: ir.Module, fmt: str, n: int, k: int, bias: bool) -
         return widen(b.load(b.bitcast(p, ty.as_pointer()), align=2 if elem == 2 else 4))
 
     def w_scalar(row, i: int):
-        v = f.load(wbase, f.mul(row, k), i)
-        if fmt == "bf16":
-            return b.bitcast(b.shl(b.zext(v, I32), ir.Constant(I32, 16)), F32)
-        return f.to_f32(v)
+        return _dense_value(f, fmt, f.load(wbase, f.mul(row, k), i))
 
     def x_vec(t, g):
         p = f.at(f["x"], f.mul(t, f["ldx"]), f.mul(g, LANES))

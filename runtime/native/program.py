@@ -17,7 +17,6 @@ import llvmlite.ir as ir
 
 from . import kernels
 from .kernels_avx2 import linear_avx2
-from .kernels_dense import linear_dense_rows
 from .irgen import I32, I64, PF32, PI8, PI64, VOID, Fn, c64
 
 # sync block (int64 words, each on its own cache line): barrier count, barrier generation, job word, stop.
@@ -161,8 +160,6 @@ class Program:
             k = kernels.linear_cb_rows(self.module, n, kk, rec["group"], rec["codebooks"], bool(rec.get("bias")))
         elif vnni and self.int_isa == "avx2":
             k = linear_avx2(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax)
-        elif fmt in ("f32", "f16", "bf16"):
-            k = linear_dense_rows(self.module, fmt, n, kk, bool(rec.get("bias")))
         elif vnni:
             k = kernels.linear_vnni(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax)
         else:
