@@ -175,12 +175,6 @@ def native(options: CompileOptions, static: bool) -> list:
     """The native backend's weights (native/), checked against torch unless --no-validate."""
     if "native" not in (options.formats or ()) or static:
         return []
-    quant, _, arg = (options.quantize or "").partition(":")
-    if quant in INT_METHODS and arg.partition(",")[0].strip() in ("2", "3"):
-        import logging
-        logging.getLogger(__name__).warning("no native/ folder: the native backend runs 4-bit integer groups, not "
-                                            "int%s (the OpenVINO graphs run it compressed)", arg.partition(",")[0])
-        return []
     from ..passes.export.export_native import ExportNativePass, ExportNativeConfig
     return [ExportNativePass(ExportNativeConfig(weights=options.weights, validate=options.validate))]
 

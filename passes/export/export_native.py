@@ -10,6 +10,10 @@ Writes native/model.json (the decoder's geometry and per-layer features) and nat
                  [N, K/2]: byte j of group g holds elements gG + j (low nibble) and gG + G/2 + j (high
                  nibble), each stored as q + 8 (contiguous halves: no shuffles in the kernel);
                  f16 scale per (row, group)
+    q2s, q3s     NNCF INT2_SYM / INT3_SYM groups (gptq-int / pv-int layers): codes q + 2 (q + 4) in 2-bit planes,
+                 byte j of group g holding elements gG + j + sG/4 in bits 2s, 2s + 1; q3s keeps each code's
+                 high bit in a second plane [N, K/8] (element i: bit i % 8 of byte i / 8); f16 scale per
+                 (row, group)
     cb           AQLM codebooks (passes/quantization/codebook_linear.py, MxBgG with B = 8): u8 codes [N, K/G, M],
                  f16 codebooks [M, 256, G], f16 row scales [N]
 
@@ -97,6 +101,34 @@ def pack_q4s(codes: np.ndarray, scales: np.ndarray) -> dict[str, np.ndarray]:
     return {"q": packed, "scale": np.ascontiguousarray(scales.reshape(n, ng), dtype=np.float16)}
 
 
+def pack_low_bit(codes: np.ndarray, scales: np.ndarray, bits: int) -> dict[str, np.ndarray]:
+    """Signed codes [n, groups, group] in [-2^(bits-1), 2^(bits-1) - 1] (bits 2 or 3) and scales [n, groups] ->
+    the q2s / q3s tensors (runtime/native/kernels.py describes the layout)."""
+    n, ng, group = codes.shape
+    if group % 8:
+        raise InputError(f"int{bits} groups of {group} are not a multiple of 8 (the native layout needs that)")
+    u = codes.astype(np.int16) + (1 << (bits - 1))
+    if u.min(initial=0) < 0 or u.max(initial=0) >= 1 << bits:
+        raise ValueError(f"codes outside the {bits}-bit range")
+    quarter = group // 4
+    low = u & 3
+    q = sum(low[:, :, s * quarter:(s + 1) * quarter] << (2 * s) for s in range(4)).astype(np.uint8)
+    out = {"q": q.reshape(n, ng * quarter), "scale": np.ascontiguousarray(scales.reshape(n, ng), dtype=np.float16)}
+    if bits == 3:
+        out["h"] = np.packbits((u >> 2).astype(np.uint8).reshape(n, ng * group), axis=1, bitorder="little")
+    return out
+
+
+def unpack_low_bit(t: dict[str, np.ndarray], group: int, bits: int) -> np.ndarray:
+    """The q2s / q3s tensors -> the signed codes [n, K] (tests, reference math)."""
+    n = t["q"].shape[0]
+    p = t["q"].reshape(n, -1, group // 4)
+    u = np.concatenate([(p >> (2 * s)) & 3 for s in range(4)], axis=2).reshape(n, -1).astype(np.int16)
+    if bits == 3:
+        u |= np.unpackbits(t["h"], axis=1, bitorder="little").astype(np.int16) << 2
+    return u - (1 << (bits - 1))
+
+
 def encode(w: np.ndarray, fmt: str, group: int | None = None) -> dict[str, np.ndarray]:
     """A dense float weight [N, K] in format `fmt` -> its stored tensors (suffix -> array)."""
     w = np.ascontiguousarray(w, dtype=np.float32)
@@ -119,6 +151,10 @@ def decode(t: dict[str, np.ndarray], fmt: str, group: int | None = None) -> np.n
         return dequantize_q8a(t)
     if fmt == "q4s":
         return dequantize_q4s(t, group)
+    if fmt in ("q2s", "q3s"):
+        q = unpack_low_bit(t, group, 2 if fmt == "q2s" else 3).astype(np.float32)
+        n = q.shape[0]
+        return (q.reshape(n, -1, group) * t["scale"].astype(np.float32)[:, :, None]).reshape(n, -1)
     if fmt == "cb":
         codes, books, scales = t["codes"], t["codebooks"].astype(np.float32), t["scales"].astype(np.float32)
         n, ng, m = codes.shape
@@ -157,11 +193,12 @@ class _Writer:
             rec = {"format": "cb", "shape": [module.out_features, module.in_features],
                    "codebooks": module.scheme.codebooks, "group": module.scheme.group}
         elif isinstance(module, IntGroupLinear):
-            if module.nbits != 4:
-                raise InputError(f"the native backend runs 4-bit integer groups, not int{module.nbits} "
-                                 "(use the OpenVINO backend: --formats openvino)")
-            stored = pack_q4s(module.codes.numpy(), module.scales.detach().float().numpy())
-            rec = {"format": "q4s", "shape": [module.out_features, module.in_features], "group": module.group}
+            codes, scales = module.codes.numpy(), module.scales.detach().float().numpy()
+            if module.nbits == 4:
+                stored, fmt_ = pack_q4s(codes, scales), "q4s"
+            else:
+                stored, fmt_ = pack_low_bit(codes, scales, module.nbits), f"q{module.nbits}s"
+            rec = {"format": fmt_, "shape": [module.out_features, module.in_features], "group": module.group}
         else:
             w = module.weight if isinstance(module.weight, torch.Tensor) else None
             if w is None or w.dim() != 2:
@@ -324,7 +361,7 @@ def validate_native(bundle: ModelBundle, cfg: dict, weights: Path) -> dict:
     from .validate import INT_CODES, TOLERANCES, noise_limit, prompt_ids, self_noise, torch_reference
     tensors = map_safetensors(weights)
     check_config(cfg, tensors)
-    precision = {"f32": "fp32", "f16": "fp16", "q8a": "int8", "q4s": "int4"}
+    precision = {"f32": "fp32", "f16": "fp16", "q8a": "int8", "q4s": "int4", "q3s": "int4", "q2s": "int4"}
     linear_fmts = {L[p]["format"] for L in cfg["layers"] for p in ("q", "k", "v", "o", "gate", "up", "down")}
     worst = max((precision.get(f, "fp32") for f in linear_fmts | {cfg["embed"]["format"]}), key=list(TOLERANCES).index)
     # a codebook artifact's int8 embedding (and tied head) is the only lossy step the native export adds: the

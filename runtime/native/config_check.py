@@ -10,7 +10,7 @@ import numpy as np
 
 from ...compiler.errors import ArtifactError
 
-FORMATS = ("f32", "f16", "q8a", "q4s", "cb")
+FORMATS = ("f32", "f16", "q8a", "q4s", "q3s", "q2s", "cb")
 ACTIVATIONS = ("silu", "gelu_tanh")
 
 
@@ -59,6 +59,14 @@ def check_weight(rec, t: dict, where: str, shape: tuple[int, int]) -> None:
             raise ArtifactError(f"native/model.json: {where} group {g} does not divide {k} in even groups")
         _tensor(t, f"{name}.q", np.uint8, (n, k // 2))
         _tensor(t, f"{name}.scale", np.float16, (n, k // g))
+    elif fmt in ("q3s", "q2s"):
+        g = _int(rec.get("group"), f"{where}.group", 8)
+        if g % 8 or k % g:
+            raise ArtifactError(f"native/model.json: {where} group {g} does not divide {k} in groups of 8n")
+        _tensor(t, f"{name}.q", np.uint8, (n, k // 4))
+        _tensor(t, f"{name}.scale", np.float16, (n, k // g))
+        if fmt == "q3s":
+            _tensor(t, f"{name}.h", np.uint8, (n, k // 8))
     else:
         g = _int(rec.get("group"), f"{where}.group")
         m = _int(rec.get("codebooks"), f"{where}.codebooks")
@@ -114,7 +122,7 @@ def check_config(cfg, t: dict) -> None:
             raise ArtifactError("native/model.json: an input mix belongs to a model fed hidden states")
         check_weight(cfg["mix"].get("fc"), t, "mix.fc", (C, 2 * C))
     check_weight(cfg.get("head"), t, "head", (V, C))
-    if any(r is not None and r["format"] in ("q4s", "cb") for r in (cfg["head"], cfg.get("embed"))):
+    if any(r is not None and r["format"] in ("q4s", "q3s", "q2s", "cb") for r in (cfg["head"], cfg.get("embed"))):
         raise ArtifactError("native/model.json: the embedding and head must be f32, f16 or q8a")
     if cfg["tied"] and cfg["head"] != cfg["embed"]:
         raise ArtifactError("native/model.json: a tied head must be the embedding record")

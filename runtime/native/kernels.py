@@ -12,6 +12,11 @@ x rows `ldx` apart and y rows `ldy` apart, reading W in its stored format (expor
     q8a         u8 codes, w = (q - zero[n]) * scale[n]: accumulates (q - zero) x, scales once per row
     q4s         two signed 4-bit codes per byte; byte j of group g holds elements g*G + j (low nibble)
                 and g*G + G/2 + j (high nibble), both stored as q + 8; f16 scale per (row, group)
+    q2s         four signed 2-bit codes per byte, stored as q + 2; byte j of group g holds elements
+                g*G + j + s*G/4 in bits 2s, 2s + 1 (s = 0..3: planes, unpacked with shifts and one mask);
+                f16 scale per (row, group)
+    q3s         signed 3-bit codes stored as q + 4: the low two bits as q2s (w0), the high bit of element i
+                of a row in bit i % 8 of byte i / 8 of a second plane (w2); f16 scale per (row, group)
     cb          AQLM codebooks MxBgG (B = 8): per group, the M selected codebook vectors (f32, G wide,
                 L1-resident) times x's group, G partial sums kept in registers; one scale per row
 """
@@ -34,6 +39,19 @@ LINEAR_ARGS = [("w0", PI8), ("w1", PI8), ("w2", PI8), ("bias", PF32), ("x", PF32
 
 def _cached(module: ir.Module, name: str):
     return module.globals.get(name)
+
+
+# grouped symmetric integer formats: bits per code; a code is stored as q + 2^(bits - 1) (unsigned)
+INT_GROUP_BITS = {"q4s": 4, "q3s": 3, "q2s": 2}
+
+
+def int_offset(fmt: str) -> int:
+    return 1 << (INT_GROUP_BITS[fmt] - 1)
+
+
+def code_row_bytes(fmt: str, k: int) -> int:
+    """Bytes of one row's codes in w0 (the q3s high-bit plane, k / 8 bytes a row, is w2)."""
+    return {"q8a": k, "q4s": k // 2, "q3s": k // 4, "q2s": k // 4}[fmt]
 
 
 def linear(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int = 0, books: int = 0) -> ir.Function:
@@ -75,6 +93,8 @@ def linear(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int =
                         f.accumulate(acc, f.fadd(f.fmul(lo, f.load(xg, j)), f.fmul(hi, f.load(xg, f.add(j, half)))))
                     f.accumulate(tot, f.fmul(b.load(acc), f.to_f32(f.load(sc, g))))
                 out = b.load(tot)
+            elif fmt in ("q2s", "q3s"):
+                out = _low_bit_row(f, fmt, row, xt, k, group)
             elif fmt == "cb":
                 out = _codebook_row(f, row, xt, k, group, books)
             else:
@@ -83,6 +103,34 @@ def linear(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: int =
                 out = f.fadd(out, f.load(f["bias"], row))
             f.store(out, y, f.mul(t, f["ldy"]), row)
     return f.finish()
+
+
+def _low_bit_row(f: Fn, fmt: str, row, xt, k: int, group: int):
+    """One output of a q2s / q3s layer in float32 (the float kernel: --precision f32, CPUs without AVX2)."""
+    b = f.b
+    quarter = group // 4
+    q = f.at(f["w0"], f.mul(row, k // 4))
+    sc = f.at(b.bitcast(f["w1"], PF16), f.mul(row, k // group))
+    hb = f.at(f["w2"], f.mul(row, k // 8)) if fmt == "q3s" else None
+    off = c32(int_offset(fmt))
+    tot = f.var(F32, cf(0))
+    with f.loop(0, k // group) as g:
+        qg = f.at(q, f.mul(g, quarter))
+        xg = f.at(xt, f.mul(g, group))
+        acc = f.var(F32, cf(0))
+        with f.loop(0, quarter) as j:
+            byte = b.zext(f.load(qg, j), I32)
+            for s in range(4):
+                i = f.add(j, s * quarter)                   # the element within the group
+                u = b.and_(b.lshr(byte, c32(2 * s)), c32(3))
+                if hb is not None:                          # its high bit: bit e % 8 of byte e / 8
+                    e = f.add(f.mul(g, group), i)
+                    hbyte = b.zext(f.load(hb, b.lshr(e, c64(3))), I32)
+                    bit = b.and_(b.lshr(hbyte, b.trunc(b.and_(e, c64(7)), I32)), c32(1))
+                    u = b.or_(u, b.shl(bit, c32(2)))
+                f.accumulate(acc, f.fmul(b.sitofp(b.sub(u, off), F32), f.load(xg, i)))
+        f.accumulate(tot, f.fmul(b.load(acc), f.to_f32(f.load(sc, g))))
+    return b.load(tot)
 
 
 def _dense(f: Fn, fmt: str):
@@ -392,7 +440,7 @@ def vnni_block(fmt: str, k: int, group: int = 0) -> int | None:
     """The activation block size for a VNNI kernel of this format and input size, or None (float kernel)."""
     if fmt == "q8a":
         return 64 if k % 64 == 0 else None
-    if fmt == "q4s":
+    if fmt in INT_GROUP_BITS:
         return group if group in (32, 64, 128) and k % group == 0 else None
     return None
 
@@ -462,6 +510,8 @@ def linear_vnni(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
     """q8a / q4s linear with int8 activations and vpdpbusd (AVX512-VNNI; same arguments as `linear`, plus
     scratch). AVX2 hosts use kernels_avx2.linear_avx2."""
     block = vnni_block(fmt, k, group)
+    if fmt not in ("q8a", "q4s"):
+        raise ValueError(f"no VNNI kernel for {fmt} (kernels_avx2.linear_avx2 runs it on AVX-512 hosts too)")
     name = f"linv_{fmt}_{n}x{k}_g{group}{'_b' if bias else ''}"
     fn = _cached(module, name)
     if fn is not None:

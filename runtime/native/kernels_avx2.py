@@ -19,13 +19,17 @@ per-thread scratch first: kernels.quantized_input), built for hosts with AVX2 bu
 - q4s codes (q + 8, 0..15) cannot saturate: no centring, and a block's chunks (at most 4, group 128) add their
   i16 pairs before one vpmaddwd. Its correction (8 sum_g scale_g s_g sum(xq_g)) depends
   on the row's group scales and is accumulated per (row, token).
+- q2s / q3s codes (q + 2, 0..3; q + 4, 0..7) are unpacked to bytes in registers (unpack_group: shifts and masks of
+  the 2-bit planes; the q3s high bits by a byte shuffle, a mask and a compare) and then run as q4s, with their
+  own offset in the correction.
 """
 from __future__ import annotations
 
 import llvmlite.ir as ir
 
 from .irgen import F32, I8, I16, I32, PF16, PF32, Fn, cf
-from .kernels import VNNI_ARGS, _cached, _hsum, _intrinsic, prefetch, prefetch_rows, quantized_input, vnni_block
+from .kernels import (VNNI_ARGS, _cached, _hsum, _intrinsic, code_row_bytes, int_offset, prefetch, prefetch_rows,
+                      quantized_input, vnni_block)
 
 TILE = 4          # tokens sharing one read of a weight block (4 float accumulators + the block's chunks in ymm)
 V8F = ir.VectorType(F32, 8)
@@ -59,10 +63,12 @@ def linear_avx2(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
                 b.store(b.fadd(b.load(tot), f.load(sq, f.add(f.mul(t, nb), blk))), tot)
             b.store(b.load(tot), b.gep(corr_t, [ir.Constant(I32, 0), t]))
     whole = b.sub(T, b.srem(T, ir.Constant(T.type, TILE)))
-    row_bytes = k if q8 else k // 2
+    row_bytes = code_row_bytes(fmt, k)
     with f.loop(f["r0"], f["r1"]) as row:
         if ahead:       # prefetch never faults: rows past the matrix's end are harmless
             prefetch(f, f.at(f["w0"], f.mul(f.add(row, ahead), row_bytes)), row_bytes)
+            if fmt == "q3s":
+                prefetch(f, f.at(f["w2"], f.mul(f.add(row, ahead), k // 8)), k // 8)
         with f.loop(0, whole, TILE) as t0:
             _tile(f, ops, fmt, row, t0, TILE, k, nb, block, group, xq, sx, sq, corr_t, bias)
         # the T % TILE tokens left run as one smaller tile (a verify step of 2 or 3 tokens reads each weight
@@ -74,16 +80,46 @@ def linear_avx2(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
     return f.finish()
 
 
+def unpack_group(f: Fn, fmt: str, row, blk, k: int, group: int):
+    """<group x i8>: the stored codes (q + offset) of group blk of a q4s / q3s / q2s row, in element order."""
+    b = f.b
+
+    def load(w: str, row_bytes: int, n: int):
+        p = f.at(f[w], f.mul(row, row_bytes), f.mul(blk, n))
+        return b.load(b.bitcast(p, ir.VectorType(I8, n).as_pointer()), align=1)
+
+    def const(vals):
+        return ir.Constant(ir.VectorType(I8, len(vals)), vals)
+
+    if fmt == "q4s":
+        half = group // 2
+        packed = load("w0", k // 2, half)
+        return _concat(f, [b.and_(packed, const([15] * half)), b.lshr(packed, const([4] * half))])
+    quarter = group // 4
+    packed = load("w0", k // 4, quarter)
+    w = _concat(f, [b.and_(b.lshr(packed, const([2 * s] * quarter)) if s else packed, const([3] * quarter))
+                    for s in range(4)])
+    if fmt == "q3s":        # element i's high bit is bit i % 8 of byte i / 8: each byte to 8 lanes, masked
+        hb = load("w2", k // 8, group // 8)
+        rep = b.shuffle_vector(hb, ir.Constant(hb.type, ir.Undefined), ir.Constant(ir.VectorType(I32, group),
+                                                                                     [i // 8 for i in range(group)]))
+        bits = const([(1 << (i % 8)) - (256 if i % 8 == 7 else 0) for i in range(group)])
+        set_ = b.icmp_unsigned("!=", b.and_(rep, bits), const([0] * group))
+        w = b.or_(w, b.select(set_, const([4] * group), const([0] * group)))
+    return w
+
+
 def _slice(f: Fn, v, start: int, count: int):
     return f.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
                               ir.Constant(ir.VectorType(I32, count), list(range(start, start + count))))
 
 
 def _concat(f: Fn, parts: list):
+    """The vectors one after another (2^j of the same type: concatenated pairwise, level by level)."""
     while len(parts) > 1:
-        a, c = parts[0], parts[1]
-        n = a.type.count + c.type.count
-        parts = [f.b.shuffle_vector(a, c, ir.Constant(ir.VectorType(I32, n), list(range(n))))] + parts[2:]
+        n = 2 * parts[0].type.count
+        parts = [f.b.shuffle_vector(a, c, ir.Constant(ir.VectorType(I32, n), list(range(n))))
+                 for a, c in zip(parts[::2], parts[1::2])]
     return parts[0]
 
 
@@ -130,12 +166,7 @@ def _tile(f: Fn, ops: _Ops, fmt: str, row, t0, tt: int, k: int, nb: int, block: 
                 chunks.append((b.call(ops.sign, [wc, wc]), wc, c))                    # |w - 128|, its sign
             sc = None
         else:
-            half = group // 2
-            wp = f.at(f["w0"], f.mul(row, k // 2), f.mul(blk, half))
-            packed = b.load(b.bitcast(wp, ir.VectorType(I8, half).as_pointer()), align=1)
-            lo = b.and_(packed, ir.Constant(packed.type, [15] * half))
-            hi = b.lshr(packed, ir.Constant(packed.type, [4] * half))
-            w = _concat(f, [lo, hi])                       # element i of the group: lo then hi nibbles
+            w = unpack_group(f, fmt, row, blk, k, group)
             chunks = [(_slice(f, w, c, 32), None, c) for c in range(0, group, 32)]
             scp = f.at(b.bitcast(f["w1"], PF16), f.mul(row, nb))
             sc = f.to_f32(f.load(scp, blk))
@@ -152,6 +183,7 @@ def _tile(f: Fn, ops: _Ops, fmt: str, row, t0, tt: int, k: int, nb: int, block: 
                     p = ops.widen(p)
                 d = p if d is None else b.add(d, p)
             if not q8:          # int4 pairs <= 2 x 15 x 127 = 3,810: up to 4 chunks add in i16, widened once
+                # (int3 / int2 pairs are smaller)
                 d = ops.widen(d)
             s = f.load(sx, cell)
             if sc is not None:
@@ -164,8 +196,8 @@ def _tile(f: Fn, ops: _Ops, fmt: str, row, t0, tt: int, k: int, nb: int, block: 
             zero = b.fsub(f.load(b.bitcast(f["w2"], PF32), row), cf(128.0))
             c = b.load(b.gep(corr_t, [ir.Constant(I32, 0), t]))
             out = b.fmul(b.fsub(total, b.fmul(zero, c)), f.load(b.bitcast(f["w1"], PF32), row))
-        else:       # stored codes are q + 8
-            out = b.fsub(total, b.fmul(cf(8.0), b.load(corr[j])))
+        else:       # stored codes are q + 8 (q + 4, q + 2)
+            out = b.fsub(total, b.fmul(cf(float(int_offset(fmt))), b.load(corr[j])))
         if bias:
             out = b.fadd(out, f.load(f["bias"], row))
         f.store(out, f["y"], f.mul(t, f["ldy"]), row)

@@ -77,7 +77,7 @@ class NativeModel:
         feats = host.features.split(",")
         auto = precision == "auto"
         fmts = {r["format"] for r in weight_records(cfg)}
-        wants_int = bool(fmts & {"q8a", "q4s"}) and (auto if int8_act is None else int8_act)
+        wants_int = bool(fmts & {"q8a", "q4s", "q3s", "q2s"}) and (auto if int8_act is None else int8_act)
         self.int_isa = int_isa(feats) if wants_int else None        # vpdpbusd (VNNI) or vpmaddubsw (AVX2)
         self.int8_activations = self.int_isa is not None
         has_f32 = "f32" in fmts
@@ -145,8 +145,10 @@ class NativeModel:
                 parts = [t[f"{n}.w"]]
             elif fmt == "q8a":
                 parts = [t[f"{n}.q"], t[f"{n}.scale"], t[f"{n}.zero"]]
-            elif fmt == "q4s":
+            elif fmt in ("q4s", "q2s"):
                 parts = [t[f"{n}.q"], t[f"{n}.scale"]]
+            elif fmt == "q3s":
+                parts = [t[f"{n}.q"], t[f"{n}.scale"], t[f"{n}.h"]]
             else:   # small tables the kernel reads as f32 (codebooks transposed to M x G x 256; scales: N)
                 books = np.asarray(t[f"{n}.codebooks"], dtype=np.float32)
                 if prog_cb == "lut":

@@ -60,7 +60,7 @@ class Program:
     """Emits forward/worker/run for a model description (export_native's model.json, plus runtime sizes)."""
 
     def __init__(self, cfg: dict, tmax: int, int_isa: str | None = None):
-        """int_isa: run q8a/q4s linears with int8-quantized inputs and integer dot products, vpdpbusd ("vnni":
+        """int_isa: run q8a/q4s/q3s/q2s linears with int8-quantized inputs and integer dot products, vpdpbusd ("vnni":
         AVX512-VNNI hosts) or vpmaddubsw/vpmaddwd ("avx2"); None: the float kernels."""
         self.cfg, self.tmax, self.int_isa = cfg, tmax, int_isa
         self.cb_kernel = cb_kernel()
@@ -85,7 +85,7 @@ class Program:
 
     def _weight(self, f: Fn, rec: dict | None, part: str):
         """w0/w1/w2/bias pointers of a weight record (null where the format has no such tensor)."""
-        parts = {"f32": 1, "f16": 1, "bf16": 1, "q8a": 3, "q4s": 2, "cb": 3}[rec["format"]] if rec else 0
+        parts = {"f32": 1, "f16": 1, "bf16": 1, "q8a": 3, "q4s": 2, "q2s": 2, "q3s": 3, "cb": 3}[rec["format"]] if rec else 0
         if int(part[1]) >= parts:
             return ir.Constant(PI8, None)
         return self._ptr(f, f"{rec['name']}:{part}", PI8)
@@ -158,7 +158,7 @@ class Program:
             vnni = True                     # takes the per-thread scratch
         elif fmt == "cb" and self.cb_kernel == "rows":
             k = kernels.linear_cb_rows(self.module, n, kk, rec["group"], rec["codebooks"], bool(rec.get("bias")))
-        elif vnni and self.int_isa == "avx2":
+        elif vnni and (self.int_isa == "avx2" or fmt in ("q2s", "q3s")):    # AVX-512 hosts have AVX2
             k = linear_avx2(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax)
         elif vnni:
             k = kernels.linear_vnni(self.module, fmt, n, kk, bool(rec.get("bias")), rec.get("group", 0), self.tmax)

@@ -275,7 +275,10 @@ def test_native_is_chosen_first_only_where_it_leads():
     assert cpu_order(rec("cb"), zen2)[0] == "native"                      # OpenVINO would expand codebooks
     assert cpu_order(rec("q8a"), zen5)[0] == "native" and cpu_order(rec("q4s"), zen5)[0] == "native"
     assert cpu_order(rec("q8a"), zen2)[0] == "native" and cpu_order(rec("q4s"), zen2)[0] == "native"   # AVX2 dot products
+    assert cpu_order(rec("q2s"), zen2)[0] == "native" and cpu_order(rec("q3s"), zen5)[0] == "native"
+    assert cpu_order(rec("q3s"), ["+sse4.2"])[0] == "native"               # OpenVINO would expand int3 to float32
     assert cpu_order(rec("q8a"), ["+sse4.2"])[0] == "openvino"             # no AVX2: not measured, OpenVINO first
+    assert cpu_order(rec("q2s"), ["+sse4.2"])[0] == "openvino"
     assert cpu_order(rec("f32"), zen5)[0] == "openvino"                   # exact f32 stays the default
     assert cpu_order(rec("f16"), zen5)[0] == "openvino" and "native" in cpu_order(rec("f16"), zen5)
     assert cpu_order({"records": {}}, zen5)[0] == "openvino"

@@ -5,7 +5,7 @@ import llvmlite.ir as ir
 import numpy as np
 import pytest
 
-from accelc.passes.export.export_native import decode, encode
+from accelc.passes.export.export_native import decode, encode, pack_low_bit, unpack_low_bit
 from accelc.runtime.native import kernels
 from accelc.runtime.native.jit import compile_ir
 from accelc.runtime.native.kernels_avx2 import linear_avx2
@@ -28,12 +28,23 @@ def _stored(fmt, n, k, rng, group, books):
              "scales": (rng.random(n) + 0.5).astype(np.float16)}
         parts = [t["codes"], t["codebooks"].astype(np.float32), t["scales"].astype(np.float32)]
         return t, parts
-    t = encode(rng.standard_normal((n, k)).astype(np.float32), fmt, group)
+    t = _encoded(fmt, n, k, rng, group)
     return t, list(t.values())
 
 
+def _encoded(fmt, n, k, rng, group):
+    """Stored tensors of a random weight: quantized from floats, or (q2s / q3s: the layers of gptq-int / pv-int)
+    random codes over the whole range and random group scales."""
+    if fmt in ("q2s", "q3s"):
+        bits = int(fmt[1])
+        codes = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), (n, k // group, group))
+        return pack_low_bit(codes, (rng.random((n, k // group)) + 0.5).astype(np.float32), bits)
+    return encode(rng.standard_normal((n, k)).astype(np.float32), fmt, group)
+
+
 CASES = [("f32", 37, 75, 0, 0), ("f16", 29, 33, 0, 0), ("q8a", 45, 97, 0, 0), ("q4s", 21, 96, 32, 0),
-         ("q4s", 17, 128, 64, 0), ("cb", 19, 72, 8, 2), ("cb", 23, 40, 8, 1), ("cb", 9, 64, 16, 2), ("cb", 11, 36, 4, 3)]
+         ("q4s", 17, 128, 64, 0), ("q2s", 13, 96, 32, 0), ("q2s", 9, 40, 8, 0), ("q3s", 15, 128, 64, 0),
+         ("q3s", 7, 48, 16, 0), ("cb", 19, 72, 8, 2), ("cb", 23, 40, 8, 1), ("cb", 9, 64, 16, 2), ("cb", 11, 36, 4, 3)]
 
 
 @pytest.mark.parametrize("fmt,n,k,group,books", CASES)
@@ -65,6 +76,22 @@ def test_quantizers_round_trip_within_a_step():
     assert (err <= q4["scale"].astype(np.float32)[:, :, None] * 1.01).all()   # clamped max: <= one step
 
 
+@pytest.mark.parametrize("bits,group", [(2, 8), (2, 64), (3, 16), (3, 128)])
+def test_low_bit_layout_round_trips_every_code(bits, group):
+    rng = np.random.default_rng(bits * group)
+    codes = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), (5, 3, group))
+    stored = pack_low_bit(codes, np.ones((5, 3), np.float32), bits)
+    assert stored["q"].shape == (5, 3 * group // 4) and (bits == 2 or stored["h"].shape == (5, 3 * group // 8))
+    np.testing.assert_array_equal(unpack_low_bit(stored, group, bits), codes.reshape(5, -1))
+    # the planes: element j + s G/4 of a group sits in bits 2s of byte j; a q3s high bit in bit i % 8 of byte i / 8
+    u = codes.reshape(5, -1) + (1 << (bits - 1))
+    assert (stored["q"][0, 1] >> 2) & 3 == u[0, 1 + group // 4] & 3
+    if bits == 3:
+        assert (stored["h"][0, 1] >> 3) & 1 == u[0, 11] >> 2
+    with pytest.raises(ValueError):
+        pack_low_bit(codes + (1 << bits), np.ones((5, 3), np.float32), bits)
+
+
 def _quantized_rows(x, block):
     """numpy model of the VNNI kernels' activation quantization: per block of `block`, s = max|x| / 127."""
     T, k = x.shape
@@ -75,7 +102,8 @@ def _quantized_rows(x, block):
     return (q * s[:, :, None]).reshape(T, k).astype(np.float32)
 
 
-VNNI_CASES = [("q8a", 40, 128, 0), ("q8a", 19, 576, 0), ("q4s", 21, 128, 32), ("q4s", 33, 192, 64), ("q4s", 18, 256, 128)]
+VNNI_CASES = [("q8a", 40, 128, 0), ("q8a", 19, 576, 0), ("q4s", 21, 128, 32), ("q4s", 33, 192, 64), ("q4s", 18, 256, 128),
+              ("q2s", 21, 128, 32), ("q2s", 17, 576, 64), ("q3s", 19, 192, 64), ("q3s", 12, 256, 128), ("q3s", 9, 96, 32)]
 
 
 HOST = __import__("accelc.runtime.native.jit", fromlist=["x"]).host_target().features.split(",")
@@ -91,13 +119,17 @@ ISA_NEEDS = {"vnni": "+avx512vnni", "avx2": "+avx2"}
 def test_vnni_linear_matches_numpy(fmt, n, k, group, bias, isa, T):
     m = ir.Module("t")
     tmax = 12
+    if isa == "vnni" and fmt in ("q2s", "q3s"):     # the AVX2 kernel runs them on VNNI hosts (program.py)
+        with pytest.raises(ValueError):
+            kernels.linear_vnni(m, fmt, n, k, bias, group, tmax)
+        return
     fn = (kernels.linear_vnni(m, fmt, n, k, bias, group, tmax) if isa == "vnni"
           else linear_avx2(m, fmt, n, k, bias, group, tmax))
     fn.linkage = "external"
     c = compile_ir(str(m), [fn.name])
     call = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_void_p]))(c.addresses[fn.name])
     rng = np.random.default_rng(n + k)
-    stored = encode(rng.standard_normal((n, k)).astype(np.float32), fmt, group or None)
+    stored = _encoded(fmt, n, k, rng, group or None)
     parts = list(stored.values())
     w = decode(stored, fmt, group or None)
     b = rng.standard_normal(n).astype(np.float32)
