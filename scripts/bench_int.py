@@ -15,8 +15,8 @@ Per artifact (each LABEL=DIR was made by `accelc compile` or scripts/nncf_baseli
     artifact has native/ weights;
   - compile seconds: the sum of the artifact's pass times (for an NNCF row: the fp32 compile it started from plus
     NNCF's own seconds);
-  - the runtime's fixed overhead: the same probe on a 2-layer random model compiled here (`empty` row), so
-    resident memory can be read as weight bytes + overhead.
+  - the runtime's fixed overhead: the same probe on a 2-layer random model compiled here (`empty` rows, OpenVINO
+    and native), so resident memory can be read as weight bytes + overhead; the native weight file's size.
 Writes raw JSON with machine, date, commit and command line (scripts/provenance.py).
 """
 from __future__ import annotations
@@ -86,6 +86,15 @@ def perplexity(art: Path, text: str, max_tokens: int) -> dict:
     return {"perplexity": out["perplexity"], "tokens": out["tokens"], "seconds": out.get("seconds")}
 
 
+def native_bytes(art: Path) -> dict:
+    """The native backend's weight file (what its resident memory holds beside the runtime's fixed overhead)."""
+    f = art / "native" / "weights.safetensors"
+    if not f.exists():
+        return {}
+    rec = json.loads((art / "manifest.json").read_text())["records"]["native"]
+    return {"native_weights_mb": round(f.stat().st_size / 2 ** 20, 1), "native_formats": rec.get("linear_formats")}
+
+
 def compile_seconds(art: Path) -> dict:
     m = json.loads((art / "manifest.json").read_text())
     q = (m.get("records") or {}).get("quantization") or {}
@@ -107,7 +116,7 @@ def empty_artifact(d: Path) -> Path:
     byte_tokenizer().save_pretrained(src)
     out = d / "empty"
     subprocess.run([sys.executable, "-m", "accelc.compiler.cli", "compile", str(src), "--target", "cpu", "--formats",
-                    "openvino", "-o", str(out), "--no-validate"], check=True, capture_output=True, cwd=ROOT)
+                    "openvino,native", "-o", str(out), "--no-validate"], check=True, capture_output=True, cwd=ROOT)
     return out
 
 
@@ -147,7 +156,8 @@ def main() -> None:
         row = rows[label] = {"artifact": str(art), "method": q.get("method", "fp32"), "int": q.get("int"),
                              **ir_bits(xml, int(m["model"]["vocab"]), binf),
                              "artifact_mb": round((xml.stat().st_size + binf.stat().st_size) / 1e6, 1),
-                             "compile": compile_seconds(art), "native": (art / "native").is_dir()}
+                             "compile": compile_seconds(art), "native": (art / "native").is_dir(),
+                             **native_bytes(art)}
         if q.get("tuning"):
             row["tuning"] = {k: q["tuning"].get(k) for k in ("steps", "batch", "lr", "lr_v", "tau", "trust",
                                                              "kl_heldout_before", "kl_heldout_after")}
@@ -160,7 +170,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = [(label, "openvino", d) for label, d in arts.items()]
         runs += [(label, "native", d) for label, d in arts.items() if rows[label]["native"]]
-        runs.append(("empty", "openvino", str(empty_artifact(Path(tmp)))))
+        empty = str(empty_artifact(Path(tmp)))
+        runs += [("empty", "openvino", empty), ("empty", "native", empty)]
         speed: dict[str, list] = {}
         for r in range(a.rounds):
             order = runs[r % len(runs):] + runs[:r % len(runs)]

@@ -42,6 +42,17 @@ def main(path: str) -> None:
     if "empty/openvino" in speed:
         e = speed["empty/openvino"]
         print(f"\nRuntime fixed overhead (a 2-layer random model, same probe): {fmt(_rss(e), 0)} MB after decoding.")
+    empty = _rss(speed.get("empty/native", {}))
+    native = [(label, r) for label, r in rows.items() if r.get("native_weights_mb") and f"{label}/native" in speed]
+    if empty is not None and native:
+        print(f"\nNative backend's fixed overhead (the same 2-layer model on native): {fmt(empty, 0)} MB after decoding. "
+              "Resident memory against the issue's bound (1.2 x the weight file + that overhead):\n")
+        print("| row | native formats | native weights MB | RSS MB after decode (native) | bound MB | within |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for label, r in native:
+            rss, bound = _rss(speed[f"{label}/native"]), 1.2 * r["native_weights_mb"] + empty
+            print(f"| {label} | {', '.join(r.get('native_formats') or [])} | {fmt(r['native_weights_mb'], 1)} | "
+                  f"{fmt(rss, 0)} | {fmt(bound, 0)} | {'yes' if rss is not None and rss <= bound else 'no'} |")
 
 
 def _rss(s: dict):
