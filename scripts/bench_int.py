@@ -15,8 +15,9 @@ Per artifact (each LABEL=DIR was made by `accelc compile` or scripts/nncf_baseli
     artifact has native/ weights;
   - compile seconds: the sum of the artifact's pass times (for an NNCF row: the fp32 compile it started from plus
     NNCF's own seconds);
-  - the runtime's fixed overhead: the same probe on a 2-layer random model compiled here (`empty` rows, OpenVINO
-    and native), so resident memory can be read as weight bytes + overhead; the native weight file's size.
+  - the runtime's fixed overhead: the same probe on a 2-layer random model compiled here with the first artifact's
+    tokenizer and vocabulary (`empty` rows, OpenVINO and native), so resident memory can be read as weight bytes +
+    overhead; the native weight file's size.
 Writes raw JSON with machine, date, commit and command line (scripts/provenance.py).
 """
 from __future__ import annotations
@@ -108,15 +109,22 @@ def compile_seconds(art: Path) -> dict:
     return out
 
 
-def empty_artifact(d: Path) -> Path:
-    """A 2-layer random Llama compiled for the CPU (OpenVINO graphs): the runtime's fixed memory overhead."""
-    from accelc.models.tiny import byte_tokenizer, tiny_model
+def empty_artifact(d: Path, like: Path) -> Path:
+    """A 2-layer random Llama (hidden 64) with the tokenizer and vocabulary of the artifact `like`, compiled for the
+    CPU (OpenVINO graphs and native weights): the runtime's fixed memory overhead with that model's tokenizer and
+    logits, next to almost no weights."""
+    from transformers import AutoTokenizer
+
+    from accelc.models.tiny import tiny_model
+    tok = AutoTokenizer.from_pretrained(str(like / "tokenizer"))
     src = d / "empty-src"
-    tiny_model("llama", seed=0).save_pretrained(src)
-    byte_tokenizer().save_pretrained(src)
+    ids = {k: getattr(tok, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(tok, k) is not None}
+    tiny_model("llama", seed=0, vocab_size=len(tok), **ids).save_pretrained(src)
+    tok.save_pretrained(src)
     out = d / "empty"
     subprocess.run([sys.executable, "-m", "accelc.compiler.cli", "compile", str(src), "--target", "cpu", "--formats",
-                    "openvino,native", "-o", str(out), "--no-validate"], check=True, capture_output=True, cwd=ROOT)
+                    "openvino,native", "--weights", "int8", "-o", str(out), "--no-validate"], check=True,
+                   capture_output=True, cwd=ROOT)
     return out
 
 
@@ -170,7 +178,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = [(label, "openvino", d) for label, d in arts.items()]
         runs += [(label, "native", d) for label, d in arts.items() if rows[label]["native"]]
-        empty = str(empty_artifact(Path(tmp)))
+        empty = empty_artifact(Path(tmp), Path(next(iter(arts.values()))))
+        result["empty"] = native_bytes(empty)       # its own (int8) weights, taken out of the overhead
+        empty = str(empty)
         runs += [("empty", "openvino", empty), ("empty", "native", empty)]
         speed: dict[str, list] = {}
         for r in range(a.rounds):
