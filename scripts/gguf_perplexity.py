@@ -3,6 +3,7 @@
     PYTHONPATH=~/.cache/accelc/llama.cpp/gguf-py .venv/bin/python scripts/gguf_perplexity.py \
         Q2_K=~/.cache/accelc/llama-cpp/smollm2-135m-*/Q2_K.gguf Q4_0=... Q8_0=... \
         --model smollm2-135m --out docs/passes/results/gguf_perplexity_DATE.json
+    .venv/bin/python scripts/gguf_perplexity.py --table docs/passes/results/gguf_perplexity_DATE.json
 
 Each GGUF's tensors are dequantized with gguf-py (llama.cpp's own Python package: the same numbers its kernels
 read) into the source model's transformers module, undoing the converter's q / k row permutation, and the model
@@ -70,7 +71,24 @@ def load_gguf_weights(model, path: Path) -> dict:
     return dict(types)
 
 
+def table(path: str) -> None:
+    """Markdown rows of an earlier --out file (docs/passes/quantization.md)."""
+    d = json.loads(Path(path).read_text())
+    texts = d["protocol"]["texts"]
+    ref = d["rows"]["source"]
+    print(f"Measured {d['date']} on {d['machine']['cpu']} ({d['machine']['cores']} cores), commit {d['commit'][:7]}; "
+          f"{d['protocol']['max_tokens']:,} tokens per text in 512-token windows, torch float32. Raw: `{path}`.\n")
+    print("| weights | tensor types | GGUF MB | " + " | ".join(f"ppl {t} | x source {t}" for t in texts) + " |")
+    print("| --- | --- | --- | " + " | ".join("--- | ---" for _ in texts) + " |")
+    for label, r in d["rows"].items():
+        types = ", ".join(f"{k} {v}" for k, v in sorted((r.get("tensor_types") or {}).items())) or "fp32 (the source)"
+        cells = [f"{r[t]['perplexity']:.2f} | {r[t]['perplexity'] / ref[t]['perplexity']:.3f}x" for t in texts]
+        print(f"| {label} | {types} | {r.get('file_mb') or '–'} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--table"]:
+        return table(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ggufs", nargs="+", help="LABEL=FILE.gguf")
     ap.add_argument("--model", default="smollm2-135m")
