@@ -1,7 +1,8 @@
 """What an app pays to run an artifact: import time, `accelc.load(DIR)` time and resident memory, and --new
 generated tokens (default 1), each measured in a fresh process (median of --runs), plus whether torch /
 transformers / nncf / LLVM were imported, and the resident memory by kind of mapping at the end (the artifact's
-files, heap, anonymous, shared libraries: /proc/self/smaps). Peak is VmHWM.
+files, heap, anonymous, shared libraries: /proc/self/smaps). Peak is VmHWM. --floor adds what a Python runtime of
+this design holds before any model: the interpreter, numpy, the tokenizers library, the artifact's tokenizer.
 
     .venv/bin/python scripts/bench_load_footprint.py out/s-fp32 out/s-int8 out/s-int4 --runs 3 \
         --out docs/results/load_footprint_2026-12-02.json
@@ -56,12 +57,38 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "generate_s": t3 - t2,
 """
 
 
+# what any Python runtime of this design holds before a model: the interpreter, numpy, the tokenizers library and the
+# artifact's tokenizer (each step's VmRSS in one fresh process)
+FLOOR = r"""
+import json, sys
+status = lambda: int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+out = {"python_mb": status()}
+import numpy
+out["numpy_mb"] = status()
+import tokenizers
+out["tokenizers_library_mb"] = status()
+tok = tokenizers.Tokenizer.from_file(sys.argv[1])
+out["tokenizer_mb"] = status()
+print(json.dumps(out))
+"""
+
+
+def floor(art: Path) -> dict:
+    r = subprocess.run([sys.executable, "-c", FLOOR, str(art / "tokenizer" / "tokenizer.json")], capture_output=True,
+                       text=True, cwd=ROOT)
+    if r.returncode:
+        raise SystemExit(r.stderr[-1500:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifacts", nargs="+", type=Path)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--new", type=int, default=1, help="tokens generated after loading (default 1)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--floor", action="store_true", help="also the resident memory of the interpreter, numpy, the "
+                    "tokenizers library and the artifact's tokenizer alone (one fresh process per artifact)")
     args = ap.parse_args()
     rows = []
     for art in args.artifacts:
@@ -78,6 +105,8 @@ def main() -> None:
                           for k in ("import_s", "load_s", "generate_s", "rss_after_import_mb", "rss_after_load_mb",
                                     "rss_mb", "peak_rss_mb")},
                "heavy_modules": runs[-1]["heavy_modules"], "backend": runs[-1]["backend"]}
+        if args.floor:
+            row["floor"] = floor(art)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("weights", "median", "heavy_modules")}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
