@@ -12,8 +12,8 @@ Writes native/model.json (the decoder's geometry and per-layer features) and nat
                  f16 scale per (row, group)
     q2s, q3s     NNCF INT2_SYM / INT3_SYM groups (gptq-int / pv-int layers): codes q + 2 (q + 4) in 2-bit planes,
                  byte j of group g holding elements gG + j + sG/4 in bits 2s, 2s + 1; q3s keeps each code's
-                 high bit in a second plane [N, K/8] (element i: bit i % 8 of byte i / 8); f16 scale per
-                 (row, group)
+                 high bit in a second plane [N, K/8], byte j of group g holding elements gG + j + sG/8 in bit s;
+                 f16 scale per (row, group)
     cb           AQLM codebooks (passes/quantization/codebook_linear.py, MxBgG with B = 8): u8 codes [N, K/G, M],
                  f16 codebooks [M, 256, G], f16 row scales [N]
 
@@ -114,8 +114,9 @@ def pack_low_bit(codes: np.ndarray, scales: np.ndarray, bits: int) -> dict[str, 
     low = u & 3
     q = sum(low[:, :, s * quarter:(s + 1) * quarter] << (2 * s) for s in range(4)).astype(np.uint8)
     out = {"q": q.reshape(n, ng * quarter), "scale": np.ascontiguousarray(scales.reshape(n, ng), dtype=np.float16)}
-    if bits == 3:
-        out["h"] = np.packbits((u >> 2).astype(np.uint8).reshape(n, ng * group), axis=1, bitorder="little")
+    if bits == 3:       # high bits: byte j of a group's G/8 holds elements j + sG/8 in bit s
+        hi = (u >> 2).astype(np.uint8).reshape(n, ng, 8, group // 8)
+        out["h"] = sum(hi[:, :, s] << s for s in range(8)).astype(np.uint8).reshape(n, ng * group // 8)
     return out
 
 
@@ -125,7 +126,8 @@ def unpack_low_bit(t: dict[str, np.ndarray], group: int, bits: int) -> np.ndarra
     p = t["q"].reshape(n, -1, group // 4)
     u = np.concatenate([(p >> (2 * s)) & 3 for s in range(4)], axis=2).reshape(n, -1).astype(np.int16)
     if bits == 3:
-        u |= np.unpackbits(t["h"], axis=1, bitorder="little").astype(np.int16) << 2
+        h = t["h"].reshape(n, -1, 1, group // 8)
+        u |= np.concatenate([(h >> s) & 1 for s in range(8)], axis=2).reshape(n, -1).astype(np.int16) << 2
     return u - (1 << (bits - 1))
 
 

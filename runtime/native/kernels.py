@@ -15,8 +15,9 @@ x rows `ldx` apart and y rows `ldy` apart, reading W in its stored format (expor
     q2s         four signed 2-bit codes per byte, stored as q + 2; byte j of group g holds elements
                 g*G + j + s*G/4 in bits 2s, 2s + 1 (s = 0..3: planes, unpacked with shifts and one mask);
                 f16 scale per (row, group)
-    q3s         signed 3-bit codes stored as q + 4: the low two bits as q2s (w0), the high bit of element i
-                of a row in bit i % 8 of byte i / 8 of a second plane (w2); f16 scale per (row, group)
+    q3s         signed 3-bit codes stored as q + 4: the low two bits as q2s (w0), the high bits in a second
+                plane (w2) of G/8 bytes per group, byte j holding elements g*G + j + s*G/8 in bit s; f16 scale
+                per (row, group)
     cb          AQLM codebooks MxBgG (B = 8): per group, the M selected codebook vectors (f32, G wide,
                 L1-resident) times x's group, G partial sums kept in registers; one scale per row
 """
@@ -123,10 +124,10 @@ def _low_bit_row(f: Fn, fmt: str, row, xt, k: int, group: int):
             for s in range(4):
                 i = f.add(j, s * quarter)                   # the element within the group
                 u = b.and_(b.lshr(byte, c32(2 * s)), c32(3))
-                if hb is not None:                          # its high bit: bit e % 8 of byte e / 8
-                    e = f.add(f.mul(g, group), i)
-                    hbyte = b.zext(f.load(hb, b.lshr(e, c64(3))), I32)
-                    bit = b.and_(b.lshr(hbyte, b.trunc(b.and_(e, c64(7)), I32)), c32(1))
+                if hb is not None:                          # its high bit: bit i / (G/8) of byte i % (G/8)
+                    eighth = group // 8
+                    hbyte = b.zext(f.load(hb, f.mul(g, eighth), b.urem(i, c64(eighth))), I32)
+                    bit = b.and_(b.lshr(hbyte, b.trunc(b.udiv(i, c64(eighth)), I32)), c32(1))
                     u = b.or_(u, b.shl(bit, c32(2)))
                 f.accumulate(acc, f.fmul(b.sitofp(b.sub(u, off), F32), f.load(xg, i)))
         f.accumulate(tot, f.fmul(b.load(acc), f.to_f32(f.load(sc, g))))

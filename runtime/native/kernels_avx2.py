@@ -19,9 +19,9 @@ per-thread scratch first: kernels.quantized_input), built for hosts with AVX2 bu
 - q4s codes (q + 8, 0..15) cannot saturate: no centring, and a block's chunks (at most 4, group 128) add their
   i16 pairs before one vpmaddwd. Its correction (8 sum_g scale_g s_g sum(xq_g)) depends
   on the row's group scales and is accumulated per (row, token).
-- q2s / q3s codes (q + 2, 0..3; q + 4, 0..7) are unpacked to bytes in registers (unpack_group: shifts and masks of
-  the 2-bit planes; the q3s high bits by a byte shuffle, a mask and a compare) and then run as q4s, with their
-  own offset in the correction.
+- q2s / q3s codes (q + 2, 0..3; q + 4, 0..7) are unpacked to bytes in registers (unpack_group, plane_chunks: the
+  packed bytes broadcast, each 4- or 8-byte lane shifted by its plane's count, masked; q3s's high-bit plane the
+  same way, moved to bit 2 and or-ed in) and then run as q4s, with their own offset in the correction.
 """
 from __future__ import annotations
 
@@ -80,33 +80,47 @@ def linear_avx2(module: ir.Module, fmt: str, n: int, k: int, bias: bool, group: 
     return f.finish()
 
 
-def unpack_group(f: Fn, fmt: str, row, blk, k: int, group: int):
-    """<group x i8>: the stored codes (q + offset) of group blk of a q4s / q3s / q2s row, in element order."""
+def unpack_group(f: Fn, fmt: str, row, blk, k: int, group: int) -> list:
+    """The stored codes (q + offset) of group blk of a q4s / q3s / q2s row, in element order, as <32 x i8> chunks."""
     b = f.b
 
     def load(w: str, row_bytes: int, n: int):
         p = f.at(f[w], f.mul(row, row_bytes), f.mul(blk, n))
         return b.load(b.bitcast(p, ir.VectorType(I8, n).as_pointer()), align=1)
 
-    def const(vals):
-        return ir.Constant(ir.VectorType(I8, len(vals)), vals)
-
     if fmt == "q4s":
         half = group // 2
         packed = load("w0", k // 2, half)
-        return _concat(f, [b.and_(packed, const([15] * half)), b.lshr(packed, const([4] * half))])
-    quarter = group // 4
-    packed = load("w0", k // 4, quarter)
-    w = _concat(f, [b.and_(b.lshr(packed, const([2 * s] * quarter)) if s else packed, const([3] * quarter))
-                    for s in range(4)])
-    if fmt == "q3s":        # element i's high bit is bit i % 8 of byte i / 8: each byte to 8 lanes, masked
-        hb = load("w2", k // 8, group // 8)
-        rep = b.shuffle_vector(hb, ir.Constant(hb.type, ir.Undefined), ir.Constant(ir.VectorType(I32, group),
-                                                                                     [i // 8 for i in range(group)]))
-        bits = const([(1 << (i % 8)) - (256 if i % 8 == 7 else 0) for i in range(group)])
-        set_ = b.icmp_unsigned("!=", b.and_(rep, bits), const([0] * group))
-        w = b.or_(w, b.select(set_, const([4] * group), const([0] * group)))
-    return w
+        nib = ir.VectorType(I8, half)
+        w = _concat(f, [b.and_(packed, ir.Constant(nib, [15] * half)), b.lshr(packed, ir.Constant(nib, [4] * half))])
+        return [_slice(f, w, c, 32) for c in range(0, group, 32)]
+    chunks = plane_chunks(f, load("w0", k // 4, group // 4), 2, group)
+    if fmt == "q3s":        # the high-bit plane, each bit moved to bit 2 of its element's byte
+        two = ir.Constant(V32B, [2] * 32)
+        high = plane_chunks(f, load("w2", k // 8, group // 8), 1, group)
+        chunks = [b.or_(lo, b.shl(hi, two)) for lo, hi in zip(chunks, high)]
+    return chunks
+
+
+def plane_chunks(f: Fn, packed, bits: int, group: int) -> list:
+    """A group's `bits`-bit planes (P = packed bytes; element e of the group in bits bits * (e // P) and up of byte
+    e % P) as <32 x i8> chunks of its elements in order. Each chunk is the packed bytes repeated (a broadcast) with
+    every lane of W = min(P, 8) bytes shifted right by its own count (vpsrlvd / vpsrlvq: all bytes of a lane belong
+    to one plane), then masked: no byte shuffles, no inserts."""
+    b = f.b
+    P = packed.type.count
+    W = min(P, 8)
+    lanes = ir.VectorType(ir.IntType(8 * W), 32 // W)
+    out = []
+    for c in range(group // 32):
+        rep = b.shuffle_vector(packed, ir.Constant(packed.type, ir.Undefined),
+                               ir.Constant(ir.VectorType(I32, 32), [(32 * c + i) % P for i in range(32)]))
+        counts = [bits * ((32 * c + W * lane) // P) for lane in range(32 // W)]
+        v = b.bitcast(rep, lanes)
+        if any(counts):
+            v = b.lshr(v, ir.Constant(lanes, counts))
+        out.append(b.and_(b.bitcast(v, V32B), ir.Constant(V32B, [(1 << bits) - 1] * 32)))
+    return out
 
 
 def _slice(f: Fn, v, start: int, count: int):
@@ -166,8 +180,7 @@ def _tile(f: Fn, ops: _Ops, fmt: str, row, t0, tt: int, k: int, nb: int, block: 
                 chunks.append((b.call(ops.sign, [wc, wc]), wc, c))                    # |w - 128|, its sign
             sc = None
         else:
-            w = unpack_group(f, fmt, row, blk, k, group)
-            chunks = [(_slice(f, w, c, 32), None, c) for c in range(0, group, 32)]
+            chunks = [(w, None, 32 * c) for c, w in enumerate(unpack_group(f, fmt, row, blk, k, group))]
             scp = f.at(b.bitcast(f["w1"], PF16), f.mul(row, nb))
             sc = f.to_f32(f.load(scp, blk))
         for j, t in enumerate(toks):

@@ -83,11 +83,12 @@ def test_low_bit_layout_round_trips_every_code(bits, group):
     stored = pack_low_bit(codes, np.ones((5, 3), np.float32), bits)
     assert stored["q"].shape == (5, 3 * group // 4) and (bits == 2 or stored["h"].shape == (5, 3 * group // 8))
     np.testing.assert_array_equal(unpack_low_bit(stored, group, bits), codes.reshape(5, -1))
-    # the planes: element j + s G/4 of a group sits in bits 2s of byte j; a q3s high bit in bit i % 8 of byte i / 8
+    # the planes: element j + s G/4 of a group sits in bits 2s of byte j; a q3s high bit of element j + s G/8 in
+    # bit s of byte j of the group's G/8
     u = codes.reshape(5, -1) + (1 << (bits - 1))
     assert (stored["q"][0, 1] >> 2) & 3 == u[0, 1 + group // 4] & 3
     if bits == 3:
-        assert (stored["h"][0, 1] >> 3) & 1 == u[0, 11] >> 2
+        assert (stored["h"][0, group // 8 + 1] >> 3) & 1 == u[0, group + 1 + 3 * group // 8] >> 2
     with pytest.raises(ValueError):
         pack_low_bit(codes + (1 << bits), np.ones((5, 3), np.float32), bits)
 
