@@ -44,6 +44,9 @@ def _cached(module: ir.Module, name: str):
 
 # grouped symmetric integer formats: bits per code; a code is stored as q + 2^(bits - 1) (unsigned)
 INT_GROUP_BITS = {"q4s": 4, "q3s": 3, "q2s": 2}
+# the stored tensors of each format a linear kernel reads, in the order of its w0, w1, w2 arguments
+WEIGHT_PARTS = {"f32": ("w",), "f16": ("w",), "bf16": ("w",), "q8a": ("q", "scale", "zero"), "q4s": ("q", "scale"),
+                "q3s": ("q", "scale", "h"), "q2s": ("q", "scale"), "cb": ("codes", "codebooks", "scales")}
 
 
 def int_offset(fmt: str) -> int:

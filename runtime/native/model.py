@@ -20,7 +20,7 @@ import numpy as np
 from ...compiler.errors import InputError
 from ..heap import trim_heap
 from .jit import compile_ir, host_target, load_recipe, recipe_key
-from .kernels import int_isa
+from .kernels import INT_GROUP_BITS, WEIGHT_PARTS, int_isa
 from .program import JOB_SHIFT, MAX_THREADS, SYNC_JOB, SYNC_STOP, SYNC_WORDS, Program, Slots
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class NativeModel:
         feats = host.features.split(",")
         auto = precision == "auto"
         fmts = {r["format"] for r in weight_records(cfg)}
-        wants_int = bool(fmts & {"q8a", "q4s", "q3s", "q2s"}) and (auto if int8_act is None else int8_act)
+        wants_int = bool(fmts & {"q8a", *INT_GROUP_BITS}) and (auto if int8_act is None else int8_act)
         self.int_isa = int_isa(feats) if wants_int else None        # vpdpbusd (VNNI) or vpmaddubsw (AVX2)
         self.int8_activations = self.int_isa is not None
         has_f32 = "f32" in fmts
@@ -141,14 +141,8 @@ class NativeModel:
         for rec in weight_records(cfg):
             n = rec["name"]
             fmt = rec["format"]
-            if fmt in ("f32", "f16", "bf16"):
-                parts = [t[f"{n}.w"]]
-            elif fmt == "q8a":
-                parts = [t[f"{n}.q"], t[f"{n}.scale"], t[f"{n}.zero"]]
-            elif fmt in ("q4s", "q2s"):
-                parts = [t[f"{n}.q"], t[f"{n}.scale"]]
-            elif fmt == "q3s":
-                parts = [t[f"{n}.q"], t[f"{n}.scale"], t[f"{n}.h"]]
+            if fmt != "cb":
+                parts = [t[f"{n}.{part}"] for part in WEIGHT_PARTS[fmt]]
             else:   # small tables the kernel reads as f32 (codebooks transposed to M x G x 256; scales: N)
                 books = np.asarray(t[f"{n}.codebooks"], dtype=np.float32)
                 if prog_cb == "lut":

@@ -85,7 +85,7 @@ class Program:
 
     def _weight(self, f: Fn, rec: dict | None, part: str):
         """w0/w1/w2/bias pointers of a weight record (null where the format has no such tensor)."""
-        parts = {"f32": 1, "f16": 1, "bf16": 1, "q8a": 3, "q4s": 2, "q2s": 2, "q3s": 3, "cb": 3}[rec["format"]] if rec else 0
+        parts = len(kernels.WEIGHT_PARTS[rec["format"]]) if rec else 0
         if int(part[1]) >= parts:
             return ir.Constant(PI8, None)
         return self._ptr(f, f"{rec['name']}:{part}", PI8)
