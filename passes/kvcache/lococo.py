@@ -8,7 +8,9 @@ Per KV head h (grouped heads: scores are summed over the query heads that share 
      softmax over the R slots gives a mixing matrix A [F, R]; it is blended with the one-hot selection O [F, R] of
      the F remaining slots with the highest scores (in slot order) by a learned lambda (init 0.5):
      W = (1 - lambda) O + lambda A, and K' = W K_R, V' = W V_R;
-  3. the cut cache is [kept ; fused] (M slots). One compressor per layer, shared by its KV heads.
+  3. the cut cache is [fused ; kept] (M slots): the kept slots last, in slot order, so the most recent tokens stay
+     the last slots and a later cut's `local` rule keeps tokens, not mixtures. One compressor per layer, shared by
+     its KV heads.
 With keep_rate 1, or lambda 0, the result is exactly H2O's top-M selection (tested). Keys are mixed after RoPE.
 The reference initialises the convolution with a standard normal; here with PyTorch's default (fan-in) init, so
 the softmax starts near uniform rather than near one-hot (named in docs as a departure; lambda starts at 0.5 as there).
@@ -58,7 +60,7 @@ class Compressor(nn.Module):
         kept = keep_order(order[..., :self.keep])
         rest = keep_order(order[..., self.keep:])                                  # [B, H, R] in slot order
         take = lambda x, idx: torch.gather(x, 2, idx[..., None].expand(*idx.shape, D))   # noqa: E731
-        parts_k, parts_v = [take(kh, kept)], [take(vh, kept)]
+        parts_k, parts_v = [], []
         if self.fused:
             kr, vr = take(kh, rest), take(vh, rest)                                # [B, H, R, D]
             R = kr.shape[2]
@@ -77,5 +79,7 @@ class Compressor(nn.Module):
             w = (1 - self.lam) * onehot + self.lam * a
             parts_k.append(torch.matmul(w, kr))
             parts_v.append(torch.matmul(w, vr))
+        parts_k.append(take(kh, kept))
+        parts_v.append(take(vh, kept))
         kk, vv = torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)              # [B, H, M, D]
         return kk.permute(0, 2, 1, 3), vv.permute(0, 2, 1, 3)

@@ -158,11 +158,24 @@ def test_lococo_local_slots_are_always_kept_verbatim():
     s = torch.rand(1, 2, 20)
     s[..., -3:] = 0.0                                  # the lowest scores: H2O would drop them
     kk, vv = c(k, v, s)
-    torch.testing.assert_close(kk[:, c.keep - 3:c.keep], k[:, -3:])
-    torch.testing.assert_close(vv[:, c.keep - 3:c.keep], v[:, -3:])
+    torch.testing.assert_close(kk[:, -3:], k[:, -3:])   # the kept slots come last, the most recent at the end
+    torch.testing.assert_close(vv[:, -3:], v[:, -3:])
     mask = (torch.arange(24) < 20).long()[None]        # the same in a static buffer with 4 empty slots
     pad = lambda x: torch.cat((x, torch.randn(1, 4, 2, 4)), dim=1)    # noqa: E731
     km, vm = c(pad(k), pad(v), torch.cat((s, torch.rand(1, 2, 4)), dim=-1), mask)
     torch.testing.assert_close(km, kk, rtol=1e-4, atol=1e-5)
     with pytest.raises(InputError):
         parse_kv_cache("lococo:16,local=9")
+
+
+def test_lococo_local_slots_are_tokens_across_cuts():
+    """After a cut, fewer new tokens than `local` arrive: the next cut keeps the newest tokens of before the first
+    cut too, not the mixtures the first cut made."""
+    torch.manual_seed(1)
+    c = Compressor(4, 8, local=3)
+    k, v, s = torch.randn(1, 20, 2, 4), torch.randn(1, 20, 2, 4), torch.rand(1, 2, 20)
+    kk, vv = c(k, v, s)
+    nk, nv = torch.randn(1, 2, 2, 4), torch.randn(1, 2, 2, 4)         # two new tokens
+    k2, v2 = c(torch.cat((kk, nk), 1), torch.cat((vv, nv), 1), torch.rand(1, 2, 10) * 0.01)
+    torch.testing.assert_close(k2[:, -3:], torch.cat((k[:, -1:], nk), 1))
+    torch.testing.assert_close(v2[:, -3:], torch.cat((v[:, -1:], nv), 1))
