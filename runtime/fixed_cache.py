@@ -134,6 +134,15 @@ class FixedState:
     def length(self) -> int:
         return self.cache.length
 
+    def room(self) -> int:
+        """New tokens the next call can take and leave the cache as the same tokens fed one at a time would: one
+        token at a time, a cut comes when the cache holds M + buffer slots, so a call must not run past that point
+        (a cut due now is made first). Speculative decoding caps its drafts by it, so its rounds cut where plain
+        decoding cuts (runtime/speculative/loop.py)."""
+        c, sp = self.cache, self.spec
+        edge = sp.slots + sp.buffer
+        return sp.buffer if c.slots >= edge else edge - c.slots
+
     def _call(self, ids: np.ndarray) -> np.ndarray:
         """ids [T] (T <= chunk) after the cache (cut first when it must be) -> logits [T, V] (a copy)."""
         c, sp = self.cache, self.spec

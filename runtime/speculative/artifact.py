@@ -235,6 +235,10 @@ class DecoderStep:
     def truncate(self, length: int) -> None:
         self.state.cache.rollback(min(length, self.length))
 
+    def room(self) -> int | None:
+        """Tokens the next verify pass may take (a fixed-size cache: up to its next cut); None: no limit."""
+        return self.state.room() if getattr(self.state, "fixed", False) else None
+
 
 def generate_speculative(art, drafter: Drafter | None, prompt_ids: Sequence[int], max_new_tokens: int,
                          sampling: SamplingConfig = SamplingConfig(), config: SpecConfig = SpecConfig(),

@@ -8,6 +8,10 @@ A step model (`StepModel`) is anything with
     truncate(length)    forget everything after `length` cached tokens
 so the algorithm runs the same on tiny torch models (tests), the artifact's graphs, or the fused
 self-speculative drafter whose trunk KV cache is shared with the target (runtime/speculative/steps.py).
+A target may also have `room()`: how many tokens its next pass may take (None: any). A fixed-size KV cache
+(runtime/fixed_cache.py) says how far its next cut is, and drafts are capped so that a verify pass never runs past
+it: the cache is cut where one-token decoding cuts it, holding only verified tokens, and a rejected draft is
+rolled back from slots written after the last cut (docs/runtime/kv-cache.md, "Speculative decoding").
 
 Acceptance (Leviathan et al. 2023; Chen et al. 2023):
 - greedy: accept draft token d while d == argmax of the target; lossless (same tokens as greedy decoding).
@@ -252,6 +256,9 @@ def speculative_generate(target: StepModel, draft, prompt: Sequence[int], max_ne
     k = config.first_k()
     while not _done(out, len(out), max_new_tokens, eos):
         budget = max(0, max_new_tokens - len(out) - 1)            # never draft past the token budget
+        room = target.room() if hasattr(target, "room") else None
+        if room is not None:      # a fixed-size cache: the pass [last, drafts] must not run past its next cut
+            budget = min(budget, max(room - 1, 0))
         # -- draft ----------------------------------------------------------------------------
         t0 = time.perf_counter()
         source = proposer.source(seq)                              # None: nothing to draft from this round
