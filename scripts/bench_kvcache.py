@@ -8,7 +8,8 @@ lococo at cache sizes M, each window of N tokens fed chunk by chunk through the 
 Long sequences: the evaluation split's tokens (Brown eval, or --text sotu) cut into consecutive windows of N tokens
 (the first `--windows` of them); every token after the first of a window is scored. lococo rows first train their
 compressors (`--lococo-steps` sequences of `--train-len` tokens from the calibration split, chunk `--chunk`) and
-record the training time. Writes raw JSON with machine, date, commit and command line.
+record the training time; `--ablate` adds each lococo row again with lambda 0 (no mixtures: the selection
+alone). Writes raw JSON with machine, date, commit and command line.
 """
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ def main() -> int:
     ap.add_argument("--train-len", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save", help="folder: write (or, when present, read back) lococo_M.safetensors per M")
+    ap.add_argument("--ablate", action="store_true",
+                    help="after each lococo row, the same trained compressors with lambda 0: every mixture "
+                         "replaced by the one-hot selection of its slot (the next heavy hitters), the convolution's share")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -113,8 +117,17 @@ def main() -> int:
                    "seconds": round(time.perf_counter() - t0, 1)}
             if train_rec:
                 row["training"] = {k: v for k, v in train_rec.items() if k != "losses"} | {
-                    "loss_first": train_rec["losses"][0], "loss_last": train_rec["losses"][-1]}
+                    "loss_first": (train_rec["losses"] or [None])[0], "loss_last": (train_rec["losses"] or [None])[-1]}
             add_row(result, row, a.out)
+            if a.ablate and spec.kind == "lococo":     # the same compressors, every mixture the one-hot selection
+                import copy
+                flat = copy.deepcopy(comps)
+                for c in flat:
+                    c.lam.data.fill_(0.0)
+                t0 = time.perf_counter()
+                ppl = perplexity(FixedCacheRun(graph, spec, flat), wins, a.chunk)
+                add_row(result, {"context": n, "cache": label + " lambda=0", "perplexity": round(ppl, 4),
+                                 "tokens": row["tokens"], "seconds": round(time.perf_counter() - t0, 1)}, a.out)
     return 0
 
 

@@ -6,14 +6,15 @@ Per KV head h (grouped heads: scores are summed over the query heads that share 
   2. the other F = M - keep slots are mixtures of the R = S - keep remaining slots: a 1-D convolution over the slots
      of the stacked features [K; V] (2 x head_dim channels in, F channels out, kernel 21, same padding), ReLU,
      softmax over the R slots gives a mixing matrix A [F, R]; it is blended with the one-hot selection O [F, R] of
-     the F remaining slots with the highest scores (in slot order) by a learned lambda (init 0.5):
+     the F remaining slots with the highest scores (in slot order) by a learned lambda (the reference starts it at
+     0.5; here `lam=`, default LAMBDA_INIT = 0.05, near the selection: measured better, docs/runtime/kv-cache.md):
      W = (1 - lambda) O + lambda A, and K' = W K_R, V' = W V_R;
   3. the cut cache is [fused ; kept] (M slots): the kept slots last, in slot order, so the most recent tokens stay
      the last slots and a later cut's `local` rule keeps tokens, not mixtures. One compressor per layer, shared by
      its KV heads.
 With keep_rate 1, or lambda 0, the result is exactly H2O's top-M selection (tested). Keys are mixed after RoPE.
 The reference initialises the convolution with a standard normal; here with PyTorch's default (fan-in) init, so
-the softmax starts near uniform rather than near one-hot (named in docs as a departure; lambda starts at 0.5 as there).
+the softmax starts near uniform rather than near one-hot (named in docs as a departure, as is lambda's start).
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ from .policies import keep_order
 
 KERNEL = 21
 KEEP_RATE = 0.5
-LAMBDA_INIT = 0.5
+LAMBDA_INIT = 0.05
 
 
 class Compressor(nn.Module):
-    def __init__(self, head_dim: int, slots: int, keep_rate: float = KEEP_RATE, kernel: int = KERNEL, local: int = 0):
+    def __init__(self, head_dim: int, slots: int, keep_rate: float = KEEP_RATE, kernel: int = KERNEL, local: int = 0,
+                 lam: float = LAMBDA_INIT):
         super().__init__()
         self.slots = slots
         self.keep = min(slots, max(0, round(slots * keep_rate)))
@@ -38,7 +40,7 @@ class Compressor(nn.Module):
         self.local = local          # the reference's local_len: the most recent slots are always kept
         self.fused = slots - self.keep
         self.conv = nn.Conv1d(2 * head_dim, max(self.fused, 1), kernel, padding=(kernel - 1) // 2)
-        self.lam = nn.Parameter(torch.tensor(LAMBDA_INIT))
+        self.lam = nn.Parameter(torch.tensor(float(lam)))
 
     def forward(self, k: torch.Tensor, v: torch.Tensor, scores: torch.Tensor,
                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ...compiler.progress import bar
 from ..training import device_name, moved_to, train_device
 from .fixed_run import FixedCacheRun
-from .lococo import KEEP_RATE, KERNEL, Compressor
+from .lococo import KEEP_RATE, KERNEL, LAMBDA_INIT, Compressor
 from .policies import KVCacheSpec
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class LoCoCoTrainConfig:
     keep: float = KEEP_RATE
     kernel: int = KERNEL
     local: int = 0            # the reference's local_len: most recent slots always kept
+    lam: float = LAMBDA_INIT  # lambda's start (the reference's: 0.5)
     seed: int = 0
     device: str = "auto"      # where it trains: auto (a CUDA device when torch sees one), cpu, cuda
 
@@ -45,7 +46,7 @@ class LoCoCoTrainConfig:
 
 def make_compressors(graph, spec: KVCacheSpec, cfg: LoCoCoTrainConfig) -> torch.nn.ModuleList:
     torch.manual_seed(cfg.seed)
-    return torch.nn.ModuleList(Compressor(graph.head_dim, spec.slots, cfg.keep, cfg.kernel, cfg.local)
+    return torch.nn.ModuleList(Compressor(graph.head_dim, spec.slots, cfg.keep, cfg.kernel, cfg.local, cfg.lam)
                                for _ in range(graph.last - graph.first))
 
 
@@ -61,11 +62,14 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
         p.requires_grad_(True)
     dev = train_device(cfg.device)
     losses, t0 = [], time.perf_counter()
+    steps = cfg.steps if any(c.fused for c in comps) else 0     # keep=1: every slot is selected, nothing to learn
+    if not steps:
+        log.info("lococo:%d keeps every slot verbatim (keep=1): no mixtures to train", spec.slots)
     try:
-        with moved_to(dev, graph, comps), bar(cfg.steps, f"lococo:{spec.slots} training") as pb:
+        with moved_to(dev, graph, comps), bar(steps, f"lococo:{spec.slots} training") as pb:
             opt = torch.optim.Adam(comps.parameters(), lr=cfg.lr)
             run = FixedCacheRun(graph, spec, comps)
-            for step in range(cfg.steps):
+            for step in range(steps):
                 seq = sequences[step % sequences.shape[0]][None, :cfg.seq_len].to(dev)
                 run.reset()
                 total, n = 0.0, 0
@@ -87,8 +91,9 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
     finally:
         for p, req in frozen:
             p.requires_grad_(req)
-    rec = {"steps": cfg.steps, "seq_len": cfg.seq_len, "chunk": cfg.chunk, "lr": cfg.lr, "keep": cfg.keep,
-           "kernel": cfg.kernel, "local": cfg.local, "losses": losses, "seconds": round(time.perf_counter() - t0, 1),
+    rec = {"steps": steps, "seq_len": cfg.seq_len, "chunk": cfg.chunk, "lr": cfg.lr, "keep": cfg.keep,
+           "kernel": cfg.kernel, "local": cfg.local, "lam_init": cfg.lam, "losses": losses,
+           "seconds": round(time.perf_counter() - t0, 1),
            "lambda": [round(float(c.lam.detach()), 4) for c in comps], "device": device_name(dev)}
     log.info("lococo:%d: %d sequences, loss %.4f -> %.4f, %.1fs", spec.slots, cfg.steps, losses[0] if losses else 0,
              losses[-1] if losses else 0, rec["seconds"])

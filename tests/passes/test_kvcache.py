@@ -30,6 +30,15 @@ def test_spec_spellings():
             parse_kv_cache("lococo:128,device=cuda")
     lc = parse_kv_cache("lococo:128,steps=50")
     assert (lc.kind, lc.slots, lc.options["steps"]) == ("lococo", 128, 50)
+    # defaults: M/16 mixtures, M/16 heavy hitters, the rest the most recent tokens
+    assert (lc.options["keep"], lc.options["local"]) == (0.9375, 112)
+    assert parse_kv_cache("lococo:8").options["local"] == 6 and parse_kv_cache("lococo:2").options["local"] == 0
+    assert parse_kv_cache("lococo:128,keep=0.5").options["local"] == 56
+    assert parse_kv_cache("lococo:128,keep=0.5,local=0").options["local"] == 0
+    for m in (2, 8, 16, 100, 128, 512):
+        o = parse_kv_cache(f"lococo:{m}").options
+        c = Compressor(4, m, o["keep"], local=o["local"])
+        assert c.fused == max(1, m // 16) and c.keep - c.local == max(1, m // 16)
     for bad in ("ring:4", "window", "window:x", "sink:8,sinks=8", "h2o:64,sinks=2", "lococo:64,keep=0",
                 "lococo:64,steps=0", "full:3", "lococo:64,device=gpu"):
         with pytest.raises(InputError):
@@ -165,7 +174,7 @@ def test_lococo_local_slots_are_always_kept_verbatim():
     km, vm = c(pad(k), pad(v), torch.cat((s, torch.rand(1, 2, 4)), dim=-1), mask)
     torch.testing.assert_close(km, kk, rtol=1e-4, atol=1e-5)
     with pytest.raises(InputError):
-        parse_kv_cache("lococo:16,local=9")
+        parse_kv_cache("lococo:16,keep=0.5,local=9")
 
 
 def test_lococo_local_slots_are_tokens_across_cuts():
