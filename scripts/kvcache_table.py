@@ -30,7 +30,7 @@ def ppl_table(docs: list[dict]) -> str:
 
     def order(name):
         kind, _, rest = name.partition(":")
-        m = int(rest.split(",")[0]) if rest else 0
+        m = int(rest.split(",")[0].split()[0]) if rest else 0
         return (m, ["full", "window", "sink", "h2o", "lococo"].index(kind) if kind in
                 ("full", "window", "sink", "h2o", "lococo") else 9, name)
     out = ["| cache | " + " | ".join(f"{c} tokens" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]

@@ -94,7 +94,7 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
     rec = {"steps": steps, "seq_len": cfg.seq_len, "chunk": cfg.chunk, "lr": cfg.lr, "keep": cfg.keep,
            "kernel": cfg.kernel, "local": cfg.local, "lam_init": cfg.lam, "losses": losses,
            "seconds": round(time.perf_counter() - t0, 1),
-           "lambda": [round(float(c.lam.detach()), 4) for c in comps], "device": device_name(dev)}
+           "lambda": [round(float(c.lam.detach().clamp(0, 1)), 4) for c in comps], "device": device_name(dev)}
     log.info("lococo:%d: %d sequences, loss %.4f -> %.4f, %.1fs", spec.slots, cfg.steps, losses[0] if losses else 0,
              losses[-1] if losses else 0, rec["seconds"])
     return comps, rec

@@ -188,3 +188,18 @@ def test_lococo_local_slots_are_tokens_across_cuts():
     k2, v2 = c(torch.cat((kk, nk), 1), torch.cat((vv, nv), 1), torch.rand(1, 2, 10) * 0.01)
     torch.testing.assert_close(k2[:, -3:], torch.cat((k[:, -1:], nk), 1))
     torch.testing.assert_close(v2[:, -3:], torch.cat((v[:, -1:], nv), 1))
+
+
+def test_lococo_lambda_is_clamped_to_a_convex_blend():
+    """A lambda trained past [0, 1] acts as its bound: the cut slots stay convex combinations of the cache's."""
+    torch.manual_seed(3)
+    k, v, s = torch.randn(1, 24, 3, 8), torch.randn(1, 24, 3, 8), torch.rand(1, 3, 24)
+    c = Compressor(8, 10)
+    for raw, bound in ((-0.7, 0.0), (1.6, 1.0)):
+        c.lam.data.fill_(raw)
+        got = c(k, v, s)
+        c.lam.data.fill_(bound)
+        want = c(k, v, s)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+    assert c(k, v, s)[0].abs().max() <= k.abs().max() + 1e-6
