@@ -228,6 +228,9 @@ class DecoderStep:
         tokens = list(tokens)
         if self.static and len(tokens) == 1:
             return self.forward(tokens)
+        if n == 1 and getattr(self.state, "fixed", False):
+            # a fixed cache cuts between chunks: the prompt goes in whole, in the chunks plain prefill uses
+            return prefill(self.state, tokens)[None]
         if len(tokens) > n:
             prefill(self.state, tokens[:-n])
         return prefill(self.state, tokens[-n:], all_logits=True)
