@@ -2,6 +2,7 @@
 context) and scripts/bench_kvcache_run.py (memory, decode speed, passkey).
 
     .venv/bin/python scripts/kvcache_table.py --ppl docs/runtime/results/kvcache_*.json --run docs/runtime/results/kvcache_run_*.json
+    .venv/bin/python scripts/kvcache_table.py --lookup docs/runtime/results/kvcache_lookup_*.json
 """
 from __future__ import annotations
 
@@ -66,10 +67,30 @@ def run_table(docs: list[dict]) -> str:
     return "\n".join(out + [""] + meta)
 
 
+def lookup_table(docs: list[dict]) -> str:
+    """scripts/bench_lookup.py runs on fixed-cache artifacts: plain against prompt lookup, per prompt set."""
+    out = ["| artifact | prompts | plain tok/s | lookup tok/s | x plain | acceptance | tokens per verify pass | "
+           "output equal to plain |", "|---|---|---|---|---|---|---|---|"]
+    meta = []
+    for d in docs:
+        art = Path(d["artifact"]).name
+        meta.append(f"- {Path(d['_path']).name}: {art}, {d.get('backend')}, {d.get('threads')} threads, "
+                    f"{d.get('max_new')} new tokens; {machine_line(d)}")
+        for name, st in d["sets"].items():
+            plain = next(v for k, v in st.items() if k.startswith("accelc plain"))
+            key, look = next((k, v) for k, v in st.items() if k.startswith("accelc lookup"))
+            sp = st["speculative_stats"][key]
+            out.append(f"| {art} | {name} ({len(d['prompt_tokens'][name])}) | {plain['decode_tok_s']:.1f} | "
+                       f"{look['decode_tok_s']:.1f} | {look['vs_accelc_plain']:.2f}x | {sp['acceptance_rate']:.2f} | "
+                       f"{sp['mean_accepted']:.2f} | {'yes' if st['identical_to_plain'][key] else 'no'} |")
+    return "\n".join(out + [""] + meta)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ppl", nargs="*", default=[])
     ap.add_argument("--run", nargs="*", default=[])
+    ap.add_argument("--lookup", nargs="*", default=[], help="scripts/bench_lookup.py JSON on fixed-cache artifacts")
     a = ap.parse_args()
     load = lambda p: {**json.loads(Path(p).read_text()), "_path": p}     # noqa: E731
     if a.ppl:
@@ -78,6 +99,9 @@ def main() -> int:
     if a.run:
         print("### Memory, decode speed and passkey against context (artifacts)\n")
         print(run_table([load(p) for p in a.run]) + "\n")
+    if a.lookup:
+        print("### Speculative decoding (prompt lookup) over fixed caches\n")
+        print(lookup_table([load(p) for p in a.lookup]) + "\n")
     return 0
 
 
