@@ -127,7 +127,7 @@ def test_native_features_are_the_eagle_targets_hidden_state(compiled):
     graph's hidden_out on the same tokens."""
     import numpy as np
     out, *_ = compiled
-    art = open_artifact(out, backend="native", report=False)
+    art = open_artifact(out, backend="native", report=False, precision="f32")    # exact (bf16 hosts: bf16 weights)
     ids = np.array([[5, 17, 99, 3, 200, 11, 42]], dtype=np.int64)
     hidden = np.zeros((ids.shape[1], load_drafter(art).hidden_size), dtype=np.float32)
     logits = art.runners["decoder"].forward_stateful(ids, np.arange(7)[None], None, 0, hidden=hidden, all_logits=True)
@@ -157,7 +157,7 @@ def test_native_drafter_matches_the_draft_graph(compiled, monkeypatch):
     runs = {}
     for flag in ("1", "0"):
         monkeypatch.setenv("ACCELC_NATIVE_DRAFT", flag)
-        drafter = load_drafter(open_artifact(out, backend="native", report=False))
+        drafter = load_drafter(open_artifact(out, backend="native", report=False, precision="f32"))
         assert isinstance(drafter.fns["eagle_draft"], NativeDraftFn) == (flag == "1")
         runs[flag] = run_eagle(drafter, tokens, 4)
     (lo_n, f_n, d_n), (lo_o, f_o, d_o) = runs["1"], runs["0"]
