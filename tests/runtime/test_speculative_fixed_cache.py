@@ -67,8 +67,8 @@ def _artifact(tmp_path, kind):
 
 @pytest.mark.parametrize("kind, start", [("window:8", 0), ("sink:12,sinks=2", 0), ("window:8,buffer=4", 5)])
 def test_greedy_speculation_over_a_fixed_cache_equals_plain_decoding(tmp_path, kind, start):
-    """The last case: 45 tokens, chunks of 8, a cut at 12 slots: the prompt's last chunk (5 tokens) is cut before as a whole;
-    prefilled as 4 tokens and then the last one, it would be cut between them."""
+    """The last case: 45 tokens, chunks of 8, a cut at 12 slots: the prompt's last chunk (5 tokens) is cut before
+    as a whole; prefilled as 4 tokens and then the last one, it would be cut between them."""
     a = _artifact(tmp_path, kind)
     spec = parse_kv_cache(kind)
     prompt = PROMPT[start:]
