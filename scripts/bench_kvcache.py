@@ -14,6 +14,7 @@ alone). Writes raw JSON with machine, date, commit and command line.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -120,7 +121,6 @@ def main() -> int:
                     "loss_first": (train_rec["losses"] or [None])[0], "loss_last": (train_rec["losses"] or [None])[-1]}
             add_row(result, row, a.out)
             if a.ablate and spec.kind == "lococo":     # the same compressors, every mixture the one-hot selection
-                import copy
                 flat = copy.deepcopy(comps)
                 for c in flat:
                     c.lam.data.fill_(0.0)

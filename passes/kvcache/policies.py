@@ -4,7 +4,8 @@
     window:M             the M most recent slots
     sink:M[,sinks=4]     StreamingLLM: the first `sinks` slots (attention sinks) and the M - sinks most recent
     h2o:M                heavy hitters only: the M slots with the highest accumulated attention
-    lococo:M[,...]       LoCoCo: M/2 heavy hitters verbatim, M/2 learned convolutional mixtures (passes/kvcache/lococo.py)
+    lococo:M[,...]       LoCoCo: heavy hitters and recent slots verbatim, the rest learned convolutional mixtures
+                         (passes/kvcache/lococo.py; the split's defaults: compiler/kv_spec.py lococo_defaults)
 
 A cache of M slots takes chunks of new tokens until it holds more than M + `buffer` (16, the reference's) slots,
 then is cut back to exactly M before the next chunk attends to it. Selections keep slot order (oldest first), so

@@ -32,7 +32,7 @@ class LoCoCoTrainConfig:
     seq_len: int = 1024
     chunk: int = 64
     lr: float = 1e-3
-    keep: float = KEEP_RATE
+    keep: float = KEEP_RATE   # the reference's; a parsed --kv-cache spec always sets keep and local (lococo_defaults)
     kernel: int = KERNEL
     local: int = 0            # the reference's local_len: most recent slots always kept
     lam: float = LAMBDA_INIT  # lambda's start (the reference's: 0.5)
@@ -95,6 +95,6 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
            "kernel": cfg.kernel, "local": cfg.local, "lam_init": cfg.lam, "losses": losses,
            "seconds": round(time.perf_counter() - t0, 1),
            "lambda": [round(float(c.lam.detach().clamp(0, 1)), 4) for c in comps], "device": device_name(dev)}
-    log.info("lococo:%d: %d sequences, loss %.4f -> %.4f, %.1fs", spec.slots, cfg.steps, losses[0] if losses else 0,
+    log.info("lococo:%d: %d sequences, loss %.4f -> %.4f, %.1fs", spec.slots, steps, losses[0] if losses else 0,
              losses[-1] if losses else 0, rec["seconds"])
     return comps, rec
