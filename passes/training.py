@@ -87,9 +87,10 @@ def cosine_rate(lr: float, step: int, steps: int, elapsed: float, seconds: float
 
 def apply_step(opt, params: list, loss: torch.Tensor, lr: float, clip: float = 1.0, backward: bool = True) -> float:
     """Backward, clip the gradient norm, one optimizer step at `lr`; -> the loss as a float. backward=False: the
-    caller zeroed the gradients and backpropagated the loss itself (a chunked loss does)."""
+    caller zeroed the gradients and backpropagated the loss itself (a chunked loss does). A parameter group with
+    an "lr_scale" runs at lr times that."""
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     if backward:
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -47,7 +47,8 @@ class ConvertEncDecPass(Pass):
         if teacher is not None:
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        ed = convert(model, cfg.decoder_layers, cfg.pick, cfg.encoder == "causal").eval()
+        ed = convert(model, cfg.decoder_layers, cfg.pick, cfg.encoder == "causal",
+                     cfg.gate if cfg.encoder == "blend" else None).eval()
         for p in ed.parameters():           # adaptation unfreezes what it trains, and freezes it again
             p.requires_grad_(False)
         scores = {}
@@ -81,7 +82,7 @@ class ConvertEncDecPass(Pass):
                   "decoder_parameters": bundle.adapter.num_parameters(),
                   "adaptation": train and {**train, **{k: getattr(cfg, k) for k in
                                                        ("batch", "splits", "seq_len", "min_prefix", "min_target", "lr", "kd", "train")}},
-                  "held_out": scores or None}
+                  "held_out": scores or None, "gates": _gates(ed)}
         bundle.records["encdec"] = record
         bundle.records["encdec_module"] = ed
         metrics = {"decoder_layers": record["decoder_layers"], "encoder_layers": record["encoder_layers"]}
@@ -97,6 +98,16 @@ class ConvertEncDecPass(Pass):
             raise PreconditionError("no encoder-decoder attached")
         if any(p.requires_grad for p in ed.parameters()):
             raise PreconditionError("the encoder-decoder was left trainable")
+
+
+def _gates(ed) -> dict | None:
+    """A blended encoder's learned gates: per layer, the mean over heads, and the extremes (None without blend)."""
+    g = ed.enc_graph.body.blend_gate
+    if g is None:
+        return None
+    g = g.detach().clamp(0, 1)
+    return {"layer_mean": [round(float(x), 4) for x in g.mean(1)], "min": round(float(g.min()), 4),
+            "max": round(float(g.max()), 4), "mean": round(float(g.mean()), 4)}
 
 
 def _params(encoder, decoder) -> int:

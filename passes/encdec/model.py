@@ -56,11 +56,11 @@ class EncoderGraph(nn.Module):
     """input_ids, position_ids, attention_mask [B, T] -> per decoder layer j: key, value [B, T, H, D] of encoder layer
     memory[j] (compiler/graph.py encoder_output_names)."""
 
-    def __init__(self, encoder: nn.Module, memory: list[int], causal: bool = False):
+    def __init__(self, encoder: nn.Module, memory: list[int], causal: bool = False, blend: float | None = None):
         super().__init__()
         self.memory = list(memory)
         self.body = DecoderGraph(encoder, ArchAdapter(encoder), layers=(0, max(memory) + 1), output="hidden",
-                                 causal=causal)
+                                 causal=causal, blend=blend)
         self.kv_heads, self.head_dim = self.body.kv_heads, self.body.head_dim
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -70,15 +70,16 @@ class EncoderGraph(nn.Module):
 
 class EncDec(nn.Module):
     """The converted model. encoder / decoder: transformers causal LMs sharing embeddings and head; memory[j]: the
-    encoder layer whose keys/values decoder layer j attends to."""
+    encoder layer whose keys/values decoder layer j attends to. blend=g0: the encoder's heads mix causal and
+    bidirectional attention with learned gates started at g0 (DecoderGraph)."""
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, memory: list[int], decoder_from: list[int],
-                 causal_encoder: bool = False):
+                 causal_encoder: bool = False, blend: float | None = None):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.memory, self.decoder_from = list(memory), list(decoder_from)
-        self.causal_encoder = causal_encoder
-        self.enc_graph = EncoderGraph(encoder, memory, causal=causal_encoder)
+        self.causal_encoder = causal_encoder and blend is None
+        self.enc_graph = EncoderGraph(encoder, memory, causal=self.causal_encoder, blend=blend)
         self.dec_graph = DecoderGraph(decoder, ArchAdapter(decoder))
 
     def encode(self, prefix: torch.Tensor) -> list[torch.Tensor]:
@@ -139,8 +140,10 @@ class EncDec(nn.Module):
         return self(t[:, :n_prompt - 1], t[:, n_prompt - 1:]).float().numpy()
 
 
-def convert(model: nn.Module, decoder_layers: int = 0, pick: str = "spread", causal_encoder: bool = False) -> EncDec:
-    """Turn `model` (modified in place: it becomes the decoder) into an EncDec."""
+def convert(model: nn.Module, decoder_layers: int = 0, pick: str = "spread", causal_encoder: bool = False,
+            blend: float | None = None) -> EncDec:
+    """Turn `model` (modified in place: it becomes the decoder) into an EncDec. blend=g0: a blended encoder
+    (EncDec)."""
     ad = ArchAdapter(model)
     n = ad.num_layers
     if getattr(model.config, "use_bidirectional_attention", False):
@@ -151,4 +154,4 @@ def convert(model: nn.Module, decoder_layers: int = 0, pick: str = "spread", cau
     encoder.model.embed_tokens = model.model.embed_tokens            # shared (tied) embeddings and head
     encoder.lm_head = model.lm_head
     _keep_layers(model, picks)
-    return EncDec(encoder, model, memory=picks, decoder_from=picks, causal_encoder=causal_encoder)
+    return EncDec(encoder, model, memory=picks, decoder_from=picks, causal_encoder=causal_encoder, blend=blend)

@@ -9,7 +9,7 @@ from ..spec_options import check_train_device, convert
 
 ATTENTION = ("merged", "cross")
 PICKS = ("ends", "spread", "last", "first")
-ENCODERS = ("bidirectional", "causal")
+ENCODERS = ("bidirectional", "causal", "blend")
 TRAIN = ("all", "decoder")
 EXAMPLE = "encdec:decoder_layers=10,steps=2000"
 
@@ -20,7 +20,11 @@ class EncDecConfig:
     attention: str = "merged"      # merged: the decoder attends over [encoder memory ; its own cache], same weights
     pick: str = "ends"             # which source layers make an N-layer decoder: ends (the first round(N/5) and
                                    # the last ones), spread (evenly, first and last included), last, first
-    encoder: str = "bidirectional"  # causal: the construction check (the converted model is then the source exactly)
+    encoder: str = "bidirectional"  # causal: the construction check (the converted model is then the source exactly);
+                                   # blend: each encoder head mixes causal and bidirectional attention with a learned
+                                   # gate in [0, 1] started at `gate` (0: the source exactly), trained at gate_lr
+    gate: float = 0.0
+    gate_lr: float = 1e-2
     train: str = "all"             # what adapts: all (encoder and decoder) or decoder (the encoder stays the source's
                                    # layers; with encoder=causal its memory is then the source's own keys/values)
     steps: int = 100000            # adaptation steps; whichever of steps / seconds ends first; 0: no adaptation
@@ -55,6 +59,10 @@ class EncDecConfig:
         check_train_device("--convert encdec", self.device)
         if self.train not in TRAIN:
             raise bad(f"train must be one of {', '.join(TRAIN)}, got '{self.train}'")
+        if not 0 <= self.gate <= 1 or not self.gate_lr > 0:
+            raise bad(f"gate must be between 0 and 1 and gate_lr > 0, got {self.gate} and {self.gate_lr}")
+        if self.encoder == "blend" and self.train != "all":
+            raise bad("encoder=blend learns its gates: it needs train=all")
         for key in ("decoder_layers", "steps", "eval_windows"):
             if getattr(self, key) < 0:
                 raise bad(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -69,8 +77,9 @@ class EncDecConfig:
 
     def training_options(self) -> dict:
         """What changes the adapted weights (the resume file's key)."""
-        return {k: getattr(self, k) for k in ("decoder_layers", "attention", "pick", "encoder", "train", "steps", "batch",
-                                              "splits", "seq_len", "min_prefix", "min_target", "lr", "kd", "seed")}
+        keys = ("decoder_layers", "attention", "pick", "encoder", "train", "steps", "batch", "splits", "seq_len",
+                "min_prefix", "min_target", "lr", "kd", "seed") + (("gate", "gate_lr") if self.encoder == "blend" else ())
+        return {k: getattr(self, k) for k in keys}
 
 
 def parse_convert(spec: str) -> EncDecConfig:

@@ -117,7 +117,11 @@ def _adapt(ed, teacher, stream, cfg, resume, save_s, bf16, dev) -> dict:
     for p in params:
         p.requires_grad_(True)
     source_memory = cfg.train == "decoder" and ed.causal_encoder
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    gate = ed.enc_graph.body.blend_gate
+    groups = [{"params": [p for p in params if p is not gate]}]
+    if gate is not None and any(p is gate for p in params):      # a blended encoder's gates learn at gate_lr
+        groups.append({"params": [gate], "lr_scale": cfg.gate_lr / cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
     prior = state_devices(resume)
     start, losses, spent = 0, [], 0.0
     if resume is not None and resume.is_file():
@@ -157,6 +161,9 @@ def _adapt(ed, teacher, stream, cfg, resume, save_s, bf16, dev) -> dict:
             else:
                 step = cfg.steps
     finally:
+        if gate is not None:
+            with torch.no_grad():
+                gate.clamp_(0.0, 1.0)            # the forward clamps too: this only makes the stored values honest
         ed.eval()
         ed.checkpoint_layers(False)
         for p in ed.parameters():

@@ -12,7 +12,9 @@ transformers mask or cache code is traced. Inputs and outputs follow the graph c
 
 Layer indices i are absolute model layers, also for a layer range [first, last).
 With causal=False (an encoder, passes/encdec/) every query sees every slot whose attention_mask is 1 (sliding
-windows become symmetric). Without cache tensors, the keys are the new tokens only.
+windows become symmetric). With blend=g0 (an encoder that learns how bidirectional to be) each query head h of
+layer j mixes the two: probs = causal + g[j, h] * (bidirectional - causal), g a parameter clamped to [0, 1] and
+started at g0 (0: the causal model exactly). Without cache tensors, the keys are the new tokens only.
 Sliding-window layers count attended slots: a query sees the `window` most recent slots whose
 attention_mask is 1 (itself included); without padding this is transformers' slot distance.
 """
@@ -96,10 +98,11 @@ class DecoderGraph(nn.Module):
     """
 
     def __init__(self, model: nn.Module, adapter: ArchAdapter | None = None, layers: tuple[int, int] | None = None,
-                 input: str | None = None, output: str | None = None, scores: bool = False, causal: bool = True):
+                 input: str | None = None, output: str | None = None, scores: bool = False, causal: bool = True,
+                 blend: float | None = None):
         super().__init__()
         self.scores = scores
-        self.causal = causal
+        self.causal = causal and blend is None
         self.checkpoint_layers = False     # training sets it: see trunk
         ad = adapter or ArchAdapter(model)
         cfg, fam = ad.config, ad.family
@@ -149,6 +152,8 @@ class DecoderGraph(nn.Module):
             sliding = (ltype == "sliding_attention") if ltype is not None else True  # Mistral: every layer
             self.layer_window.append(int(window) if window and sliding else None)
             self.layer_scaling.append(float(getattr(ad.attn(i), "scaling", self.head_dim ** -0.5)))
+        self.blend_gate = None if blend is None else nn.Parameter(torch.full((last - first, self.num_heads),
+                                                                              float(blend)))
 
     # -- names (the ONNX input/output order follows these lists) ----------------------------------
     def input_names(self) -> list[str]:
@@ -158,18 +163,19 @@ class DecoderGraph(nn.Module):
         return contract.output_names(self.last - self.first, self.first, self.output_kind, self.scores)
 
     # -- the graph --------------------------------------------------------------------------------
-    def _mask(self, attention_mask: torch.Tensor, T: int, window: int | None) -> torch.Tensor:
+    def _mask(self, attention_mask: torch.Tensor, T: int, window: int | None, causal: bool | None = None):
         """Additive bias [B,1,1,T,S]: 0 where allowed, dtype min elsewhere (finite: padded rows stay NaN-free)."""
+        causal = self.causal if causal is None else causal
         S = attention_mask.shape[1]
         kv = torch.arange(S, device=attention_mask.device)
         q = torch.arange(T, device=attention_mask.device) + (S - T)
         allowed = attention_mask[:, None, :] > 0                                             # [B,1,S]
-        if self.causal:
+        if causal:
             allowed = (kv[None, :] <= q[:, None])[None] & allowed                            # [B,T,S]
         if window is not None:
             cnt = torch.cumsum(attention_mask, dim=-1)                                        # [B,S]
             dist = cnt[:, S - T:, None] - cnt[:, None, :]
-            allowed = allowed & ((dist if self.causal else dist.abs()) < window)
+            allowed = allowed & ((dist if causal else dist.abs()) < window)
         zero = torch.zeros((), dtype=torch.float32, device=kv.device)
         neg = torch.full((), torch.finfo(torch.float32).min, dtype=torch.float32, device=kv.device)
         return torch.where(allowed, zero, neg)[:, None, None]
@@ -205,7 +211,13 @@ class DecoderGraph(nn.Module):
         scores = torch.matmul(qh, kh) * self.layer_scaling[j]                                # [B,H,G,T,S]
         if self.attn_softcap:
             scores = torch.tanh(scores / self.attn_softcap) * self.attn_softcap
-        probs = _cast(torch.softmax(_cast(scores, torch.float32) + bias, dim=-1), q.dtype)
+        if isinstance(bias, tuple):      # blend: causal and bidirectional, mixed per query head
+            sc = _cast(scores, torch.float32)
+            causal, both = torch.softmax(sc + bias[0], dim=-1), torch.softmax(sc + bias[1], dim=-1)
+            g = torch.clamp(self.blend_gate[j], 0.0, 1.0).view(1, H, G, 1, 1)
+            probs = _cast(causal + g * (both - causal), q.dtype)
+        else:
+            probs = _cast(torch.softmax(_cast(scores, torch.float32) + bias, dim=-1), q.dtype)
         out = torch.matmul(probs, vh).permute(0, 3, 1, 2, 4).reshape(B, T, H * G * D)     # [B,T,C']
         col = None
         if self.scores:     # masked (padding) queries of a static chunk add nothing: qmask [B,1,1,T,1]
@@ -244,7 +256,9 @@ class DecoderGraph(nn.Module):
             h = inputs
         T = h.shape[1]
         ropes = {name: self._rope(position_ids, name) for name in sorted(set(self.layer_rope))}
-        biases = {w: self._mask(attention_mask, T, w) for w in sorted(set(self.layer_window), key=str)}
+        biases = {w: self._mask(attention_mask, T, w) if self.blend_gate is None else
+                  (self._mask(attention_mask, T, w, True), self._mask(attention_mask, T, w, False))
+                  for w in sorted(set(self.layer_window), key=str)}
         new, cols = [], []
         qmask = (attention_mask[:, -T:] > 0).to(torch.float32)[:, None, None, :, None] if self.scores else None
         recompute = self.checkpoint_layers and torch.is_grad_enabled()

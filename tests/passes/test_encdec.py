@@ -170,3 +170,47 @@ def test_chunked_checkpointed_loss_has_the_plain_gradient(train):
         assert (g is None) == (want is None)
         if g is not None:
             torch.testing.assert_close(g, want, atol=1e-6, rtol=1e-4)
+
+
+def test_blended_encoder_spans_causal_to_bidirectional():
+    """encoder=blend: gates at 0 give the causal encoder (the source exactly, balanced), at 1 the bidirectional one;
+    in between a later token changes earlier positions' memory."""
+    ids = torch.randint(3, 256, (2, 13), generator=torch.Generator().manual_seed(1))
+    src = _model()
+    with torch.no_grad():
+        want = src(ids).logits[:, 8:]
+        shut = convert(src, blend=0.0).eval()
+        torch.testing.assert_close(shut(ids[:, :8], ids[:, 8:]), want, atol=2e-5, rtol=1e-4)
+        bidir, full = convert(_model()).eval(), convert(_model(), blend=1.0).eval()
+        for a, b in zip(bidir.encode(ids), full.encode(ids)):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+        half = convert(_model(), blend=0.0).eval()
+        half.enc_graph.body.blend_gate.data[:, 1] = 0.5        # one head of every layer opened halfway
+        changed = ids.clone()
+        changed[:, 10] = (changed[:, 10] + 7) % 256
+        a, b = half.encode(ids), half.encode(changed)
+        assert not torch.allclose(a[2][:, :10], b[2][:, :10])
+        a, b = shut.encode(ids), shut.encode(changed)
+        torch.testing.assert_close(a[2][:, :10], b[2][:, :10])
+    for bad in ("encdec:encoder=blend,train=decoder", "encdec:encoder=blend,gate=1.5", "encdec:gate_lr=0"):
+        with pytest.raises(InputError):
+            parse_convert(bad)
+
+
+def test_blend_gates_learn_at_their_own_rate():
+    """Adaptation moves the gates (clamped to [0, 1]) by about gate_lr per step, far more than lr would."""
+    import copy
+    from accelc.passes.encdec.options import EncDecConfig
+    from accelc.passes.encdec.train import adapt
+    from accelc.passes.export.decoder_graph import DecoderGraph
+    src = _model(layers=3)
+    teacher = DecoderGraph(copy.deepcopy(src).eval()).eval()
+    ed = convert(src, blend=0.5)
+    stream = torch.randint(3, 256, (2000,), generator=torch.Generator().manual_seed(0))
+    cfg = EncDecConfig(steps=6, seq_len=48, min_prefix=8, min_target=8, batch=2, lr=1e-6, gate_lr=0.05,
+                       encoder="blend", gate=0.5)
+    adapt(ed, teacher, stream, cfg)
+    g = ed.enc_graph.body.blend_gate.detach()
+    moved = (g - 0.5).abs()
+    assert moved.max() > 0.02 and float(g.min()) >= 0 and float(g.max()) <= 1
+    assert not g.requires_grad

@@ -10,12 +10,15 @@ from tests.tiny_compile import compile_tiny
 SPEC = "encdec:decoder_layers=2,steps=3,seq_len=64,min_prefix=8,min_target=8,batch=2,eval_windows=2"
 
 
-@pytest.fixture(scope="module", params=["cpu", "npu"])
+@pytest.fixture(scope="module", params=["cpu", "npu", "cpu-blend"])
 def compiled(request, tmp_path_factory):
+    """cpu-blend: a blended encoder (its gates half open) exports, validates and runs as the others do."""
+    target, _, blend = request.param.partition("-")
+    spec = SPEC + (",encoder=blend,gate=0.5" if blend else "")
     d = tmp_path_factory.mktemp(f"encdec-{request.param}")
-    out, bundle = compile_tiny(d, lambda calib: CompileOptions(convert=SPEC, calib=calib, formats=("openvino", "onnx"),
-                                                              cache_len=256, prefill_chunk=8), target=request.param)
-    return request.param, out, bundle
+    out, bundle = compile_tiny(d, lambda calib: CompileOptions(convert=spec, calib=calib, formats=("openvino", "onnx"),
+                                                              cache_len=256, prefill_chunk=8), target=target)
+    return target, out, bundle
 
 
 def test_artifact_records_the_roles(compiled):
@@ -29,6 +32,7 @@ def test_artifact_records_the_roles(compiled):
     assert set(v) == {"onnxruntime", "openvino"} and all(r["greedy_agreement"] == 1.0 for r in v.values())
     rec = bundle.records["encdec"]
     assert rec["decoder_layers"] == 2 and rec["encoder_layers"] == 3 and rec["adaptation"]["steps"] == 3
+    assert (rec["gates"] is None) == (rec["encoder"] != "blend")
 
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
