@@ -107,7 +107,8 @@ def main() -> int:
         row = {"label": label, "artifact": art, **sizes(Path(art), a.backend),
                "convert": (man.get("options") or {}).get("convert"),
                "decoder_layers": (man.get("model") or {}).get("layers"), "encoder_layers": rec.get("encoder_layers"),
-               "adaptation": rec.get("adaptation"), "speed": {}, "quality": {}}
+               "adaptation": rec.get("adaptation"), "encoder": rec.get("encoder"), "gates": rec.get("gates"),
+               "speed": {}, "quality": {}}
         for n in ([] if a.skip_speed else a.prompts):
             runs = speed[(label, n)]
             row["speed"][str(n)] = {"ttft_s": statistics.median(x["ttft_s"] for x in runs),

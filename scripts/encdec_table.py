@@ -59,13 +59,14 @@ def bench_table(d: dict) -> str:
 
 
 def adapt_table(d: dict) -> str:
-    out = ["| spec | decoder layers (from source layers) | steps (s) | source ppl | converted ppl | adapted ppl |",
-           "|---|---|---|---|---|---|"]
+    out = ["| spec | decoder layers (from source layers) | steps (s), precision | source ppl | converted ppl | "
+           "adapted ppl |", "|---|---|---|---|---|---|"]
     for r in d["rows"]:
         h = r.get("held_out") or {}
         ad = r.get("adaptation") or {}
         out.append(f"| `{r['spec']}` | {r['decoder_layers']} ({', '.join(map(str, r['decoder_from']))}) | "
-                   f"{ad.get('steps', 0)} ({_f(ad.get('seconds'), 0)}) | {_f(h.get('source', {}).get('perplexity'))} | "
+                   f"{ad.get('steps', 0)} ({_f(ad.get('seconds'), 0)}), {ad.get('precision', 'f32')} | "
+                   f"{_f(h.get('source', {}).get('perplexity'))} | "
                    f"{_f(h.get('converted', {}).get('perplexity'))} | {_f(h.get('adapted', {}).get('perplexity'))} |")
     out.append(f"\nheld-out: the evaluation split, P = 256, 16 windows; {machine_line(d)}")
     return "\n".join(out)

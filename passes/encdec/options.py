@@ -9,7 +9,7 @@ from ..spec_options import check_train_device, convert
 
 ATTENTION = ("merged", "cross")
 PICKS = ("ends", "spread", "last", "first")
-ENCODERS = ("bidirectional", "causal", "blend")
+ENCODERS = ("auto", "blend", "bidirectional", "causal")
 TRAIN = ("all", "decoder")
 EXAMPLE = "encdec:decoder_layers=10,steps=2000"
 
@@ -20,9 +20,10 @@ class EncDecConfig:
     attention: str = "merged"      # merged: the decoder attends over [encoder memory ; its own cache], same weights
     pick: str = "ends"             # which source layers make an N-layer decoder: ends (the first round(N/5) and
                                    # the last ones), spread (evenly, first and last included), last, first
-    encoder: str = "bidirectional"  # causal: the construction check (the converted model is then the source exactly);
-                                   # blend: each encoder head mixes causal and bidirectional attention with a learned
-                                   # gate in [0, 1] started at `gate` (0: the source exactly), trained at gate_lr
+    encoder: str = "auto"          # blend: each encoder head mixes causal and bidirectional attention with a learned
+                                   # gate in [0, 1] started at `gate` (0: the source exactly), trained at gate_lr;
+                                   # bidirectional; causal: the construction check (the converted model is then the
+                                   # source exactly); auto: blend with train=all, bidirectional with train=decoder
     gate: float = 0.0
     gate_lr: float = 1e-2
     train: str = "all"             # what adapts: all (encoder and decoder) or decoder (the encoder stays the source's
@@ -54,6 +55,8 @@ class EncDecConfig:
             raise bad(f"pick must be one of {', '.join(PICKS)}, got '{self.pick}'")
         if self.encoder not in ENCODERS:
             raise bad(f"encoder must be one of {', '.join(ENCODERS)}, got '{self.encoder}'")
+        if self.encoder == "auto":
+            object.__setattr__(self, "encoder", "blend" if self.train == "all" else "bidirectional")
         if self.precision not in ("auto", "bf16", "f32"):
             raise bad(f"precision must be auto, bf16 or f32, got '{self.precision}'")
         check_train_device("--convert encdec", self.device)

@@ -123,10 +123,11 @@ def test_pass_without_adaptation_is_the_plain_conversion():
     from accelc.passes.encdec.convert import ConvertEncDecPass
     src = _model(layers=4)
     ids = torch.randint(3, 256, (1, 12), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        want = convert(_model(layers=4), decoder_layers=2)(ids[:, :7], ids[:, 7:])
+    with torch.no_grad():         # the default encoder (auto, train=all) is blended, its gates shut at first
+        want = convert(_model(layers=4), decoder_layers=2, blend=0.0)(ids[:, :7], ids[:, 7:])
     bundle = ModelBundle(src, None, ArchAdapter(src))
     res = ConvertEncDecPass(parse_convert("encdec:decoder_layers=2,steps=0,eval_windows=0"))(bundle)
+    assert bundle.records["encdec"]["encoder"] == "blend" and bundle.records["encdec"]["gates"]["max"] == 0.0
     ed = bundle.records["encdec_module"]
     assert res.changed and bundle.model is ed.decoder and bundle.adapter.num_layers == 2
     assert bundle.records["encdec"]["adaptation"] is None and bundle.records["encdec"]["decoder_from"] == [0, 3]
@@ -195,6 +196,8 @@ def test_blended_encoder_spans_causal_to_bidirectional():
     for bad in ("encdec:encoder=blend,train=decoder", "encdec:encoder=blend,gate=1.5", "encdec:gate_lr=0"):
         with pytest.raises(InputError):
             parse_convert(bad)
+    assert parse_convert("encdec").encoder == "blend"
+    assert parse_convert("encdec:train=decoder").encoder == "bidirectional"
 
 
 def test_blend_gates_learn_at_their_own_rate():

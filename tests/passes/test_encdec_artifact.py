@@ -10,11 +10,12 @@ from tests.tiny_compile import compile_tiny
 SPEC = "encdec:decoder_layers=2,steps=3,seq_len=64,min_prefix=8,min_target=8,batch=2,eval_windows=2"
 
 
-@pytest.fixture(scope="module", params=["cpu", "npu", "cpu-blend"])
+@pytest.fixture(scope="module", params=["cpu", "npu", "cpu-bidirectional"])
 def compiled(request, tmp_path_factory):
-    """cpu-blend: a blended encoder (its gates half open) exports, validates and runs as the others do."""
-    target, _, blend = request.param.partition("-")
-    spec = SPEC + (",encoder=blend,gate=0.5" if blend else "")
+    """The default encoder is blended (encoder=auto); cpu-bidirectional: a plain bidirectional one exports,
+    validates and runs as the others do."""
+    target, _, encoder = request.param.partition("-")
+    spec = SPEC + (f",encoder={encoder}" if encoder else "")
     d = tmp_path_factory.mktemp(f"encdec-{request.param}")
     out, bundle = compile_tiny(d, lambda calib: CompileOptions(convert=spec, calib=calib, formats=("openvino", "onnx"),
                                                               cache_len=256, prefill_chunk=8), target=target)
