@@ -59,12 +59,14 @@ def bench_table(d: dict) -> str:
 
 
 def adapt_table(d: dict) -> str:
-    out = ["| spec | decoder layers (from source layers) | steps (s), precision | source ppl | converted ppl | "
-           "adapted ppl |", "|---|---|---|---|---|---|"]
+    out = ["| spec | encoder | decoder layers (from source layers) | steps (s), precision | source ppl | converted ppl | "
+           "adapted ppl |", "|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
         h = r.get("held_out") or {}
         ad = r.get("adaptation") or {}
-        out.append(f"| `{r['spec']}` | {r['decoder_layers']} ({', '.join(map(str, r['decoder_from']))}) | "
+        picked = "all" if r["decoder_from"] == list(range(r.get("encoder_layers") or -1)) else \
+            ", ".join(map(str, r["decoder_from"]))
+        out.append(f"| `{r['spec']}` | {r.get('encoder', '-')} | {r['decoder_layers']} ({picked}) | "
                    f"{ad.get('steps', 0)} ({_f(ad.get('seconds'), 0)}), {ad.get('precision', 'f32')} | "
                    f"{_f(h.get('source', {}).get('perplexity'))} | "
                    f"{_f(h.get('converted', {}).get('perplexity'))} | {_f(h.get('adapted', {}).get('perplexity'))} |")
