@@ -7,7 +7,9 @@
     lococo:M[,...]       LoCoCo: round(M x keep) slots verbatim (the `local` most recent and heavy hitters), the
                          rest learned convolutional mixtures (passes/kvcache/lococo.py); options steps, keep
                          and local (defaults: M/16 mixtures, M/16 heavy hitters, the rest recent; lococo_defaults),
-                         kernel, chunk, seq_len, lr, seed
+                         kernel, chunk, seq_len, lr, seed, lam, device, tune (norms: the model's norm weights
+                         train with the compressors, the reference's "inference mode"; none: the model stays
+                         frozen) and norm_lr
 
 Every fixed cache also takes buffer=B (default 16, the reference's): a cache of M slots takes new tokens until
 it would hold more than M + B, then is cut back to exactly M before the next chunk attends to it.
@@ -22,7 +24,8 @@ from .train_device import check_train_device
 KINDS = ("full", "window", "sink", "h2o", "lococo")
 BUFFER = 16
 LOCOCO_KEYS = {"steps": int, "keep": float, "kernel": int, "chunk": int, "seq_len": int, "lr": float, "buffer": int,
-               "seed": int, "local": int, "device": str, "lam": float}
+               "seed": int, "local": int, "device": str, "lam": float, "tune": str, "norm_lr": float}
+TUNE = ("norms", "none")    # lococo's tune=: what trains beside the compressors (passes/kvcache/train_lococo.py)
 HELP = "full, window:M, sink:M[,sinks=4], h2o:M, lococo:M[,steps=N]"
 
 
@@ -110,6 +113,10 @@ def parse_kv_cache(text: str | None) -> KVCacheSpec:
             raise InputError(f"--kv-cache lococo:{m}: local must be in 0..{round(m * keep)} (the kept slots), "
                              f"got {opts['local']}")
         check_train_device("--kv-cache lococo", opts.get("device", "auto"))
+        if opts.get("tune", "norms") not in TUNE:
+            raise InputError(f"--kv-cache lococo: tune must be one of {', '.join(TUNE)}, got '{opts['tune']}'")
+        if opts.get("norm_lr", 1.0) <= 0 or opts.get("lr", 1.0) <= 0:
+            raise InputError("--kv-cache lococo: lr and norm_lr must be > 0")
         if opts.get("kernel", 1) % 2 == 0:
             raise InputError(f"--kv-cache lococo: kernel must be odd (same padding), got {opts['kernel']}")
     return KVCacheSpec(kind, m, sinks, buffer, opts)

@@ -9,7 +9,10 @@ Long sequences: the evaluation split's tokens (Brown eval, or --text sotu) cut i
 (the first `--windows` of them); every token after the first of a window is scored. lococo rows first train their
 compressors (`--lococo-steps` sequences of `--train-len` tokens from the calibration split, chunk `--chunk`) and
 record the training time; `--ablate` adds each lococo row again with lambda 0 (no mixtures: the selection
-alone). Writes raw JSON with machine, date, commit and command line.
+alone). A lococo row trained with tune=norms (the default: the model's norm weights train with the compressors)
+runs with its tuned norms, every other row with the source's; `--tuned-full` adds the full cache with each lococo
+row's tuned norms (how much of the row's gain is the tuned weights rather than the cache). Writes raw JSON with
+machine, date, commit and command line.
 """
 from __future__ import annotations
 
@@ -70,6 +73,8 @@ def main() -> int:
     ap.add_argument("--ablate", action="store_true",
                     help="after each lococo row, the same trained compressors with lambda 0: every mixture "
                          "replaced by the one-hot selection of its slot (the next heavy hitters), the convolution's share")
+    ap.add_argument("--tuned-full", action="store_true",
+                    help="after each lococo row with tuned norms, the full cache with those norms")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -78,11 +83,17 @@ def main() -> int:
     from accelc.passes.export.decoder_graph import DecoderGraph
     from accelc.passes.kvcache.fixed_run import FixedCacheRun
     from accelc.passes.kvcache.policies import parse_kv_cache
-    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, make_compressors, train
+    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, make_compressors, norm_parameters, train
     bundle = load_model(a.model)
     graph = DecoderGraph(bundle.model.eval(), bundle.adapter, scores=True).eval()
     result = {**provenance(), "model": a.model, "text": a.text, "chunk": a.chunk, "windows": a.windows, "tokens_per_context": a.tokens, "rows": []}
     trained = {}
+    source_norms = {n: p.detach().clone() for n, p in norm_parameters(graph)}
+
+    def set_norms(state: dict) -> None:     # lococo's tune=norms changes them in place: each row sets its own
+        with torch.no_grad():
+            for n, p in norm_parameters(graph):
+                p.copy_(state.get(n, source_norms[n]))
     for n in a.contexts:
         wins = windows(bundle.tokenizer, a.text, n, max(1, a.tokens // n) if a.tokens else a.windows)
         specs = [("full", None)] + [(k, m) for m in a.slots for k in a.kinds if m < n]
@@ -100,18 +111,27 @@ def main() -> int:
                 if key not in trained and saved and saved.exists():
                     from safetensors.torch import load_file
                     comps = make_compressors(graph, spec, cfg)
-                    comps.load_state_dict(load_file(saved))
-                    trained[key] = comps, json.loads((saved.with_suffix(".json")).read_text())
+                    state = load_file(saved)
+                    comps.load_state_dict({k: v for k, v in state.items() if not k.startswith("norms/")})
+                    trained[key] = (comps, json.loads((saved.with_suffix(".json")).read_text()),
+                                    {k[6:]: v for k, v in state.items() if k.startswith("norms/")})
                 if key not in trained:
                     seqs = calibration_batches(bundle.tokenizer, n_samples=max(1, min(a.lococo_steps, 64)),
                                                seq_len=a.train_len, seed=0)
-                    trained[key] = train(graph, spec, seqs, cfg)
+                    set_norms(source_norms)
+                    comps, rec = train(graph, spec, seqs, cfg)
+                    tuned = {n: p.detach().clone() for n, p in norm_parameters(graph)} if cfg.tune == "norms" else {}
+                    trained[key] = comps, rec, tuned
                     if saved:
                         from safetensors.torch import save_file
                         saved.parent.mkdir(parents=True, exist_ok=True)
-                        save_file({k: v.contiguous() for k, v in trained[key][0].state_dict().items()}, saved)
-                        saved.with_suffix(".json").write_text(json.dumps(trained[key][1]))
-                comps, train_rec = trained[key]
+                        save_file({**{k: v.contiguous() for k, v in comps.state_dict().items()},
+                                   **{"norms/" + k: v.contiguous() for k, v in tuned.items()}}, saved)
+                        saved.with_suffix(".json").write_text(json.dumps(rec))
+                comps, train_rec, tuned = trained[key]
+                set_norms(tuned)
+            else:
+                set_norms(source_norms)
             t0 = time.perf_counter()
             ppl = perplexity(FixedCacheRun(graph, spec, comps), wins, a.chunk)
             row = {"context": n, "cache": label, "perplexity": round(ppl, 4), "tokens": int(wins.numel() - len(wins)),
@@ -127,6 +147,11 @@ def main() -> int:
                 t0 = time.perf_counter()
                 ppl = perplexity(FixedCacheRun(graph, spec, flat), wins, a.chunk)
                 add_row(result, {"context": n, "cache": label + " lambda=0", "perplexity": round(ppl, 4),
+                                 "tokens": row["tokens"], "seconds": round(time.perf_counter() - t0, 1)}, a.out)
+            if a.tuned_full and spec.kind == "lococo" and tuned:    # the tuned weights with every token kept
+                t0 = time.perf_counter()
+                ppl = perplexity(FixedCacheRun(graph, parse_kv_cache("full")), wins, a.chunk)
+                add_row(result, {"context": n, "cache": f"full ({label} norms)", "perplexity": round(ppl, 4),
                                  "tokens": row["tokens"], "seconds": round(time.perf_counter() - t0, 1)}, a.out)
     return 0
 

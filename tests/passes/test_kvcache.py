@@ -28,6 +28,7 @@ def test_spec_spellings():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             parse_kv_cache("lococo:128,device=cuda")
+    assert {"tune": "none", "norm_lr": 1e-4}.items() <= parse_kv_cache("lococo:128,tune=none,norm_lr=1e-4").options.items()
     lc = parse_kv_cache("lococo:128,steps=50")
     assert (lc.kind, lc.slots, lc.options["steps"]) == ("lococo", 128, 50)
     # defaults: M/16 mixtures, M/16 heavy hitters, the rest the most recent tokens
@@ -40,7 +41,7 @@ def test_spec_spellings():
         c = Compressor(4, m, o["keep"], local=o["local"])
         assert c.fused == max(1, m // 16) and c.keep - c.local == max(1, m // 16)
     for bad in ("ring:4", "window", "window:x", "sink:8,sinks=8", "h2o:64,sinks=2", "lococo:64,keep=0",
-                "lococo:64,steps=0", "full:3", "lococo:64,device=gpu"):
+                "lococo:64,steps=0", "full:3", "lococo:64,device=gpu", "lococo:64,tune=embed", "lococo:64,norm_lr=0"):
         with pytest.raises(InputError):
             parse_kv_cache(bad)
 
@@ -147,7 +148,7 @@ def test_training_lowers_the_loss_of_a_compressed_cache(graph):
     from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, make_compressors, train
     spec = parse_kv_cache("lococo:8,buffer=4")
     seq = torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(5))
-    cfg = LoCoCoTrainConfig(steps=25, seq_len=64, chunk=8, lr=1e-2)
+    cfg = LoCoCoTrainConfig(steps=25, seq_len=64, chunk=8, lr=1e-2, tune="none")
     before = [p.requires_grad for p in graph.parameters()]
     weights = [p.detach().clone() for p in graph.parameters()]
     start = _compressed_loss(graph, spec, make_compressors(graph, spec, cfg), seq, cfg.chunk)   # the same init
@@ -158,6 +159,32 @@ def test_training_lowers_the_loss_of_a_compressed_cache(graph):
     assert [p.requires_grad for p in graph.parameters()] == before          # restored
     assert rec["device"] == "cpu" or torch.cuda.is_available()       # auto: the CPU where torch sees no GPU
     assert all(torch.equal(a, b) for a, b in zip(weights, graph.parameters()))     # the model stays frozen
+
+
+def test_tuned_norms_train_in_place_and_nothing_else_moves():
+    """tune=norms (the default; the reference's inference mode): the norm weights train with the compressors,
+    every other model weight stays as it was, and the loss of the compressed run falls below the frozen model's
+    with compressors trained alone."""
+    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, norm_parameters, train
+    spec = parse_kv_cache("lococo:8,buffer=4")
+    seq = torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(5))
+    losses = {}
+    for tune in ("none", "norms"):
+        torch.manual_seed(0)
+        m = tiny_model("llama", seed=0, initializer_range=0.25).eval()
+        g = DecoderGraph(m, ArchAdapter(m), scores=True).eval()
+        names = {n for n, _ in norm_parameters(g)}
+        assert names and all("norm" in n for n in names)
+        before = {n: p.detach().clone() for n, p in g.named_parameters()}
+        comps, rec = train(g, spec, seq, LoCoCoTrainConfig(steps=25, seq_len=64, chunk=8, lr=1e-2, norm_lr=1e-2,
+                                                           tune=tune))
+        after = dict(g.named_parameters())
+        moved = {n for n in before if not torch.equal(before[n], after[n])}
+        assert moved == (names if tune == "norms" else set())
+        assert rec["tune"] == tune and rec["norm_weights"] == (sum(after[n].numel() for n in names) if moved else 0)
+        assert after["final_norm.weight"] is m.model.norm.weight       # the model's own: the export carries it
+        losses[tune] = _compressed_loss(g, spec, comps, seq, 8)
+    assert losses["norms"] < losses["none"]
 
 
 def test_lococo_local_slots_are_always_kept_verbatim():

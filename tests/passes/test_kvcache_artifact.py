@@ -114,13 +114,19 @@ def test_lococo_artifact_static_and_dynamic_generate_the_same(lococo_cpu, lococo
 
 
 def test_cache_that_never_cuts_equals_the_full_cache(lococo_cpu, tmp_path):
-    full, _ = compile_tiny(tmp_path, options("full"))
-    a, b = (open_artifact(p, backend="onnxruntime", report=False, full_logits=True) for p in (lococo_cpu[0], full))
+    """With the model frozen (tune=none) a cache that never cuts is the full cache; the default (tune=norms) artifact
+    differs before any cut too: its graphs carry the norm weights trained with the compressors."""
+    (tmp_path / "full").mkdir(), (tmp_path / "frozen").mkdir()
+    full, _ = compile_tiny(tmp_path / "full", options("full"))
+    frozen, b = compile_tiny(tmp_path / "frozen", options(LOCOCO + ",tune=none"))
+    assert b.records["kv_cache"]["training"]["norm_weights"] == 0
+    assert lococo_cpu[1].records["kv_cache"]["training"]["tune"] == "norms"
     from accelc.runtime.decode import prefill
     ids = PROMPT[:20]                                  # M + buffer = 20: no cut
-    la = prefill(a.new_state(64), ids, all_logits=True)
-    lb = prefill(b.new_state(64), ids, all_logits=True)
+    la, lb, lt = (prefill(open_artifact(p, backend="onnxruntime", report=False, full_logits=True).new_state(64), ids,
+                          all_logits=True) for p in (frozen, full, lococo_cpu[0]))
     np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-4)
+    assert np.abs(lt - lb).max() > 1e-3
 
 
 def test_rollback_since_the_last_cut_and_reset_before_it():
