@@ -11,8 +11,10 @@ compressors (`--lococo-steps` sequences of `--train-len` tokens from the calibra
 record the training time; `--ablate` adds each lococo row again with lambda 0 (no mixtures: the selection
 alone). A lococo row trained with tune=norms (the default: the model's norm weights train with the compressors)
 runs with its tuned norms, every other row with the source's; `--tuned-full` adds the full cache with each lococo
-row's tuned norms (how much of the row's gain is the tuned weights rather than the cache). Writes raw JSON with
-machine, date, commit and command line.
+row's tuned norms (how much of the row's gain is the tuned weights rather than the cache). A kind with "+norms"
+(`sink+norms`, `h2o+norms`, `window+norms`) is that baseline with the model's norm weights trained under it, on
+lococo's default budget and rate (train_lococo.train with no compressors): the baselines' counterpart of tune=norms.
+Writes raw JSON with machine, date, commit and command line.
 """
 from __future__ import annotations
 
@@ -99,10 +101,16 @@ def main() -> int:
         specs = [("full", None)] + [(k, m) for m in a.slots for k in a.kinds if m < n]
         for kind, m in specs:
             name, _, extra = kind.partition(",")        # e.g. "lococo,local=16": options after the kind
+            tune_base = name.endswith("+norms")
+            name = name.removesuffix("+norms")
             label = name if m is None else f"{name}:{m}" + (f",{extra}" if extra else "")
             spec = parse_kv_cache(label)
+            if tune_base and spec.kind not in ("window", "sink", "h2o"):
+                raise SystemExit(f"{kind}: +norms is for the window, sink and h2o baselines (lococo: tune=)")
             comps, train_rec = None, None
-            if spec.kind == "lococo":
+            if tune_base:
+                label += " +norms"
+            if spec.kind == "lococo" or tune_base:
                 key = label
                 cfg = LoCoCoTrainConfig(**{**LoCoCoTrainConfig.from_spec(spec).__dict__, "steps": a.lococo_steps,
                                            "seq_len": a.train_len, "chunk": a.chunk})
@@ -110,7 +118,7 @@ def main() -> int:
                     if a.save else None
                 if key not in trained and saved and saved.exists():
                     from safetensors.torch import load_file
-                    comps = make_compressors(graph, spec, cfg)
+                    comps = make_compressors(graph, spec, cfg) if spec.kind == "lococo" else torch.nn.ModuleList()
                     state = load_file(saved)
                     comps.load_state_dict({k: v for k, v in state.items() if not k.startswith("norms/")})
                     trained[key] = (comps, json.loads((saved.with_suffix(".json")).read_text()),
@@ -129,6 +137,7 @@ def main() -> int:
                                    **{"norms/" + k: v.contiguous() for k, v in tuned.items()}}, saved)
                         saved.with_suffix(".json").write_text(json.dumps(rec))
                 comps, train_rec, tuned = trained[key]
+                comps = comps if spec.kind == "lococo" else None
                 set_norms(tuned)
             else:
                 set_norms(source_norms)

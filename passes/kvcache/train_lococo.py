@@ -69,8 +69,12 @@ def make_compressors(graph, spec: KVCacheSpec, cfg: LoCoCoTrainConfig) -> torch.
 def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainConfig,
           compressors: torch.nn.ModuleList | None = None) -> tuple[torch.nn.ModuleList, dict]:
     """graph: DecoderGraph(scores=True) of the model; sequences [N, seq_len] token ids (cycled). -> (compressors,
-    record with the loss curve). With cfg.tune == "norms" the graph's norm weights are trained in place."""
-    comps = compressors if compressors is not None else make_compressors(graph, spec, cfg)
+    record with the loss curve). With cfg.tune == "norms" the graph's norm weights are trained in place. A window,
+    sink or h2o spec trains the norms alone under that cache (no compressors: the baselines' counterpart of
+    tune=norms, scripts/bench_kvcache.py)."""
+    if compressors is None:
+        compressors = make_compressors(graph, spec, cfg) if spec.kind == "lococo" else torch.nn.ModuleList()
+    comps = compressors
     frozen = [(p, p.requires_grad) for p in graph.parameters()]
     for p in graph.parameters():
         p.requires_grad_(False)
@@ -86,7 +90,7 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
         log.info("lococo:%d keeps every slot verbatim (keep=1): no mixtures to train", spec.slots)
     try:
         with moved_to(dev, graph, comps), bar(steps, f"lococo:{spec.slots} training") as pb:
-            groups = [{"params": list(comps.parameters()), "lr": cfg.lr}]
+            groups = [{"params": list(comps.parameters()), "lr": cfg.lr}] if len(comps) else []
             if norms:
                 groups.append({"params": [p for _, p in norms], "lr": cfg.norm_lr})
             opt = torch.optim.Adam(groups)

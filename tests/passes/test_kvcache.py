@@ -230,3 +230,19 @@ def test_lococo_lambda_is_clamped_to_a_convex_blend():
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w)
     assert c(k, v, s)[0].abs().max() <= k.abs().max() + 1e-6
+
+
+def test_a_baseline_cache_trains_the_norms_alone():
+    """train() with a sink spec (the baselines' counterpart of tune=norms): no compressors, the norms move, the
+    loss under that cache falls."""
+    from accelc.passes.kvcache.train_lococo import LoCoCoTrainConfig, norm_parameters, train
+    spec = parse_kv_cache("sink:8,buffer=4")
+    seq = torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(5))
+    m = tiny_model("llama", seed=0, initializer_range=0.25).eval()
+    g = DecoderGraph(m, ArchAdapter(m), scores=True).eval()
+    start = _compressed_loss(g, spec, None, seq, 8)
+    before = {n: p.detach().clone() for n, p in norm_parameters(g)}
+    comps, rec = train(g, spec, seq, LoCoCoTrainConfig(steps=25, seq_len=64, chunk=8, norm_lr=1e-2))
+    assert len(comps) == 0 and rec["steps"] == 25 and rec["norm_weights"] > 0
+    assert all(not torch.equal(before[n], p) for n, p in norm_parameters(g))
+    assert _compressed_loss(g, spec, None, seq, 8) < start
