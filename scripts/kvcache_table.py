@@ -37,12 +37,15 @@ def ppl_table(docs: list[dict]) -> str:
     out = ["| cache | " + " | ".join(f"{c} tokens" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in sorted(rows, key=order):
         cells = []
+        own = rows.get(f"full ({name.removesuffix(' lambda=0')} norms)", {})    # bench_kvcache.py --tuned-full
         for c in cols:
             v = rows[name].get(c)
             if v is None:
                 cells.append("")
             elif name == "full" or c not in full:
                 cells.append(f"{v:.2f}")
+            elif own.get(c):        # a tuned row: also against the full cache with the same tuned weights
+                cells.append(f"{v:.2f} ({v / full[c]:.3f}x; {v / own[c]:.3f}x own)")
             else:
                 cells.append(f"{v:.2f} ({v / full[c]:.3f}x)")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
