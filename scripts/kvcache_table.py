@@ -97,7 +97,7 @@ def main() -> int:
     a = ap.parse_args()
     load = lambda p: {**json.loads(Path(p).read_text()), "_path": p}     # noqa: E731
     if a.ppl:
-        print("### Perplexity against context (torch reference; Brown evaluation split)\n")
+        print("### Perplexity against context (torch reference; the text is on each file's line below)\n")
         print(ppl_table([load(p) for p in a.ppl]) + "\n")
     if a.run:
         print("### Memory, decode speed and passkey against context (artifacts)\n")

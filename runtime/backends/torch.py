@@ -3,7 +3,7 @@
 An artifact holds ONNX/OpenVINO graphs, not torch weights. This backend therefore rebuilds the
 exported module (passes/export/decoder_graph.py DecoderGraph) from the artifact's *source* model, and it is
 only offered when the artifact's weights are the source's weights unchanged: fp32, no pruning, no
-quantization. The source's sha256 is checked against the manifest. Otherwise it fails with a clear error.
+quantization, no encoder-decoder conversion, no norms tuned with a lococo cache. The source's sha256 is checked against the manifest. Otherwise it fails with a clear error.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from ...compiler.errors import ArtifactError
 def unavailable_reason(manifest: dict) -> str | None:
     """Why the torch backend cannot serve this artifact, or None if it can."""
     opts = manifest.get("options", {})
-    changed = [k for k in ("prune", "quantize") if opts.get(k)]
+    changed = [k for k in ("prune", "quantize", "convert") if opts.get(k)]
+    if ((manifest.get("records") or {}).get("kv_cache") or {}).get("training", {}).get("norm_weights"):
+        changed.append("norm weights trained with the lococo cache")
     if opts.get("weights", "fp32") != "fp32":
         changed.append(f"weights={opts.get('weights')}")
     if changed:

@@ -1,5 +1,6 @@
 """Fixed-size KV caches in artifacts (issue 17): compile a tiny model with --kv-cache, run it through the runtime's
 fixed cache on OpenVINO and ONNX Runtime, static (npu) and dynamic (cpu), against the torch reference."""
+import json
 import sys
 from pathlib import Path
 
@@ -127,6 +128,11 @@ def test_cache_that_never_cuts_equals_the_full_cache(lococo_cpu, tmp_path):
                           all_logits=True) for p in (frozen, full, lococo_cpu[0]))
     np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-4)
     assert np.abs(lt - lb).max() > 1e-3
+    # the torch backend runs the source model: refused where the norms were tuned
+    from accelc.runtime.backends.torch import unavailable_reason
+    manifest = lambda p: json.loads((p / "manifest.json").read_text())     # noqa: E731
+    assert "norm weights" in unavailable_reason(manifest(lococo_cpu[0]))
+    assert "norm weights" not in (unavailable_reason(manifest(frozen)) or "")
 
 
 def test_rollback_since_the_last_cut_and_reset_before_it():
