@@ -108,6 +108,9 @@ def main() -> int:
     ap.add_argument("--genai-budgets", type=int, nargs="*", default=[0, 128, 256, 512])
     ap.add_argument("--child-genai", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=3, metavar=("ARTIFACT", "CONTEXT", "TOKENS"), help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every row this many times, odd rounds with the contexts and artifacts in reverse order "
+                         "(the machine's speed drifts over minutes: medians over rounds; passkey in round 0 only)")
     ap.add_argument("--out")
     a = ap.parse_args()
     if a.child_genai:
@@ -133,16 +136,19 @@ def main() -> int:
         ids = read_artifact(art).tokenizer(load_text("eval"), add_special_tokens=False)["input_ids"]
         files[art] = tmp / f"{len(files)}.npy"
         np.save(files[art], np.asarray(ids, dtype=np.int64))
-    for n in a.contexts:
-        for art, head in runs:
-            cmd = [sys.executable, __file__, *head, str(n), str(files[art]), "--decode", str(a.decode), "--threads",
-                   str(a.threads), "--passkey", str(a.passkey)]
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            if p.returncode != 0:
-                row = {"artifact": art, "context": n, "error": p.stderr.strip().splitlines()[-1:]}
-            else:
-                row = json.loads(p.stdout.strip().splitlines()[-1])
-            add_row(result, row, a.out)
+    result["rounds"] = a.rounds
+    for r in range(a.rounds):
+        flip = (lambda xs: xs[::-1]) if r % 2 else (lambda xs: xs)      # noqa: E731
+        for n in flip(a.contexts):
+            for art, head in flip(runs):
+                cmd = [sys.executable, __file__, *head, str(n), str(files[art]), "--decode", str(a.decode),
+                       "--threads", str(a.threads), "--passkey", str(a.passkey if r == 0 else 0)]
+                p = subprocess.run(cmd, capture_output=True, text=True)
+                if p.returncode != 0:
+                    row = {"artifact": art, "context": n, "error": p.stderr.strip().splitlines()[-1:]}
+                else:
+                    row = json.loads(p.stdout.strip().splitlines()[-1])
+                add_row(result, {**row, "round": r}, a.out)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -59,14 +60,20 @@ def run_table(docs: list[dict]) -> str:
     for d in docs:
         meta.append(f"- {Path(d['_path']).name}: {d.get('decode')} decode tokens, {d.get('threads')} threads; "
                     f"{machine_line(d)}")
-        for r in sorted(d["rows"], key=lambda r: (r.get("cache", ""), r["context"])):
+        groups: dict = {}      # --rounds: one line per cache and context, medians (decode: median and range)
+        for r in d["rows"]:
             if "error" in r:
                 out.append(f"| {r.get('artifact')} | {r['context']} | error: {' '.join(r['error'])[:80]} | | | | |")
                 continue
-            pk = r.get("passkey")
+            groups.setdefault((r["cache"], r["backend"], r["context"]), []).append(r)
+        for (cache, backend, ctx), rs in sorted(groups.items()):
+            med = lambda k: statistics.median(x[k] for x in rs)      # noqa: E731
+            pk = next((x["passkey"] for x in rs if x.get("passkey")), None)
             pks = f"{pk['correct']}/{pk['trials']}" if pk else ""
-            out.append(f"| {r['cache']} ({r['backend']}) | {r['context']} | {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
-                       f"{r['prefill_s']:.2f} | {r['decode_tok_s']:.1f} | {pks} |")
+            tok = [x["decode_tok_s"] for x in rs]
+            dec = f"{med('decode_tok_s'):.1f}" + (f" ({min(tok):.1f}-{max(tok):.1f}, {len(tok)} rounds)" if len(rs) > 1 else "")
+            out.append(f"| {cache} ({backend}) | {ctx} | {med('rss_mb'):.0f} | {med('peak_rss_mb'):.0f} | "
+                       f"{med('prefill_s'):.2f} | {dec} | {pks} |")
     return "\n".join(out + [""] + meta)
 
 

@@ -31,7 +31,7 @@ def compile_tiny(d: Path, options_for, target: str = "cpu") -> tuple[Path, objec
                                "options": {"weights": "fp32"}, "model": bundle.adapter.describe(),
                                "graphs": bundle.records["graphs"],
                                "records": {k: v for k, v in bundle.records.items()
-                                           if k in ("native",)},       # the native backend's weights, when built
+                                           if k in ("native", "kv_cache")},   # native weights; the cache spec and training
                                "passes": [r.to_json() for r in log]})
         publish(stage, out, force=False)
     return out, bundle
