@@ -3,7 +3,8 @@
 An artifact holds ONNX/OpenVINO graphs, not torch weights. This backend therefore rebuilds the
 exported module (passes/export/decoder_graph.py DecoderGraph) from the artifact's *source* model, and it is
 only offered when the artifact's weights are the source's weights unchanged: fp32, no pruning, no
-quantization, no encoder-decoder conversion, no norms tuned with a lococo cache. The source's sha256 is checked against the manifest. Otherwise it fails with a clear error.
+quantization, no encoder-decoder conversion, no norms tuned with a lococo cache. The source's sha256 is
+checked against the manifest. Otherwise it fails with a clear error.
 """
 from __future__ import annotations
 
