@@ -87,7 +87,8 @@ def train(graph, spec: KVCacheSpec, sequences: torch.Tensor, cfg: LoCoCoTrainCon
     losses, t0 = [], time.perf_counter()
     steps = cfg.steps if any(c.fused for c in comps) or norms else 0    # keep=1, tune=none: nothing to learn
     if not steps:
-        log.info("lococo:%d keeps every slot verbatim (keep=1): no mixtures to train", spec.slots)
+        why = "keeps every slot verbatim (keep=1)" if spec.kind == "lococo" else "has no learned slots"
+        log.info("%s:%d %s and tune=none: nothing to train", spec.kind, spec.slots, why)
     try:
         with moved_to(dev, graph, comps), bar(steps, f"lococo:{spec.slots} training") as pb:
             groups = [{"params": list(comps.parameters()), "lr": cfg.lr}] if len(comps) else []
