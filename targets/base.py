@@ -62,8 +62,9 @@ class CompileOptions:
         object.__setattr__(self, "kv_cache", (self.kv_cache or "full").strip())
         spec = parse_kv_cache(self.kv_cache)
         if spec.fixed and self.drafter:
-            raise InputError(f"--kv-cache {spec} with --drafter: speculative decoding over a fixed-size cache is not "
-                             "built yet (compile without --drafter, or with --kv-cache full)")
+            raise InputError(f"--kv-cache {spec} with --drafter: drafter graphs over a fixed-size cache are not built "
+                             "(compile without --drafter and speculate by prompt lookup: accelc run ART --draft-mode "
+                             "lookup; or keep --drafter with --kv-cache full)")
         if self.convert:
             from ..passes.encdec.options import parse_convert
             parse_convert(self.convert)
