@@ -22,6 +22,7 @@ from ..heap import trim_heap
 from .jit import compile_ir, host_target, load_recipe, recipe_key
 from .kernels import INT_GROUP_BITS, WEIGHT_PARTS, int_isa
 from .program import JOB_SHIFT, MAX_THREADS, SYNC_JOB, SYNC_STOP, SYNC_WORDS, Program, Slots
+from .weights import drop_pages
 
 log = logging.getLogger(__name__)
 _UNFREED = []        # (code, buffers) of models closed while a worker thread could still be running them
@@ -83,7 +84,10 @@ class NativeModel:
         has_f32 = "f32" in fmts
         self.bf16_weights = has_f32 and ((auto and BF16_HOST(feats)) if bf16 is None else bf16)
         if self.bf16_weights:
+            src = tensors
             cfg, tensors = to_bf16(cfg, tensors)
+            # the float32 weights were read once, to convert them: their file pages need not stay resident
+            drop_pages(src[k] for k in src if tensors[k] is not src[k])
         self.cfg = cfg
         self.precision = precision
         prog = Program(cfg, self.tmax, self.int_isa)

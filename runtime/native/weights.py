@@ -55,3 +55,28 @@ def map_safetensors(path: Path) -> dict[str, np.ndarray]:
         if s1 < e0:
             raise ArtifactError(f"{path.name}: tensors {a!r} and {b!r} overlap")
     return out
+
+
+def drop_pages(arrays) -> int:
+    """Let the process drop the resident pages of mapped tensors it will not read again (a float32 weight once
+    its bfloat16 copy is made): madvise(MADV_DONTNEED) on the whole pages inside each array's bytes. The mapping
+    is read-only and backed by the file, so a later read faults the same bytes back in; nothing is lost, the pages
+    just stop counting in resident memory. Arrays that are not numpy views of a mapping are skipped. Returns the bytes
+    advised (0 where the OS has no MADV_DONTNEED)."""
+    import mmap
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return 0
+    page, done = mmap.PAGESIZE, 0
+    for arr in arrays:
+        m = arr if isinstance(arr, np.ndarray) else None
+        while m is not None and not (isinstance(m, np.memmap) and getattr(m, "_mmap", None) is not None):
+            m = m.base if isinstance(m.base, np.ndarray) else None
+        if m is None:
+            continue
+        mm = m._mmap
+        start = arr.ctypes.data - np.frombuffer(mm, np.uint8).ctypes.data
+        lo, hi = -(-start // page) * page, (start + arr.nbytes) // page * page
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            done += hi - lo
+    return done

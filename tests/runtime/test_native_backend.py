@@ -267,6 +267,25 @@ def test_bf16_policy_rounds_weights_and_stays_close():
     assert 1e-5 < err < 0.02          # rounded (not exact), but close
 
 
+def test_dropped_weight_pages_read_back_the_same(tmp_path):
+    """drop_pages (used once float32 weights are converted to bf16) only advises the OS: the mapped tensor still
+    reads the file's bytes, and only whole pages inside the tensor are advised."""
+    import mmap
+    from safetensors.numpy import save_file
+    from accelc.runtime.native.weights import drop_pages, map_safetensors
+    big = np.random.default_rng(0).standard_normal((64, 1024)).astype(np.float32)     # 256 KiB
+    small = np.arange(7, dtype=np.float32)
+    save_file({"big": big, "small": small}, str(tmp_path / "w.safetensors"))
+    t = map_safetensors(tmp_path / "w.safetensors")
+    assert float(t["big"].sum()) == float(big.sum())                  # pages resident now
+    # a small tensor holds no whole page; arrays that are not mapped (numpy or torch) are skipped
+    n = drop_pages([t["big"], t["small"], np.ones(3), torch.ones(2)])
+    if hasattr(mmap, "MADV_DONTNEED"):
+        assert big.nbytes - 2 * mmap.PAGESIZE <= n <= big.nbytes and n % mmap.PAGESIZE == 0
+    np.testing.assert_array_equal(t["big"], big)
+    np.testing.assert_array_equal(t["small"], small)
+
+
 def test_native_is_chosen_first_only_where_it_leads():
     from accelc.runtime.device import cpu_order
     rec = lambda *f, **kw: {"records": {"native": {"linear_formats": list(f), **kw}}}
