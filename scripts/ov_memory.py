@@ -57,8 +57,6 @@ ids = encode_prompt(a.tokenizer, "Write a short story about a robot who learns t
 def run(n):
     st = a.new_state(len(ids) + n + 1)
     tok = int(prefill(st, ids).argmax())
-    if n == 0:
-        return
     phases.setdefault("prefilled", split())
     for _ in range(n - 1):
         tok = int(decode_one(st, tok).argmax())
@@ -117,7 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifacts", nargs="+", help="LABEL=DIR")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--new", type=int, default=128, help="decoded tokens (at least 1)")
     ap.add_argument("--empty", action="store_true", help="add the 2-layer fixed-overhead model (bench_int.py)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -130,8 +128,7 @@ def main() -> None:
         for label, d in arts.items():
             got = _probe(PROBE, d, a.threads, a.new)
             rows[label] = {"artifact": d if label != "empty" else "2-layer model", **got, "bin_mb": bin_mb(Path(d))}
-            print(label, json.dumps(rows[label].get("phases", rows[label]).get("decoded", got))[:300],
-                  file=sys.stderr, flush=True)
+            print(label, json.dumps(got.get("phases", {}).get("decoded", got))[:300], file=sys.stderr, flush=True)
     result = {**provenance(), "threads": a.threads, "new_tokens": a.new, "unit": "MiB", "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))

@@ -3,6 +3,8 @@ dequantized weights), generation equals transformers greedy, bad native files ar
 cache rebuilds what it cannot trust."""
 import json
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,9 +281,22 @@ def test_dropped_weight_pages_read_back_the_same(tmp_path):
     t = map_safetensors(tmp_path / "w.safetensors")
     assert float(t["big"].sum()) == float(big.sum())                  # pages resident now
     # a small tensor holds no whole page; arrays that are not mapped (numpy or torch) are skipped
+    def resident():         # KiB of the file's mapping in memory (Linux; None elsewhere)
+        smaps, kib, ours = Path("/proc/self/smaps"), 0, False
+        if not smaps.exists():
+            return None
+        for line in smaps.read_text().splitlines():
+            if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):       # a mapping's header line
+                ours = line.rstrip().endswith("w.safetensors")
+            elif ours and line.startswith("Rss:"):
+                kib += int(line.split()[1])
+        return kib
+    before = resident()
     n = drop_pages([t["big"], t["small"], np.ones(3), torch.ones(2)])
     if hasattr(mmap, "MADV_DONTNEED"):
         assert big.nbytes - 2 * mmap.PAGESIZE <= n <= big.nbytes and n % mmap.PAGESIZE == 0
+        if before is not None:          # the pages really left the process
+            assert before - resident() >= (n >> 10) - 8
     np.testing.assert_array_equal(t["big"], big)
     np.testing.assert_array_equal(t["small"], small)
 
