@@ -36,7 +36,7 @@ from ...compiler.pass_base import Pass, PassConfig, PassResult
 from ...compiler.progress import bar
 from ..calibration import calibration_ids
 from ..spec_options import check_train_device
-from ..training import device_name, moved_to, train_device
+from ..training import autocast, cosine_rate, device_name, moved_to, train_device, use_bf16
 from .codebook import TEACHER
 from .codebook_linear import CodebookLinear, codebook_layers
 from .codebook_search import directional_encode, l2_encode
@@ -45,6 +45,8 @@ from .tuned_state import load_tuned, save_tuned, state_key
 
 log = logging.getLogger(__name__)
 MODES = ("pv", "ste")
+PRECISIONS = ("f32", "bf16", "auto")
+SCHEDULES = ("constant", "cosine")
 V_BETA2 = 0.95                 # the V step's Adam second-moment rate (AQLM's pv-tuning code_betas = (0, 0.95): with
                                # beta1 = 0 the first moment is the gradient itself, so no buffer keeps it)
 
@@ -69,6 +71,11 @@ class PVTuningConfig(PassConfig):
     seconds: float = 0.0           # a time budget: stop after the step that passes it (0: steps alone)
     state: str | None = None       # a tuned-state file: loaded when it exists (same key), else written (tuned_state.py)
     init: str = ""                 # the quantizer's options (quant_methods.py), part of the state file's key
+    precision: str = "f32"         # the trunk's matmuls: f32, bf16 (autocast; the head and the loss stay f32), or
+                                   # auto (bf16 where the CPU has bf16 instructions or on a GPU that has it)
+    schedule: str = "constant"     # lr, lr_v and trust over the budget: constant, or cosine (5 % warm-up, then cosine
+                                   # decay to 0 over whichever of steps / seconds runs out first). trust too: a V step
+                                   # forces code changes however small lr_v makes T - W, and trust bounds them
 
     def __post_init__(self):
         check_train_device(f"--quantize {self.mode}", self.device)
@@ -87,14 +94,21 @@ class PVTuningConfig(PassConfig):
             raise InputError(f"trust must be >= 0, got {self.trust}")
         if not 0 <= self.decay <= 1:
             raise InputError(f"decay must be in [0, 1], got {self.decay}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
 
 
 LOSS_CHUNK = 256                # tokens per head + softmax chunk of the distillation loss
 
 
-def _hidden(model, ids: torch.Tensor) -> torch.Tensor:
-    """The last hidden states (after the final norm), [tokens, C]."""
-    return model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state.flatten(0, 1)
+def _hidden(model, ids: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """The last hidden states (after the final norm), [tokens, C], in float32; bf16: the trunk under bfloat16
+    autocast."""
+    with autocast(ids.device, bf16):
+        h = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+    return h.flatten(0, 1).float()
 
 
 def _log_probs(model, h: torch.Tensor) -> torch.Tensor:
@@ -106,16 +120,18 @@ def _log_probs(model, h: torch.Tensor) -> torch.Tensor:
 
 
 def distill_loss(student, teacher, ids: torch.Tensor, backward: bool = False,
-                 chunk: int = LOSS_CHUNK) -> torch.Tensor:
+                 chunk: int = LOSS_CHUNK, bf16: bool = False) -> torch.Tensor:
     """Mean over tokens of KL(teacher || student) of the next-token distributions.
 
     The head and the softmax run over `chunk` tokens at a time, so no [tokens, vocab] tensor larger than a
     chunk is alive (at a 151,936-token vocabulary and 4 x 256 tokens a full one is 622 MB, and the loss held
     several). backward=True also backpropagates: each chunk's gradient to the student's hidden states, then one
-    backward through the trunk; the returned loss is then detached."""
+    backward through the trunk; the returned loss is then detached. bf16: both trunks run under bfloat16 autocast;
+    the head, the softmax and the KL stay float32 (bf16 logits are off by about 0.1 at this scale, as large as the
+    KL being minimised)."""
     with torch.no_grad():
-        th = _hidden(teacher, ids)
-    sh = _hidden(student, ids)
+        th = _hidden(teacher, ids, bf16)
+    sh = _hidden(student, ids, bf16)
     n = sh.shape[0]
     hs = sh.detach().requires_grad_(True) if backward else sh
     total = torch.zeros((), device=sh.device)
@@ -174,8 +190,9 @@ class PVTrainer:
     """P and V steps on a model whose decoder Linears are CodebookLinear (unpacked while training)."""
 
     def __init__(self, model, teacher, norms: list[torch.nn.Parameter], lr: float, lr_v: float,
-                 decay: float = 0.0, trust: float = 0.0, checkpoint: bool = True):
+                 decay: float = 0.0, trust: float = 0.0, checkpoint: bool = True, bf16: bool = False):
         self.model, self.teacher, self.lr_v, self.decay, self.trust = model, teacher, lr_v, decay, trust
+        self.bf16 = bf16
         self.decoder_layers = list(getattr(model.get_decoder(), "layers", [])) if checkpoint else []
         self.layers = self.find_layers(model)
         if not self.layers:
@@ -192,6 +209,12 @@ class PVTrainer:
         self.opt = torch.optim.Adam(params, lr=lr)
         self.buffers: dict[str, list] = {}    # name -> [T, m, v, t] of the V step's Adam on T
 
+    def set_rates(self, lr: float, lr_v: float, trust: float) -> None:
+        """The P step's and the V step's rates and the V step's trust ratio for the next step (a schedule)."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.lr_v, self.trust = lr_v, trust
+
     @staticmethod
     def find_layers(model) -> dict:
         return codebook_layers(model)
@@ -206,7 +229,7 @@ class PVTrainer:
             q.tap, q.tapped = tap, None
         self.opt.zero_grad(set_to_none=True)
         with checkpointed(self.decoder_layers):
-            return float(distill_loss(self.model, self.teacher, ids, backward=True))
+            return float(distill_loss(self.model, self.teacher, ids, backward=True, bf16=self.bf16))
 
     def p_step(self, ids: torch.Tensor) -> float:
         loss = self._backward(ids, tap=False)
@@ -339,7 +362,8 @@ class PVTuningPass(Pass):
     def _train(self, model, teacher, norms: list, ids: torch.Tensor, held: torch.Tensor) -> dict:
         """The P and V steps on ids (on the training device), up to cfg.steps or past cfg.seconds; -> the record."""
         cfg = self.config
-        trainer = self.trainer_class(model, teacher, norms, cfg.lr, cfg.lr_v, cfg.decay, cfg.trust)
+        bf16 = use_bf16(cfg.precision, ids.device)
+        trainer = self.trainer_class(model, teacher, norms, cfg.lr, cfg.lr_v, cfg.decay, cfg.trust, bf16=bf16)
         losses, changes = [], []
         t0 = time.perf_counter()
         try:
@@ -350,6 +374,9 @@ class PVTuningPass(Pass):
                 for step in range(cfg.steps):
                     pick = order[(torch.arange(cfg.batch) + step * cfg.batch) % ids.shape[0]]
                     batch = ids[pick.to(ids.device)]
+                    if cfg.schedule == "cosine":
+                        f = cosine_rate(1.0, step, cfg.steps, time.perf_counter() - t0, cfg.seconds or math.inf)
+                        trainer.set_rates(cfg.lr * f, cfg.lr_v * f, cfg.trust * f)
                     if cfg.mode == "ste":
                         loss, frac = trainer.v_step(batch, tau=1.0, also_p=True)
                         changes.append(frac)
@@ -371,5 +398,5 @@ class PVTuningPass(Pass):
             kl_after = float(distill_loss(model, teacher, held))
         return {"steps": len(losses), "steps_asked": cfg.steps, "kl_heldout_before": round(kl_before, 5),
                 "kl_heldout_after": round(kl_after, 5), "losses": losses,
-                "code_change_fraction": [round(c, 6) for c in changes],
-                "train_seconds": round(time.perf_counter() - t0, 1)}
+                "code_change_fraction": [round(c, 6) for c in changes], "precision": "bf16" if bf16 else "f32",
+                "schedule": cfg.schedule, "train_seconds": round(time.perf_counter() - t0, 1)}

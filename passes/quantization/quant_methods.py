@@ -9,7 +9,8 @@
 
 The tuned methods (pv, ste, pv-int) also take device=auto|cpu|cuda (where the steps run), seconds=S (a time budget)
 state=FILE (a tuned-state file: loaded when it exists, written when it does not; passes/quantization/tuned_state.py)
-and tune_samples=N (the tuning's calibration windows; samples= sets the quantizer's, and the tuning's unless given).
+tune_samples=N (the tuning's calibration windows; samples= sets the quantizer's, and the tuning's unless given),
+precision=f32|bf16|auto (the trunk's matmuls while tuning) and schedule=constant|cosine (the rates over the budget).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ QUANT_KEYS = {"samples": ("samples", int), "seqlen": ("seqlen", int), "kmeans": 
 TUNE_KEYS = {"steps": ("steps", int), "batch": ("batch", int), "lr": ("lr", float), "lr_v": ("lr_v", float),
              "tau": ("tau", float), "v_every": ("v_every", int), "decay": ("decay", float),
              "trust": ("trust", float), "device": ("device", str), "seconds": ("seconds", float),
-             "state": ("state", str), "tune_samples": ("tune_samples", int)}
+             "state": ("state", str), "tune_samples": ("tune_samples", int), "precision": ("precision", str),
+             "schedule": ("schedule", str)}
 INT_KEYS = {"group": ("group", int), "samples": ("samples", int), "seqlen": ("seqlen", int),
             "damp": ("damp", float), "clip": ("clip", bool), "act_order": ("act_order", bool),
             "seed": ("seed", int)}

@@ -17,10 +17,13 @@ from ..training import fingerprint, run_key, save_tensors
 from .int_linear import IntGroupLinear, pack_codes, unpack_codes
 
 KEY_SKIP = ("device", "state", "calib")   # not what the tuning computes (the windows themselves are in the key)
+# options added after state files existed, left out of the key at the value that computes what those files hold
+KEY_LATER = {"precision": "f32", "schedule": "constant"}
 
 
 def state_key(teacher: torch.nn.Module, ids: torch.Tensor, config: dict) -> str:
-    return run_key(fingerprint(teacher, ids), {k: v for k, v in config.items() if k not in KEY_SKIP})
+    return run_key(fingerprint(teacher, ids), {k: v for k, v in config.items()
+                                               if k not in KEY_SKIP and KEY_LATER.get(k, object()) != v})
 
 
 def save_tuned(path: Path, key: str, layers: dict, norms: list, record: dict) -> None:
