@@ -41,7 +41,7 @@ from .codebook import TEACHER
 from .codebook_linear import CodebookLinear, codebook_layers
 from .codebook_search import directional_encode, l2_encode
 from .quant_bits import bits_summary
-from .tuned_state import load_tuned, save_tuned, state_key
+from .tuned_state import load_tuned, read_key, save_tuned, start_from, state_key, teacher_key
 
 log = logging.getLogger(__name__)
 MODES = ("pv", "ste")
@@ -71,6 +71,7 @@ class PVTuningConfig(PassConfig):
     seconds: float = 0.0           # a time budget: stop after the step that passes it (0: steps alone)
     state: str | None = None       # a tuned-state file: loaded when it exists (same key), else written (tuned_state.py)
     init: str = ""                 # the quantizer's options (quant_methods.py), part of the state file's key
+    start: str | None = None       # from=FILE: a tuned-state file to continue tuning from (its key joins the new key)
     precision: str = "f32"         # the trunk's matmuls: f32, bf16 (autocast; the head and the loss stay f32), or
                                    # auto (bf16 where the CPU has bf16 instructions or on a GPU that has it)
     schedule: str = "constant"     # lr, lr_v and trust over the budget: constant, or cosine (5 % warm-up, then cosine
@@ -320,7 +321,8 @@ class PVTuningPass(Pass):
         ids = bundle.records.get("calibration_ids")
         if not isinstance(ids, torch.Tensor):
             ids = calibration_ids(bundle, cfg.samples, cfg.seqlen, cfg.seed, cfg.calib)
-        key = state_key(teacher, ids, asdict(cfg)) if cfg.state else None
+        key = state_key(teacher, ids, asdict(cfg), read_key(Path(cfg.start)) if cfg.start else None) \
+            if cfg.state else None
         if ids.shape[0] > cfg.batch:            # the last windows are held out for the before/after KL
             ids, held = ids[: -cfg.batch], ids[-cfg.batch:]
         else:
@@ -338,12 +340,19 @@ class PVTuningPass(Pass):
                      tuned.get("device"))
             tuned["loaded_from"] = {"state": cfg.state, "key": key}
         else:
+            started = None
+            if cfg.start:
+                started = start_from(Path(cfg.start), teacher, self.trainer_class.find_layers(model), norms)
+                log.info("%s tuning: continues %s (%s steps)", cfg.mode, cfg.start, started["steps"])
             dev = train_device(cfg.device)
             with moved_to(dev, model, teacher):
                 tuned = self._train(model, teacher, norms, ids.to(dev), held.to(dev))
             tuned["device"] = device_name(dev)
+            if started:
+                tuned["started_from"] = started
             if cfg.state:
-                save_tuned(Path(cfg.state), key, self.trainer_class.find_layers(model), norms, tuned)
+                save_tuned(Path(cfg.state), key, self.trainer_class.find_layers(model), norms, tuned,
+                           teacher_key(teacher))
                 tuned["saved_to"] = {"state": cfg.state, "key": key}
         del teacher
         seconds = time.perf_counter() - t0

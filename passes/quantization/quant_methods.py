@@ -10,7 +10,8 @@
 The tuned methods (pv, ste, pv-int) also take device=auto|cpu|cuda (where the steps run), seconds=S (a time budget)
 state=FILE (a tuned-state file: loaded when it exists, written when it does not; passes/quantization/tuned_state.py)
 tune_samples=N (the tuning's calibration windows; samples= sets the quantizer's, and the tuning's unless given),
-precision=f32|bf16|auto (the trunk's matmuls while tuning) and schedule=constant|cosine (the rates over the budget).
+precision=f32|bf16|auto (the trunk's matmuls while tuning), schedule=constant|cosine (the rates over the budget) and
+from=FILE (continue tuning from a tuned-state file: its codes, scales and norms; its key joins state='s key).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ..spec_options import convert
 from .codebook import CodebookQuantConfig, CodebookQuantPass
 from .codebook_linear import Scheme
 from .pv_tuning import PVTuningConfig, PVTuningPass
-from .tuned_state import check_state_path
+from .tuned_state import check_start_path, check_state_path
 from .rtn import RTNConfig, RTNQuantPass, parse_rtn
 
 # option name on the command line -> (config field, type)
@@ -34,7 +35,7 @@ TUNE_KEYS = {"steps": ("steps", int), "batch": ("batch", int), "lr": ("lr", floa
              "tau": ("tau", float), "v_every": ("v_every", int), "decay": ("decay", float),
              "trust": ("trust", float), "device": ("device", str), "seconds": ("seconds", float),
              "state": ("state", str), "tune_samples": ("tune_samples", int), "precision": ("precision", str),
-             "schedule": ("schedule", str)}
+             "schedule": ("schedule", str), "from": ("start", str)}
 INT_KEYS = {"group": ("group", int), "samples": ("samples", int), "seqlen": ("seqlen", int),
             "damp": ("damp", float), "clip": ("clip", bool), "act_order": ("act_order", bool),
             "seed": ("seed", int)}
@@ -52,6 +53,8 @@ def parse_options(method: str, items: list[str], keys: dict[str, tuple[str, type
         out[field] = convert("--quantize", method, key, val, typ)
     if "state" in out:
         out["state"] = check_state_path(f"--quantize {method}", out["state"])
+    if "start" in out:
+        out["start"] = check_start_path(f"--quantize {method}", out["start"])
     return out
 
 
@@ -59,7 +62,8 @@ def tuning_config(mode: str, opts: dict, quantizer, shared: tuple[str, ...], cal
     """The tuning pass's config from the parsed options: its own (TUNE_KEYS), the quantizer options it shares when
     given (`shared`: its calibration windows; tune_samples= gives the tuning a window count of its own), and the
     quantizer's options as one string, part of a tuned-state file's key (tuned_state.py)."""
-    tune = {k: v for k, v in opts.items() if k in TUNE_KEYS and k in PVTuningConfig.__dataclass_fields__}
+    fields = {field for field, _ in TUNE_KEYS.values()}
+    tune = {k: v for k, v in opts.items() if k in fields and k in PVTuningConfig.__dataclass_fields__}
     tune.update({k: opts[k] for k in shared if k in opts})
     if "tune_samples" in opts:
         tune["samples"] = opts["tune_samples"]

@@ -16,19 +16,27 @@ from ...compiler.errors import InputError
 from ..training import fingerprint, run_key, save_tensors
 from .int_linear import IntGroupLinear, pack_codes, unpack_codes
 
-KEY_SKIP = ("device", "state", "calib")   # not what the tuning computes (the windows themselves are in the key)
+KEY_SKIP = ("device", "state", "calib", "start")   # not what the tuning computes (the windows themselves are in the key)
 # options added after state files existed, left out of the key at the value that computes what those files hold
 KEY_LATER = {"precision": "f32", "schedule": "constant"}
 
 
-def state_key(teacher: torch.nn.Module, ids: torch.Tensor, config: dict) -> str:
-    return run_key(fingerprint(teacher, ids), {k: v for k, v in config.items()
-                                               if k not in KEY_SKIP and KEY_LATER.get(k, object()) != v})
+def state_key(teacher: torch.nn.Module, ids: torch.Tensor, config: dict, start_key: str | None = None) -> str:
+    """start_key: the key of the state a continued tuning started from (from=FILE), part of the new key."""
+    cfg = {k: v for k, v in config.items() if k not in KEY_SKIP and KEY_LATER.get(k, object()) != v}
+    if start_key:
+        cfg["start_key"] = start_key
+    return run_key(fingerprint(teacher, ids), cfg)
 
 
-def save_tuned(path: Path, key: str, layers: dict, norms: list, record: dict) -> None:
+def teacher_key(teacher: torch.nn.Module) -> str:
+    """A key for the teacher's (the unquantized model's) weights alone: what a continued tuning checks."""
+    return fingerprint(teacher, torch.zeros(0, dtype=torch.int64))
+
+
+def save_tuned(path: Path, key: str, layers: dict, norms: list, record: dict, teacher: str = "") -> None:
     """Write the tuned layers (after PVTrainer.finish: stored precision) and norms; a temporary file renamed at the
-    end, so a stopped run leaves no half-written state."""
+    end, so a stopped run leaves no half-written state. teacher: teacher_key(), for a later from=FILE."""
     t: dict[str, torch.Tensor] = {}
     for name, q in layers.items():
         for k, v in q.state_dict().items():
@@ -40,17 +48,35 @@ def save_tuned(path: Path, key: str, layers: dict, norms: list, record: dict) ->
         t[f"norm.{i}"] = p.detach().cpu()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_tensors(tmp, t, {"key": key, "record": json.dumps(record)})
+    save_tensors(tmp, t, {"key": key, "record": json.dumps(record), "teacher": teacher})
     tmp.replace(path)
 
 
-def read_key(path: Path) -> str | None:
+def read_meta(path: Path) -> dict:
+    """A tuned-state file's metadata ({} when it is not one)."""
     from safetensors import safe_open
     try:
         with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("key")
+            return dict(f.metadata() or {})
     except Exception:
-        return None
+        return {}
+
+
+def read_key(path: Path) -> str | None:
+    return read_meta(path).get("key")
+
+
+def start_from(path: Path, teacher: torch.nn.Module, layers: dict, norms: list) -> dict:
+    """from=FILE: load a tuned state to continue tuning it (any spec); -> {"state", "key", "steps"}. The file must
+    be a tuned-state file that fits the layers; one that records its teacher must have been tuned from this model
+    (files written before 2026-12-05 do not record it: then only the fit is checked)."""
+    meta = read_meta(path)
+    if not meta.get("key"):
+        raise InputError(f"from={path}: not a tuned-state file")
+    if meta.get("teacher") and meta["teacher"] != teacher_key(teacher):
+        raise InputError(f"from={path}: tuned from another model")
+    record = load_tuned(path, meta["key"], layers, norms)
+    return {"state": str(path), "key": meta["key"], "steps": record.get("steps"), "teacher_checked": bool(meta.get("teacher"))}
 
 
 def load_tuned(path: Path, key: str, layers: dict, norms: list) -> dict:
@@ -79,6 +105,14 @@ def load_tuned(path: Path, key: str, layers: dict, norms: list) -> dict:
             for i, p in enumerate(norms):
                 p.copy_(f.get_tensor(f"norm.{i}"))
     return record
+
+
+def check_start_path(what: str, value: str) -> str:
+    """The from= option, checked before the model loads: an existing tuned-state file."""
+    p = Path(value).expanduser()
+    if not p.is_file() or not read_key(p):
+        raise InputError(f"{what}: from={value} is not a tuned-state file")
+    return str(p)
 
 
 def check_state_path(what: str, value: str) -> str:

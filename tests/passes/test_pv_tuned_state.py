@@ -115,3 +115,39 @@ def test_options_are_checked_before_a_model_loads(tmp_path):
             build("pv-int", "4,device=cuda", None)
         with pytest.raises(InputError, match="no CUDA device"):
             build("pv", "2x8g8,device=cuda", None)
+
+
+def _codes(b) -> dict:
+    return {n: q.codes.clone() for n, q in int_layers(b.model).items()}
+
+
+def test_from_continues_a_tuned_state_under_a_key_of_its_own(tmp_path):
+    a, b_path, fresh_path = tmp_path / "a.st", tmp_path / "b.st", tmp_path / "fresh.st"
+    base = "4,group=32,batch=4,lr=3e-3,lr_v=1e-2,tau=0.05,device=cpu"
+    tuned = _codes(_run(f"{base},steps=6,state={a}"))
+    # one cosine step from the tuned state: its first step has rates and trust 0 (one weight per layer may move)
+    cont = _run(f"{base},steps=1,schedule=cosine,from={a},state={b_path}")
+    fresh = _run(f"{base},steps=1,schedule=cosine,state={fresh_path}")
+    moved = {n: int((c != tuned[n]).sum()) for n, c in _codes(cont).items()}
+    assert max(moved.values()) <= 1
+    assert sum(int((c != tuned[n]).sum()) for n, c in _codes(fresh).items()) > 4 * len(tuned)
+    rec = cont.records["quantization"]["tuning"]
+    assert rec["started_from"]["state"] == str(a) and rec["started_from"]["steps"] == 6
+    assert rec["started_from"]["teacher_checked"]
+    keys = [fresh.records["quantization"]["tuning"]["saved_to"]["key"], rec["saved_to"]["key"]]
+    assert keys[0] != keys[1]                                 # the continued state is not the fresh spec's
+    # a compile of the continued spec loads it, without from='s file being read again
+    again = _run(f"{base},steps=1,schedule=cosine,from={a},state={b_path}")
+    assert again.records["quantization"]["tuning"]["loaded_from"]["key"] == keys[1]
+
+
+def test_from_refuses_another_model_and_non_state_files(tmp_path):
+    a = tmp_path / "a.st"
+    _run(f"4,group=32,steps=1,batch=4,device=cpu,state={a}")
+    with pytest.raises((InputError, PassError), match="another model"):
+        _run(f"4,group=32,steps=1,batch=4,device=cpu,from={a}", seed=1)
+    junk = tmp_path / "junk.st"
+    junk.write_bytes(b"not a state")
+    for bad in (junk, tmp_path / "missing.st"):
+        with pytest.raises(InputError, match="not a tuned-state file"):
+            build("pv-int", f"4,from={bad}", None)
