@@ -41,7 +41,7 @@ from .codebook import TEACHER
 from .codebook_linear import CodebookLinear, codebook_layers
 from .codebook_search import directional_encode, l2_encode
 from .quant_bits import bits_summary
-from .tuned_state import load_tuned, read_key, save_tuned, start_from, state_key, teacher_key
+from .tuned_state import load_tuned, read_meta, save_tuned, start_from, state_key, teacher_key
 
 log = logging.getLogger(__name__)
 MODES = ("pv", "ste")
@@ -321,8 +321,8 @@ class PVTuningPass(Pass):
         ids = bundle.records.get("calibration_ids")
         if not isinstance(ids, torch.Tensor):
             ids = calibration_ids(bundle, cfg.samples, cfg.seqlen, cfg.seed, cfg.calib)
-        key = state_key(teacher, ids, asdict(cfg), read_key(Path(cfg.start)) if cfg.start else None) \
-            if cfg.state else None
+        start_meta = read_meta(Path(cfg.start)) if cfg.start else {}
+        key = state_key(teacher, ids, asdict(cfg), start_meta.get("key")) if cfg.state else None
         if ids.shape[0] > cfg.batch:            # the last windows are held out for the before/after KL
             ids, held = ids[: -cfg.batch], ids[-cfg.batch:]
         else:
@@ -340,9 +340,9 @@ class PVTuningPass(Pass):
                      tuned.get("device"))
             tuned["loaded_from"] = {"state": cfg.state, "key": key}
         else:
-            started = None
+            started, t_key = None, teacher_key(teacher) if cfg.start or cfg.state else ""
             if cfg.start:
-                started = start_from(Path(cfg.start), teacher, self.trainer_class.find_layers(model), norms)
+                started = start_from(Path(cfg.start), start_meta, t_key, self.trainer_class.find_layers(model), norms)
                 log.info("%s tuning: continues %s (%s steps)", cfg.mode, cfg.start, started["steps"])
             dev = train_device(cfg.device)
             with moved_to(dev, model, teacher):
@@ -351,8 +351,7 @@ class PVTuningPass(Pass):
             if started:
                 tuned["started_from"] = started
             if cfg.state:
-                save_tuned(Path(cfg.state), key, self.trainer_class.find_layers(model), norms, tuned,
-                           teacher_key(teacher))
+                save_tuned(Path(cfg.state), key, self.trainer_class.find_layers(model), norms, tuned, t_key)
                 tuned["saved_to"] = {"state": cfg.state, "key": key}
         del teacher
         seconds = time.perf_counter() - t0

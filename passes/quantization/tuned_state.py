@@ -16,7 +16,8 @@ from ...compiler.errors import InputError
 from ..training import fingerprint, run_key, save_tensors
 from .int_linear import IntGroupLinear, pack_codes, unpack_codes
 
-KEY_SKIP = ("device", "state", "calib", "start")   # not what the tuning computes (the windows themselves are in the key)
+# not what the tuning computes (the windows themselves are in the key; from='s file joins it by its own key)
+KEY_SKIP = ("device", "state", "calib", "start")
 # options added after state files existed, left out of the key at the value that computes what those files hold
 KEY_LATER = {"precision": "f32", "schedule": "constant"}
 
@@ -66,17 +67,18 @@ def read_key(path: Path) -> str | None:
     return read_meta(path).get("key")
 
 
-def start_from(path: Path, teacher: torch.nn.Module, layers: dict, norms: list) -> dict:
-    """from=FILE: load a tuned state to continue tuning it (any spec); -> {"state", "key", "steps"}. The file must
-    be a tuned-state file that fits the layers; one that records its teacher must have been tuned from this model
-    (files written before 2026-12-05 do not record it: then only the fit is checked)."""
-    meta = read_meta(path)
+def start_from(path: Path, meta: dict, teacher: str, layers: dict, norms: list) -> dict:
+    """from=FILE: load a tuned state to continue tuning it (any spec); meta: the file's (read_meta), teacher: this
+    model's teacher_key(); -> {"state", "key", "steps", "teacher_checked"}. The file must be a tuned-state file that
+    fits the layers; one that records its teacher must have been tuned from this model (files written before
+    2026-12-05 do not record it: then only the fit is checked)."""
     if not meta.get("key"):
         raise InputError(f"from={path}: not a tuned-state file")
-    if meta.get("teacher") and meta["teacher"] != teacher_key(teacher):
+    if meta.get("teacher") and meta["teacher"] != teacher:
         raise InputError(f"from={path}: tuned from another model")
     record = load_tuned(path, meta["key"], layers, norms)
-    return {"state": str(path), "key": meta["key"], "steps": record.get("steps"), "teacher_checked": bool(meta.get("teacher"))}
+    return {"state": str(path), "key": meta["key"], "steps": record.get("steps"),
+            "teacher_checked": bool(meta.get("teacher"))}
 
 
 def load_tuned(path: Path, key: str, layers: dict, norms: list) -> dict:
