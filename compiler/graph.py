@@ -97,6 +97,14 @@ def output_names(layers: int, first: int = 0, output: str = "logits", scores: bo
     return names
 
 
+def output_kind(record: dict) -> str:
+    """The OUTPUTS kind of a graph record ("logits", "hidden" or "both") from its recorded output names."""
+    outs = record.get("outputs") or {}
+    if HIDDEN_OUT in outs:
+        return "both" if LOGITS in outs else "hidden"
+    return "logits"
+
+
 def encoder_input_names() -> list[str]:
     return [INPUT_IDS, POSITION_IDS, ATTENTION_MASK]
 

@@ -115,12 +115,17 @@ class FixedState:
 
     fixed = True
 
-    def __init__(self, art, spec: KVCacheSpec, compress: CompressRunner | None):
+    def __init__(self, art, spec: KVCacheSpec, compress: CompressRunner | None, runner=None, on_hidden=None):
+        """runner: a backend over another graph of the artifact with the decoder's cache (the EAGLE target, whose
+        outputs start with hidden_out: on_hidden(position, rows [T, C]) hears each call's hidden states)."""
         if spec.kind == "lococo" and compress is None:
             raise ArtifactError("this lococo artifact has no compression graph")
         self.art, self.spec, self.compress = art, spec, compress
         self.static = bool(art.static)
-        self.runner = art.runners["decoder"] if not self.static else None
+        if runner is not None and self.static:
+            raise ArtifactError("a fixed cache over static graphs runs the artifact's own decode / prefill graphs")
+        self.runner = runner or (art.runners["decoder"] if not self.static else None)
+        self.on_hidden = on_hidden
         self.chunk = int(art.prefill_chunk or spec.options.get("chunk", DEFAULT_CHUNK))
         capacity = art.cache_len if self.static else spec.slots + max(spec.buffer, self.chunk)
         if capacity < spec.slots + max(spec.buffer, self.chunk):
@@ -165,6 +170,10 @@ class FixedState:
         mask[0, :L] = 1
         mask[0, c.size:c.size + T] = 1
         logits, outs = runner.forward(ids_in, pos_in, mask, c.buffers)
+        if len(outs) == 3 * c.layers + 1:                                   # hidden_out first (an EAGLE target)
+            if self.on_hidden is not None:
+                self.on_hidden(c.length, outs[0][0, :T])
+            outs = outs[1:]
         if len(outs) != 3 * c.layers:
             raise ArtifactError("the decoder graph has no attn_scores outputs (not compiled with a fixed cache)")
         for i in range(n):

@@ -83,20 +83,28 @@ def load_graphs(folder, graphs: dict[str, dict], backend: str, device: str, thre
     rec = next(iter(roles.values()))
     model = manifest.get("model") or {}
     n_layers = layers.pop()
-    spec, compress = fixed_cache(roles), None
-    if spec is not None and spec.kind == "lococo":
-        comp = by_role(graphs).get("compress")
-        if comp is None:
-            raise ArtifactError("this lococo artifact has no compression graph (role compress)")
-        from .fixed_cache import CompressRunner
-        key = "openvino" if backend == "openvino" else "onnx"
-        compress = CompressRunner(graph_file(Path(folder), comp, key, backend), backend, device,
-                                  threads or default_threads(), n_layers)
+    spec = fixed_cache(roles)
+    compress = load_compress(folder, graphs, spec, backend, device, threads, n_layers)
     encoder = load_encoder(folder, graphs, rec, backend, device, threads, n_layers)
     if encoder is not None and spec is not None:
         raise ArtifactError("an encoder-decoder artifact with a fixed-size cache is not supported")
     return GraphSet(static, runners, n_layers, int(model.get("kv_heads", rec.get("kv_heads"))),
                     int(model.get("head_dim", rec.get("head_dim"))), cache_len, chunk, spec, compress, encoder)
+
+
+def load_compress(folder, graphs: dict, spec: KVCacheSpec | None, backend: str, device: str, threads: int | None,
+                  layers: int):
+    """A lococo cache's compression graph (role "compress") on `backend`, else None (no fixed cache, or one that
+    selects slots without a graph)."""
+    if spec is None or spec.kind != "lococo":
+        return None
+    comp = by_role(graphs).get("compress")
+    if comp is None:
+        raise ArtifactError("this lococo artifact has no compression graph (role compress)")
+    from .fixed_cache import CompressRunner
+    key = "openvino" if backend == "openvino" else "onnx"
+    return CompressRunner(graph_file(Path(folder), comp, key, backend), backend, device, threads or default_threads(),
+                          layers)
 
 
 def load_encoder(folder, graphs: dict, decoder_rec: dict, backend: str, device: str, threads: int | None,

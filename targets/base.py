@@ -61,10 +61,10 @@ class CompileOptions:
             raise InputError(f"--prefill-chunk must be between 1 and the cache length, got {self.prefill_chunk}")
         object.__setattr__(self, "kv_cache", (self.kv_cache or "full").strip())
         spec = parse_kv_cache(self.kv_cache)
-        if spec.fixed and self.drafter:
-            raise InputError(f"--kv-cache {spec} with --drafter: drafter graphs over a fixed-size cache are not built "
-                             "(compile without --drafter and speculate by prompt lookup: accelc run ART --draft-mode "
-                             "lookup; or keep --drafter with --kv-cache full)")
+        if spec.fixed and self.drafter and self.drafter.partition(":")[0] != "eagle":
+            raise InputError(f"--kv-cache {spec} with --drafter {self.drafter.partition(':')[0]}: only an EAGLE drafter "
+                             "runs over a fixed-size cache (--drafter eagle); or speculate by prompt lookup: accelc "
+                             "run ART --draft-mode lookup")
         if self.convert:
             from ..passes.encdec.options import parse_convert
             parse_convert(self.convert)

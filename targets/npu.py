@@ -10,7 +10,7 @@ def build(options: CompileOptions) -> list:
     return [
         *phases.compression(options),
         *phases.conversion(options),    # --convert encdec: encoder-decoder (adapted) from the compressed model
-        *phases.drafting(options),
+        *phases.drafting(options, static=True),
         *phases.kv_cache(options),      # lococo: train the cache compressors on the compressed model
         *phases.export(options, static=True),   # static: every input shape fixed
         *phases.validation(options),

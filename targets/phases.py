@@ -80,11 +80,14 @@ def conversion(options: CompileOptions) -> list:
     return build(options.convert.partition(":")[2], options)
 
 
-def drafting(options: CompileOptions) -> list:
+def drafting(options: CompileOptions, static: bool = False) -> list:
     # after compression: a compressed target gets a drafter derived from the compressed model
     if not options.drafter:
         return []
     name, _, arg = options.drafter.partition(":")
+    if static and parse_kv_cache(options.kv_cache).fixed:
+        raise InputError(f"--drafter {name} with --kv-cache {options.kv_cache.split(',')[0]} on a static-shape "
+                         "target: an EAGLE drafter over a fixed-size cache runs on dynamic graphs (--target cpu)")
     quant = (options.quantize or "").partition(":")[0]
     if name in ("fused", "eagle") and quant in CODEBOOK_METHODS + INT_METHODS:
         # after packing, a codebook layer's codebooks and scales are buffers: the fused drafter's exit layer

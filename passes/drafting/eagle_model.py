@@ -84,9 +84,10 @@ class EagleGraph(nn.Module):
         return self.layer.empty_cache(batch, length, dtype, device)
 
 
-def target_graph(model: nn.Module, adapter: ArchAdapter) -> DecoderGraph:
-    """The target as the EAGLE runtime verifies with it (role "eagle_target"): logits and its last hidden state."""
-    return DecoderGraph(model, adapter, output="both").eval()
+def target_graph(model: nn.Module, adapter: ArchAdapter, scores: bool = False) -> DecoderGraph:
+    """The target as the EAGLE runtime verifies with it (role "eagle_target"): logits and its last hidden state
+    (with `scores`, also the attention each cache slot received: the graph then runs over a fixed-size cache)."""
+    return DecoderGraph(model, adapter, output="both", scores=scores).eval()
 
 
 def default_init_layer(num_layers: int) -> int:

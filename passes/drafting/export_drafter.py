@@ -89,6 +89,10 @@ class ExportDrafterPass(Pass):
                     "weight_storage": "own copy of the exit layer and of the kept head rows"}
         return {**rec, "weight_storage": "second copy of the target's layers (the decoder graph holds the first)"}
 
+    def kv_cache(self, bundle: ModelBundle, name: str) -> dict | None:
+        """The fixed-cache spec graph `name` runs over (export_onnx.write_graph's kv_cache), None: a growing cache."""
+        return None
+
     def static_specs(self, cache_len: int) -> dict[str, tuple] | None:
         """name -> (B, T, P) of each graph for a static-shape artifact (--target npu); None: not supported."""
         return None
@@ -120,7 +124,8 @@ class ExportDrafterPass(Pass):
         graphs = self.graphs(bundle)
         for name, spec in specs.items():
             graph = graphs[self.source.get(name, name)]
-            rec = write_graph(bundle, graph, name, spec, cfg.weights, scratch, metrics, emit="onnx" in cfg.formats)
+            rec = write_graph(bundle, graph, name, spec, cfg.weights, scratch, metrics, emit="onnx" in cfg.formats,
+                              kv_cache=self.kv_cache(bundle, name))
             rec.update(static=spec is not DYNAMIC, role=self.roles[name], hidden_size=graph.hidden_size,
                        **self.fields(name, graph, bundle, vocab))
             records[name] = rec

@@ -20,7 +20,7 @@ from ...compiler.pass_base import Pass, PassResult
 from ...runtime.backends import default_threads
 from ...runtime.speculative.artifact import open_drafter
 from ...compiler.graph import EAGLE_STEP
-from ..export.validate import prompt_ids, torch_reference
+from ..export.validate import prompt_ids, torch_reference, uncut_room
 from .eagle import EagleDrafter
 from .eagle_model import target_graph
 from .export_drafter import ExportDrafterPass, ValidateDrafterConfig, judge
@@ -34,7 +34,15 @@ def eagle_graphs(bundle: ModelBundle) -> dict:
     d = bundle.records.get("drafter_module")
     if not isinstance(d, EagleDrafter):
         raise PreconditionError("no EAGLE drafter attached (run drafter-eagle first)")
-    return {"eagle_target": target_graph(bundle.model, bundle.adapter), "eagle_draft": d.graph.eval()}
+    fixed = fixed_cache_record(bundle) is not None
+    return {"eagle_target": target_graph(bundle.model, bundle.adapter, scores=fixed), "eagle_draft": d.graph.eval()}
+
+
+def fixed_cache_record(bundle: ModelBundle) -> dict | None:
+    """The decoder graph's fixed-cache spec (its record's kv_cache) when it was exported with one, else None: the
+    EAGLE target then runs over the same fixed cache (runtime/speculative/eagle.py FixedFeatureTarget)."""
+    dec = (bundle.records.get("graphs") or {}).get("decoder") or {}
+    return dec.get("kv_cache") if dec.get("cache") == "fixed" else None
 
 
 class ExportEaglePass(ExportDrafterPass):
@@ -53,6 +61,9 @@ class ExportEaglePass(ExportDrafterPass):
         runtime/speculative/steps.StaticGraph)."""
         return {"eagle_target": (1, min(STATIC_VERIFY, cache_len), cache_len), EAGLE_STEP: (1, 1, cache_len),
                 "eagle_draft": (1, 1, cache_len)}
+
+    def kv_cache(self, bundle: ModelBundle, name: str) -> dict | None:
+        return fixed_cache_record(bundle) if name == "eagle_target" else None
 
     def fields(self, name: str, graph, bundle: ModelBundle, vocab: str | None) -> dict:
         if name == "eagle_draft":
@@ -172,14 +183,21 @@ class ValidateEaglePass(Pass):
         eagle_graphs(bundle)
 
     def call(self, bundle: ModelBundle) -> PassResult:
-        recs = {n: bundle.records["graphs"][n] for n in STATIC_ROLES if n in bundle.records["graphs"]}
+        graphs = bundle.records["graphs"]
+        recs = {n: graphs[n] for n in STATIC_ROLES if n in graphs}
+        # over a fixed cache the graphs match torch's full cache until the first cut (validate-kv-cache checks the
+        # decoder's cuts; the EAGLE target is the same model with its hidden state as a second output)
+        limit = uncut_room({"eagle_target": recs["eagle_target"]})
         refs = []
         for ids in prompt_ids(bundle):
             tokens, logits = torch_reference(bundle.model, ids, self.config.steps)
-            refs.append((ids.shape[1], tokens, logits[0], *torch_eagle(bundle, tokens)))
+            n_prompt = ids.shape[1]
+            if limit is not None:
+                tokens, logits, n_prompt = tokens[:, :limit], logits[:, :limit], min(n_prompt, limit - 2)
+            refs.append((n_prompt, tokens, logits[0], *torch_eagle(bundle, tokens)))
         results = {}
-        for backend in self.config.backends:
-            results[backend] = compare_eagle(open_drafter(bundle.workdir, {"graphs": recs}, backend,
+        for backend in self.config.backends:     # the whole graph set: a lococo target reads the compression graph
+            results[backend] = compare_eagle(open_drafter(bundle.workdir, {"graphs": graphs}, backend,
                                                           default_threads()), refs)
         native = (bundle.records.get("native") or {}).get("eagle_draft")
         if native:          # the native drafter beside the native decoder (export-native ran before this pass)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...compiler.errors import ArtifactError
-from ...compiler.graph import count_layers, input_names, output_names, past_key
+from ...compiler.graph import count_layers, input_names, output_kind, output_names, past_key
 from . import check_cache_dims, graph_file
 
 
@@ -23,7 +23,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, device: str, threads: int, manifest: dict | None = None,
-                 scores: bool = False):
+                 scores: bool = False, output: str = "logits"):
         import onnxruntime as ort
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads)
@@ -46,7 +46,8 @@ class OnnxRuntimeBackend:
         past = next(i for i in self.session.get_inputs() if i.name == past_key(0))
         check_cache_dims(past.shape, manifest or {}, onnx_path.name)
         self._in = input_names(self.layers)
-        self._out = output_names(self.layers, scores=scores)     # scores: a fixed cache's attn_scores after new_kv
+        # scores: a fixed cache's attn_scores after new_kv; output "both": logits then hidden_out (an EAGLE target)
+        self._out = output_names(self.layers, output=output, scores=scores)
         have = {o.name for o in self.session.get_outputs()}
         missing = [n for n in self._out if n not in have]
         if missing:
@@ -60,4 +61,4 @@ class OnnxRuntimeBackend:
 def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: dict,
          full_logits: bool = True) -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend(graph_file(artifact_dir, graph, "onnx", "onnxruntime"), device, threads, manifest,
-                              scores=graph.get("cache") == "fixed")
+                              scores=graph.get("cache") == "fixed", output=output_kind(graph))

@@ -24,7 +24,7 @@ import numpy as np
 
 from ...compiler.errors import ArtifactError
 from ...compiler.graph import (ATTENTION_MASK, BEAM_IDX, INPUT_IDS, LOGITS, POSITION_IDS, count_layers, input_names,
-                              output_names, past_key, past_value)
+                              output_kind, output_names, past_key, past_value)
 from . import check_cache_dims, graph_file
 from .ov_stateful import run_request
 
@@ -48,7 +48,8 @@ class OpenVINOBackend:
     name = "openvino"
 
     def __init__(self, xml: Path, device: str, threads: int, stateful: bool = False, full_logits: bool = True,
-                 manifest: dict | None = None, weights: Path | None = None, scores: bool = False):
+                 manifest: dict | None = None, weights: Path | None = None, scores: bool = False,
+                 output: str = "logits"):
         import openvino as ov
         self._Tensor = ov.Tensor
         core = ov.Core()
@@ -57,6 +58,7 @@ class OpenVINOBackend:
             raise ArtifactError(f"OpenVINO has no {ov_device} device (available: {', '.join(core.available_devices)})")
         self._xml, self._weights, self._threads = xml, weights, int(threads)
         self._scores = scores          # a fixed cache's graph: attn_scores outputs after the new keys/values
+        self._output = output          # "both": logits then hidden_out (an EAGLE target): forward's outs[0] is hidden
         # weights: the IR's .bin when it is not beside the .xml (graphs/decoder.xml reads openvino/openvino_model.bin,
         # shared with the optimum-style folder: passes/export/export_genai.py)
         model = core.read_model(str(xml), str(weights)) if weights else core.read_model(str(xml))
@@ -94,7 +96,7 @@ class OpenVINOBackend:
         self.request = compiled.create_infer_request()
         in_index = {n: i for i, p in enumerate(compiled.inputs) for n in p.get_names()}
         out_index = {n: i for i, p in enumerate(compiled.outputs) for n in p.get_names()}
-        outs = output_names(self.layers, scores=self._scores)
+        outs = output_names(self.layers, output=self._output, scores=self._scores)
         missing = [n for n in outs if n not in out_index]
         if missing:
             raise ArtifactError(f"{self._xml.name} lacks outputs {', '.join(missing[:4])}")
@@ -142,7 +144,8 @@ class OpenVINOBackend:
         once, beside the stateful one, so callers that manage their own cache keep working."""
         if self.stateful:
             if self._explicit is None:
-                self._explicit = OpenVINOBackend(self._xml, self.device, self._threads, weights=self._weights)
+                self._explicit = OpenVINOBackend(self._xml, self.device, self._threads, weights=self._weights,
+                                                 output=self._output)
             return self._explicit.forward(input_ids, position_ids, attention_mask, cache)
         req, Tensor = self.request, self._Tensor
         for idx, arr in zip(self._in, (input_ids, position_ids, attention_mask, *cache)):
@@ -158,4 +161,4 @@ def load(artifact_dir: Path, graph: dict, device: str, threads: int, manifest: d
     stateful = not graph.get("static") and not fixed and kv_mode() == "stateful"
     weights = graph_file(artifact_dir, graph, "openvino_bin", "openvino") if graph.get("openvino_bin") else None
     return OpenVINOBackend(graph_file(artifact_dir, graph, "openvino", "openvino"), device, threads, stateful,
-                           full_logits, manifest, weights, scores=fixed)
+                           full_logits, manifest, weights, scores=fixed, output=output_kind(graph))

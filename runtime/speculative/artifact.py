@@ -17,25 +17,42 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ...compiler.artifact import artifact_file
 from ...compiler.errors import ArtifactError, InputError
+from ...compiler.kv_spec import KVCacheSpec
 from ...compiler.graph import DRAFTER_ROLES, EAGLE_ROLES, EAGLE_STEP, cache_dims, is_new, record_dim, role_of
+from ..backends import load_backend
 from ..decode import decode_one, prefill
 from ..kv_cache import KVCache
 from ..sampling import Sampler, SamplingConfig
 from .cost import CostModel, measure_verify
 from .loop import SpecConfig, speculative_generate
 from .proposers import CombinedProposer, LookupProposer, as_proposer
-from .eagle import BackendFeatureTarget, eagle_steps
+from .eagle import BackendFeatureTarget, FixedFeatureTarget, eagle_steps
 from .steps import GraphFn, StaticGraph, fused_steps, is_stateful
 
 ROLES = DRAFTER_ROLES
 SPEC_BACKENDS = ("openvino", "onnxruntime")
 NATIVE = "native"                        # verifies EAGLE drafts with its own decoder (load_drafter)
+
+
+@dataclass
+class FixedTarget:
+    """What an EAGLE target graph exported over a fixed-size cache runs with (runtime/fixed_cache.FixedState): the
+    cache spec, the lococo compression graph (else None) and the geometry FixedState reads (static, layers, ...)."""
+    spec: object
+    compress: object
+    static: bool
+    layers: int
+    kv_heads: int
+    head_dim: int
+    prefill_chunk: int | None = None
+    cache_len: int | None = None
 
 
 @dataclass
@@ -48,6 +65,7 @@ class Drafter:
     vocab_size: int
     target: object | None = None         # a decoder backend that verifies and reports features itself (native)
     accept_head: object | None = None    # EAGLE: SpecDec++'s acceptance head (accept_head.AcceptHead), if trained
+    fixed: FixedTarget | None = None     # EAGLE over a fixed-size cache: its spec, compression graph and geometry
 
     @property
     def kind(self) -> str:
@@ -68,11 +86,20 @@ class Drafter:
             return KVCache(r["num_layers"], size, r["kv_heads"], r["head_dim"],
                            allocate=not is_stateful(self.fns[role]))
         if self.kind == "eagle":
-            target = (BackendFeatureTarget(self.target, capacity, self.hidden_size) if self.target is not None
-                      else (self.fns["eagle_target"], cache("eagle_target")))
+            window = None
+            if self.fixed is not None:        # flat memory: the drafter's cache holds at most M pairs plus a round
+                f = self.fixed
+                window = f.spec.slots
+                capacity = min(capacity, 2 * window + f.spec.buffer + 2)
+                target = FixedFeatureTarget(f, f.spec, f.compress, self.fns["eagle_target"], capacity,
+                                            self.hidden_size)
+            elif self.target is not None:
+                target = BackendFeatureTarget(self.target, capacity, self.hidden_size)
+            else:
+                target = (self.fns["eagle_target"], cache("eagle_target"))
             t, proposer = eagle_steps(target, (self.fns["eagle_draft"], cache("eagle_draft")), self.hidden_size,
                                       self.vocab_size, self.vocab_ids)
-            proposer.head = self.accept_head
+            proposer.head, proposer.window = self.accept_head, window
             return t, proposer
         return fused_steps(*((self.fns[r], cache(r)) for r in ("trunk", "draft_head", "verify_tail")),
                            self.hidden_size, self.vocab_size, self.vocab_ids)
@@ -180,6 +207,9 @@ def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str
         if not r.get(key):
             raise ArtifactError(f"the drafter graph '{role}' has no {key} file")
         path = artifact_file(folder, r[key], f"drafter graph {role}")
+        if r.get("cache") == "fixed":             # EAGLE's target over a fixed cache: the decoder backends run it
+            fns[role] = load_backend(backend, Path(folder), r, device, threads, manifest)
+            continue
         ins, outs = list(r["inputs"]), list(r["outputs"])
         static = bool(r.get("static"))
         if backend == "openvino":
@@ -201,7 +231,20 @@ def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str
         from .accept_head import load_head
         head = load_head(artifact_file(folder, head, "the drafter's acceptance head"))
     return Drafter(backend, fns, recs, vocab_ids, int(recs[draft if eagle else "trunk"]["hidden_size"]),
-                   int(recs[target]["vocab"]), accept_head=head)
+                   int(recs[target]["vocab"]), accept_head=head, fixed=fixed_target(folder, manifest, recs, backend,
+                                                                                    device, threads))
+
+
+def fixed_target(folder, manifest: dict, recs: dict, backend: str, device: str, threads: int) -> FixedTarget | None:
+    """An EAGLE target exported over a fixed-size cache: its spec, compression graph and geometry; else None."""
+    rec = recs.get("eagle_target") or {}
+    if rec.get("cache") != "fixed":
+        return None
+    from ..graph_set import load_compress
+    spec = KVCacheSpec.from_json(rec.get("kv_cache"))
+    layers = int(rec["num_layers"])
+    compress = load_compress(folder, manifest.get("graphs") or {}, spec, backend, device, threads, layers)
+    return FixedTarget(spec, compress, False, layers, int(rec["kv_heads"]), int(rec["head_dim"]))
 
 
 class DecoderStep:

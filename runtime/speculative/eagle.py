@@ -3,6 +3,10 @@
 - FeatureTarget: the target graph (role "eagle_target": ids -> logits and hidden) as the loop's target step
   model; it keeps the hidden state f_p of every position p it has processed (rows past a rollback go stale and
   are overwritten when the position is processed again).
+- FixedFeatureTarget: the same over the artifact's fixed-size cache (--kv-cache window/sink/h2o/lococo): the target
+  graph then also outputs attn_scores and runs through runtime/fixed_cache.FixedState; only the newest hidden states
+  are kept (RingRows), and the proposer's own cache restarts once it holds `window` pairs (the cache's M), so
+  memory stays flat.
 - EagleProposer: the loop's proposer. Its graph's cache holds pairs (f_t, token t+1) at position t. Each round it
   first feeds, in one pass, the pairs whose f_t the target computed since the last round (all true states: the
   target holds every token of the sequence but the last), which yields the first draft; further drafts feed back
@@ -86,6 +90,69 @@ class BackendFeatureTarget:
         self.held = min(int(length), self.held)
 
 
+class RingRows:
+    """Rows [size, C] indexed by sequence position modulo size: a fixed-cache target keeps the hidden states of its
+    last `size` positions only (the drafter reads at most CATCH_UP + 1 of the newest), so memory stays flat however
+    long the text. Slices read and write as on a plain array while they lie inside the newest `size` rows."""
+
+    def __init__(self, size: int, width: int):
+        self.size = int(size)
+        self.rows = np.zeros((self.size, width), dtype=np.float32)
+        self.end = 0                 # one past the newest position written
+
+    def __setitem__(self, key: slice, value) -> None:
+        value = np.asarray(value)
+        start = key.start or 0
+        if len(value) > self.size:                     # a long prompt chunk: only its newest rows can be read
+            start, value = start + len(value) - self.size, value[-self.size:]
+        self.rows[np.arange(start, start + len(value)) % self.size] = value
+        self.end = start + len(value)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        start, stop = key.start or 0, key.stop
+        if stop - start > self.size or start < self.end - self.size:
+            raise ValueError(f"positions {start}..{stop} are no longer kept (the newest {self.size} are)")
+        return self.rows[np.arange(start, stop) % self.size]
+
+
+class FixedFeatureTarget:
+    """FeatureTarget over the artifact's fixed-size cache (docs/runtime/kv-cache.md): the EAGLE target graph
+    (exported with attn_scores outputs) runs through runtime/fixed_cache.FixedState, which cuts the cache as plain
+    decoding does, and hands its hidden states here. room() caps the drafts so every cut falls between rounds."""
+
+    RING = 1024        # hidden-state rows kept (positions), whatever the text's length
+
+    def __init__(self, geometry, spec, compress, backend, capacity: int, hidden_size: int):
+        from ..fixed_cache import FixedState
+        self.features = RingRows(min(int(capacity), self.RING), hidden_size)
+        self.state = FixedState(geometry, spec, compress, runner=backend, on_hidden=self._keep)
+
+    def _keep(self, start: int, rows: np.ndarray) -> None:
+        self.features[start:start + len(rows)] = rows
+
+    @property
+    def length(self) -> int:
+        return self.state.length
+
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        return self.state.prefill(list(tokens), all_logits=True)
+
+    def forward_last(self, tokens: Sequence[int], n: int) -> np.ndarray:
+        """The last n rows of forward(tokens); a prompt (n = 1) goes in whole, in the chunks plain prefill uses."""
+        tokens = list(tokens)
+        if n == 1:
+            return self.state.prefill(tokens)[None]
+        if len(tokens) > n:
+            self.state.prefill(tokens[:-n])
+        return self.state.prefill(tokens[-n:], all_logits=True)
+
+    def truncate(self, length: int) -> None:
+        self.state.cache.rollback(min(length, self.length))
+
+    def room(self) -> int:
+        return self.state.room()
+
+
 class EagleProposer:
     def __init__(self, target: FeatureTarget, fn: GraphFn, cache: KVCache, vocab_size: int,
                  vocab_ids: np.ndarray | None = None):
@@ -98,6 +165,7 @@ class EagleProposer:
         self.collect = False    # keep each round's head features in `features` (the head's training rollouts)
         self.features: list[np.ndarray] = []
         self._col = None        # token id -> its column in the drafter's head
+        self.window = None      # a fixed-cache target: the drafter's own cache restarts past this many pairs
 
     def start(self) -> None:
         self.cache.rollback(0)
@@ -133,8 +201,10 @@ class EagleProposer:
         n = len(seq) - 1                      # the target holds seq[:n]: f_0 .. f_{n-1} are known
         if self.target.length < n:
             raise ValueError(f"the target holds {self.target.length} tokens, the drafter needs {n}")
-        if n - self.true > CATCH_UP:            # idle since its last draft: restart from the last CATCH_UP pairs
-            self.offset = self.true = n - CATCH_UP
+        if n - self.true > CATCH_UP or (self.window is not None and n - self.offset > self.window):
+            # idle since its last draft, or (fixed-size target) its window is full: restart from the last pairs
+            keep = CATCH_UP if self.window is None else max(1, min(CATCH_UP, self.window // 2))
+            self.offset = self.true = n - keep
             self.cache.rollback(0)
         else:
             self.cache.rollback(min(self.true - self.offset, self.cache.length))
@@ -170,7 +240,8 @@ class EagleProposer:
 def eagle_steps(target, draft: tuple[GraphFn, KVCache], hidden_size: int,
                 vocab_size: int, vocab_ids=None) -> tuple[FeatureTarget, EagleProposer]:
     """(target step, proposer) of an EAGLE drafter: draft is (graph function, its cache); target is (graph
-    function, its cache) or an already built feature target (BackendFeatureTarget). The one place they are wired
+    function, its cache) or an already built feature target (BackendFeatureTarget, FixedFeatureTarget). The one place they are wired
     (the artifact runtime, the drafter's torch evaluation and the tests call it)."""
-    t = target if isinstance(target, BackendFeatureTarget) else FeatureTarget(target[0], target[1], hidden_size)
+    t = (target if isinstance(target, (BackendFeatureTarget, FixedFeatureTarget))
+         else FeatureTarget(target[0], target[1], hidden_size))
     return t, EagleProposer(t, draft[0], draft[1], vocab_size, vocab_ids)

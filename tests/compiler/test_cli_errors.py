@@ -218,7 +218,8 @@ def test_bad_int_quantization_is_refused_before_the_load(capsys, tmp_path, tiny_
     (["--kv-cache", "h2o"], "number of cache slots"),
     (["--kv-cache", "lococo:64,keep=2"], "keep must be in (0, 1]"),
     (["--kv-cache", "lococo:64,kernel=20"], "kernel must be odd"),
-    (["--kv-cache", "h2o:64", "--drafter", "fused"], "drafter graphs over a fixed-size cache"),
+    (["--kv-cache", "h2o:64", "--drafter", "fused"], "only an EAGLE drafter runs over a fixed-size cache"),
+    (["--kv-cache", "h2o:64", "--drafter", "eagle", "--target", "npu"], "runs on dynamic graphs"),
     (["--kv-cache", "sink:64", "--formats", "openvino,native"], "native format keeps a growing cache"),
 ])
 def test_kv_cache_errors_before_the_load(capsys, tmp_path, tiny_folder, argv, fragment):
