@@ -6,7 +6,8 @@
 Per artifact (each LABEL=DIR was made by `accelc compile` or scripts/nncf_baseline.py):
   - bits per weight of the decoder linears and of the embedding (tied head included), counted from the OpenVINO IR
     itself: every constant feeding a MatMul's weight input (codes, scales, zero points, or a dense float weight),
-    its element bits times its elements, over the weights it reconstructs;
+    its element bits times its elements, over the weights it reconstructs (codebook graphs: codes, codebooks and
+    scales);
   - perplexity by `accelc eval DIR --backend openvino` on Brown (the calibration domain) and on sotu (off it),
     full protocol by default (32,768 tokens in 512-token windows);
   - artifact MB (the IR's .xml + .bin), resident MB (peak RSS of a fresh process that loaded the artifact and decoded
@@ -37,6 +38,13 @@ from provenance import ROOT, provenance
 BITS = {"f32": 32, "f16": 16, "bf16": 16, "u8": 8, "i8": 8, "u4": 4, "i4": 4, "u3": 3, "u2": 2}
 
 
+# ops between a MatMul / Gather and the constants its weight is rebuilt from: NNCF's and accelc's decompression
+# (Convert, Subtract, Multiply, Reshape, Transpose) and the codebook graphs' lookups (Gather of codebook rows by codes,
+# Add over the codebooks)
+DECOMPRESSION = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Gather", "Add", "Concat", "Unsqueeze",
+                 "Squeeze")
+
+
 def ir_bits(xml: Path, vocab: int, binf: Path | None = None) -> dict:
     """Bits of the weights of every MatMul and Gather (embedding) in the IR, from its constants."""
     import openvino as ov
@@ -48,21 +56,23 @@ def ir_bits(xml: Path, vocab: int, binf: Path | None = None) -> dict:
             continue
         port = 1 if op.get_type_name() == "MatMul" else 0
         src = op.input_value(port).get_node()
-        consts, stack = [], [src]
+        consts, stack, dynamic = [], [src], False
         while stack:
             n = stack.pop()
             if n.get_type_name() == "Constant":
                 consts.append(n)
-            elif n.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
+            elif n.get_type_name() == "Parameter":
+                dynamic = True
+            elif n.get_type_name() in DECOMPRESSION:
                 stack += [i.get_source_output().get_node() for i in n.inputs()]
-        if not consts or src.get_type_name() == "Parameter":
+        if not consts or dynamic:
             continue
         shape = list(op.input_value(port).get_partial_shape().to_shape())
         if len(shape) != 2 or shape[0] * shape[1] < 4096:
             continue
         bits = 0
         for c in consts:
-            if c.get_friendly_name() in seen or len(c.get_output_shape(0)) == 1 and c.get_element_type().bitwidth == 64:
+            if c.get_friendly_name() in seen or len(c.get_output_shape(0)) <= 1 and c.get_element_type().bitwidth == 64:
                 continue
             seen.add(c.get_friendly_name())
             n = 1
