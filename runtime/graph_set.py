@@ -92,19 +92,24 @@ def load_graphs(folder, graphs: dict[str, dict], backend: str, device: str, thre
                     int(model.get("head_dim", rec.get("head_dim"))), cache_len, chunk, spec, compress, encoder)
 
 
+def role_graph(folder, graphs: dict, role: str, backend: str, what: str) -> tuple[Path, dict]:
+    """(file on `backend`, record) of the artifact's graph with `role`; ArtifactError naming `what` without one."""
+    rec = by_role(graphs).get(role)
+    if rec is None:
+        raise ArtifactError(f"this {what} artifact has no {role} graph (role {role})")
+    key = "openvino" if backend == "openvino" else "onnx"
+    return graph_file(Path(folder), rec, key, backend), rec
+
+
 def load_compress(folder, graphs: dict, spec: KVCacheSpec | None, backend: str, device: str, threads: int | None,
                   layers: int):
     """A lococo cache's compression graph (role "compress") on `backend`, else None (no fixed cache, or one that
     selects slots without a graph)."""
     if spec is None or spec.kind != "lococo":
         return None
-    comp = by_role(graphs).get("compress")
-    if comp is None:
-        raise ArtifactError("this lococo artifact has no compression graph (role compress)")
     from .fixed_cache import CompressRunner
-    key = "openvino" if backend == "openvino" else "onnx"
-    return CompressRunner(graph_file(Path(folder), comp, key, backend), backend, device, threads or default_threads(),
-                          layers)
+    path, _ = role_graph(folder, graphs, "compress", backend, "lococo")
+    return CompressRunner(path, backend, device, threads or default_threads(), layers)
 
 
 def load_encoder(folder, graphs: dict, decoder_rec: dict, backend: str, device: str, threads: int | None,
@@ -112,10 +117,6 @@ def load_encoder(folder, graphs: dict, decoder_rec: dict, backend: str, device: 
     """The encoder of an encoder-decoder artifact (its decoder graphs' memory is "encoder"), else None."""
     if memory_of(decoder_rec) is None:
         return None
-    rec = by_role(graphs).get("encoder")
-    if rec is None:
-        raise ArtifactError("this encoder-decoder artifact has no encoder graph (role encoder)")
     from .encoder import EncoderRunner
-    key = "openvino" if backend == "openvino" else "onnx"
-    return EncoderRunner(graph_file(Path(folder), rec, key, backend), backend, device, threads or default_threads(),
-                         rec, layers)
+    path, rec = role_graph(folder, graphs, "encoder", backend, "encoder-decoder")
+    return EncoderRunner(path, backend, device, threads or default_threads(), rec, layers)
