@@ -149,8 +149,9 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--resume", action="store_true", help="keep the rows already in --out (their perplexity is not "
-                    "measured again); speed is measured for every artifact")
+    ap.add_argument("--resume", action="store_true", help="keep the perplexity of rows already in --out for the same "
+                    "LABEL=DIR (not measured again; the IR's columns are read again); speed is measured for every "
+                    "artifact")
     a = ap.parse_args()
     arts = dict(x.split("=", 1) for x in a.artifacts)
     rows = {}
@@ -163,8 +164,7 @@ def main() -> None:
         Path(a.out).write_text(json.dumps(result, indent=1))
 
     for label, d in arts.items():
-        if label in rows and "perplexity" in rows[label]:
-            continue
+        kept = (rows.get(label) or {}).get("perplexity") if rows.get(label, {}).get("artifact") == d else None
         art = Path(d)
         m = json.loads((art / "manifest.json").read_text())
         g = m["graphs"]["decoder"]
@@ -179,7 +179,9 @@ def main() -> None:
         if q.get("tuning"):
             row["tuning"] = {k: q["tuning"].get(k) for k in ("steps", "batch", "lr", "lr_v", "tau", "trust",
                                                              "kl_heldout_before", "kl_heldout_after")}
-        if not a.skip_quality:
+        if kept:                            # --resume: the IR-read columns again, the perplexity kept
+            row["perplexity"] = kept
+        elif not a.skip_quality:
             row["perplexity"] = {t: perplexity(art, t, a.max_tokens) for t in a.texts}
         print(label, json.dumps(row)[:400], file=sys.stderr, flush=True)
         save()
