@@ -40,7 +40,7 @@ def eagle_graphs(bundle: ModelBundle) -> dict:
 
 def fixed_cache_record(bundle: ModelBundle) -> dict | None:
     """The decoder graph's fixed-cache spec (its record's kv_cache) when it was exported with one, else None: the
-    EAGLE target then runs over the same fixed cache (runtime/speculative/eagle.py FixedFeatureTarget)."""
+    EAGLE target then runs over the same fixed cache (runtime/speculative/artifact.py FixedFeatureTarget)."""
     dec = (bundle.records.get("graphs") or {}).get("decoder") or {}
     return dec.get("kv_cache") if dec.get("cache") == "fixed" else None
 

@@ -33,7 +33,7 @@ from ..sampling import Sampler, SamplingConfig
 from .cost import CostModel, measure_verify
 from .loop import SpecConfig, speculative_generate
 from .proposers import CombinedProposer, LookupProposer, as_proposer
-from .eagle import BackendFeatureTarget, FixedFeatureTarget, eagle_steps
+from .eagle import BackendFeatureTarget, RingRows, eagle_steps
 from .steps import GraphFn, StaticGraph, fused_steps, is_stateful
 
 ROLES = DRAFTER_ROLES
@@ -91,8 +91,7 @@ class Drafter:
                 f = self.fixed
                 window = f.spec.slots
                 capacity = min(capacity, 2 * window + f.spec.buffer + 2)
-                target = FixedFeatureTarget(f, f.spec, f.compress, self.fns["eagle_target"], capacity,
-                                            self.hidden_size)
+                target = FixedFeatureTarget(f, self.fns["eagle_target"], capacity, self.hidden_size)
             elif self.target is not None:
                 target = BackendFeatureTarget(self.target, capacity, self.hidden_size)
             else:
@@ -166,7 +165,9 @@ def load_drafter(art, backend: str | None = None) -> Drafter | None:
         drafter.target = target
         return drafter
     device = art.choice.device if art.choice.backend == "openvino" else "cpu"
-    return open_drafter(art.path, art.manifest, backend, art.threads, device)
+    same = backend == art.choice.backend          # the artifact's compression graph runs on its own backend
+    return open_drafter(art.path, art.manifest, backend, art.threads, device,
+                        compress=getattr(art, "compress", None) if same else None)
 
 
 def native_eagle_drafter(folder, manifest: dict, record: dict, target) -> Drafter:
@@ -189,10 +190,11 @@ def spec_backend_problem(art) -> str | None:
 
 
 def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str = "cpu",
-                 roles: Sequence[str] | None = None) -> Drafter | None:
+                 roles: Sequence[str] | None = None, compress=None) -> Drafter | None:
     """The drafter graphs of `manifest` (or {"graphs": ...}) in `folder` as graph functions on `backend` (only
     `roles` when given); None when there are none. The compiler's drafter validation
-    (passes/drafting/export_drafter.py) runs them this way too."""
+    (passes/drafting/export_drafter.py) runs them this way too. compress: the artifact's already loaded lococo
+    compression graph, shared by an EAGLE target over its fixed cache (else it is loaded here)."""
     recs = drafter_records(manifest)
     if recs is None:
         return None
@@ -231,19 +233,22 @@ def open_drafter(folder, manifest: dict, backend: str, threads: int, device: str
         from .accept_head import load_head
         head = load_head(artifact_file(folder, head, "the drafter's acceptance head"))
     return Drafter(backend, fns, recs, vocab_ids, int(recs[draft if eagle else "trunk"]["hidden_size"]),
-                   int(recs[target]["vocab"]), accept_head=head, fixed=fixed_target(folder, manifest, recs, backend,
-                                                                                    device, threads))
+                   int(recs[target]["vocab"]), accept_head=head,
+                   fixed=fixed_target(folder, manifest, recs, backend, device, threads, compress))
 
 
-def fixed_target(folder, manifest: dict, recs: dict, backend: str, device: str, threads: int) -> FixedTarget | None:
-    """An EAGLE target exported over a fixed-size cache: its spec, compression graph and geometry; else None."""
+def fixed_target(folder, manifest: dict, recs: dict, backend: str, device: str, threads: int,
+                 compress=None) -> FixedTarget | None:
+    """An EAGLE target exported over a fixed-size cache: its spec, compression graph (`compress` when the caller has
+    it loaded) and geometry; else None."""
     rec = recs.get("eagle_target") or {}
     if rec.get("cache") != "fixed":
         return None
     from ..graph_set import load_compress
     spec = KVCacheSpec.from_json(rec.get("kv_cache"))
     layers = int(rec["num_layers"])
-    compress = load_compress(folder, manifest.get("graphs") or {}, spec, backend, device, threads, layers)
+    if compress is None:
+        compress = load_compress(folder, manifest.get("graphs") or {}, spec, backend, device, threads, layers)
     return FixedTarget(spec, compress, False, layers, int(rec["kv_heads"]), int(rec["head_dim"]))
 
 
@@ -252,8 +257,8 @@ class DecoderStep:
     over a DecodeState; the artifact must be opened with full_logits=True). Prompt lookup needs no drafter
     graphs, so it verifies on every backend this way."""
 
-    def __init__(self, art, capacity: int):
-        self.state = art.new_state(capacity)
+    def __init__(self, art, capacity: int, state=None):
+        self.state = state if state is not None else art.new_state(capacity)
         self.static = bool(art.static)
 
     @property
@@ -284,6 +289,24 @@ class DecoderStep:
     def room(self) -> int | None:
         """Tokens the next verify pass may take (a fixed-size cache: up to its next cut); None: no limit."""
         return self.state.room() if getattr(self.state, "fixed", False) else None
+
+
+class FixedFeatureTarget(DecoderStep):
+    """EAGLE's feature target over the artifact's fixed-size cache (docs/runtime/kv-cache.md): the EAGLE target graph
+    (exported with attn_scores outputs) runs through runtime/fixed_cache.FixedState, which cuts the cache as plain
+    decoding does, and hands its hidden states to a ring of the newest positions (eagle.RingRows); the rest is
+    DecoderStep's (room() caps the drafts so every cut falls between rounds)."""
+
+    RING = 1024        # hidden-state rows kept (positions), whatever the text's length
+
+    def __init__(self, fixed: FixedTarget, backend, capacity: int, hidden_size: int):
+        from ..fixed_cache import FixedState
+        self.features = RingRows(min(int(capacity), self.RING), hidden_size)
+        super().__init__(fixed, capacity, FixedState(fixed, fixed.spec, fixed.compress, runner=backend,
+                                                     on_hidden=self._keep))
+
+    def _keep(self, start: int, rows: np.ndarray) -> None:
+        self.features[start:start + len(rows)] = rows
 
 
 def generate_speculative(art, drafter: Drafter | None, prompt_ids: Sequence[int], max_new_tokens: int,

@@ -3,10 +3,10 @@
 - FeatureTarget: the target graph (role "eagle_target": ids -> logits and hidden) as the loop's target step
   model; it keeps the hidden state f_p of every position p it has processed (rows past a rollback go stale and
   are overwritten when the position is processed again).
-- FixedFeatureTarget: the same over the artifact's fixed-size cache (--kv-cache window/sink/h2o/lococo): the target
-  graph then also outputs attn_scores and runs through runtime/fixed_cache.FixedState; only the newest hidden states
-  are kept (RingRows), and the proposer's own cache restarts once it holds `window` pairs (the cache's M), so
-  memory stays flat.
+- FixedFeatureTarget (runtime/speculative/artifact.py): the same over the artifact's fixed-size cache (--kv-cache
+  window/sink/h2o/lococo): the target graph then also outputs attn_scores and runs through
+  runtime/fixed_cache.FixedState; only the newest hidden states are kept (RingRows), and the proposer's own cache
+  restarts once it holds `window` pairs (the cache's M), so memory stays flat.
 - EagleProposer: the loop's proposer. Its graph's cache holds pairs (f_t, token t+1) at position t. Each round it
   first feeds, in one pass, the pairs whose f_t the target computed since the last round (all true states: the
   target holds every token of the sequence but the last), which yields the first draft; further drafts feed back
@@ -115,44 +115,6 @@ class RingRows:
         return self.rows[np.arange(start, stop) % self.size]
 
 
-class FixedFeatureTarget:
-    """FeatureTarget over the artifact's fixed-size cache (docs/runtime/kv-cache.md): the EAGLE target graph
-    (exported with attn_scores outputs) runs through runtime/fixed_cache.FixedState, which cuts the cache as plain
-    decoding does, and hands its hidden states here. room() caps the drafts so every cut falls between rounds."""
-
-    RING = 1024        # hidden-state rows kept (positions), whatever the text's length
-
-    def __init__(self, geometry, spec, compress, backend, capacity: int, hidden_size: int):
-        from ..fixed_cache import FixedState
-        self.features = RingRows(min(int(capacity), self.RING), hidden_size)
-        self.state = FixedState(geometry, spec, compress, runner=backend, on_hidden=self._keep)
-
-    def _keep(self, start: int, rows: np.ndarray) -> None:
-        self.features[start:start + len(rows)] = rows
-
-    @property
-    def length(self) -> int:
-        return self.state.length
-
-    def forward(self, tokens: Sequence[int]) -> np.ndarray:
-        return self.state.prefill(list(tokens), all_logits=True)
-
-    def forward_last(self, tokens: Sequence[int], n: int) -> np.ndarray:
-        """The last n rows of forward(tokens); a prompt (n = 1) goes in whole, in the chunks plain prefill uses."""
-        tokens = list(tokens)
-        if n == 1:
-            return self.state.prefill(tokens)[None]
-        if len(tokens) > n:
-            self.state.prefill(tokens[:-n])
-        return self.state.prefill(tokens[-n:], all_logits=True)
-
-    def truncate(self, length: int) -> None:
-        self.state.cache.rollback(min(length, self.length))
-
-    def room(self) -> int:
-        return self.state.room()
-
-
 class EagleProposer:
     def __init__(self, target: FeatureTarget, fn: GraphFn, cache: KVCache, vocab_size: int,
                  vocab_ids: np.ndarray | None = None):
@@ -240,8 +202,7 @@ class EagleProposer:
 def eagle_steps(target, draft: tuple[GraphFn, KVCache], hidden_size: int,
                 vocab_size: int, vocab_ids=None) -> tuple[FeatureTarget, EagleProposer]:
     """(target step, proposer) of an EAGLE drafter: draft is (graph function, its cache); target is (graph
-    function, its cache) or an already built feature target (BackendFeatureTarget, FixedFeatureTarget). The one place they are wired
-    (the artifact runtime, the drafter's torch evaluation and the tests call it)."""
-    t = (target if isinstance(target, (BackendFeatureTarget, FixedFeatureTarget))
-         else FeatureTarget(target[0], target[1], hidden_size))
+    function, its cache) or an already built feature target (BackendFeatureTarget, artifact.FixedFeatureTarget). The
+    one place they are wired (the artifact runtime, the drafter's torch evaluation and the tests call it)."""
+    t = FeatureTarget(target[0], target[1], hidden_size) if isinstance(target, tuple) else target
     return t, EagleProposer(t, draft[0], draft[1], vocab_size, vocab_ids)

@@ -14,8 +14,8 @@ from accelc.compiler.errors import InputError
 from accelc.models.sources import cache_dir
 from accelc.runtime.artifact import open_artifact
 from accelc.runtime.generate import generate
-from accelc.runtime.speculative.artifact import generate_speculative, load_drafter
-from accelc.runtime.speculative.eagle import FixedFeatureTarget, RingRows
+from accelc.runtime.speculative.artifact import FixedFeatureTarget, generate_speculative, load_drafter
+from accelc.runtime.speculative.eagle import RingRows
 from accelc.runtime.sampling import SamplingConfig
 from accelc.runtime.speculative.loop import SpecConfig
 from accelc.runtime.speculative.proposers import LookupProposer
@@ -127,7 +127,7 @@ def test_lococo_with_eagle_runs_through_the_compression_graph(tmp_path):
     out = _compile(tmp_path, "lococo:12,steps=2,seq_len=64,buffer=4")
     art = open_artifact(out, backend="openvino", report=False, full_logits=True)
     drafter = load_drafter(art)
-    assert drafter.fixed.compress is not None
+    assert drafter.fixed.compress is not None and drafter.fixed.compress is art.compress   # loaded once
     res, stats = generate_speculative(art, drafter, PROMPT, NEW, config=SpecConfig(k=4, draft_mode="fixed", k_max=4))
     assert len(res.tokens) == NEW or res.stop_reason == "eos"
     assert stats.drafted > 0
