@@ -42,13 +42,19 @@ class ConvertEncDecPass(Pass):
         from .train import adapt, cache_root
         cfg, model = self.config, bundle.model
         source_layers = bundle.adapter.num_layers
-        key = fingerprint(model, torch.zeros(0, dtype=torch.long)) if cfg.steps else None
-        teacher = DecoderGraph(copy.deepcopy(model).eval()).eval() if (cfg.steps or cfg.eval_windows) else None
+        search = cfg.pick == "greedy" and 0 < cfg.decoder_layers < source_layers
+        key = fingerprint(model, torch.zeros(0, dtype=torch.long)) if (cfg.steps or search) else None
+        teacher = DecoderGraph(copy.deepcopy(model).eval()).eval() if (cfg.steps or cfg.eval_windows or search) \
+            else None
         if teacher is not None:
             for p in teacher.parameters():
                 p.requires_grad_(False)
+        from ..training import use_bf16
+        layers = search_trace = None
+        if search:
+            layers, search_trace = _greedy(teacher, bundle.tokenizer, cfg, key, use_bf16(cfg.precision, torch.device("cpu")))
         ed = convert(model, cfg.decoder_layers, cfg.pick, cfg.encoder == "causal",
-                     cfg.gate if cfg.encoder == "blend" else None).eval()
+                     cfg.gate if cfg.encoder == "blend" else None, layers=layers).eval()
         for p in ed.parameters():           # adaptation unfreezes what it trains, and freezes it again
             p.requires_grad_(False)
         scores = {}
@@ -63,7 +69,7 @@ class ConvertEncDecPass(Pass):
         if cfg.steps:
             calib = token_stream(bundle.tokenizer, load_text("calib", cfg.calib)) if bundle.tokenizer is not None \
                 else torch.randint(3, bundle.adapter.vocab_size, (4 * cfg.seq_len,), generator=torch.Generator().manual_seed(0))
-            from ..training import train_device, use_bf16
+            from ..training import train_device
             dev = train_device(cfg.device)
             bf16 = use_bf16(cfg.precision, dev)
             resume = cache_root() / f"adapt-{run_key(key, cfg.training_options())}.safetensors"
@@ -78,7 +84,7 @@ class ConvertEncDecPass(Pass):
         record = {"kind": "encdec", "attention": cfg.attention, "encoder": cfg.encoder,
                   "source_layers": source_layers, "encoder_layers": enc.num_layers,
                   "decoder_layers": bundle.adapter.num_layers, "decoder_from": ed.decoder_from, "memory": ed.memory,
-                  "pick": cfg.pick, "encoder_parameters": _params(ed.encoder, ed.decoder),
+                  "pick": cfg.pick, "search": search_trace, "encoder_parameters": _params(ed.encoder, ed.decoder),
                   "decoder_parameters": bundle.adapter.num_parameters(),
                   "adaptation": train and {**train, **{k: getattr(cfg, k) for k in
                                                        ("batch", "splits", "seq_len", "min_prefix", "min_target", "lr", "kd", "train")}},
@@ -98,6 +104,31 @@ class ConvertEncDecPass(Pass):
             raise PreconditionError("no encoder-decoder attached")
         if any(p.requires_grad for p in ed.parameters()):
             raise PreconditionError("the encoder-decoder was left trainable")
+
+
+def _greedy(teacher, tokenizer, cfg, key: str, bf16: bool) -> tuple[list[int], list[dict]]:
+    """pick=greedy's layers (pick.py), cached by the source's weights and the search's options."""
+    import json
+
+    from ...models.corpus import load_text, token_stream
+    from ..training import run_key
+    from .pick import greedy_layers
+    from .train import cache_root
+    opts = {"search": "greedy", "k": cfg.decoder_layers, "windows": cfg.search_windows, "seq_len": cfg.seq_len,
+            "seed": cfg.seed, "calib": cfg.calib}
+    path = cache_root() / f"pick-{run_key(key, opts)}.json"
+    if path.is_file():
+        found = json.loads(path.read_text())
+        log.info("greedy layer search: reusing %s", path.name)
+        return found["layers"], found["trace"]
+    stream = token_stream(tokenizer, load_text("calib", cfg.calib)) if tokenizer is not None \
+        else torch.randint(3, teacher.vocab, (4 * cfg.seq_len,), generator=torch.Generator().manual_seed(cfg.seed))
+    layers, trace = greedy_layers(teacher, stream, cfg.decoder_layers, cfg.search_windows, cfg.seq_len, cfg.seed, bf16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"layers": layers, "trace": trace}))
+    tmp.replace(path)
+    return layers, trace
 
 
 def _gates(ed) -> dict | None:

@@ -28,6 +28,8 @@ def pick_layers(n: int, k: int, how: str) -> list[int]:
     if how == "ends":
         head = min(k - 1, max(1, round(k / 5))) if k > 1 else 0
         return list(range(head)) + list(range(n - (k - head), n))
+    if how == "greedy":
+        return list(range(n)) if k == n else _measured(k)
     if how == "last":
         return list(range(n - k, n))
     if how == "first":
@@ -35,6 +37,10 @@ def pick_layers(n: int, k: int, how: str) -> list[int]:
     if k == 1:
         return [n - 1]
     return sorted({round(j * (n - 1) / (k - 1)) for j in range(k)})
+
+
+def _measured(k: int):
+    raise ValueError(f"pick=greedy chooses its {k} layers by measurement (passes/encdec/pick.py): pass layers=")
 
 
 def _keep_layers(model: nn.Module, idx: list[int]) -> None:
@@ -141,14 +147,14 @@ class EncDec(nn.Module):
 
 
 def convert(model: nn.Module, decoder_layers: int = 0, pick: str = "spread", causal_encoder: bool = False,
-            blend: float | None = None) -> EncDec:
+            blend: float | None = None, layers: list[int] | None = None) -> EncDec:
     """Turn `model` (modified in place: it becomes the decoder) into an EncDec. blend=g0: a blended encoder
-    (EncDec)."""
+    (EncDec). layers: the decoder's source layers when already chosen (pick=greedy, pick.py)."""
     ad = ArchAdapter(model)
     n = ad.num_layers
     if getattr(model.config, "use_bidirectional_attention", False):
         raise InputError("--convert encdec: the model's attention is already bidirectional")
-    picks = pick_layers(n, decoder_layers or n, pick)
+    picks = sorted(layers) if layers is not None else pick_layers(n, decoder_layers or n, pick)
     encoder = copy.deepcopy(model)
     _keep_layers(encoder, list(range(max(picks) + 1)))
     encoder.model.embed_tokens = model.model.embed_tokens            # shared (tied) embeddings and head

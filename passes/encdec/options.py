@@ -8,7 +8,7 @@ from ...compiler.errors import InputError
 from ..spec_options import check_train_device, convert
 
 ATTENTION = ("merged", "cross")
-PICKS = ("ends", "spread", "last", "first")
+PICKS = ("ends", "spread", "last", "first", "greedy")
 ENCODERS = ("auto", "blend", "bidirectional", "causal")
 TRAIN = ("all", "decoder")
 EXAMPLE = "encdec:decoder_layers=10,steps=2000"
@@ -19,7 +19,9 @@ class EncDecConfig:
     decoder_layers: int = 0        # 0: balanced (every layer in the decoder too); N: a decoder of N layers
     attention: str = "merged"      # merged: the decoder attends over [encoder memory ; its own cache], same weights
     pick: str = "ends"             # which source layers make an N-layer decoder: ends (the first round(N/5) and
-                                   # the last ones), spread (evenly, first and last included), last, first
+                                   # the last ones), spread (evenly, first and last included), last, first,
+                                   # greedy (measured: greedy removal by the distillation loss, pick.py)
+    search_windows: int = 8        # pick=greedy: calibration windows the search scores
     encoder: str = "auto"          # blend: each encoder head mixes causal and bidirectional attention with a learned
                                    # gate in [0, 1] started at `gate` (0: the source exactly), trained at gate_lr;
                                    # bidirectional; causal: the construction check (the converted model is then the
@@ -69,7 +71,7 @@ class EncDecConfig:
         for key in ("decoder_layers", "steps", "eval_windows"):
             if getattr(self, key) < 0:
                 raise bad(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("batch", "seq_len", "min_prefix", "min_target", "splits"):
+        for key in ("batch", "seq_len", "min_prefix", "min_target", "splits", "search_windows"):
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.min_prefix + self.min_target > self.seq_len or self.min_prefix < 2:
@@ -81,7 +83,8 @@ class EncDecConfig:
     def training_options(self) -> dict:
         """What changes the adapted weights (the resume file's key)."""
         keys = ("decoder_layers", "attention", "pick", "encoder", "train", "steps", "batch", "splits", "seq_len",
-                "min_prefix", "min_target", "lr", "kd", "seed") + (("gate", "gate_lr") if self.encoder == "blend" else ())
+                "min_prefix", "min_target", "lr", "kd", "seed") + (("gate", "gate_lr") if self.encoder == "blend" else ()) \
+            + (("search_windows",) if self.pick == "greedy" else ())
         return {k: getattr(self, k) for k in keys}
 
 

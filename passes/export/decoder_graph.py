@@ -242,12 +242,14 @@ class DecoderGraph(nn.Module):
         return _cast(logits, torch.float32)
 
     def trunk(self, inputs: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
-              *past: torch.Tensor):
+              *past: torch.Tensor, only: list[int] | None = None):
         """The layers without the head -> (the residual stream after the last layer, [key, value per layer],
         [attention column sums per layer when scores]). With checkpoint_layers set and gradients on (training),
-        each layer keeps only its input for the backward pass and recomputes the rest there."""
-        if len(past) not in (0, 2 * (self.last - self.first)):
-            raise ValueError(f"expected {2 * (self.last - self.first)} cache tensors, got {len(past)}")
+        each layer keeps only its input for the backward pass and recomputes the rest there. only: run just these
+        layers (indices into this graph's, in order; past then holds their caches only), skipping the others."""
+        run = list(range(self.last - self.first)) if only is None else list(only)
+        if len(past) not in (0, 2 * len(run)):
+            raise ValueError(f"expected {2 * len(run)} cache tensors, got {len(past)}")
         if self.input_kind == "ids":
             h = self.embed(inputs)
             if self.embed_scale is not None:
@@ -262,11 +264,11 @@ class DecoderGraph(nn.Module):
         new, cols = [], []
         qmask = (attention_mask[:, -T:] > 0).to(torch.float32)[:, None, None, :, None] if self.scores else None
         recompute = self.checkpoint_layers and torch.is_grad_enabled()
-        for j in range(self.last - self.first):
+        for i, j in enumerate(run):
             args = (j, h, ropes[self.layer_rope[j]], biases[self.layer_window[j]],
-                    *(past[2 * j:2 * j + 2] or (None, None)), qmask)
+                    *(past[2 * i:2 * i + 2] or (None, None)), qmask)
             h, k, v, col = checkpoint(self._layer, *args, use_reentrant=False) if recompute else self._layer(*args)
-            new += [_cast(k, past[2 * j].dtype), _cast(v, past[2 * j + 1].dtype)] if past else [k, v]
+            new += [_cast(k, past[2 * i].dtype), _cast(v, past[2 * i + 1].dtype)] if past else [k, v]
             if col is not None:
                 cols.append(col)
         return h, new, cols
