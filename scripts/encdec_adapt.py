@@ -36,7 +36,7 @@ def main() -> None:
         res = ConvertEncDecPass(parse_convert(spec))(bundle)
         rec = bundle.records["encdec"]
         add_row(result, {"spec": spec, "seconds": round(time.perf_counter() - t0, 1), "metrics": res.metrics,
-                         **{k: rec.get(k) for k in ("decoder_from", "encoder_layers", "decoder_layers", "encoder",
+                         **{k: rec.get(k) for k in ("decoder_from", "search", "encoder_layers", "decoder_layers", "encoder",
                                                     "adaptation", "held_out", "gates")}}, args.out)
 
 
