@@ -106,6 +106,7 @@ def main() -> int:
         rec = (man.get("records") or {}).get("encdec") or {}
         row = {"label": label, "artifact": art, **sizes(Path(art), a.backend),
                "convert": (man.get("options") or {}).get("convert"),
+               "weights": (man.get("options") or {}).get("weights"),
                "decoder_layers": (man.get("model") or {}).get("layers"), "encoder_layers": rec.get("encoder_layers"),
                "adaptation": rec.get("adaptation"), "encoder": rec.get("encoder"), "gates": rec.get("gates"),
                "speed": {}, "quality": {}}

@@ -37,14 +37,15 @@ def bench_table(d: dict) -> str:
     base = rows[0]["label"]
     qual = sorted({q for r in rows for q in r["quality"]})
     prompts = sorted({p for r in rows for p in r["speed"]}, key=int)
-    head = (["model", "decoder layers", "adaptation"] + [f"ppl {q}" for q in qual] +
+    weights = any(r.get("weights") for r in rows)
+    head = (["model", "decoder layers", "adaptation"] + (["weights"] if weights else []) + [f"ppl {q}" for q in qual] +
             [f"TTFT {p} (s)" for p in prompts] + [f"decode {p} tok/s (x {base})" for p in prompts] +
             ["artifact MB", "RSS MB"])
     out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in rows:
         ad = r.get("adaptation") or {}
         adapt = f"{ad['steps']} steps, {ad['seconds'] / 60:.0f} min" if ad else "none"
-        cells = [r["label"], _f(r.get("decoder_layers")), adapt]
+        cells = [r["label"], _f(r.get("decoder_layers")), adapt] + ([r.get("weights") or "fp32"] if weights else [])
         cells += [_f(r["quality"].get(q, {}).get("perplexity")) for q in qual]
         sp = {p: r["speed"].get(p) or {} for p in prompts}
         cells += [_f(sp[p].get("ttft_s"), 3) for p in prompts]
