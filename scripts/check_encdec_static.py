@@ -6,7 +6,9 @@
 Both artifacts are opened on OpenVINO's CPU plugin (f32). For each --prompts length L, the first L tokens of the
 evaluation text are the prompt (the static encoder takes at most cache_len / 2 of them, padded and masked; a longer
 prompt's remaining tokens go through the static decoder's chunked prefill), then --decode greedy tokens follow, EOS
-ignored. Recorded per prompt: both token sequences, whether they are identical, the first difference, the largest
+ignored (the dynamic artifact encodes every prompt token but the last, so past the static encoder's capacity the two
+split the prompt differently: the same only for a causal balanced encoder). Recorded per prompt: how many tokens the
+static encoder read, both token sequences, whether they are identical, the first difference, the largest
 |logit| difference at the first token, and each run's seconds. Raw JSON with machine, date, commit and command line.
 """
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> int:
         raise SystemExit("give a dynamic (cpu) artifact, then a static (npu) one")
     stream = arts["static"].tokenizer(load_text("eval"), add_special_tokens=False)["input_ids"]
     limit = arts["static"].cache_len - a.decode - 1
+    cap = json.loads((Path(a.static) / "manifest.json").read_text())["graphs"]["encoder"]["inputs"]["input_ids"][1]
     rows = []
     for L in a.prompts:
         if L > limit:
@@ -59,13 +62,14 @@ def main() -> int:
         got = {k: run(art, ids, a.decode) for k, art in arts.items()}
         d, s = got["dynamic"], got["static"]
         diff = next((i for i, (x, y) in enumerate(zip(d["tokens"], s["tokens"])) if x != y), None)
-        rows.append({"prompt_tokens": L, "identical": d["tokens"] == s["tokens"], "first_difference": diff,
+        rows.append({"prompt_tokens": L, "static_encoded": min(L - 1, cap), "identical": d["tokens"] == s["tokens"], "first_difference": diff,
                      "first_token_max_logit_diff": round(float(np.abs(d["first_logits"] - s["first_logits"]).max()), 6),
                      **{k: {"tokens": v["tokens"], "ttft_s": v["ttft_s"], "decode_s": v["decode_s"]}
                         for k, v in got.items()},
                      "text": arts["static"].tokenizer.decode(s["tokens"])})
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("dynamic", "static")}), flush=True)
-    result = {**provenance(), "static_cache_len": arts["static"].cache_len, "decode": a.decode,
+    result = {**provenance(), "static_cache_len": arts["static"].cache_len, "static_encoder_tokens": cap,
+              "decode": a.decode,
               "all_identical": all(r["identical"] for r in rows), "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
