@@ -115,7 +115,7 @@ def _greedy(teacher, tokenizer, cfg, key: str, bf16: bool) -> tuple[list[int], l
     from .pick import greedy_layers
     from .train import cache_root
     opts = {"search": "greedy", "k": cfg.decoder_layers, "windows": cfg.search_windows, "seq_len": cfg.seq_len,
-            "seed": cfg.seed, "calib": cfg.calib}
+            "seed": cfg.seed, "calib": cfg.training_options().get("calib")}
     path = cache_root() / f"pick-{run_key(key, opts)}.json"
     if path.is_file():
         found = json.loads(path.read_text())

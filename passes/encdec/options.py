@@ -85,7 +85,20 @@ class EncDecConfig:
         keys = ("decoder_layers", "attention", "pick", "encoder", "train", "steps", "batch", "splits", "seq_len",
                 "min_prefix", "min_target", "lr", "kd", "seed") + (("gate", "gate_lr") if self.encoder == "blend" else ()) \
             + (("search_windows",) if self.pick == "greedy" else ())
-        return {k: getattr(self, k) for k in keys}
+        opts = {k: getattr(self, k) for k in keys}
+        if self.calib:                   # another calibration text trains other weights (the default adds no key)
+            opts["calib"] = _digest(self.calib)
+        return opts
+
+
+def _digest(path: str) -> str:
+    """The calibration file's content hash (its path when it cannot be read: the pass reports that later)."""
+    import hashlib
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:24]
+    except OSError:
+        return path
 
 
 def parse_convert(spec: str) -> EncDecConfig:

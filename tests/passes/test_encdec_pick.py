@@ -99,3 +99,17 @@ def test_pass_records_the_search_and_reuses_it(monkeypatch, tmp_path):
     assert len(list(tmp_path.glob("encdec/pick-*.json"))) == 1
     monkeypatch.setattr(pick, "greedy_layers", lambda *a, **k: pytest.fail("searched again"))
     assert run()["decoder_from"] == rec["decoder_from"]
+
+
+def test_calibration_text_keys_the_cached_training(tmp_path):
+    """Another --calib text must not reuse weights adapted on the default one; the default adds no key (existing
+    caches stay valid)."""
+    import dataclasses
+    cfg = parse_convert("encdec:decoder_layers=3")
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("one text"), b.write_text("another text")
+    keys = [dataclasses.replace(cfg, calib=c).training_options() for c in (None, str(a), str(b))]
+    assert "calib" not in keys[0] and keys[1]["calib"] != keys[2]["calib"]
+    a2 = tmp_path / "copy.txt"
+    a2.write_text("one text")
+    assert dataclasses.replace(cfg, calib=str(a2)).training_options() == keys[1]
