@@ -146,3 +146,27 @@ def test_pruned_model_runs_through_the_export_graph():
     with torch.no_grad():
         out = graph(x, torch.arange(7)[None], torch.ones(1, 7, dtype=torch.long), *graph.empty_cache(1))
         torch.testing.assert_close(out[0], b.model(input_ids=x).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_long_recovery_draws_fresh_windows(monkeypatch):
+    """A recovery longer than one pass over the scoring windows trains on windows drawn afresh from the calibration
+    text (cycling 32 windows for 2,000 steps memorized them); a short one, or one without a tokenizer, keeps them."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from accelc.passes import calibration as cal
+    from accelc.passes.pruning import cfsp
+    ids = torch.zeros(8, 16, dtype=torch.long)
+    drawn = []
+    monkeypatch.setattr(cal, "calibration_ids", lambda b, n, L, seed, path: drawn.append((n, L, seed)) or
+                        torch.ones(n, L, dtype=torch.long))
+    bundle = SimpleNamespace(tokenizer=object())
+    cfg = SimpleNamespace(recover=3, batch=2, seed=0, calib=None)
+    assert cfsp.recovery_ids(bundle, ids, cfg) is ids and not drawn
+    cfg.recover = 100
+    got = cfsp.recovery_ids(bundle, ids, cfg)
+    assert got.shape == (200, 16) and drawn == [(200, 16, 1)]
+    cfg.recover = 10 ** 6
+    assert cfsp.recovery_ids(bundle, ids, cfg).shape[0] == cfsp.RECOVERY_WINDOWS
+    assert cfsp.recovery_ids(SimpleNamespace(tokenizer=None), ids, cfg) is ids
