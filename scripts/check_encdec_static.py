@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from provenance import provenance
+from static_pair import open_pair
 
 
 def run(art, ids, decode: int) -> dict:
@@ -46,11 +47,7 @@ def main() -> int:
     a = ap.parse_args()
     import numpy as np
     from accelc.models.corpus import load_text
-    from accelc.runtime.artifact import open_artifact
-    arts = {k: open_artifact(p, backend="openvino", device="cpu", report=False)
-            for k, p in (("dynamic", a.dynamic), ("static", a.static))}
-    if not arts["static"].static or arts["dynamic"].static:
-        raise SystemExit("give a dynamic (cpu) artifact, then a static (npu) one")
+    arts = open_pair(a.dynamic, a.static)
     stream = arts["static"].tokenizer(load_text("eval"), add_special_tokens=False)["input_ids"]
     limit = arts["static"].cache_len - a.decode - 1
     cap = json.loads((Path(a.static) / "manifest.json").read_text())["graphs"]["encoder"]["inputs"]["input_ids"][1]

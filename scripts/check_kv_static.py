@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from provenance import provenance
+from static_pair import open_pair
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
@@ -28,13 +29,9 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     import numpy as np
-    from accelc.runtime.artifact import open_artifact
     from accelc.runtime.decode import decode_one, prefill
     from accelc.runtime.generate import encode_prompt
-    arts = {k: open_artifact(p, backend="openvino", device="cpu", report=False)
-            for k, p in (("dynamic", a.dynamic), ("static", a.static))}
-    if not arts["static"].static or arts["dynamic"].static:
-        raise SystemExit("give a dynamic (cpu) artifact, then a static (npu) one")
+    arts = open_pair(a.dynamic, a.static)
     cache_len = arts["static"].cache_len
     n = a.times * cache_len
     out = {}
