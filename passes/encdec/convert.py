@@ -110,7 +110,7 @@ def _greedy(teacher, tokenizer, cfg, key: str, bf16: bool) -> tuple[list[int], l
     """pick=greedy's layers (pick.py), cached by the source's weights and the search's options."""
     import json
 
-    from ...models.corpus import load_text, token_stream
+    from ...models.corpus import calibration_batches
     from ..training import run_key
     from .pick import greedy_layers
     from .train import cache_root
@@ -121,9 +121,10 @@ def _greedy(teacher, tokenizer, cfg, key: str, bf16: bool) -> tuple[list[int], l
         found = json.loads(path.read_text())
         log.info("greedy layer search: reusing %s", path.name)
         return found["layers"], found["trace"]
-    stream = token_stream(tokenizer, load_text("calib", cfg.calib)) if tokenizer is not None \
-        else torch.randint(3, teacher.vocab, (4 * cfg.seq_len,), generator=torch.Generator().manual_seed(cfg.seed))
-    layers, trace = greedy_layers(teacher, stream, cfg.decoder_layers, cfg.search_windows, cfg.seq_len, cfg.seed, bf16)
+    shape = (cfg.search_windows, cfg.seq_len)
+    windows = calibration_batches(tokenizer, *shape, seed=cfg.seed, path=cfg.calib) if tokenizer is not None \
+        else torch.randint(3, teacher.vocab, shape, generator=torch.Generator().manual_seed(cfg.seed))
+    layers, trace = greedy_layers(teacher, windows, cfg.decoder_layers, bf16)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"layers": layers, "trace": trace}))

@@ -29,7 +29,9 @@ def pick_layers(n: int, k: int, how: str) -> list[int]:
         head = min(k - 1, max(1, round(k / 5))) if k > 1 else 0
         return list(range(head)) + list(range(n - (k - head), n))
     if how == "greedy":
-        return list(range(n)) if k == n else _measured(k)
+        if k < n:
+            raise ValueError(f"pick=greedy chooses its {k} layers by measurement (passes/encdec/pick.py): pass layers=")
+        return list(range(n))
     if how == "last":
         return list(range(n - k, n))
     if how == "first":
@@ -37,10 +39,6 @@ def pick_layers(n: int, k: int, how: str) -> list[int]:
     if k == 1:
         return [n - 1]
     return sorted({round(j * (n - 1) / (k - 1)) for j in range(k)})
-
-
-def _measured(k: int):
-    raise ValueError(f"pick=greedy chooses its {k} layers by measurement (passes/encdec/pick.py): pass layers=")
 
 
 def _keep_layers(model: nn.Module, idx: list[int]) -> None:

@@ -30,12 +30,6 @@ def split_point(seq_len: int) -> int:
     return seq_len - min(CONTINUATION, seq_len // 3)
 
 
-def draw_windows(stream: torch.Tensor, windows: int, seq_len: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    off = torch.randint(0, stream.numel() - seq_len, (windows,), generator=g).tolist()
-    return torch.stack([stream[o:o + seq_len] for o in off])
-
-
 @torch.no_grad()
 def _targets(teacher, x: torch.Tensor, bf16: bool):
     """Run the source once over the windows x [B, W]: (decoder inputs [B, C], positions [B, C], memory per source
@@ -64,16 +58,13 @@ def _loss(teacher, layers: list[int], dec, pos, mem, logp, bf16: bool) -> float:
     return float(F.kl_div(s, logp, log_target=True, reduction="sum")) / s.shape[0]
 
 
-def greedy_layers(teacher, stream: torch.Tensor, k: int, windows: int = 8, seq_len: int = 384, seed: int = 0,
-                  bf16: bool = False) -> tuple[list[int], list[dict]]:
-    """k source layers by greedy removal (module docstring) -> (the kept layers, sorted; the trace: per removal the
-    layer removed and the loss after it)."""
+def greedy_layers(teacher, windows: torch.Tensor, k: int, bf16: bool = False) -> tuple[list[int], list[dict]]:
+    """k source layers by greedy removal over the calibration windows [B, seq_len] (module docstring) -> (the kept
+    layers, sorted; the trace: per removal the layer removed and the loss after it)."""
     n = teacher.last - teacher.first
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and {n}, got {k}")
-    if stream.numel() <= seq_len:
-        raise ValueError(f"the calibration text ({stream.numel()} tokens) is shorter than seq_len {seq_len}")
-    dec, pos, mem, logp = _targets(teacher, draw_windows(stream, windows, seq_len, seed), bf16)
+    dec, pos, mem, logp = _targets(teacher, windows, bf16)
     keep = list(range(n))
     trace = [{"removed": None, "loss": round(_loss(teacher, keep, dec, pos, mem, logp, bf16), 5)}]
     total = (n + k + 1) * (n - k) // 2

@@ -10,7 +10,7 @@ from accelc.compiler.errors import InputError
 from accelc.models.tiny import tiny_model
 from accelc.passes.encdec.model import convert, pick_layers
 from accelc.passes.encdec.options import parse_convert
-from accelc.passes.encdec.pick import _loss, _targets, draw_windows, greedy_layers, split_point
+from accelc.passes.encdec.pick import _loss, _targets, greedy_layers, split_point
 from accelc.passes.export.decoder_graph import DecoderGraph
 
 
@@ -22,8 +22,8 @@ def _teacher(model):
     return DecoderGraph(copy.deepcopy(model).eval()).eval()
 
 
-def _stream(n=400):
-    return torch.randint(3, 256, (n,), generator=torch.Generator().manual_seed(5))
+def _windows(n, length=48):
+    return torch.randint(3, 256, (n, length), generator=torch.Generator().manual_seed(5))
 
 
 @pytest.mark.parametrize("layers", [[0, 2, 5], [1, 3], list(range(6))])
@@ -32,7 +32,7 @@ def test_search_loss_is_the_converted_models_distillation_loss(layers):
     encoder), over the same windows split the same way."""
     src = _model()
     teacher = _teacher(src)
-    x = draw_windows(_stream(), 3, 48, seed=0)
+    x = _windows(3)
     got = _loss(teacher, layers, *_targets(teacher, x, bf16=False), bf16=False)
     n = split_point(48)
     ed = convert(copy.deepcopy(src), layers=layers, causal_encoder=True).eval()
@@ -56,14 +56,14 @@ def _with_idle_layers(idle):
 
 def test_greedy_removes_the_layers_that_do_nothing_first():
     src = _with_idle_layers([1, 4])
-    keep, trace = greedy_layers(_teacher(src), _stream(), 3, windows=2, seq_len=48)
+    keep, trace = greedy_layers(_teacher(src), _windows(2), 3)
     assert sorted(t["removed"] for t in trace[1:3]) == [1, 4]
     assert trace[1]["loss"] < 1e-5 and trace[2]["loss"] < 1e-5 and trace[3]["loss"] > 1e-4
     assert len(keep) == 3 and keep == sorted(keep) and not {1, 4} & set(keep)
     assert sorted([t["removed"] for t in trace[1:]] + keep) == list(range(6))
     # each removal is the best of its round: no other single layer of that round does better
     teacher = _teacher(src)
-    targets = _targets(teacher, draw_windows(_stream(), 2, 48, 0), False)
+    targets = _targets(teacher, _windows(2), False)
     before = [0, 2, 3, 5]
     losses = {j: _loss(teacher, [i for i in before if i != j], *targets, bf16=False) for j in before}
     assert min(losses.values()) == pytest.approx(trace[3]["loss"], rel=1e-4)
