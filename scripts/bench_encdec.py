@@ -104,11 +104,14 @@ def main() -> int:
     for label, art in arts.items():
         man = json.loads((Path(art) / "manifest.json").read_text())
         rec = (man.get("records") or {}).get("encdec") or {}
+        recovery = ((man.get("records") or {}).get("pruning") or {}).get("recovery")
         row = {"label": label, "artifact": art, **sizes(Path(art), a.backend),
                "convert": (man.get("options") or {}).get("convert"),
                "weights": (man.get("options") or {}).get("weights"),
                "decoder_layers": (man.get("model") or {}).get("layers"), "encoder_layers": rec.get("encoder_layers"),
-               "adaptation": rec.get("adaptation"), "encoder": rec.get("encoder"), "gates": rec.get("gates"),
+               "adaptation": rec.get("adaptation"),
+               "recovery": {k: recovery.get(k) for k in ("steps", "seconds")} if recovery else None,
+               "encoder": rec.get("encoder"), "gates": rec.get("gates"),
                "speed": {}, "quality": {}}
         for n in ([] if a.skip_speed else a.prompts):
             runs = speed[(label, n)]

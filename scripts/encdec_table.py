@@ -44,7 +44,9 @@ def bench_table(d: dict) -> str:
     out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in rows:
         ad = r.get("adaptation") or {}
-        adapt = f"{ad['steps']} steps, {ad['seconds'] / 60:.0f} min" if ad else "none"
+        rc = r.get("recovery") or {}          # a pruned source's LoRA recovery (records.pruning.recovery)
+        adapt = f"{ad['steps']} steps, {ad['seconds'] / 60:.0f} min" if ad else \
+            f"{rc['steps']} recovery steps, {rc['seconds'] / 60:.0f} min" if rc else "none"
         cells = [r["label"], _f(r.get("decoder_layers")), adapt] + ([r.get("weights") or "fp32"] if weights else [])
         cells += [_f(r["quality"].get(q, {}).get("perplexity")) for q in qual]
         sp = {p: r["speed"].get(p) or {} for p in prompts}
