@@ -29,6 +29,7 @@ from ..calibration import calibration_ids, run_layerwise
 from .codebook import TEACHER
 from .codebook_linear import set_module
 from .codebook_search import output_error
+from .farthest import farthest
 from .int_gptq import gptq_int
 from .int_linear import BITS, IntGroupLinear, code_range, int_layers
 from .pv_tuning import PVTrainer, PVTuningPass
@@ -177,7 +178,7 @@ class IntPVTrainer(PVTrainer):
         levels = q.scales.detach().float().expand(-1, -1, q.group).reshape(-1)
         far = ((target - w_hat).abs().flatten() / levels)
         n_sel = far.numel() if tau >= 1 else int(math.ceil(tau * far.numel()))
-        sel = far.topk(n_sel).indices if n_sel < far.numel() else torch.arange(far.numel(), device=far.device)   # farthest first
+        sel = farthest(far, n_sel) if n_sel < far.numel() else torch.arange(far.numel(), device=far.device)
         s = levels[sel]
         flat = q.codes.view(-1)
         old = flat[sel].long()
