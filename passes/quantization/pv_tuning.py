@@ -150,38 +150,6 @@ def distill_loss(student, teacher, ids: torch.Tensor, backward: bool = False,
     return total
 
 
-def available_bytes(device: torch.device) -> int:
-    """Memory a training step may still take on `device`: free GPU memory, or the CPU's MemAvailable (0 if unknown)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        line = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemAvailable"))
-        return int(line.split()[1]) * 1024
-    except (OSError, StopIteration):
-        return 0
-
-
-def activation_bytes(model, tokens: int, seqlen: int, quantized_params: int) -> int:
-    """What a step without checkpointing keeps for its backward pass, estimated from the config: per token and layer
-    about 13 hidden-wide and 5 MLP-wide float32 tensors (inputs of every matmul and norm, their bf16 copies), the
-    attention probabilities (eager attention), and per quantized weight its rebuilt float32 and bf16 copies and the
-    float codes the scale gradient reads (10 bytes). Measured on SmolLM2-135M, batch 4 x 256, bf16
-    (scripts/pv_step_profile.py): see docs/passes/quantization.md."""
-    c = model.config
-    layers = getattr(c, "num_hidden_layers", 1)
-    hidden, inter = getattr(c, "hidden_size", 0), getattr(c, "intermediate_size", 0)
-    heads = getattr(c, "num_attention_heads", 1)
-    per_token = (13 * hidden + 5 * inter) * 4
-    attention = heads * seqlen * 4 * tokens       # [windows, heads, seqlen, seqlen] floats = heads * seqlen * tokens
-    return layers * (tokens * per_token + attention) + 10 * quantized_params
-
-
-def needs_checkpoint(model, tokens: int, seqlen: int, quantized_params: int, device: torch.device) -> bool:
-    """Checkpoint the layers (one more forward pass of time) only when keeping every layer's activations would take
-    more than half the memory still available; a small model at the default batch keeps them and steps faster."""
-    return activation_bytes(model, tokens, seqlen, quantized_params) > available_bytes(device) // 2
-
-
 @contextlib.contextmanager
 def checkpointed(layers):
     """Activation checkpointing of each decoder layer while gradients are on: a layer keeps only its input for the
@@ -404,10 +372,7 @@ class PVTuningPass(Pass):
         """The P and V steps on ids (on the training device), up to cfg.steps or past cfg.seconds; -> the record."""
         cfg = self.config
         bf16 = use_bf16(cfg.precision, ids.device)
-        n_q = sum(q.out_features * q.in_features for q in self.trainer_class.find_layers(model).values())
-        checkpoint = needs_checkpoint(model, cfg.batch * ids.shape[1], ids.shape[1], n_q, ids.device)
-        trainer = self.trainer_class(model, teacher, norms, cfg.lr, cfg.lr_v, cfg.decay, cfg.trust,
-                                     checkpoint=checkpoint, bf16=bf16)
+        trainer = self.trainer_class(model, teacher, norms, cfg.lr, cfg.lr_v, cfg.decay, cfg.trust, bf16=bf16)
         losses, changes = [], []
         t0 = time.perf_counter()
         try:
@@ -443,5 +408,4 @@ class PVTuningPass(Pass):
         return {"steps": len(losses), "steps_asked": cfg.steps, "kl_heldout_before": round(kl_before, 5),
                 "kl_heldout_after": round(kl_after, 5), "losses": losses,
                 "code_change_fraction": [round(c, 6) for c in changes], "precision": "bf16" if bf16 else "f32",
-                "schedule": cfg.schedule, "checkpointed": checkpoint,
-                "train_seconds": round(time.perf_counter() - t0, 1)}
+                "schedule": cfg.schedule, "train_seconds": round(time.perf_counter() - t0, 1)}

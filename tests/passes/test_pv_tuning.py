@@ -182,21 +182,3 @@ def test_checkpointed_layers_give_the_same_v_step(quantized):
     assert abs(l0 - l1) < 1e-6 and f0 == f1 > 0
     assert all(torch.equal(c0[n], c1[n]) for n in c0)
     assert all(torch.allclose(b0[n], b1[n], atol=1e-6) for n in b0)
-
-
-def test_checkpointing_follows_the_memory_estimate(quantized, monkeypatch):
-    """The pass keeps every layer's activations when they take at most half the available memory, else checkpoints
-    the layers; the record says which."""
-    from accelc.passes.quantization import pv_tuning
-    b = _fresh(quantized)
-    est = pv_tuning.activation_bytes(b.model, 4 * 32, 32, 10_000)
-    assert est > 10 * 10_000
-    for free, expect in ((10 * est, False), (est, True)):
-        monkeypatch.setattr(pv_tuning, "available_bytes", lambda _dev, free=free: free)
-        assert pv_tuning.needs_checkpoint(b.model, 4 * 32, 32, 10_000, torch.device("cpu")) is expect
-        model = tiny_model("llama", seed=0)
-        bb = ModelBundle(model=model, tokenizer=None, adapter=ArchAdapter(model))
-        bb.records["calibration_ids"] = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
-        for p in phases.compression(CompileOptions(quantize="pv:1x4g4,steps=2,batch=4")):
-            p(bb)
-        assert bb.records["quantization"]["tuning"]["checkpointed"] is expect
