@@ -8,7 +8,7 @@ embedding, the fp32 teacher, then `--steps` V steps (tau 0.01, P step on the sam
 batch x seqlen calibration windows. Per step: the forward + backward seconds (teacher, student, backward) and the
 code-update seconds (every layer's V step), medians over the steps after the first. Configurations: checkpointing
 on / off x the selection (farthest: passes/quantization/farthest.py; topk: torch.topk over every weight).
-Raw JSON with machine, date, commit and command line."""
+Raw JSON with machine, date, commit and command line; `--table FILE` prints a result's markdown table."""
 from __future__ import annotations
 
 import argparse
@@ -62,12 +62,30 @@ for i in range(cfg["steps"]):
     loss, frac = tr.v_step(ids[i * cfg["batch"]:(i + 1) * cfg["batch"]], tau=0.01, also_p=True)
     total = time.perf_counter() - t
     rows.append({"step_s": total, "update_codes_s": upd[0], "loss": loss, "changed": frac})
-print("RESULT " + json.dumps({"steps": rows, "bf16": bf16, "threads": torch.get_num_threads(),
+print("RESULT " + json.dumps({"per_step": rows, "bf16": bf16, "threads": torch.get_num_threads(),
                               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
+def table(path: str) -> str:
+    d = json.loads(Path(path).read_text())
+    lines = ["| checkpointing : selection | step s | forward + backward s | code updates s | peak RSS MB |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in d["rows"]:
+        m = r["median"]
+        lines.append(f"| {r['config']} | {m['step_s']:.2f} | {m['forward_backward_s']:.2f} | {m['update_codes_s']:.2f} | "
+                     f"{r['peak_rss_mb']:,.0f} |")
+    r0, mach = d["rows"][0], d["machine"]
+    steps = len(r0.get("per_step") or r0["steps"])        # 2026-12-06's first file kept the list under "steps"
+    return (f"Measured {d['date']} on {mach.get('cpu')} ({mach.get('cores')} cores), commit {d['commit'][:7]}; "
+            f"int{r0['bits']} g{r0['group']}, batch {r0['batch']} x {r0['seqlen']}, {'bf16' if r0['bf16'] else 'f32'}, "
+            f"{r0['threads']} threads; medians of steps 2-{steps}. Raw: `{path}`.\n\n" + "\n".join(lines))
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print(table(sys.argv[2]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--bits", type=int, default=3)
@@ -90,7 +108,7 @@ def main() -> None:
         if line is None:
             raise SystemExit(f"{c}: {(p.stderr.strip().splitlines() or ['no output'])[-1]}")
         got = json.loads(line[7:])
-        later = got["steps"][1:] or got["steps"]
+        later = got["per_step"][1:] or got["per_step"]
         med = {k: round(statistics.median(s[k] for s in later), 3) for k in ("step_s", "update_codes_s")}
         row = {"config": c, **cfg, **got, "median": {**med, "forward_backward_s": round(med["step_s"] - med["update_codes_s"], 3)}}
         rows.append(row)
