@@ -11,6 +11,9 @@ NNCF's data-free scale), rounded to fp16 before the codes are taken. In natural 
 they are then (error feedback of earlier groups included); with `act_order` the columns are taken in
 decreasing diag(H) and every group's scale is fixed up front from the original weights (GPTQ's
 "static groups", which act order needs: a group's columns are no longer contiguous in time).
+With `flip` the search also tries each negative scale: the codes [-2^(B-1), 2^(B-1) - 1] have one more level below
+zero than above, and a negative scale puts that level on the group's positive side (the same layout: NNCF's
+decompression multiplies by the fp16 scale whatever its sign).
 """
 from __future__ import annotations
 
@@ -21,13 +24,14 @@ from .int_linear import code_range
 CLIPS = tuple(1.0 - 0.05 * i for i in range(11))     # 1.0 .. 0.5
 
 
-def best_scales(wg: torch.Tensor, d: torch.Tensor, bits: int, clips=CLIPS) -> torch.Tensor:
-    """wg [N, G] one group of every row, d [G] column weights -> fp16-exact scales [N, 1] (float32)."""
+def best_scales(wg: torch.Tensor, d: torch.Tensor, bits: int, clips=CLIPS, flip: bool = False) -> torch.Tensor:
+    """wg [N, G] one group of every row, d [G] column weights -> fp16-exact scales [N, 1] (float32); flip: negative
+    scales are candidates too (a tie keeps the positive one)."""
     lo, hi = code_range(bits)
     amax = wg.abs().amax(-1, keepdim=True).clamp_min(1e-8)
     best_s, best_e = None, None
-    for c in clips:
-        s = (amax * c / (1 << (bits - 1))).half().float().clamp_min(6.2e-5)
+    for sign, c in [(sign, c) for sign in ((1.0, -1.0) if flip else (1.0,)) for c in clips]:
+        s = sign * (amax * c / (1 << (bits - 1))).half().float().clamp_min(6.2e-5)
         q = torch.clamp(torch.round(wg / s), lo, hi)
         e = ((wg - s * q).square() * d).sum(-1, keepdim=True)
         if best_s is None:
@@ -40,7 +44,7 @@ def best_scales(wg: torch.Tensor, d: torch.Tensor, bits: int, clips=CLIPS) -> to
 
 @torch.no_grad()
 def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: float = 0.01,
-             clip: bool = True, act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             clip: bool = True, act_order: bool = False, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K], h [K, K] -> (codes int8 [N, K/G, G], scales fp32 (fp16-exact) [N, K/G, 1])."""
     n, k = w.shape
     lo, hi = code_range(bits)
@@ -55,7 +59,7 @@ def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: floa
     if act_order:
         for g in range(k // group):
             scales[:, g] = best_scales(W[:, g * group:(g + 1) * group], d[g * group:(g + 1) * group], bits,
-                                       clips).squeeze(-1)
+                                       clips, flip).squeeze(-1)
         perm = torch.argsort(torch.diag(H), descending=True)
     else:
         perm = torch.arange(k)
@@ -77,7 +81,7 @@ def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: floa
             if act_order:
                 s = scales[:, orig // group]
             elif col % group == 0:
-                s = best_scales(W1[:, i:i + group], d[col:col + group], bits, clips).squeeze(-1)
+                s = best_scales(W1[:, i:i + group], d[col:col + group], bits, clips, flip).squeeze(-1)
                 scales[:, col // group] = s
             x = W1[:, i]
             q = torch.clamp(torch.round(x / s), lo, hi)

@@ -51,6 +51,7 @@ class IntQuantConfig(PassConfig):
     damp: float = 0.01
     clip: bool = True              # clip-ratio search per group (False: NNCF's max|w| scale)
     act_order: bool | None = None  # GPTQ columns by decreasing diag(H), static group scales; None: ACT_ORDER[bits]
+    flip: bool = False             # the clip search also tries negative scales (int_gptq.py)
     seed: int = 0
     calib: str | None = None
     keep_teacher: bool = False
@@ -121,6 +122,7 @@ class IntQuantPass(Pass):
             bundle.records[TEACHER] = teacher
         path_of = {id(m): n for n, m in model.named_modules()}
         errors: dict[str, float] = {}
+        counts = [0, 0]                       # negative group scales, all group scales
         act_order = ACT_ORDER[cfg.bits] if cfg.act_order is None else cfg.act_order
 
         def linears_of(i):
@@ -130,10 +132,12 @@ class IntQuantPass(Pass):
             for name, st in run.stats.items():
                 lin = linears[name]
                 w, h = lin.weight.detach().float(), st.gram_mean
-                codes, scales = gptq_int(w, h, cfg.bits, cfg.group, cfg.damp, cfg.clip, act_order)
+                codes, scales = gptq_int(w, h, cfg.bits, cfg.group, cfg.damp, cfg.clip, act_order, cfg.flip)
                 q = IntGroupLinear(codes, scales, cfg.bits, lin.bias)
                 ref = output_error(torch.zeros_like(w), w, h).sum().clamp_min(1e-20)
                 errors[name] = round(float(output_error(q.dequantize(), w, h).sum() / ref), 6)
+                counts[0] += int((scales < 0).sum())
+                counts[1] += scales.numel()
                 set_module(model, path_of[id(lin)], q)
             return True
 
@@ -141,6 +145,7 @@ class IntQuantPass(Pass):
         run_layerwise(model, ad.layers, ids, linears_of, on_layer, desc=f"gptq int{cfg.bits} g{cfg.group}",
                       gram=lambda _n: True)
         seconds = time.perf_counter() - t0
+        negative, groups = counts
         summary = bits_summary(ad)
         mean_err = sum(errors.values()) / max(len(errors), 1)
         bundle.records["quantization"] = {
@@ -149,7 +154,8 @@ class IntQuantPass(Pass):
             "embedding": {"policy": "int8 per row, asymmetric (NNCF INT8_ASYM layout: u8 codes, f16 scale, u8 zero "
                                     "point); the tied head reads the same table", "tied": ad.tied_embeddings, **embed},
             "calibration": {"samples": int(ids.shape[0]), "seqlen": int(ids.shape[1]), "text": cfg.calib or "brown-calib"},
-            "init": {"method": "gptq", "damp": cfg.damp, "clip_search": cfg.clip, "act_order": act_order},
+            "init": {"method": "gptq", "damp": cfg.damp, "clip_search": cfg.clip, "act_order": act_order,
+                     "flip": cfg.flip, "negative_scales": round(negative / max(groups, 1), 4)},
             "layer_errors": {n: {"final": e} for n, e in errors.items()},
             "mean_relative_output_error": round(mean_err, 6),
             "seconds": {"gptq": round(seconds, 1)},
@@ -175,8 +181,8 @@ class IntPVTrainer(PVTrainer):
         w_hat = q.dequantize()
         target = self.move_target(name, w_hat, grad)
         lo, hi = code_range(q.nbits)
-        levels = q.scales.detach().float().expand(-1, -1, q.group).reshape(-1)
-        far = ((target - w_hat).abs().flatten() / levels)
+        levels = q.scales.detach().float().expand(-1, -1, q.group).reshape(-1)     # signed (flip: some < 0)
+        far = ((target - w_hat).abs().flatten() / levels.abs())
         n_sel = far.numel() if tau >= 1 else int(math.ceil(tau * far.numel()))
         sel = farthest(far, n_sel) if n_sel < far.numel() else torch.arange(far.numel(), device=far.device)
         s = levels[sel]

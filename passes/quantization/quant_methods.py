@@ -38,7 +38,9 @@ TUNE_KEYS = {"steps": ("steps", int), "batch": ("batch", int), "lr": ("lr", floa
              "schedule": ("schedule", str), "from": ("start", str)}
 INT_KEYS = {"group": ("group", int), "samples": ("samples", int), "seqlen": ("seqlen", int),
             "damp": ("damp", float), "clip": ("clip", bool), "act_order": ("act_order", bool),
-            "seed": ("seed", int)}
+            "flip": ("flip", bool), "seed": ("seed", int)}
+# quantizer options added after tuned-state files existed: left out of the key at the value those files were made with
+INIT_LATER = {"flip": False}
 METHODS = ("aqlm", "pv", "ste", "rtn", "gptq-int", "pv-int")
 
 
@@ -67,8 +69,8 @@ def tuning_config(mode: str, opts: dict, quantizer, shared: tuple[str, ...], cal
     tune.update({k: opts[k] for k in shared if k in opts})
     if "tune_samples" in opts:
         tune["samples"] = opts["tune_samples"]
-    init = json.dumps({k: v for k, v in asdict(quantizer).items() if k not in ("keep_teacher", "calib")},
-                      sort_keys=True)
+    init = json.dumps({k: v for k, v in asdict(quantizer).items()
+                       if k not in ("keep_teacher", "calib") and INIT_LATER.get(k, object()) != v}, sort_keys=True)
     return PVTuningConfig(mode=mode, calib=calib, init=init, **tune)
 
 

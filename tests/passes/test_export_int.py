@@ -20,10 +20,12 @@ LOW = {"int4_t", "uint3_t", "uint2_t"}
 
 
 def _layer(bits, rows=96, groups=2, group=64, seed=0):
+    """Random codes; group scales of both signs (gptq-int's flip= gives negative ones)."""
     lo, hi = code_range(bits)
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(lo, hi + 1, (rows, groups, group), generator=g, dtype=torch.int8)
-    return IntGroupLinear(codes, torch.rand(rows, groups, 1, generator=g) * 0.1 + 0.01, bits)
+    sign = torch.where(torch.rand(rows, groups, 1, generator=g) < 0.5, -1.0, 1.0)
+    return IntGroupLinear(codes, sign * (torch.rand(rows, groups, 1, generator=g) * 0.1 + 0.01), bits)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -68,7 +70,8 @@ def test_native_q4s_holds_the_layer_codes():
 
 
 @pytest.mark.parametrize("spec", ["pv-int:2,group=32,samples=8,seqlen=32,steps=2,batch=2",
-                                  "gptq-int:4,group=32,samples=4,seqlen=32", "gptq-int:3,group=64,samples=4,seqlen=32"])
+                                  "gptq-int:4,group=32,samples=4,seqlen=32", "gptq-int:3,group=64,samples=4,seqlen=32",
+                                  "gptq-int:2,group=32,samples=4,seqlen=32,flip=true"])
 def test_compiled_artifact_validates(tmp_path, spec):
     out, bundle = compile_tiny(tmp_path, lambda calib: CompileOptions(quantize=spec, calib=calib, formats=(
         "openvino", "native", "onnx")))
@@ -93,6 +96,8 @@ def test_compiled_artifact_validates(tmp_path, spec):
     bits = int(spec.split(":")[1][0])
     native = manifest["records"]["native"]
     assert native["linear_formats"] == [f"q{bits}s"] and native["validation"]["native_tolerance"] == "int-codes"
+    init = bundle.records["quantization"]["init"]
+    assert (init["negative_scales"] > 0) == ("flip=true" in spec)      # negative scales reach every format
     from accelc.runtime.native.weights import map_safetensors
     from accelc.passes.quantization.int_linear import int_layers
     tensors = map_safetensors(out / "native" / "weights.safetensors")

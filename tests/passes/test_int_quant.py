@@ -59,6 +59,53 @@ def test_gptq_codes_in_range_and_better_than_rounding(bits, act_order):
     assert output_error(q.dequantize(), w, h).sum() < 0.8 * output_error(rtn, w, h).sum()
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_gptq_flip_takes_negative_scales_where_a_group_leans_positive(bits, act_order):
+    """Each row's groups hold one large weight, positive in even rows, negative in odd rows: the codes reach
+    -2^(B-1) below zero but only 2^(B-1) - 1 above, so flip picks negative scales for the even rows (and only
+    there), and the output error drops."""
+    w, h = _correlated(24, 128, seed=1)
+    wg = w.reshape(24, 4, 32)
+    wg[:, :, 5] = 0.4 * torch.where(torch.arange(24) % 2 == 0, 1.0, -1.0)[:, None]
+    w = wg.reshape(24, 128)
+    errs = {}
+    for flip in (False, True):
+        codes, scales = gptq_int(w, h, bits, 32, act_order=act_order, flip=flip)
+        lo, hi = code_range(bits)
+        assert int(codes.min()) >= lo and int(codes.max()) <= hi and torch.equal(scales, scales.half().float())
+        neg = scales.squeeze(-1) < 0
+        assert neg.any() == flip
+        if flip:
+            assert neg[0::2].all() and not neg[1::2].any()
+        errs[flip] = float(output_error(IntGroupLinear(codes, scales, bits).dequantize(), w, h).sum())
+    assert errs[True] < 0.9 * errs[False]
+
+
+def test_v_step_with_negative_scales_moves_codes_towards_the_target():
+    """A layer whose scales are all negative: the V step's targets are read in signed code units, so a code
+    moves the way its buffer asks (the dequantized weight towards T), within range."""
+    model = tiny_model("llama", seed=0)
+    b = ModelBundle(model=model, tokenizer=None, adapter=ArchAdapter(model))
+    b.records["calibration_ids"] = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    IntQuantPass(IntQuantConfig(bits=3, group=32, keep_teacher=True, flip=True))(b)
+    tr = IntPVTrainer(b.model, b.records[TEACHER], norm_parameters(b.adapter), lr=1e-3, lr_v=5e-2)
+    name, q = next(iter(tr.layers.items()))
+    with torch.no_grad():
+        q.scales.copy_(-q.scales.abs())
+    before = q.dequantize().clone()
+    target = before + 3 * q.scales.detach().abs().expand(-1, -1, q.group).reshape(before.shape)   # 3 levels up
+    tr.buffers[name] = [target.clone(), torch.zeros_like(target), 10**6]
+    tr.lr_v, tr.trust = 1e-12, 0.0                      # the buffer stays where it is put
+    tr._update_codes(name, q, torch.zeros_like(target), tau=0.1)
+    moved = q.dequantize() - before
+    changed = moved != 0
+    assert changed.float().mean() > 0.05 and (moved[changed] > 0).all()
+    lo, hi = code_range(3)
+    assert int(q.codes.min()) >= lo and int(q.codes.max()) <= hi
+    tr.finish()
+
+
 def test_layout_round_trips_exactly():
     codes = torch.randint(-4, 4, (6, 2, 16), dtype=torch.int8)
     scales = torch.rand(6, 2, 1) + 0.1
@@ -199,3 +246,15 @@ def test_specs_take_precision_and_schedule():
     for bad in ("3,precision=fp8", "3,schedule=linear"):
         with pytest.raises(InputError):
             build("pv-int", bad, None)
+
+
+def test_flip_spec_and_the_init_key():
+    """flip= reaches the quantizer; at its default (false) the tuning's init string, part of a tuned-state file's key,
+    is the one written before the option existed, so older state files still load; flip=true changes it."""
+    quant, tune = build("pv-int", "2,flip=true", None)
+    assert quant.config.flip is True and '"flip": true' in tune.config.init
+    plain = build("pv-int", "2", None)[1].config.init
+    assert "flip" not in plain and build("pv-int", "2,flip=false", None)[1].config.init == plain
+    assert build("gptq-int", "4,flip=true", None)[0].config.flip is True
+    with pytest.raises(InputError):
+        build("pv-int", "2,flip=maybe", None)
