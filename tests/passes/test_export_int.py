@@ -108,3 +108,28 @@ def test_compiled_artifact_validates(tmp_path, spec):
     compiled = ov.Core().compile_model(str(out / "graphs" / "decoder.xml"), "CPU")
     # every decoder linear (OpenVINO's CPU plugin expands u3 to float32: the native backend is int3's runtime)
     assert len(_low_bit_matmuls(compiled)) == (0 if bits == 3 else 7 * bundle.adapter.num_layers)
+
+
+@pytest.mark.parametrize("accuracy_level", [0, 4])
+def test_matmulnbits_runs_negative_scales(accuracy_level):
+    """ONNX Runtime's MatMulNBits multiplies each block by its scale whatever the sign (flip= writes negative
+    ones): the layer's codes packed by pack_matmulnbits reproduce x @ W.T."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+    from accelc.passes.export.onnx_int import pack_matmulnbits
+    q = _layer(4, rows=16, groups=4, group=32, seed=3)
+    n, nb, g = q.codes.shape
+    scales = q.scales.detach().float().numpy().reshape(n, nb)
+    assert (scales < 0).any() and (scales > 0).any()
+    node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=nb * g, N=n, bits=4,
+                            block_size=g, accuracy_level=accuracy_level)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, nb * g])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, n])],
+                              [numpy_helper.from_array(pack_matmulnbits(q.codes.numpy()), "w"),
+                               numpy_helper.from_array(scales, "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    x = np.random.default_rng(0).standard_normal((2, nb * g)).astype(np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = x @ q.dequantize().numpy().T
+    tol = 1e-4 if accuracy_level == 0 else 2e-2                  # level 4: int8 activations per block
+    assert np.abs(y - ref).max() <= tol * np.abs(ref).max()
