@@ -8,7 +8,8 @@ same spec with state=NAME on any machine: the compile loads the tuned weights in
     .venv/bin/python scripts/pv_int_tune.py --spec "pv-int:3,steps=100000,seconds=270,batch=16,tune_samples=2048" \
         --state /tmp/pvint3.st --out docs/passes/results/pv_int_gpu_DATE.json
 
-Several --spec run one after another; raw JSON with machine, date, commit and command line."""
+--init-only stops after the quantizer's perplexity (gptq-int's options compared without tuning; --state is then
+not written). Several --spec run one after another; raw JSON with machine, date, commit and command line."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--parts", help="folder for the tuned-state files cut into parts")
     ap.add_argument("--part-mb", type=float, default=15.0)
     ap.add_argument("--no-init-eval", action="store_true", help="skip the perplexity after the quantizer alone")
+    ap.add_argument("--init-only", action="store_true",
+                    help="the quantizer and its perplexity only: no tuning, no state file (compare initialisations)")
     args = ap.parse_args()
     if len(args.state) != len(args.spec):
         ap.error("give one --state file per --spec")
@@ -43,14 +46,19 @@ def main() -> None:
     result = {**provenance(), "model": args.model, "threads": torch.get_num_threads(), "rows": []}
     for spec, state in zip(args.spec, args.state):
         method, _, arg = spec.partition(":")
-        full = f"{spec},state={state}"
+        full = spec if args.init_only else f"{spec},state={state}"
         bundle = load_model(args.model)
         quant, tune = build(method, f"{arg},state={state}", None)
         t0 = time.perf_counter()
         quant(bundle)
         row = {"spec": full, "quantizer_seconds": round(time.perf_counter() - t0, 1)}
-        if not args.no_init_eval:
+        if not args.no_init_eval or args.init_only:
             row["perplexity_init"] = evaluate(bundle)
+        if args.init_only:
+            row["init"] = bundle.records["quantization"].get("init")
+            add_row(result, row, args.out)
+            print(spec, row["perplexity_init"], flush=True)
+            continue
         t1 = time.perf_counter()
         tune(bundle)
         rec = bundle.records["quantization"]
