@@ -8,8 +8,7 @@ same spec with state=NAME on any machine: the compile loads the tuned weights in
     .venv/bin/python scripts/pv_int_tune.py --spec "pv-int:3,steps=100000,seconds=270,batch=16,tune_samples=2048" \
         --state /tmp/pvint3.st --out docs/passes/results/pv_int_gpu_DATE.json
 
---init-only stops after the quantizer's perplexity (gptq-int's options compared without tuning; --state is then
-not written). Several --spec run one after another; raw JSON with machine, date, commit and command line."""
+--init-only stops after the quantizer's perplexity (gptq-int's options compared without tuning; no --state). Several --spec run one after another; raw JSON with machine, date, commit and command line."""
 from __future__ import annotations
 
 import argparse
@@ -29,7 +28,7 @@ def evaluate(bundle) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spec", nargs="+", required=True, help="pv-int:B,... or pv:MxBgG,... (no state=)")
-    ap.add_argument("--state", nargs="+", required=True, help="a tuned-state file per spec")
+    ap.add_argument("--state", nargs="+", help="a tuned-state file per spec (not with --init-only)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", required=True)
     ap.add_argument("--parts", help="folder for the tuned-state files cut into parts")
@@ -38,7 +37,11 @@ def main() -> None:
     ap.add_argument("--init-only", action="store_true",
                     help="the quantizer and its perplexity only: no tuning, no state file (compare initialisations)")
     args = ap.parse_args()
-    if len(args.state) != len(args.spec):
+    if args.init_only:
+        if args.state:
+            ap.error("--init-only writes no tuned state: leave out --state")
+        args.state = [None] * len(args.spec)
+    elif len(args.state or []) != len(args.spec):
         ap.error("give one --state file per --spec")
     import torch
     from accelc.models.sources import load_model
@@ -48,7 +51,7 @@ def main() -> None:
         method, _, arg = spec.partition(":")
         full = spec if args.init_only else f"{spec},state={state}"
         bundle = load_model(args.model)
-        quant, tune = build(method, f"{arg},state={state}", None)
+        quant, tune = build(method, arg if args.init_only else f"{arg},state={state}", None)
         t0 = time.perf_counter()
         quant(bundle)
         row = {"spec": full, "quantizer_seconds": round(time.perf_counter() - t0, 1)}
