@@ -170,7 +170,7 @@ def _scratch(workdir: Path | None = None) -> Path:
 
 
 def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scratch: Path | None,
-                metrics: dict, emit: bool = True, int4: dict | None = None, kv_cache: dict | None = None) -> dict:
+                metrics: dict, emit: bool = True, int_codes: dict | None = None, kv_cache: dict | None = None) -> dict:
     """Export `graph` and return its graph record. The fp32 graph (the OpenVINO pass's source) goes to
     `scratch` when given, else straight to graphs/<name>.onnx in the bundle's workdir. With `emit`, the
     artifact gets graphs/<name>.onnx (+ .data) at the requested weight precision; without it, the
@@ -191,19 +191,19 @@ def write_graph(bundle: ModelBundle, graph, name: str, spec, weights: str, scrat
            "cache": "fixed" if kv_cache else "full", **({"kv_cache": kv_cache} if kv_cache else {})}
     if not emit:
         return rec
-    return {"onnx": rel, **rec, **emit_graph(bundle, name, src, weights, metrics, int4)}
+    return {"onnx": rel, **rec, **emit_graph(bundle, name, src, weights, metrics, int_codes)}
 
 
-def emit_graph(bundle: ModelBundle, name: str, src: Path, weights: str, metrics: dict, int4: dict | None = None) -> dict:
+def emit_graph(bundle: ModelBundle, name: str, src: Path, weights: str, metrics: dict, int_codes: dict | None = None) -> dict:
     """The artifact's graphs/<name>.onnx (+ .data) from the fp32 graph at `src`, at the requested weight precision
     (the same file when src is already there at fp32); -> {"onnx": its path in the artifact}."""
     rel = f"graphs/{name}.onnx"
     out = bundle.workdir / rel
-    if int4 is not None:        # gptq-int:4 / pv-int:4: MatMulNBits with the layers' own codes (passes/export/onnx_int.py)
+    if int_codes is not None:        # gptq-int / pv-int: MatMulNBits with the layers' own codes (passes/export/onnx_int.py)
         from .onnx_int import match_initializers, swap_codes
         t0 = time.perf_counter()
-        edit = swap_codes(match_initializers(src, int4["layers"]), int4["layers"])
-        compress_onnx(src, out, "int4", bundle.adapter, group=int4["group"], edit=edit)
+        edit = swap_codes(match_initializers(src, int_codes["layers"]), int_codes["layers"])
+        compress_onnx(src, out, "int4", bundle.adapter, group=int_codes["group"], edit=edit)
         metrics[f"{name}_compress_s"] = round(time.perf_counter() - t0, 2)
     elif src != out:
         t0 = time.perf_counter()
@@ -216,10 +216,10 @@ def emit_graph(bundle: ModelBundle, name: str, src: Path, weights: str, metrics:
     return {"onnx": rel}
 
 
-def int4_layers(bundle: ModelBundle) -> dict | None:
-    """{"layers", "group"} of a gptq-int:4 / pv-int:4 model (its ONNX graph gets MatMulNBits), else None."""
+def int_code_layers(bundle: ModelBundle) -> dict | None:
+    """{"layers", "group"} of a gptq-int / pv-int model (its ONNX graph gets MatMulNBits), else None."""
     spec = (bundle.records.get("quantization") or {}).get("int")
-    if not spec or spec["bits"] != 4:
+    if not spec:
         return None
     from ..quantization.int_linear import int_layers
     return {"layers": int_layers(bundle.model), "group": spec["group"]}
@@ -239,12 +239,12 @@ class ExportOnnxPass(Pass):
             group_size_for(ad)   # InputError before the (slow) export when no int4 group size fits
         graph = DecoderGraph(bundle.model, ad, scores=bool(cfg.kv_cache)).eval()
         records = bundle.records.setdefault("graphs", {})
-        int4 = int4_layers(bundle)
-        scratch = _scratch(bundle.workdir) if needs_scratch(cfg.weights, cfg.formats) or int4 else None
+        int_codes = int_code_layers(bundle)
+        scratch = _scratch(bundle.workdir) if needs_scratch(cfg.weights, cfg.formats) or int_codes else None
         metrics = {}
         for name, spec in graph_specs(cfg).items():
             records[name] = write_graph(bundle, graph, name, spec, cfg.weights, scratch, metrics,
-                                        emit="onnx" in cfg.formats, int4=int4, kv_cache=cfg.kv_cache)
+                                        emit="onnx" in cfg.formats, int_codes=int_codes, kv_cache=cfg.kv_cache)
             records[name].update(static=cfg.static, role=name)      # decoder, or prefill + decode
         bundle.records["formats"] = [f for f in FORMATS if f in cfg.formats]
         return PassResult(True, metrics)

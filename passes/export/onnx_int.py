@@ -1,11 +1,16 @@
-"""ONNX graphs of `gptq-int:4` / `pv-int:4` models: com.microsoft MatMulNBits (4-bit) carrying the model's own codes.
+"""ONNX graphs of `gptq-int` / `pv-int` models: com.microsoft MatMulNBits carrying the model's own codes.
 
 The fp32 graph holds each quantized Linear as its dense weight, transposed ([in, out] initializers, exact in float32).
 Each such initializer is matched to its layer by value; NNCF's ONNX backend then writes INT4_SYM in groups of G as
 MatMulNBits (`<name>_quantized` uint8 [N, K/G, G/2], element 2j in the low nibble, stored code + 8 with the default
 zero point 8; `<name>_scale` float32 [N, K/G]), the embedding and head at int8 (NNCF's backup precision), and the
-quantized and scale initializers are replaced by the layer's own codes and scales. NNCF's ONNX backend has no 2- or
-3-bit mode: those models keep the dense fp32 ONNX graph (docs/passes/quantization.md, "pv-int").
+quantized and scale initializers are replaced by the layer's own codes and scales.
+
+NNCF's ONNX backend has no 2- or 3-bit mode, and ONNX Runtime's MatMulNBits takes bits 2, 4 and 8 only. So:
+int4 and int3 codes are written 4-bit (int3's [-4, 3] in the 4-bit blocks: 4 bits per weight in memory); int2 nodes
+are rewritten to `bits=2` (`<name>_quantized` [N, K/G, G/4], code + 2, element 4j in the lowest two bits) with
+`accuracy_level=4` (int8 activations): ONNX Runtime 1.32 runs 2-bit blocks at level 0 by dequantizing the whole
+weight at every call (an 8192 x 8192 layer: 520 ms against 2 ms at level 4, measured 2026-12-06).
 """
 from __future__ import annotations
 
@@ -16,10 +21,17 @@ import numpy as np
 from ...compiler.errors import PreconditionError
 
 
-def pack_matmulnbits(codes: np.ndarray) -> np.ndarray:
-    """Signed 4-bit codes [N, nb, G] -> MatMulNBits' uint8 blocks [N, nb, G/2] (code + 8, low nibble first)."""
-    u = codes.astype(np.int16) + 8
-    return (u[:, :, 0::2] | (u[:, :, 1::2] << 4)).astype(np.uint8)
+def pack_matmulnbits(codes: np.ndarray, bits: int = 4) -> np.ndarray:
+    """Signed codes [N, nb, G] -> MatMulNBits' uint8 blocks [N, nb, G * bits / 8] (code + 2^(bits-1), the default zero
+    point; element j of each byte in bits j*bits .. j*bits + bits - 1)."""
+    u = codes.astype(np.int16) + (1 << (bits - 1))
+    if u.min(initial=0) < 0 or u.max(initial=0) >= 1 << bits:
+        raise PreconditionError(f"int export: codes outside the {bits}-bit MatMulNBits range")
+    per = 8 // bits
+    out = np.zeros(u[:, :, 0::per].shape, np.int16)
+    for j in range(per):
+        out |= u[:, :, j::per] << (bits * j)
+    return out.astype(np.uint8)
 
 
 def match_initializers(src: Path, layers: dict) -> dict[str, str]:
@@ -45,18 +57,33 @@ def match_initializers(src: Path, layers: dict) -> dict[str, str]:
     return found
 
 
+def block_bits(bits: int) -> int:
+    """MatMulNBits' width for codes of `bits` (ONNX Runtime has no 3-bit blocks)."""
+    return 4 if bits == 3 else bits
+
+
 def swap_codes(matched: dict[str, str], layers: dict):
-    """An `edit` for compress_onnx: replace NNCF's MatMulNBits tensors with the layers' own."""
-    from onnx import numpy_helper
+    """An `edit` for compress_onnx: replace NNCF's (4-bit) MatMulNBits tensors with the layers' own, in 2-bit blocks
+    for int2 layers."""
+    from onnx import helper, numpy_helper
 
     def edit(model) -> None:
         inits = {t.name: t for t in model.graph.initializer}
+        nodes = {n.input[1]: n for n in model.graph.node if n.op_type == "MatMulNBits"}
         for wname, lname in matched.items():
             qt, st = inits.get(wname + "_quantized"), inits.get(wname + "_scale")
+            node = nodes.get(wname + "_quantized")
             q = layers[lname]
             n, nb, g = q.codes.shape
-            if qt is None or st is None or list(qt.dims) != [n, nb, g // 2] or list(st.dims) != [n, nb]:
+            if (qt is None or st is None or node is None or list(qt.dims) != [n, nb, g // 2]
+                    or list(st.dims) != [n, nb]):
                 raise PreconditionError(f"int export: NNCF did not write {lname} as MatMulNBits blocks of {g}")
-            qt.CopyFrom(numpy_helper.from_array(pack_matmulnbits(q.codes.numpy()), qt.name))
+            bits = block_bits(q.nbits)
+            qt.CopyFrom(numpy_helper.from_array(pack_matmulnbits(q.codes.numpy(), bits), qt.name))
             st.CopyFrom(numpy_helper.from_array(q.scales.detach().float().numpy().reshape(n, nb), st.name))
+            if bits != 4:
+                keep = [a for a in node.attribute if a.name not in ("bits", "accuracy_level")]
+                del node.attribute[:]
+                node.attribute.extend(keep + [helper.make_attribute("bits", bits),
+                                              helper.make_attribute("accuracy_level", 4)])
     return edit

@@ -5,10 +5,13 @@ and the embedding / tied head as their int8-dequantized values. Here:
 
   1. every f32 weight constant of the converted ov.Model is matched to the torch layer it came from by
      value (its transpose for MatMuls that read [in, out]); a layer with no match is an error;
-  2. NNCF compresses the model data-free in the layer's mode (INT4_SYM -> i4, INT3_SYM -> u3 and
-     INT2_SYM -> u2 with one zero point 2^(B-1); groups of G; the embedding and head INT8_ASYM per
+  2. NNCF compresses the model data-free in the mode of the layer's storage width (`CONTAINER`: INT4_SYM
+     -> i4, INT2_SYM -> u2 with one zero point 2; groups of G; the embedding and head INT8_ASYM per
      row, NNCF's backup precision), which writes the decompression subgraph the CPU plugin runs
-     compressed (Constant -> Convert -> [Subtract] -> Multiply -> Reshape -> Convert -> MatMul);
+     compressed (Constant -> Convert -> [Subtract] -> Multiply -> Reshape -> Convert -> MatMul).
+     int3 codes are stored as i4: OpenVINO 2026.4's CPU plugin constant-folds u3 (INT3_SYM) weights into
+     float32 at compile_model, so a u3 IR is 3-bit on disk and 32-bit in memory; in i4 the same codes run
+     compressed at 4 bits (the native backend keeps them at 3, runtime/native);
   3. the code, scale and zero-point constants NNCF computed are replaced by accelc's (the same shapes
      and element types), so the IR holds exactly the tuned model: NNCF's own rounding of W would
      not give back the tuned codes.
@@ -22,6 +25,8 @@ import numpy as np
 from ...compiler.errors import PreconditionError
 
 log = logging.getLogger(__name__)
+# the element width each code width is stored in: the narrowest the CPU plugin keeps compressed (u3 is folded to f32)
+CONTAINER = {4: 4, 3: 4, 2: 2}
 
 
 def pack_low_bits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -118,10 +123,11 @@ def compress_int_ov(model, layers: dict, tables: dict, bits: int, group: int):
         raise PreconditionError(f"int export: no weight constant in the OpenVINO model matches {', '.join(missing[:3])}"
                                 f"{' ...' if len(missing) > 3 else ''}")
     quiet_nncf()
-    mode = {4: CompressWeightsMode.INT4_SYM, 3: CompressWeightsMode.INT3_SYM, 2: CompressWeightsMode.INT2_SYM}[bits]
+    store = CONTAINER[bits]
+    mode = {4: CompressWeightsMode.INT4_SYM, 2: CompressWeightsMode.INT2_SYM}[store]
     model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0)
     consts = _by_name(model)
-    code_type = {4: ov.Type.i4, 3: ov.Type.u3, 2: ov.Type.u2}[bits]
+    code_type = {4: ov.Type.i4, 2: ov.Type.u2}[store]
     for cname, (lname, transposed) in matched.items():
         codes_op, scale_op = consts.get(cname), consts.get(cname + "/scale")
         if codes_op is None or scale_op is None:
@@ -139,12 +145,12 @@ def compress_int_ov(model, layers: dict, tables: dict, bits: int, group: int):
             raise PreconditionError(f"int export: NNCF's layout of {lname} {shape} is not the expected {codes.shape}")
         if str(codes_op.get_element_type()) != str(code_type):
             raise PreconditionError(f"int export: NNCF stored {lname} as {codes_op.get_element_type()}, not {code_type}")
-        stored = codes if bits == 4 else codes + (1 << (bits - 1))     # u3 / u2 carry the zero point 2^(B-1)
-        _replace(codes_op, low_bit_constant(stored, code_type, bits))
+        stored = codes if store == 4 else codes + (1 << (store - 1))   # u2 carries the zero point 2
+        _replace(codes_op, low_bit_constant(stored, code_type, store))
         _replace(scale_op, ov.op.Constant(np.ascontiguousarray(scales)))     # (a strided f16 array becomes i16)
-        if bits != 4:
+        if store != 4:
             zp = consts.get(cname + "/zero_point")
-            if zp is None or int(np.asarray(zp.get_data()).reshape(-1)[0]) != 1 << (bits - 1):
+            if zp is None or int(np.asarray(zp.get_data()).reshape(-1)[0]) != 1 << (store - 1):
                 raise PreconditionError(f"int export: unexpected zero point for {lname}")
     model.validate_nodes_and_infer_types()
     return model

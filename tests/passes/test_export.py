@@ -177,3 +177,12 @@ def test_int4_without_a_fitting_group_size_is_an_input_error(tmp_path):
     b = ModelBundle(m, None, ArchAdapter(m), workdir=tmp_path)
     with pytest.raises(PassError, match="group size"):
         ExportOnnxPass(ExportOnnxConfig(weights="int4"))(b)
+
+
+def test_agreement_counts_near_ties_only_within_the_tie():
+    from accelc.passes.export.validate import agreement
+    ref = np.array([[5.0, 4.98, 0.0], [5.0, 4.0, 0.0], [1.0, 2.0, 3.0]])
+    graph = np.array([[4.9, 5.0, 0.0], [4.0, 5.0, 0.0], [0.0, 0.0, 9.0]])     # a near tie, a real swap, a match
+    assert agreement(graph, ref) == (1, 0)
+    assert agreement(graph, ref, tie=0.05) == (2, 1)
+    assert agreement(graph, ref, tie=0.01) == (1, 0)

@@ -1,5 +1,6 @@
 """gptq-int / pv-int export: OpenVINO constants of u2/u3/i4 round-trip exactly, the IR holds the layer's own codes
-in NNCF's layout, the CPU plugin keeps them low-bit after compile, and a compiled tiny artifact validates."""
+in NNCF's layout (int3 in i4: the CPU plugin folds u3 to float32), the CPU plugin keeps them low-bit after compile,
+ONNX graphs carry them in MatMulNBits (2-bit blocks for int2), and a compiled tiny artifact validates."""
 import json
 
 import numpy as np
@@ -15,7 +16,8 @@ from tests.tiny_compile import compile_tiny
 ov = pytest.importorskip("openvino")
 from openvino import opset13 as ops  # noqa: E402
 
-TYPES = {4: "i4", 3: "u3", 2: "u2"}
+TYPES = {4: "i4", 3: "u3", 2: "u2"}                 # OpenVINO's element type of each width
+STORED = {4: "i4", 3: "i4", 2: "u2"}                # what the IR of each code width holds
 LOW = {"int4_t", "uint3_t", "uint2_t"}
 
 
@@ -51,10 +53,22 @@ def test_ir_holds_the_layer_codes_and_stays_low_bit(bits, transpose_b):
     conv = next(op for op in model.get_ops() if op.get_friendly_name() == "lin.weight/fq_weights_1/convert")
     dense = ov.Core().compile_model(ov.Model([conv.output(0)], []), "CPU")({})[0]
     np.testing.assert_array_equal(dense if transpose_b else dense.T, w)          # exactly the layer's weight
-    # OpenVINO 2026.4's CPU plugin expands u3 weights to float32 at compile (docs/passes/quantization.md, "pv-int":
-    # int3 is 3-bit on disk only); u2 and i4 stay compressed
-    low = _low_bit_matmuls(ov.Core().compile_model(model, "CPU"))
-    assert ("lin/MatMul" in low) == (bits != 3) and (bits != 3 or not low)
+    assert {str(op.get_element_type()) for op in model.get_ops() if op.get_friendly_name() == "lin.weight"} == {
+        str(getattr(ov.Type, STORED[bits]))}
+    # every width stays compressed in the compiled model (int3 because it is stored as i4)
+    assert "lin/MatMul" in _low_bit_matmuls(ov.Core().compile_model(model, "CPU"))
+
+
+def test_u3_is_expanded_by_the_cpu_plugin():
+    """Why int3 is stored as i4: OpenVINO's CPU plugin folds a u3 decompression into a float32 weight at compile. If
+    this starts failing, a newer plugin runs u3 compressed and CONTAINER[3] can become 3."""
+    x = ops.parameter([-1, 128], np.float32, name="x")
+    codes = np.random.default_rng(3).integers(0, 8, (96, 2, 64)).astype(np.int16)
+    w = ops.convert(low_bit_constant(codes, ov.Type.u3, 3), np.float16)
+    w = ops.multiply(ops.subtract(w, ops.constant(np.float16(4))), ops.constant(np.full((96, 2, 1), 0.01, np.float16)))
+    w = ops.convert(ops.reshape(w, [96, 128], False), np.float32)
+    compiled = ov.Core().compile_model(ov.Model([ops.matmul(x, w, False, True, name="lin/MatMul")], [x]), "CPU")
+    assert _low_bit_matmuls(compiled) == []
 
 
 def _low_bit_matmuls(compiled) -> list[str]:
@@ -82,18 +96,18 @@ def test_compiled_artifact_validates(tmp_path, spec):
     from onnx import numpy_helper
     graph = onnx.load(str(out / "graphs" / "decoder.onnx")).graph
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == (7 * bundle.adapter.num_layers if spec.startswith("gptq-int:4") else 0)
-    if nbits:       # the first layer's q projection: its own codes, not NNCF's
-        from accelc.passes.export.onnx_int import pack_matmulnbits
-        from accelc.passes.quantization.int_linear import int_layers
-        q = int_layers(bundle.model)["model.layers.0.self_attn.q_proj"]
-        inits = {t.name: t for t in graph.initializer}
-        packed = pack_matmulnbits(q.codes.numpy())
-        assert any(np.array_equal(numpy_helper.to_array(inits[n.input[1]]), packed) for n in nbits)
-    xml = (out / "graphs" / "decoder.xml").read_text()
-    assert f'element_type="{TYPES[int(spec.split(":")[1][0])]}"' in xml
-    # the native backend runs every width in its stored form, checked against the torch model's own codes
     bits = int(spec.split(":")[1][0])
+    assert len(nbits) == 7 * bundle.adapter.num_layers            # every decoder linear, every width
+    assert {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {2 if bits == 2 else 4}
+    from accelc.passes.export.onnx_int import pack_matmulnbits
+    from accelc.passes.quantization.int_linear import int_layers
+    q = int_layers(bundle.model)["model.layers.0.self_attn.q_proj"]          # its own codes, not NNCF's
+    inits = {t.name: t for t in graph.initializer}
+    packed = pack_matmulnbits(q.codes.numpy(), 2 if bits == 2 else 4)
+    assert any(np.array_equal(numpy_helper.to_array(inits[n.input[1]]), packed) for n in nbits)
+    xml = (out / "graphs" / "decoder.xml").read_text()
+    assert f'element_type="{STORED[bits]}"' in xml and 'element_type="u3"' not in xml
+    # the native backend runs every width in its stored form, checked against the torch model's own codes
     native = manifest["records"]["native"]
     assert native["linear_formats"] == [f"q{bits}s"] and native["validation"]["native_tolerance"] == "int-codes"
     init = bundle.records["quantization"]["init"]
@@ -106,26 +120,26 @@ def test_compiled_artifact_validates(tmp_path, spec):
     np.testing.assert_array_equal(decode(stored, f"q{bits}s", q.group), q.dequantize().numpy())
     assert stored["q"].nbytes * 8 == q.out_features * q.in_features * (4 if bits == 4 else 2)
     compiled = ov.Core().compile_model(str(out / "graphs" / "decoder.xml"), "CPU")
-    # every decoder linear (OpenVINO's CPU plugin expands u3 to float32: the native backend is int3's runtime)
-    assert len(_low_bit_matmuls(compiled)) == (0 if bits == 3 else 7 * bundle.adapter.num_layers)
+    assert len(_low_bit_matmuls(compiled)) == 7 * bundle.adapter.num_layers       # every decoder linear, low-bit
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("accuracy_level", [0, 4])
-def test_matmulnbits_runs_negative_scales(accuracy_level):
+def test_matmulnbits_runs_negative_scales(accuracy_level, bits):
     """ONNX Runtime's MatMulNBits multiplies each block by its scale whatever the sign (flip= writes negative
-    ones): the layer's codes packed by pack_matmulnbits reproduce x @ W.T."""
+    ones): the layer's codes packed by pack_matmulnbits reproduce x @ W.T, int2 in 2-bit blocks, int3 in 4-bit."""
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
-    from accelc.passes.export.onnx_int import pack_matmulnbits
-    q = _layer(4, rows=16, groups=4, group=32, seed=3)
+    from accelc.passes.export.onnx_int import block_bits, pack_matmulnbits
+    q = _layer(bits, rows=16, groups=4, group=32, seed=3)
     n, nb, g = q.codes.shape
     scales = q.scales.detach().float().numpy().reshape(n, nb)
     assert (scales < 0).any() and (scales > 0).any()
-    node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=nb * g, N=n, bits=4,
-                            block_size=g, accuracy_level=accuracy_level)
+    node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=nb * g, N=n,
+                            bits=block_bits(bits), block_size=g, accuracy_level=accuracy_level)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, nb * g])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, n])],
-                              [numpy_helper.from_array(pack_matmulnbits(q.codes.numpy()), "w"),
+                              [numpy_helper.from_array(pack_matmulnbits(q.codes.numpy(), block_bits(bits)), "w"),
                                numpy_helper.from_array(scales, "s")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     x = np.random.default_rng(0).standard_normal((2, nb * g)).astype(np.float32)
