@@ -200,7 +200,8 @@ def emit_graph(bundle: ModelBundle, name: str, src: Path, weights: str, metrics:
     rel = f"graphs/{name}.onnx"
     out = bundle.workdir / rel
     if int_codes is not None:        # gptq-int / pv-int: MatMulNBits with the layers' own codes (passes/export/onnx_int.py)
-        from .onnx_int import match_initializers, swap_codes
+        from .onnx_int import block_bits, match_initializers, swap_codes
+        int_codes["spec"]["onnx_matmulnbits_bits"] = block_bits(int_codes["spec"]["bits"])    # recorded in the manifest
         t0 = time.perf_counter()
         edit = swap_codes(match_initializers(src, int_codes["layers"]), int_codes["layers"])
         compress_onnx(src, out, "int4", bundle.adapter, group=int_codes["group"], edit=edit)
@@ -217,12 +218,12 @@ def emit_graph(bundle: ModelBundle, name: str, src: Path, weights: str, metrics:
 
 
 def int_code_layers(bundle: ModelBundle) -> dict | None:
-    """{"layers", "group"} of a gptq-int / pv-int model (its ONNX graph gets MatMulNBits), else None."""
+    """{"layers", "group", "spec"} of a gptq-int / pv-int model (its ONNX graph gets MatMulNBits), else None."""
     spec = (bundle.records.get("quantization") or {}).get("int")
     if not spec:
         return None
     from ..quantization.int_linear import int_layers
-    return {"layers": int_layers(bundle.model), "group": spec["group"]}
+    return {"layers": int_layers(bundle.model), "group": spec["group"], "spec": spec}
 
 
 class ExportOnnxPass(Pass):

@@ -110,6 +110,8 @@ def test_compiled_artifact_validates(tmp_path, spec):
     # the native backend runs every width in its stored form, checked against the torch model's own codes
     native = manifest["records"]["native"]
     assert native["linear_formats"] == [f"q{bits}s"] and native["validation"]["native_tolerance"] == "int-codes"
+    assert bundle.records["quantization"]["int"]["openvino_element"] == STORED[bits]
+    assert bundle.records["quantization"]["int"]["onnx_matmulnbits_bits"] == (2 if bits == 2 else 4)
     init = bundle.records["quantization"]["init"]
     assert (init["negative_scales"] > 0) == ("flip=true" in spec)      # negative scales reach every format
     from accelc.runtime.native.weights import map_safetensors
