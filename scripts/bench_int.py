@@ -13,7 +13,7 @@ Per artifact (each LABEL=DIR was made by `accelc compile` or scripts/nncf_baseli
   - artifact MB (the IR's .xml + .bin), resident MB (peak RSS of a fresh process that loaded the artifact and decoded
     128 tokens; scripts/bench_native.py's probe) and decode tokens/s (greedy, 128 new tokens, median over rounds,
     engines alternating), on the OpenVINO backend at f32 inference precision and on the native backend where the
-    artifact has native/ weights;
+    artifact has native/ weights (with `--onnx`, on ONNX Runtime too where it has an ONNX graph);
   - compile seconds: the sum of the artifact's pass times (for an NNCF row: the fp32 compile it started from plus
     NNCF's own seconds);
   - the runtime's fixed overhead: the same probe on a 2-layer random model compiled here with the first artifact's
@@ -106,6 +106,14 @@ def native_bytes(art: Path) -> dict:
     return {"native_weights_mb": round(f.stat().st_size / 2 ** 20, 1), "native_formats": rec.get("linear_formats")}
 
 
+def onnx_mb(art: Path, graph: dict) -> dict:
+    """The ONNX graph's file and external data (MB), when the artifact has one."""
+    if not graph.get("onnx") or not (art / graph["onnx"]).is_file():
+        return {}
+    files = [art / graph["onnx"]] + [p for p in (art / graph["onnx"]).parent.glob(Path(graph["onnx"]).name + ".data*")]
+    return {"onnx_mb": round(sum(p.stat().st_size for p in files) / 1e6, 1)}
+
+
 def compile_seconds(art: Path) -> dict:
     m = json.loads((art / "manifest.json").read_text())
     q = (m.get("records") or {}).get("quantization") or {}
@@ -148,6 +156,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--onnx", action="store_true", help="also decode on ONNX Runtime (artifacts with an ONNX graph)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--resume", action="store_true", help="keep the perplexity of rows already in --out for the same "
                     "LABEL=DIR (not measured again; the IR's columns are read again); speed is measured for every "
@@ -175,6 +184,7 @@ def main() -> None:
                              **ir_bits(xml, int(m["model"]["vocab"]), binf),
                              "artifact_mb": round((xml.stat().st_size + binf.stat().st_size) / 1e6, 1),
                              "compile": compile_seconds(art), "native": (art / "native").is_dir(),
+                             "onnx": bool(g.get("onnx")) and (art / g["onnx"]).is_file(), **onnx_mb(art, g),
                              **native_bytes(art)}
         if q.get("tuning"):
             row["tuning"] = {k: q["tuning"].get(k) for k in ("steps", "batch", "lr", "lr_v", "tau", "trust",
@@ -190,6 +200,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = [(label, "openvino", d) for label, d in arts.items()]
         runs += [(label, "native", d) for label, d in arts.items() if rows[label]["native"]]
+        runs += [(label, "onnxruntime", d) for label, d in arts.items() if a.onnx and rows[label]["onnx"]]
         empty = empty_artifact(Path(tmp), Path(next(iter(arts.values()))))
         result["empty"] = native_bytes(empty)       # its own (int8) weights, taken out of the overhead
         empty = str(empty)

@@ -38,10 +38,10 @@ rss = lambda: int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]
 PROMPT = "Write a short story about a robot who learns to paint. Once upon a time"
 out = {}
 t0 = time.perf_counter()
-if engine in ("native", "native-f32", "openvino"):
+if engine in ("native", "native-f32", "openvino", "onnxruntime"):
     import accelc
     from accelc.runtime.generate import encode_prompt
-    backend = "openvino" if engine == "openvino" else "native"
+    backend = engine if engine in ("openvino", "onnxruntime") else "native"
     m = accelc.load(art, backend=backend, threads=threads, precision="f32" if engine != "native" else None)
     out["load_s"] = time.perf_counter() - t0
     a = m.artifact

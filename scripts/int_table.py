@@ -39,6 +39,14 @@ def main(path: str) -> None:
         cells += [fmt(r["artifact_mb"], 1), fmt(_rss(ov_s), 0), fmt(ov_s.get("decode_tok_s"), 1),
                   fmt(_rss(nat), 0), fmt(nat.get("decode_tok_s"), 1), fmt(r["compile"]["passes_s"], 0)]
         print("| " + " | ".join(cells) + " |")
+    ort = [(label, r) for label, r in rows.items() if f"{label}/onnxruntime" in speed]
+    if ort:
+        print("\nOn ONNX Runtime (the artifact's ONNX graph, same probe and rounds):\n")
+        print("| row | ONNX MB | RSS MB after decode (onnxruntime) | decode tok/s (onnxruntime) |")
+        print("| --- | --- | --- | --- |")
+        for label, r in ort:
+            o = speed[f"{label}/onnxruntime"]
+            print(f"| {label} | {fmt(r.get('onnx_mb'), 1)} | {fmt(_rss(o), 0)} | {fmt(o.get('decode_tok_s'), 1)} |")
     if "empty/openvino" in speed:
         e = speed["empty/openvino"]
         print(f"\nRuntime fixed overhead (a 2-layer random model with the same tokenizer and vocabulary, int8, same "
