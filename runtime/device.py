@@ -89,7 +89,8 @@ def why_not(backend: str, device: str, manifest: dict, graph: dict) -> str | Non
 def native_leads(formats: set, precision: str | None, features: list[str]) -> bool:
     """Whether the native backend is the CPU default for linears in these formats on this CPU
     (docs/runtime/native.md "Choosing the backend", from the measured table): codebooks and int3 groups always
-    (OpenVINO expands them to float32 at load); int8/int4/int2 where AVX512-VNNI or AVX2 runs them as integer dot products
+    (OpenVINO expands codebooks and u3 weights to float32 at load; int3 compiled since 2026-12-06 is stored i4 and runs
+    4-bit there, native runs it at 3); int8/int4/int2 where AVX512-VNNI or AVX2 runs them as integer dot products
     (measured ahead of OpenVINO on both: 2.0-3.0x with VNNI, 1.7-2.4x on an AVX2-only Zen 2); a CPU without AVX2
     is not measured and keeps OpenVINO. fp32 artifacts stay on OpenVINO at f32 by default (exact: greedy
     identical to transformers); the native backend's bf16 policy for them is `--backend native`."""
