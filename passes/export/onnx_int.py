@@ -86,4 +86,72 @@ def swap_codes(matched: dict[str, str], layers: dict):
                 del node.attribute[:]
                 node.attribute.extend(keep + [helper.make_attribute("bits", bits),
                                               helper.make_attribute("accuracy_level", 4)])
+        int8_tables(model)
     return edit
+
+
+def head_block(width: int) -> int | None:
+    """MatMulNBits' block size for an 8-bit head over `width` inputs (a power of two from 16 dividing it), or None."""
+    return next((b for b in (128, 64, 32, 16) if width % b == 0), None)
+
+
+def int8_tables(model) -> int:
+    """Rewrite NNCF's int8 tables (a DequantizeLinear, axis 0, of a constant uint8 [V, C] with per-row scale and zero
+    point) where they feed a Gather of rows or a Gemm(transB=1) head, so ONNX Runtime no longer expands the whole
+    table to float32 at every call (it does not fold a DequantizeLinear): the Gather takes the int8 rows and their
+    scales and dequantizes only those (the same float32 values); the head becomes an 8-bit MatMulNBits (the row's
+    scale and zero point in each block, accuracy_level 4: int8 activations, as the int2 nodes). -> tables rewritten."""
+    import onnx
+    from onnx import helper, numpy_helper
+    if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
+        return 0                                  # Unsqueeze takes its axes as an input from opset 13
+    inits = {t.name: t for t in model.graph.initializer}
+    done = 0
+    for dq in [n for n in model.graph.node if n.op_type == "DequantizeLinear" and len(n.input) == 3]:
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        q, s, z = (inits.get(i) for i in dq.input)
+        if (axis != 0 or q is None or s is None or z is None or len(q.dims) != 2 or q.data_type != onnx.TensorProto.UINT8
+                or any(t.data_location == onnx.TensorProto.EXTERNAL for t in (q, s, z))):
+            continue
+        v, c = q.dims
+        if list(s.dims) != [v] or list(z.dims) != [v] or head_block(c) is None:
+            continue
+        users = [n for n in model.graph.node if dq.output[0] in n.input]
+        fits = all((n.op_type == "Gather" and list(n.input).index(dq.output[0]) == 0
+                    and all(a.i == 0 for a in n.attribute if a.name == "axis"))
+                   or (n.op_type == "Gemm" and len(n.input) == 2 and n.input[1] == dq.output[0]
+                       and {a.name: (a.i if a.type == a.INT else a.f) for a in n.attribute} == {"transB": 1})
+                   for n in users)
+        if not users or not fits:
+            continue
+        base, bs = dq.output[0], head_block(c)
+        extra = [numpy_helper.from_array(np.array([-1], np.int64), base + "/last")]
+        for k, n in enumerate(users):             # each replaced where it stands (the graph stays in topological order)
+            out, p = n.output[0], f"{base}/{k}"
+            if n.op_type == "Gather":
+                ids = n.input[1]
+                new = [helper.make_node("Gather", [q.name, ids], [p + "/q"], axis=0),
+                       helper.make_node("Gather", [s.name, ids], [p + "/s"], axis=0),
+                       helper.make_node("Gather", [z.name, ids], [p + "/z"], axis=0),
+                       helper.make_node("Cast", [p + "/q"], [p + "/qf"], to=onnx.TensorProto.FLOAT),
+                       helper.make_node("Cast", [p + "/z"], [p + "/zf"], to=onnx.TensorProto.FLOAT),
+                       helper.make_node("Unsqueeze", [p + "/zf", base + "/last"], [p + "/zu"]),
+                       helper.make_node("Unsqueeze", [p + "/s", base + "/last"], [p + "/su"]),
+                       helper.make_node("Sub", [p + "/qf", p + "/zu"], [p + "/d"]),
+                       helper.make_node("Mul", [p + "/d", p + "/su"], [out])]
+            else:
+                if len(extra) == 1:
+                    qa, sa, za = (numpy_helper.to_array(t) for t in (q, s, z))
+                    extra += [numpy_helper.from_array(qa.reshape(v, c // bs, bs), base + "/w8"),
+                              numpy_helper.from_array(np.repeat(sa[:, None], c // bs, 1).astype(np.float32), base + "/s8"),
+                              numpy_helper.from_array(np.repeat(za[:, None], c // bs, 1), base + "/z8")]
+                new = [helper.make_node("MatMulNBits", [n.input[0], base + "/w8", base + "/s8", base + "/z8"], [out],
+                                        domain="com.microsoft", K=c, N=v, bits=8, block_size=bs, accuracy_level=4)]
+            at = list(model.graph.node).index(n)
+            model.graph.node.remove(n)
+            for i, m in enumerate(new):
+                model.graph.node.insert(at + i, m)
+        model.graph.node.remove(dq)
+        model.graph.initializer.extend(extra)
+        done += 1
+    return done

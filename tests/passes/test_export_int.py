@@ -95,9 +95,13 @@ def test_compiled_artifact_validates(tmp_path, spec):
     import onnx
     from onnx import numpy_helper
     graph = onnx.load(str(out / "graphs" / "decoder.onnx")).graph
-    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1].endswith("_quantized")]
     bits = int(spec.split(":")[1][0])
     assert len(nbits) == 7 * bundle.adapter.num_layers            # every decoder linear, every width
+    # the int8 embedding: its rows gathered and dequantized alone, the head an 8-bit MatMulNBits (onnx_int.int8_tables)
+    assert not [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    assert [a.i for n in graph.node if n.op_type == "MatMulNBits" and n not in nbits
+            for a in n.attribute if a.name == "bits"] == [8]
     assert {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {2 if bits == 2 else 4}
     from accelc.passes.export.onnx_int import pack_matmulnbits
     from accelc.passes.quantization.int_linear import int_layers
@@ -149,3 +153,40 @@ def test_matmulnbits_runs_negative_scales(accuracy_level, bits):
     ref = x @ q.dequantize().numpy().T
     tol = 1e-4 if accuracy_level == 0 else 2e-2                  # level 4: int8 activations per block
     assert np.abs(y - ref).max() <= tol * np.abs(ref).max()
+
+
+def test_int8_table_rewrite_keeps_rows_exact_and_the_head_close():
+    """NNCF's int8 embedding (DequantizeLinear of the whole table) feeding a Gather and a tied Gemm head: after
+    int8_tables the Gather dequantizes only its rows (bit-exact) and the head is an 8-bit MatMulNBits."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from accelc.passes.export.onnx_int import int8_tables
+    v, c = 300, 128
+    rng = np.random.default_rng(0)
+    q = rng.integers(0, 256, (v, c)).astype(np.uint8)
+    s = (rng.random(v) * 0.01 + 0.001).astype(np.float32)
+    z = rng.integers(100, 156, v).astype(np.uint8)
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["t"], axis=0),
+             helper.make_node("Gather", ["t", "ids"], ["e"]), helper.make_node("Reshape", ["e", "shp"], ["e2"]),
+             helper.make_node("Gemm", ["e2", "t"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 3, c]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, v])],
+                              [numpy_helper.from_array(q, "q"), numpy_helper.from_array(s, "s"),
+                               numpy_helper.from_array(z, "z"), numpy_helper.from_array(np.array([-1, c]), "shp")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    ids = rng.integers(0, v, (2, 3))
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})
+    e0, y0 = run(model)
+    np.testing.assert_array_equal(e0, ((q.astype(np.float32) - z[:, None]) * s[:, None])[ids])
+    assert int8_tables(model) == 1
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node].count("DequantizeLinear") == 0
+    assert [n.op_type for n in model.graph.node].count("MatMulNBits") == 1
+    e1, y1 = run(model)
+    np.testing.assert_array_equal(e1, e0)                                     # the rows: the same float32 values
+    assert np.abs(y1 - y0).max() <= 0.01 * np.abs(y0).max()                   # the head: int8 activations
+    assert int8_tables(model) == 0                                            # nothing left to rewrite
