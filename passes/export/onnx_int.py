@@ -126,25 +126,31 @@ def int8_tables(model) -> int:
             continue
         base, bs = dq.output[0], head_block(c)
         extra = [numpy_helper.from_array(np.array([-1], np.int64), base + "/last")]
+        head = any(n.op_type == "Gemm" for n in users)
+        if head:                  # one copy of the codes, in MatMulNBits' [V, C/bs, bs] blocks; the Gathers read it too
+            qa, sa, za = (numpy_helper.to_array(t) for t in (q, s, z))
+            extra += [numpy_helper.from_array(qa.reshape(v, c // bs, bs), base + "/w8"),
+                      numpy_helper.from_array(np.repeat(sa[:, None], c // bs, 1).astype(np.float32), base + "/s8"),
+                      numpy_helper.from_array(np.repeat(za[:, None], c // bs, 1), base + "/z8"),
+                      numpy_helper.from_array(np.array([c], np.int64), base + "/width")]
         for k, n in enumerate(users):             # each replaced where it stands (the graph stays in topological order)
             out, p = n.output[0], f"{base}/{k}"
             if n.op_type == "Gather":
                 ids = n.input[1]
-                new = [helper.make_node("Gather", [q.name, ids], [p + "/q"], axis=0),
-                       helper.make_node("Gather", [s.name, ids], [p + "/s"], axis=0),
-                       helper.make_node("Gather", [z.name, ids], [p + "/z"], axis=0),
-                       helper.make_node("Cast", [p + "/q"], [p + "/qf"], to=onnx.TensorProto.FLOAT),
-                       helper.make_node("Cast", [p + "/z"], [p + "/zf"], to=onnx.TensorProto.FLOAT),
-                       helper.make_node("Unsqueeze", [p + "/zf", base + "/last"], [p + "/zu"]),
-                       helper.make_node("Unsqueeze", [p + "/s", base + "/last"], [p + "/su"]),
-                       helper.make_node("Sub", [p + "/qf", p + "/zu"], [p + "/d"]),
-                       helper.make_node("Mul", [p + "/d", p + "/su"], [out])]
+                rows = ([helper.make_node("Gather", [base + "/w8", ids], [p + "/qb"], axis=0),
+                         helper.make_node("Shape", [ids], [p + "/ids_shape"]),
+                         helper.make_node("Concat", [p + "/ids_shape", base + "/width"], [p + "/shape"], axis=0),
+                         helper.make_node("Reshape", [p + "/qb", p + "/shape"], [p + "/q"])] if head
+                        else [helper.make_node("Gather", [q.name, ids], [p + "/q"], axis=0)])
+                new = rows + [helper.make_node("Gather", [s.name, ids], [p + "/s"], axis=0),
+                              helper.make_node("Gather", [z.name, ids], [p + "/z"], axis=0),
+                              helper.make_node("Cast", [p + "/q"], [p + "/qf"], to=onnx.TensorProto.FLOAT),
+                              helper.make_node("Cast", [p + "/z"], [p + "/zf"], to=onnx.TensorProto.FLOAT),
+                              helper.make_node("Unsqueeze", [p + "/zf", base + "/last"], [p + "/zu"]),
+                              helper.make_node("Unsqueeze", [p + "/s", base + "/last"], [p + "/su"]),
+                              helper.make_node("Sub", [p + "/qf", p + "/zu"], [p + "/d"]),
+                              helper.make_node("Mul", [p + "/d", p + "/su"], [out])]
             else:
-                if len(extra) == 1:
-                    qa, sa, za = (numpy_helper.to_array(t) for t in (q, s, z))
-                    extra += [numpy_helper.from_array(qa.reshape(v, c // bs, bs), base + "/w8"),
-                              numpy_helper.from_array(np.repeat(sa[:, None], c // bs, 1).astype(np.float32), base + "/s8"),
-                              numpy_helper.from_array(np.repeat(za[:, None], c // bs, 1), base + "/z8")]
                 new = [helper.make_node("MatMulNBits", [n.input[0], base + "/w8", base + "/s8", base + "/z8"], [out],
                                         domain="com.microsoft", K=c, N=v, bits=8, block_size=bs, accuracy_level=4)]
             at = list(model.graph.node).index(n)
@@ -152,6 +158,8 @@ def int8_tables(model) -> int:
             for i, m in enumerate(new):
                 model.graph.node.insert(at + i, m)
         model.graph.node.remove(dq)
+        if head and not any(q.name in n.input for n in model.graph.node):
+            model.graph.initializer.remove(q)      # read through its blocks now
         model.graph.initializer.extend(extra)
         done += 1
     return done

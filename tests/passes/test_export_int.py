@@ -186,6 +186,7 @@ def test_int8_table_rewrite_keeps_rows_exact_and_the_head_close():
     onnx.checker.check_model(model)
     assert [n.op_type for n in model.graph.node].count("DequantizeLinear") == 0
     assert [n.op_type for n in model.graph.node].count("MatMulNBits") == 1
+    assert sum(t.data_type == TensorProto.UINT8 and np.prod(t.dims) == v * c for t in model.graph.initializer) == 1
     e1, y1 = run(model)
     np.testing.assert_array_equal(e1, e0)                                     # the rows: the same float32 values
     assert np.abs(y1 - y0).max() <= 0.01 * np.abs(y0).max()                   # the head: int8 activations
