@@ -37,17 +37,9 @@ def _time(model, feeds: dict, threads: int, reps: int) -> tuple[float, np.ndarra
     return (time.perf_counter() - t) / reps * 1e3, y
 
 
-def _pack(u: np.ndarray, bits: int) -> np.ndarray:
-    """Unsigned codes [N, nb, G] -> [N, nb, G * bits / 8], element j of a byte at bits j*bits."""
-    per = 8 // bits
-    out = np.zeros(u[:, :, 0::per].shape, np.int32)
-    for j in range(per):
-        out |= u[:, :, j::per].astype(np.int32) << (bits * j)
-    return out.astype(np.uint8)
-
-
 def matmulnbits(k: int, n: int, threads: int, reps: int) -> list[dict]:
     from onnx import TensorProto, helper
+    from accelc.passes.export.onnx_int import pack_matmulnbits
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, k)).astype(np.float32)
     rows, bs = [], 64
@@ -59,7 +51,7 @@ def matmulnbits(k: int, n: int, threads: int, reps: int) -> list[dict]:
             node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
                                     block_size=bs, accuracy_level=level)
             m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], {"w": _pack(u, bits), "s": s})
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], {"w": pack_matmulnbits(u - (1 << (bits - 1)), bits), "s": s})
             ms, y = _time(m, {"x": x}, threads, reps)
             rows.append({"bits": bits, "accuracy_level": level, "k": k, "n": n, "ms": round(ms, 3),
                          "rel_error": float(np.abs(y - ref).max() / np.abs(ref).max())})

@@ -45,10 +45,10 @@ def compress_ov(model, weights: str, adapter):
 def compress_int(model, bundle):
     """`gptq-int` / `pv-int` models: NNCF's layout with the model's own codes (passes/export/ov_int.py)."""
     from ..quantization.int_linear import int_layers
-    from .ov_int import CONTAINER, compress_int_ov
+    from .ov_int import CONTAINER, ELEMENT, compress_int_ov
     layers = int_layers(bundle.model)
     spec = bundle.records["quantization"]["int"]
-    spec["openvino_element"] = {4: "i4", 2: "u2"}[CONTAINER[spec["bits"]]]       # what the IR stores the codes in
+    spec["openvino_element"] = ELEMENT[CONTAINER[spec["bits"]]]       # what the IR stores the codes in
     ad = bundle.adapter
     extra = {}
     for key, mod in (("<embedding>", ad.embed), ("<head>", None if ad.tied_embeddings else ad.head)):

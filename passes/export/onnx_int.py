@@ -23,15 +23,13 @@ from ...compiler.errors import PreconditionError
 
 def pack_matmulnbits(codes: np.ndarray, bits: int = 4) -> np.ndarray:
     """Signed codes [N, nb, G] -> MatMulNBits' uint8 blocks [N, nb, G * bits / 8] (code + 2^(bits-1), the default zero
-    point; element j of each byte in bits j*bits .. j*bits + bits - 1)."""
+    point; element j of each byte in bits j*bits .. j*bits + bits - 1: OpenVINO's low-bit order, ov_int.pack_low_bits)."""
+    from .ov_int import pack_low_bits
     u = codes.astype(np.int16) + (1 << (bits - 1))
     if u.min(initial=0) < 0 or u.max(initial=0) >= 1 << bits:
         raise PreconditionError(f"int export: codes outside the {bits}-bit MatMulNBits range")
-    per = 8 // bits
-    out = np.zeros(u[:, :, 0::per].shape, np.int16)
-    for j in range(per):
-        out |= u[:, :, j::per] << (bits * j)
-    return out.astype(np.uint8)
+    n, nb, g = u.shape
+    return pack_low_bits(u.astype(np.uint8), bits).reshape(n, nb, g * bits // 8)
 
 
 def match_initializers(src: Path, layers: dict) -> dict[str, str]:

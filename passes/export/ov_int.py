@@ -27,6 +27,7 @@ from ...compiler.errors import PreconditionError
 log = logging.getLogger(__name__)
 # the element width each code width is stored in: the narrowest the CPU plugin keeps compressed (u3 is folded to f32)
 CONTAINER = {4: 4, 3: 4, 2: 2}
+ELEMENT = {4: "i4", 2: "u2"}          # OpenVINO's element type of each storage width
 
 
 def pack_low_bits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -127,7 +128,7 @@ def compress_int_ov(model, layers: dict, tables: dict, bits: int, group: int):
     mode = {4: CompressWeightsMode.INT4_SYM, 2: CompressWeightsMode.INT2_SYM}[store]
     model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0)
     consts = _by_name(model)
-    code_type = {4: ov.Type.i4, 2: ov.Type.u2}[store]
+    code_type = getattr(ov.Type, ELEMENT[store])
     for cname, (lname, transposed) in matched.items():
         codes_op, scale_op = consts.get(cname), consts.get(cname + "/scale")
         if codes_op is None or scale_op is None:
